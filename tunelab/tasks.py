@@ -1,0 +1,292 @@
+"""Tasks: labelled examples with their label space (or value range), loaded from JSONL/CSV or built in."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tunelab.errors import InputError
+
+Kind = Literal["classification", "regression"]
+
+BUILTIN_TASKS = ("vader", "vader-valence", "fruit")
+DEFAULT_TEST_FRACTION = 0.25  # used only when a task comes with a training file and no test file
+SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str | float
+    line: int | None = field(default=None, compare=False)  # where it came from, for error messages
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification or regression task: train/test examples and how to prompt for them."""
+
+    name: str
+    kind: Kind
+    train: tuple[Example, ...]
+    test: tuple[Example, ...]
+    labels: tuple[str, ...] = ()  # classification: the label space, in a fixed order
+    value_range: tuple[float, float] | None = None  # regression: the scale of the target
+    unlabeled: tuple[str, ...] = ()  # extra texts for later rungs (distillation transfer, bulk)
+    instruction: str = ""
+    template: str = "Text: {text}\nLabel: {label}"
+    split_note: str = ""  # how the test split was made, reported to the user
+
+    @property
+    def is_classification(self) -> bool:
+        return self.kind == "classification"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading example files
+
+
+def read_examples(
+    path: str | Path, *, text_field: str = "text", label_field: str = "label", kind: Kind = "classification"
+) -> list[Example]:
+    """Read labelled examples from a .jsonl/.json (one object per line) or .csv file.
+
+    Raises:
+        InputError: naming the file, the line and the field of the first problem found.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise InputError("is not valid UTF-8", path=path, line=line) from None
+    if path.suffix.lower() == ".csv":
+        rows = _csv_rows(path, text, text_field, label_field)
+    else:
+        rows = _jsonl_rows(path, text)
+    examples = [_example(path, line, row, text_field, label_field, kind) for line, row in rows]
+    if not examples:
+        raise InputError("holds no examples", path=path)
+    return examples
+
+
+def _jsonl_rows(path: Path, text: str):
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            raise InputError("line is empty", path=path, line=line_number, hint="remove blank lines")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"is not valid JSON ({err.msg})", path=path, line=line_number) from None
+        if not isinstance(row, dict):
+            raise InputError("is not a JSON object", path=path, line=line_number)
+        yield line_number, row
+
+
+def _csv_rows(path: Path, text: str, text_field: str, label_field: str):
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as err:
+        raise InputError(f"is not valid CSV ({err})", path=path, line=1) from None
+    for name, flag in ((text_field, "--text-field"), (label_field, "--label-field")):
+        if name not in header:
+            raise InputError(f"is missing from the header {header}", path=path, line=1, field=name,
+                             hint=f"use {flag} to name the column")
+    try:
+        for row in reader:
+            if None in row:  # more cells than header columns
+                raise InputError("has more cells than the header", path=path, line=reader.line_num)
+            yield reader.line_num, row
+    except csv.Error as err:
+        raise InputError(f"is not valid CSV ({err})", path=path, line=reader.line_num) from None
+
+
+def _example(path: Path, line: int, row: dict, text_field: str, label_field: str, kind: Kind) -> Example:
+    for name, flag in ((text_field, "--text-field"), (label_field, "--label-field")):
+        if row.get(name) is None:
+            raise InputError("is missing", path=path, line=line, field=name, hint=f"use {flag} to name it")
+    text = row[text_field]
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("must be a non-empty string", path=path, line=line, field=text_field)
+    label = row[label_field]
+    if kind == "regression":
+        try:
+            value = float(label)
+        except (TypeError, ValueError):
+            value = math.nan
+        if isinstance(label, bool) or not math.isfinite(value):
+            raise InputError(f"must be a finite number for a regression task, got {label!r}",
+                             path=path, line=line, field=label_field)
+        return Example(text.strip(), value, line)
+    if isinstance(label, (dict, list)) or str(label).strip() == "":
+        raise InputError(f"must be a non-empty string or number, got {label!r}", path=path, line=line,
+                         field=label_field)
+    return Example(text.strip(), str(label).strip(), line)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building tasks
+
+
+def make_task(
+    name: str,
+    kind: Kind,
+    train: list[Example],
+    test: list[Example] | None = None,
+    *,
+    train_path: str | Path | None = None,
+    test_path: str | Path | None = None,
+    label_field: str = "label",
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = SPLIT_SEED,
+    **extra,
+) -> Task:
+    """Check the examples and build a Task, splitting off a stratified test set when none is given.
+
+    Raises:
+        InputError: a single-label task, or a test label the training set lacks.
+    """
+    if kind == "classification":
+        counts = Counter(e.label for e in train)
+        if len(counts) < 2:
+            only = next(iter(counts), None)
+            raise InputError(f"training set has only one label ({only!r}); a classification task needs two or "
+                             "more", path=train_path)
+    elif len({float(e.label) for e in train}) < 2:
+        raise InputError("training set has a single target value; nothing to learn", path=train_path)
+    split_note = ""
+    if test is None:
+        train, test = _split(train, kind, test_fraction, seed, train_path)
+        split_note = (f"no test file: a fixed-seed (seed {seed}) {'stratified ' if kind == 'classification' else ''}"
+                      f"split kept {len(test)} of {len(train) + len(test)} examples for testing")
+    if kind == "regression":
+        values = [float(e.label) for e in train]
+        value_range = extra.pop("value_range", None) or (min(values), max(values))
+        return Task(name, kind, tuple(train), tuple(test), value_range=value_range, split_note=split_note, **extra)
+    counts = Counter(e.label for e in train)
+    for example in test:
+        if example.label not in counts:
+            raise InputError(f"label {example.label!r} does not occur in the training set "
+                             f"(labels: {sorted(counts)})", path=test_path, line=example.line, field=label_field)
+    labels = tuple(sorted(counts))
+    return Task(name, kind, tuple(train), tuple(test), labels=labels, split_note=split_note, **extra)
+
+
+def _split(examples: list[Example], kind: Kind, test_fraction: float, seed: int, path=None):
+    """Hold out `test_fraction` of the examples, per label for classification, reproducibly."""
+    rng = random.Random(seed)
+    if kind == "regression":
+        shuffled = examples[:]
+        rng.shuffle(shuffled)
+        n_test = max(1, round(len(shuffled) * test_fraction))
+        return shuffled[n_test:], shuffled[:n_test]
+    by_label: dict[str, list[Example]] = {}
+    for example in examples:
+        by_label.setdefault(example.label, []).append(example)
+    train, test = [], []
+    for label in sorted(by_label):
+        group = by_label[label][:]
+        rng.shuffle(group)
+        n_test = round(len(group) * test_fraction) if len(group) > 1 else 0
+        test += group[:n_test]
+        train += group[n_test:]
+    if not test:
+        raise InputError(f"too few examples ({len(examples)}) to split off a test set; give --test", path=path)
+    return train, test
+
+
+def load_task(
+    name: str | None = None,
+    *,
+    train_path: str | Path | None = None,
+    test_path: str | Path | None = None,
+    text_field: str = "text",
+    label_field: str = "label",
+    kind: Kind = "classification",
+) -> Task:
+    """A built-in task by name, or a task read from --train/--test files.
+
+    Raises:
+        InputError: an unknown task name, unreadable files, or unusable labels.
+    """
+    if name is not None and train_path is not None:
+        raise InputError("give either --task or --train, not both")
+    if name is not None:
+        builders = {"vader": lambda: _vader("classification"), "vader-valence": lambda: _vader("regression"),
+                    "fruit": _fruit}
+        if name not in builders:
+            raise InputError(f"unknown task {name!r}; built-in tasks: {', '.join(BUILTIN_TASKS)} "
+                             "(or give --train FILE [--test FILE])")
+        return builders[name]()
+    if train_path is None:
+        raise InputError("no task given: use --task NAME or --train FILE [--test FILE]")
+    if test_path is not None and Path(test_path).resolve() == Path(train_path).resolve():
+        raise InputError("--test names the same file as --train", path=test_path)
+    fields = dict(text_field=text_field, label_field=label_field, kind=kind)
+    train = read_examples(train_path, **fields)
+    test = read_examples(test_path, **fields) if test_path is not None else None
+    return make_task(Path(train_path).stem, kind, train, test, train_path=train_path, test_path=test_path,
+                     label_field=label_field)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Built-in tasks
+
+VADER_MIN_ABS_VALENCE = 1.0  # words nearer zero are mostly neutral; humans disagree on their sign
+VADER_TRAIN, VADER_TEST = 600, 400
+
+
+def vader_lexicon() -> dict[str, float]:
+    """Mean human valence (-4..4) of every single alphabetic word in the VADER lexicon."""
+    spec = importlib.util.find_spec("vaderSentiment")
+    if spec is None or spec.origin is None:
+        raise InputError("the vader tasks need the vaderSentiment package (pip install vaderSentiment)")
+    lexicon_path = Path(spec.origin).parent / "vader_lexicon.txt"
+    words: dict[str, float] = {}
+    for line in lexicon_path.read_text(encoding="utf-8").splitlines():
+        token, mean, *_ = line.split("\t")
+        if token.isalpha():
+            words[token] = float(mean)
+    return words
+
+
+def _vader(kind: Kind) -> Task:
+    lexicon = vader_lexicon()
+    candidates = sorted(w for w, v in lexicon.items() if abs(v) >= VADER_MIN_ABS_VALENCE)
+    sample = random.Random(SPLIT_SEED).sample(candidates, VADER_TRAIN + VADER_TEST)
+    chosen = set(sample)
+    unlabeled = tuple(w for w in sorted(lexicon) if w not in chosen)
+    if kind == "classification":
+        def label(word):
+            return "positive" if lexicon[word] > 0 else "negative"
+        instruction = "Classify the sentiment of each word as positive or negative.\n\n"
+        template = "Word: {text}\nSentiment: {label}"
+    else:
+        def label(word):
+            return lexicon[word]
+        instruction = "Rate how positive each word is, from 1 (very negative) to 9 (very positive).\n\n"
+        template = "Word: {text}\nRating: {label}"
+    examples = [Example(w, label(w)) for w in sample]
+    name = "vader" if kind == "classification" else "vader-valence"
+    extra = {"value_range": (-4.0, 4.0)} if kind == "regression" else {}
+    return make_task(name, kind, examples[:VADER_TRAIN], examples[VADER_TRAIN:], unlabeled=unlabeled,
+                     instruction=instruction, template=template, **extra)
+
+
+def _fruit() -> Task:
+    """The classic few-shot example, `plum: drupe / pear: pome / lemon: ___`, as a small table of facts."""
+    path = Path(__file__).parent / "data" / "fruit.csv"
+    examples = read_examples(path)
+    return make_task("fruit", "classification", examples, train_path=path,
+                     instruction="Botanical fruit types.\n", template="{text}: {label}")
