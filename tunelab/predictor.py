@@ -1,0 +1,166 @@
+"""Predictor: what every rung produces, and what evaluation, bulk inference and serving consume.
+
+A rung implements `predict_batch(texts)`; the shared `predict()` does de-duplication, length-sorted batching and
+progress once for all of them. An artifact is a folder holding `tunelab.json` (plus weights, if any).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from tunelab.errors import ModelError
+from tunelab.tasks import Kind
+
+ARTIFACT_FILE = "tunelab.json"
+FORMAT_VERSION = 1
+
+# rung name in tunelab.json -> "module:Class" with a classmethod load(directory); imported lazily so that this
+# module stays below the rungs.
+_RUNG_LOADERS = {"prompt": "tunelab.prompting:PromptPredictor"}
+
+
+@dataclass
+class Predictions:
+    """Per-text outputs: the probability of every label (classification) or a value (regression)."""
+
+    kind: Kind
+    label_names: tuple[str, ...] = ()
+    probs: np.ndarray | None = None  # (n, n_labels), rows sum to 1
+    values: np.ndarray | None = None  # (n,)
+
+    def __len__(self) -> int:
+        return len(self.probs) if self.kind == "classification" else len(self.values)
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.label_names[i] for i in self.probs.argmax(axis=1)]
+
+    def take(self, indices) -> Predictions:
+        indices = np.asarray(indices, dtype=int)
+        if self.kind == "classification":
+            return Predictions(self.kind, self.label_names, probs=self.probs[indices])
+        return Predictions(self.kind, values=self.values[indices])
+
+    def row(self, i: int) -> dict:
+        """One prediction as plain JSON-able data."""
+        if self.kind == "classification":
+            probs = {name: float(p) for name, p in zip(self.label_names, self.probs[i])}
+            return {"label": self.label_names[int(self.probs[i].argmax())], "probs": probs}
+        return {"value": float(self.values[i])}
+
+    @staticmethod
+    def concat(parts: list[Predictions]) -> Predictions:
+        first = parts[0]
+        if first.kind == "classification":
+            return Predictions(first.kind, first.label_names, probs=np.concatenate([p.probs for p in parts]))
+        return Predictions(first.kind, values=np.concatenate([p.values for p in parts]))
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    rung: str
+    kind: Kind
+    label_names: tuple[str, ...]
+
+    @property
+    def params_total(self) -> int: ...
+
+    @property
+    def params_trainable(self) -> int: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def predict_batch(self, texts: list[str]) -> Predictions: ...
+
+    def save(self, directory: Path) -> None: ...
+
+
+def predict(
+    predictor: Predictor,
+    texts: list[str],
+    *,
+    batch_size: int = 32,
+    on_progress: Callable[[int], None] | None = None,
+) -> Predictions:
+    """Predict every text, each distinct text once, in length-sorted batches; results come back in input order.
+
+    `on_progress(n)` is called after each batch with the number of input texts it covered.
+    """
+    if not texts:
+        raise ValueError("predict() needs at least one text")
+    distinct = list(dict.fromkeys(texts))
+    counts: dict[str, int] = {}
+    for text in texts:
+        counts[text] = counts.get(text, 0) + 1
+    order = sorted(range(len(distinct)), key=lambda i: len(distinct[i]))  # similar lengths pad less
+    parts, done_order = [], []
+    for start in range(0, len(order), batch_size):
+        batch_ids = order[start : start + batch_size]
+        parts.append(predictor.predict_batch([distinct[i] for i in batch_ids]))
+        done_order += batch_ids
+        if on_progress:
+            on_progress(sum(counts[distinct[i]] for i in batch_ids))
+    merged = Predictions.concat(parts)
+    position = {text_index: row for row, text_index in enumerate(done_order)}
+    index_of = {text: i for i, text in enumerate(distinct)}
+    return merged.take([position[index_of[text]] for text in texts])
+
+
+def save_predictor(predictor: Predictor, directory: str | Path) -> Path:
+    """Write the artifact folder atomically: a kill leaves the old folder or the new one, never half of one."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
+    try:
+        predictor.save(staging)
+        if directory.exists():
+            retired = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-old-"))
+            os.replace(directory, retired / "old")
+            os.replace(staging, directory)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def write_artifact_json(directory: Path, payload: dict) -> None:
+    payload = {"format_version": FORMAT_VERSION, **payload}
+    (directory / ARTIFACT_FILE).write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def read_artifact_json(directory: str | Path) -> dict:
+    """The parsed tunelab.json of an artifact folder.
+
+    Raises:
+        ModelError: the folder is not a tunelab artifact.
+    """
+    path = Path(directory) / ARTIFACT_FILE
+    if not path.is_file():
+        raise ModelError(f"{directory}: not a tunelab predictor folder (no {ARTIFACT_FILE})")
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"{path}: unreadable ({err})") from None
+    if not isinstance(payload, dict) or payload.get("rung") not in _RUNG_LOADERS:
+        raise ModelError(f"{path}: unknown rung {payload.get('rung') if isinstance(payload, dict) else None!r}")
+    return payload
+
+
+def load_predictor(directory: str | Path) -> Predictor:
+    """Load any saved predictor, whatever rung made it."""
+    payload = read_artifact_json(directory)
+    module_name, class_name = _RUNG_LOADERS[payload["rung"]].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls.load(Path(directory), payload)
