@@ -1,0 +1,173 @@
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from tunelab.errors import ConfigError
+from tunelab.predictor import load_predictor, predict, save_predictor
+from tunelab.prompting import (
+    PromptConfig,
+    PromptFormat,
+    encode_prefix,
+    few_shot,
+    score_continuations,
+    score_naive,
+    select_shots,
+    similar_shots,
+)
+from tunelab.tasks import Example
+
+
+def _ids(model, text, special=False):
+    return model.tokenizer(text, add_special_tokens=special).input_ids
+
+
+def _naive_scores(predictor, texts):
+    """Every (query, label) pair scored from scratch on the full prompt."""
+    model, fmt = predictor.model, predictor.fmt
+    prefix = _ids(model, fmt.instruction + fmt.shots_block(predictor._shot_pairs(predictor.shots)), special=True)
+    return torch.tensor([[score_naive(model.lm, prefix, _ids(model, fmt.query(t)), c)
+                          for c in predictor._continuations] for t in texts])
+
+
+@pytest.mark.parametrize("shots", [0, 1, 3])
+def test_cached_prefix_scores_equal_uncached(tiny_model, tiny_task, shots):
+    predictor = few_shot(tiny_model, tiny_task, PromptConfig(shots=shots))
+    texts = ["good", "awful nasty grim", "kind : fine"]  # different lengths: the batch is padded
+    cached = predictor.log_likelihoods(texts)
+    assert torch.allclose(cached, _naive_scores(predictor, texts), atol=1e-4)
+
+
+def test_multi_token_labels_are_summed_and_match_uncached(tiny_bpe_model, tiny_task):
+    predictor = few_shot(tiny_bpe_model, tiny_task, PromptConfig(shots=2))
+    assert all(len(c) > 1 for c in predictor._continuations), "the BPE fixture must split the labels"
+    texts = ["good", "vile cruel"]
+    assert torch.allclose(predictor.log_likelihoods(texts), _naive_scores(predictor, texts), atol=1e-4)
+
+
+def test_scoring_equals_direct_computation(tiny_model):
+    """Label score = log softmax of the full-vocabulary logits after the prompt, read at the label token."""
+    lm, tokenizer = tiny_model.lm, tiny_model.tokenizer
+    prefix, query = _ids(tiny_model, "Classify each word ."), _ids(tiny_model, "Word : good Sentiment :")
+    labels = [_ids(tiny_model, " positive"), _ids(tiny_model, " negative")]
+    scores = score_continuations(lm, encode_prefix(lm, prefix), [query], labels, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = lm(input_ids=torch.tensor([prefix + query])).logits[0, -1]  # (vocab,)
+    expected = torch.log_softmax(logits, -1)[[labels[0][0], labels[1][0]]]
+    assert torch.allclose(scores[0], expected, atol=1e-5)
+
+
+def test_empty_prefix_scores_equal_uncached(tiny_model, tiny_task):
+    predictor = few_shot(tiny_model, tiny_task, PromptConfig(shots=0, instruction=""))
+    assert predictor.log_likelihoods(["good"]).shape == (1, 2)
+    assert torch.allclose(predictor.log_likelihoods(["good", "bad"]), _naive_scores(predictor, ["good", "bad"]),
+                          atol=1e-4)
+
+
+def test_probabilities_are_softmax_of_label_scores(tiny_model, tiny_task):
+    predictor = few_shot(tiny_model, tiny_task, PromptConfig(shots=2))
+    probs = predictor.predict_batch(["good", "bad"]).probs
+    assert np.allclose(probs, torch.softmax(predictor.log_likelihoods(["good", "bad"]), -1).numpy())
+    assert np.allclose(probs.sum(1), 1.0)
+
+
+def test_prompting_changes_no_parameter(tiny_model, tiny_task):
+    before = {k: v.clone() for k, v in tiny_model.lm.state_dict().items()}
+    predictor = few_shot(tiny_model, tiny_task, PromptConfig(shots=4, calibrate=True))
+    predict(predictor, [e.text for e in tiny_task.test])
+    after = tiny_model.lm.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert predictor.params_trainable == 0
+    assert predictor.params_total == tiny_model.params_total
+
+
+def test_calibration_divides_out_content_free_distribution(tiny_model, tiny_task):
+    plain = few_shot(tiny_model, tiny_task, PromptConfig(shots=2))
+    calibrated = few_shot(tiny_model, tiny_task, PromptConfig(shots=2, calibrate=True))
+    bias = np.exp(calibrated.calibration)
+    assert np.isclose(bias.sum(), 1.0) and not np.allclose(bias, 0.5)
+    texts = ["good", "vile"]
+    expected = plain.predict_batch(texts).probs / bias
+    expected /= expected.sum(1, keepdims=True)
+    assert np.allclose(calibrated.predict_batch(texts).probs, expected, atol=1e-6)
+
+
+def test_balanced_selection_is_equal_per_label_and_interleaved():
+    train = [Example(f"p{i}", "pos") for i in range(10)] + [Example(f"n{i}", "neg") for i in range(3)]
+    shots = select_shots(train, 6, "balanced", random.Random(1))
+    labels = [s.label for s in shots]
+    assert Counter(labels) == {"pos": 3, "neg": 3}
+    assert all(a != b for a, b in zip(labels, labels[1:]))
+    assert len(set(s.text for s in shots)) == 6
+    # an odd K and a class that runs out: the rest comes from the other class
+    labels = [s.label for s in select_shots(train, 9, "balanced", random.Random(1))]
+    assert Counter(labels) == {"pos": 6, "neg": 3}
+
+
+def test_random_selection_is_reproducible_by_seed(tiny_task):
+    a = select_shots(list(tiny_task.train), 4, "random", random.Random(3))
+    b = select_shots(list(tiny_task.train), 4, "random", random.Random(3))
+    assert a == b and len(set(a)) == 4
+
+
+def test_similar_selection_puts_the_nearest_example_last(letter_embedder):
+    pool = [Example("apple", "x"), Example("zebra", "y"), Example("apples", "x"), Example("quartz", "y")]
+    chosen = similar_shots(pool, ["apple", "zebras"], 2, letter_embedder)
+    assert chosen[0][-1].text == "apple" and chosen[0][0].text == "apples"
+    assert chosen[1][-1].text == "zebra"
+
+
+def test_similar_shots_score_like_the_same_prompt_built_by_hand(tiny_model, tiny_task, letter_embedder):
+    predictor = few_shot(tiny_model, tiny_task, PromptConfig(shots=2, select="similar"), embedder=letter_embedder)
+    scores = predictor.log_likelihoods(["good"])
+    shots = similar_shots(list(tiny_task.train), ["good"], 2, letter_embedder)[0]
+    fmt = predictor.fmt
+    prefix = _ids(tiny_model, fmt.instruction, special=True)
+    query = _ids(tiny_model, fmt.shots_block([(e.text, e.label) for e in shots]) + fmt.query("good"))
+    naive = [score_naive(tiny_model.lm, prefix, query, c) for c in predictor._continuations]
+    assert torch.allclose(scores[0], torch.tensor(naive), atol=1e-4)
+
+
+def test_regression_predicts_expected_rating_within_range(tiny_model, tiny_regression_task):
+    predictor = few_shot(tiny_model, tiny_regression_task, PromptConfig(shots=3))
+    values = predict(predictor, [e.text for e in tiny_regression_task.test]).values
+    assert values.shape == (len(tiny_regression_task.test),)
+    assert np.all(values >= -4) and np.all(values <= 4)
+    shot_ratings = [pair[1] for pair in predictor._shot_pairs(predictor.shots)]
+    assert all(r in [str(i) for i in range(1, 10)] for r in shot_ratings)
+
+
+def test_template_splits_label_lead_whitespace():
+    fmt = PromptFormat.from_template("{text}: {label}", "")
+    assert fmt.query("plum") == "plum:" and fmt.label_text("drupe") == " drupe" and fmt.separator == "\n"
+    assert fmt.shots_block([("plum", "drupe"), ("pear", "pome")]) == "plum: drupe\npear: pome\n"
+
+
+@pytest.mark.parametrize("template", ["{label} {text}", "no text here {label}", "{text} {label} {label}"])
+def test_bad_templates_are_config_errors(template):
+    with pytest.raises(ConfigError, match="--template"):
+        PromptConfig(template=template)
+
+
+def test_too_many_shots_is_a_config_error(tiny_model, tiny_task):
+    with pytest.raises(ConfigError, match="--shots 99 is larger than the training set"):
+        few_shot(tiny_model, tiny_task, PromptConfig(shots=99))
+
+
+def test_config_lists_every_problem_at_once():
+    with pytest.raises(ConfigError) as caught:
+        PromptConfig(shots=-1, batch_size=0, select="best")
+    assert len(caught.value.problems) == 3
+
+
+def test_save_load_roundtrip_reproduces_predictions(tiny_model, tiny_task, tmp_path):
+    predictor = few_shot(tiny_model, tiny_task, PromptConfig(shots=3, calibrate=True))
+    texts = [e.text for e in tiny_task.test]
+    before = predict(predictor, texts).probs
+    assert not np.allclose(before, 0.5), "a trivial output would make the round trip meaningless"
+    save_predictor(predictor, tmp_path / "prompt")
+    loaded = load_predictor(tmp_path / "prompt")
+    assert loaded.fingerprint == predictor.fingerprint
+    assert np.allclose(predict(loaded, texts).probs, before, atol=1e-6)

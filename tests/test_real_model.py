@@ -1,0 +1,47 @@
+"""The few tests on the real SmolLM2-135M-Instruct (bundled GGUF). Marked real_model; they run in CI."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from tunelab.evaluate import evaluate
+from tunelab.models import load_model
+from tunelab.prompting import PromptConfig, few_shot, score_naive
+from tunelab.tasks import load_task
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:  # one GGUF conversion per test session
+        patch.setenv("TUNELAB_HOME", str(tmp_path_factory.mktemp("tunelab-home")))
+        return load_model("smollm2")
+
+
+def test_smollm2_facts(smollm2):
+    facts = smollm2.describe()
+    assert facts["params_total"] == 134_515_008
+    assert (facts["layers"], facts["hidden_size"], facts["vocab_size"]) == (30, 576, 49152)
+    assert facts["architecture"] == "LlamaForCausalLM"
+
+
+def test_zero_shot_vader_beats_chance_by_far(smollm2):
+    task = load_task("vader")
+    task = dataclasses.replace(task, test=task.test[:120])
+    result = evaluate(few_shot(smollm2, task, PromptConfig(shots=0)), task)
+    assert result["accuracy"] > 0.75  # measured 0.90 on all 400 test words
+
+
+def test_few_shot_cache_equals_uncached_on_smollm2(smollm2):
+    task = load_task("vader")
+    predictor = few_shot(smollm2, task, PromptConfig(shots=4))
+    texts = [e.text for e in task.test[:3]]
+    tokenizer = smollm2.tokenizer
+    cached = predictor.log_likelihoods(texts)
+    prefix = predictor._prefix.ids
+    naive = torch.tensor([[score_naive(smollm2.lm, prefix, tokenizer(predictor.fmt.query(t),
+                                                                     add_special_tokens=False).input_ids, c)
+                           for c in predictor._continuations] for t in texts])
+    assert torch.allclose(cached, naive, atol=1e-4)
