@@ -1,0 +1,123 @@
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from tunelab.cli import app
+from tunelab.prompting import PromptConfig
+
+DATA = Path(__file__).parent / "data"
+runner = CliRunner()
+
+
+@pytest.fixture
+def model_dir(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "tiny")
+    return str(tmp_path / "tiny")
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tunelab: error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def _task_args():
+    return ["--train", DATA / "words.jsonl", "--test", DATA / "words_test.csv"]
+
+
+def test_every_command_has_help():
+    for name in ("info", "prompt", "eval"):
+        result = _run(name, "--help")
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_every_prompt_config_field_has_a_flag():
+    command = typer.main.get_command(app).commands["prompt"]
+    flags = {opt for param in command.params for opt in param.opts}
+    for field in dataclasses.fields(PromptConfig):
+        assert "--" + field.name.replace("_", "-") in flags, field.name
+
+
+def test_info_json_reports_parameter_counts(model_dir, tiny_model):
+    result = _run("info", "--model", model_dir, "--json")
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["params_total"] == tiny_model.params_total and facts["layers"] == 2
+    assert facts["architecture"] == "LlamaForCausalLM" and facts["dtype"] == "float32"
+
+
+def test_prompt_compares_shot_counts_and_saves_a_predictor_that_eval_reproduces(model_dir, tmp_path):
+    result = _run("prompt", *_task_args(), "--model", model_dir, "--shots", "0,2", "--json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["shots"] for r in rows] == [0, 2]
+    for key in ("task", "rung", "n_test", "accuracy", "macro_f1", "params_total", "params_trainable",
+                "examples_per_s"):
+        assert key in rows[0]
+    assert rows[0]["n_test"] == 4 and rows[0]["params_trainable"] == 0
+
+    saved = tmp_path / "saved"
+    result = _run("prompt", *_task_args(), "--model", model_dir, "--shots", "2", "--calibrate", "--save", saved,
+                  "--json")
+    assert result.exit_code == 0, result.output
+    prompted = json.loads(result.stdout)
+    result = _run("eval", "--model", saved, *_task_args(), "--json")
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.stdout)
+    assert evaluated["accuracy"] == prompted["accuracy"] and evaluated["fingerprint"] == prompted["fingerprint"]
+    assert json.loads((saved / "tunelab.json").read_text())["config"]["calibrate"] is True
+
+    result = _run("info", "--model", saved, "--json")
+    assert json.loads(result.stdout)["rung"] == "prompt"
+
+
+def test_prompt_table_output(model_dir):
+    result = _run("prompt", *_task_args(), "--model", model_dir, "--shots", "1")
+    assert result.exit_code == 0, result.output
+    assert "acc" in result.stdout and "trainable" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train", "missing.jsonl"], "missing.jsonl: file not found"),
+    (["--train", DATA / "words.jsonl", "--shots", "50"], "--shots 50 is larger than the training set"),
+    (["--train", DATA / "words.jsonl", "--shots", "two"], "--shots must be an integer"),
+    (["--train", DATA / "words.jsonl", "--template", "{label} {text}"], "--template must end with {label}"),
+    (["--train", DATA / "words.jsonl", "--label-field", "tag"], 'words.jsonl:1: field "tag" is missing'),
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--train", DATA / "words.jsonl", "--shots", "0,1", "--save", "x"], "--save needs a single --shots"),
+])
+def test_prompt_bad_input_is_one_line_and_exit_2(model_dir, args, message):
+    line = _one_error_line(_run("prompt", "--model", model_dir, *args))
+    assert message in line
+
+
+def test_test_label_unknown_to_training(model_dir, tmp_path):
+    test = tmp_path / "test.jsonl"
+    test.write_text('{"text": "good", "label": "positive"}\n{"text": "meh", "label": "neutral"}\n')
+    line = _one_error_line(_run("prompt", "--model", model_dir, "--train", DATA / "words.jsonl", "--test", test))
+    assert "test.jsonl:2:" in line and "'neutral' does not occur in the training set" in line
+
+
+def test_single_label_training_file(model_dir, tmp_path):
+    train = tmp_path / "one.jsonl"
+    train.write_text('{"text": "good", "label": "positive"}\n{"text": "nice", "label": "positive"}\n')
+    assert "only one label" in _one_error_line(_run("prompt", "--model", model_dir, "--train", train))
+
+
+def test_eval_refuses_a_folder_that_is_not_a_predictor(tmp_path):
+    line = _one_error_line(_run("eval", "--model", tmp_path, *_task_args()))
+    assert "not a tunelab predictor folder" in line
+
+
+def test_bad_model_spec_is_one_line(tmp_path):
+    assert "not a model folder" in _one_error_line(_run("info", "--model", tmp_path))
