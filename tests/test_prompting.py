@@ -7,16 +7,8 @@ import torch
 
 from tunelab.errors import ConfigError
 from tunelab.predictor import load_predictor, predict, save_predictor
-from tunelab.prompting import (
-    PromptConfig,
-    PromptFormat,
-    encode_prefix,
-    few_shot,
-    score_continuations,
-    score_naive,
-    select_shots,
-    similar_shots,
-)
+from tunelab.prompting import PromptConfig, few_shot, select_shots, similar_shots
+from tunelab.verbalizer import PromptFormat, encode_prefix, score_continuations, score_naive
 from tunelab.tasks import Example
 
 
@@ -27,9 +19,10 @@ def _ids(model, text, special=False):
 def _naive_scores(predictor, texts):
     """Every (query, label) pair scored from scratch on the full prompt."""
     model, fmt = predictor.model, predictor.fmt
-    prefix = _ids(model, fmt.instruction + fmt.shots_block(predictor._shot_pairs(predictor.shots)), special=True)
+    prefix = _ids(model, fmt.instruction + fmt.shots_block(predictor.verbalizer.shot_pairs(predictor.shots)),
+                  special=True)
     return torch.tensor([[score_naive(model.lm, prefix, _ids(model, fmt.query(t)), c)
-                          for c in predictor._continuations] for t in texts])
+                          for c in predictor.verbalizer.continuations] for t in texts])
 
 
 @pytest.mark.parametrize("shots", [0, 1, 3])
@@ -42,7 +35,7 @@ def test_cached_prefix_scores_equal_uncached(tiny_model, tiny_task, shots):
 
 def test_multi_token_labels_are_summed_and_match_uncached(tiny_bpe_model, tiny_task):
     predictor = few_shot(tiny_bpe_model, tiny_task, PromptConfig(shots=2))
-    assert all(len(c) > 1 for c in predictor._continuations), "the BPE fixture must split the labels"
+    assert all(len(c) > 1 for c in predictor.verbalizer.continuations), "the BPE fixture must split the labels"
     texts = ["good", "vile cruel"]
     assert torch.allclose(predictor.log_likelihoods(texts), _naive_scores(predictor, texts), atol=1e-4)
 
@@ -126,7 +119,7 @@ def test_similar_shots_score_like_the_same_prompt_built_by_hand(tiny_model, tiny
     fmt = predictor.fmt
     prefix = _ids(tiny_model, fmt.instruction, special=True)
     query = _ids(tiny_model, fmt.shots_block([(e.text, e.label) for e in shots]) + fmt.query("good"))
-    naive = [score_naive(tiny_model.lm, prefix, query, c) for c in predictor._continuations]
+    naive = [score_naive(tiny_model.lm, prefix, query, c) for c in predictor.verbalizer.continuations]
     assert torch.allclose(scores[0], torch.tensor(naive), atol=1e-4)
 
 
@@ -135,7 +128,7 @@ def test_regression_predicts_expected_rating_within_range(tiny_model, tiny_regre
     values = predict(predictor, [e.text for e in tiny_regression_task.test]).values
     assert values.shape == (len(tiny_regression_task.test),)
     assert np.all(values >= -4) and np.all(values <= 4)
-    shot_ratings = [pair[1] for pair in predictor._shot_pairs(predictor.shots)]
+    shot_ratings = [pair[1] for pair in predictor.verbalizer.shot_pairs(predictor.shots)]
     assert all(r in [str(i) for i in range(1, 10)] for r in shot_ratings)
 
 

@@ -7,7 +7,8 @@ import torch
 
 from tunelab.evaluate import evaluate
 from tunelab.models import load_model
-from tunelab.prompting import PromptConfig, few_shot, score_naive
+from tunelab.prompting import PromptConfig, few_shot
+from tunelab.verbalizer import score_naive
 from tunelab.tasks import load_task
 
 pytestmark = pytest.mark.real_model
@@ -38,10 +39,9 @@ def test_few_shot_cache_equals_uncached_on_smollm2(smollm2):
     task = load_task("vader")
     predictor = few_shot(smollm2, task, PromptConfig(shots=4))
     texts = [e.text for e in task.test[:3]]
-    tokenizer = smollm2.tokenizer
     cached = predictor.log_likelihoods(texts)
-    prefix = predictor._prefix.ids
-    naive = torch.tensor([[score_naive(smollm2.lm, prefix, tokenizer(predictor.fmt.query(t),
-                                                                     add_special_tokens=False).input_ids, c)
-                           for c in predictor._continuations] for t in texts])
+    verbalizer = predictor.verbalizer
+    prefix = verbalizer.encode(predictor.prefix_text(), special=True)
+    naive = torch.tensor([[score_naive(smollm2.lm, prefix, query, label) for label in verbalizer.continuations]
+                          for query in verbalizer.queries(texts)])
     assert torch.allclose(cached, naive, atol=1e-4)

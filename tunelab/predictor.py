@@ -18,6 +18,7 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 
 from tunelab.errors import ModelError
+from tunelab.models import Model, load_model
 from tunelab.tasks import Kind
 
 ARTIFACT_FILE = "tunelab.json"
@@ -25,7 +26,7 @@ FORMAT_VERSION = 1
 
 # rung name in tunelab.json -> "module:Class" with a classmethod load(directory); imported lazily so that this
 # module stays below the rungs.
-_RUNG_LOADERS = {"prompt": "tunelab.prompting:PromptPredictor"}
+_RUNG_LOADERS = {"prompt": "tunelab.prompting:PromptPredictor", "tune": "tunelab.tuning:TunedPredictor"}
 
 
 @dataclass
@@ -135,9 +136,16 @@ def save_predictor(predictor: Predictor, directory: str | Path) -> Path:
     return directory
 
 
+def write_json_atomic(path: Path, payload) -> None:
+    """Temp file then os.replace: a reader sees the old file or the new one, never half of one."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(staging, path)
+
+
 def write_artifact_json(directory: Path, payload: dict) -> None:
-    payload = {"format_version": FORMAT_VERSION, **payload}
-    (directory / ARTIFACT_FILE).write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    """tunelab.json, written last: its presence marks a complete artifact."""
+    write_json_atomic(directory / ARTIFACT_FILE, {"format_version": FORMAT_VERSION, **payload})
 
 
 def read_artifact_json(directory: str | Path) -> dict:
@@ -156,6 +164,29 @@ def read_artifact_json(directory: str | Path) -> dict:
     if not isinstance(payload, dict) or payload.get("rung") not in _RUNG_LOADERS:
         raise ModelError(f"{path}: unknown rung {payload.get('rung') if isinstance(payload, dict) else None!r}")
     return payload
+
+
+def save_base_reference(model: Model, directory: Path) -> dict:
+    """How an artifact names its base model; a model built in memory is written into the artifact itself."""
+    base = model.source
+    if base is None:
+        model.save(directory / "base")
+        base = "base"
+    return {"base_model": base, "base_fingerprint": model.fingerprint}
+
+
+def load_base_model(directory: Path, payload: dict) -> Model:
+    """The base model an artifact names, checked against the fingerprint it was made with.
+
+    Raises:
+        ModelError: the base model is missing or its weights differ.
+    """
+    base = payload["base_model"]
+    model = load_model(directory / base if base == "base" else base)
+    if model.fingerprint != payload["base_fingerprint"]:
+        raise ModelError(f"{directory}: base model {base} has fingerprint {model.fingerprint}, "
+                         f"but this predictor was made with {payload['base_fingerprint']}")
+    return model
 
 
 def load_predictor(directory: str | Path) -> Predictor:

@@ -7,9 +7,7 @@ and shots) is encoded once and its key/value cache reused for every query.
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import inspect
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -19,12 +17,20 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from tunelab.errors import ConfigError, ModelError
-from tunelab.models import Model, load_model
-from tunelab.predictor import Predictions, write_artifact_json
+from tunelab.errors import ConfigError
+from tunelab.models import Model
+from tunelab.predictor import Predictions, load_base_model, save_base_reference, write_artifact_json
 from tunelab.tasks import Example, Task
+from tunelab.verbalizer import (
+    PrefixCache,
+    PromptFormat,
+    Verbalizer,
+    encode_prefix,
+    rating_label,
+    score_continuations,
+    template_problems,
+)
 
-SCALE_POINTS = 9  # regression verbalizer: ratings "1".."9", one digit token each in SmolLM2's tokenizer
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # Zhao et al. 2021, "Calibrate Before Use", section 5
 
 
@@ -49,48 +55,9 @@ class PromptConfig:
         if self.batch_size < 1:
             problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.template is not None:
-            problems += _template_problems(self.template)
+            problems += template_problems(self.template)
         if problems:
             raise ConfigError(problems)
-
-
-def _template_problems(template: str) -> list[str]:
-    problems = []
-    if template.count("{text}") != 1:
-        problems.append(f"--template must contain {{text}} exactly once, got {template!r}")
-    if not template.rstrip().endswith("{label}") or template.count("{label}") != 1:
-        problems.append(f"--template must end with {{label}} (the label is scored after it), got {template!r}")
-    return problems
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Prompt text
-
-
-@dataclass(frozen=True)
-class PromptFormat:
-    """How examples become text: `query(text) + label_text(label)` is one shot."""
-
-    instruction: str
-    query_format: str  # the template up to {label}, trailing whitespace removed
-    label_lead: str  # the whitespace before {label}: it belongs to the label's tokens, as in lm-eval-harness
-    separator: str
-
-    @classmethod
-    def from_template(cls, template: str, instruction: str) -> PromptFormat:
-        head = template.rstrip()[: -len("{label}")]
-        query_format = head.rstrip()
-        separator = "\n\n" if "\n" in template else "\n"
-        return cls(instruction, query_format, head[len(query_format):], separator)
-
-    def query(self, text: str) -> str:
-        return self.query_format.replace("{text}", text)
-
-    def label_text(self, label: str) -> str:
-        return self.label_lead + label
-
-    def shots_block(self, shots: list[tuple[str, str]]) -> str:
-        return "".join(self.query(text) + self.label_text(label) + self.separator for text, label in shots)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -156,110 +123,7 @@ class MiniLMEmbedder:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Scoring: log-likelihood of continuations after prefix + query
-
-
-def _cache_name(decoder) -> str:
-    """transformers 5.x renames the key/value cache argument and output `past_key_values` -> `cache`."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-
-
-@dataclass
-class PrefixCache:
-    """The shared prompt prefix, encoded once: its token ids and key/value cache (batch of one)."""
-
-    ids: list[int]
-    kv: object | None  # a transformers Cache, or None for an empty prefix
-
-
-@torch.no_grad()
-def encode_prefix(lm: torch.nn.Module, prefix_ids: list[int]) -> PrefixCache:
-    if not prefix_ids:
-        return PrefixCache([], None)
-    device = next(lm.parameters()).device
-    decoder = lm.get_decoder()
-    out = decoder(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
-    return PrefixCache(list(prefix_ids), out[_cache_name(decoder)])
-
-
-@torch.no_grad()
-def score_continuations(
-    lm: torch.nn.Module,
-    prefix: PrefixCache,
-    queries: list[list[int]],
-    continuations: list[list[int]],
-    pad_id: int,
-) -> torch.Tensor:
-    """Summed log p(continuation | prefix + query) for every query and continuation: (n_queries, n_continuations).
-
-    One batched forward pass over the queries, on top of the cached prefix. Single-token continuations (the usual
-    case) need only the query itself; longer ones get one row per (query, continuation) pair. The output head is
-    applied only at the positions that predict a continuation token.
-    """
-    device = next(lm.parameters()).device
-    if any(not query for query in queries):
-        raise ValueError("every query must encode to at least one token")
-    single_token = all(len(c) == 1 for c in continuations)
-    rows, targets = [], []  # targets: (row, position, token, query index, continuation index)
-    for qi, query in enumerate(queries):
-        if single_token:
-            rows.append(query)
-            targets += [(len(rows) - 1, len(query) - 1, c[0], qi, ci) for ci, c in enumerate(continuations)]
-            continue
-        for ci, continuation in enumerate(continuations):
-            rows.append(query + continuation[:-1])
-            targets += [(len(rows) - 1, len(query) - 1 + t, token, qi, ci) for t, token in enumerate(continuation)]
-    hidden = _hidden_states(lm, prefix, rows, pad_id, device)  # (rows, seq, hidden)
-    row_index, position, token, query_index, continuation_index = (
-        torch.tensor(column, device=device) for column in zip(*targets))
-    log_probs = torch.log_softmax(lm.get_output_embeddings()(hidden[row_index, position]).float(), dim=-1)
-    token_log_probs = log_probs.gather(1, token[:, None]).squeeze(1)  # (n_targets,)
-    scores = torch.zeros(len(queries), len(continuations), device=device, dtype=torch.float32)
-    scores.index_put_((query_index, continuation_index), token_log_probs, accumulate=True)
-    return scores.cpu()
-
-
-def _hidden_states(lm, prefix: PrefixCache, rows: list[list[int]], pad_id: int, device) -> torch.Tensor:
-    """Final hidden states of right-padded `rows`, each continuing the cached prefix."""
-    batch, width, prefix_len = len(rows), max(len(r) for r in rows), len(prefix.ids)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
-    attention_mask = torch.zeros((batch, prefix_len + width), dtype=torch.long, device=device)
-    attention_mask[:, :prefix_len] = 1
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row, device=device)
-        attention_mask[i, prefix_len : prefix_len + len(row)] = 1
-    position_ids = torch.arange(prefix_len, prefix_len + width, device=device).expand(batch, -1)
-    cache = None
-    if prefix.kv is not None:
-        cache = copy.deepcopy(prefix.kv)  # the forward pass appends to the cache; keep the shared one intact
-        cache.batch_repeat_interleave(batch)
-    decoder = lm.get_decoder()
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  use_cache=cache is not None, **{_cache_name(decoder): cache})
-    return out.last_hidden_state
-
-
-@torch.no_grad()
-def score_naive(lm, prefix_ids: list[int], query: list[int], continuation: list[int]) -> float:
-    """The obvious computation: the whole prompt re-encoded for one (query, continuation) pair, full logits.
-
-    The reference that tests and the benchmark's baseline compare the cached, batched path against.
-    """
-    device = next(lm.parameters()).device
-    ids = torch.tensor([prefix_ids + query + continuation], device=device)
-    log_probs = torch.log_softmax(lm(input_ids=ids).logits[0].float(), dim=-1)  # (seq, vocab)
-    start = len(prefix_ids) + len(query)
-    return float(sum(log_probs[start - 1 + t, token] for t, token in enumerate(continuation)))
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The predictor
-
-
-def _rating(value: float, value_range: tuple[float, float]) -> str:
-    low, high = value_range
-    step = (float(value) - low) / (high - low) * (SCALE_POINTS - 1)
-    return str(int(min(SCALE_POINTS - 1, max(0, round(step)))) + 1)
 
 
 class PromptPredictor:
@@ -267,27 +131,18 @@ class PromptPredictor:
 
     rung = "prompt"
 
-    def __init__(self, model: Model, *, kind: str, label_names: tuple[str, ...], fmt: PromptFormat,
-                 config: PromptConfig, shots: list[Example], value_range: tuple[float, float] | None = None,
+    def __init__(self, model: Model, verbalizer: Verbalizer, config: PromptConfig, shots: list[Example], *,
                  embedder: Embedder | None = None, calibration: list[float] | None = None):
-        self.model, self.kind, self.fmt, self.config = model, kind, fmt, config
-        self.label_names = tuple(label_names)
-        self.value_range = value_range
+        self.model, self.verbalizer, self.config = model, verbalizer, config
+        self.kind, self.label_names = verbalizer.kind, verbalizer.label_names
         self.shots = shots  # the fixed shots, or for `similar` the pool they are drawn from
         self._embedder = embedder
         self.calibration = calibration  # log of the mean label distribution on content-free inputs
-        tokenizer = model.tokenizer
-        self._continuations = [tokenizer(fmt.label_text(v), add_special_tokens=False).input_ids
-                               for v in self._verbalizer]
-        if any(len(c) == 0 for c in self._continuations):
-            raise ConfigError(f"a label tokenizes to nothing: {self._verbalizer}")
         self._prefix: PrefixCache | None = None
 
     @property
-    def _verbalizer(self) -> list[str]:
-        if self.kind == "classification":
-            return list(self.label_names)
-        return [str(i) for i in range(1, SCALE_POINTS + 1)]
+    def fmt(self) -> PromptFormat:
+        return self.verbalizer.fmt
 
     @property
     def params_total(self) -> int:
@@ -308,89 +163,62 @@ class PromptPredictor:
             self._embedder = MiniLMEmbedder()
         return self._embedder
 
-    def _shot_pairs(self, shots: list[Example]) -> list[tuple[str, str]]:
-        if self.kind == "classification":
-            return [(e.text, e.label) for e in shots]
-        return [(e.text, _rating(e.label, self.value_range)) for e in shots]
-
-    def _encode(self, text: str, special: bool = False) -> list[int]:
-        return self.model.tokenizer(text, add_special_tokens=special).input_ids
+    def prefix_text(self) -> str:
+        """The shared part of every prompt: the instruction, and the shots unless they differ per query."""
+        if self.config.select == "similar":
+            return self.fmt.instruction
+        return self.fmt.instruction + self.fmt.shots_block(self.verbalizer.shot_pairs(self.shots))
 
     def log_likelihoods(self, texts: list[str]) -> torch.Tensor:
         """Summed log-likelihood of every label (rating) after each text's prompt: (n, n_labels)."""
-        lm, pad_id = self.model.lm, self.model.tokenizer.pad_token_id
+        lm, verbalizer = self.model.lm, self.verbalizer
+        if self._prefix is None:
+            self._prefix = encode_prefix(lm, verbalizer.encode(self.prefix_text(), special=True))
         if self.config.select == "similar" and self.config.shots > 0:
-            # Shots differ per query, so only the instruction is shared and cached.
-            if self._prefix is None:
-                self._prefix = encode_prefix(lm, self._encode(self.fmt.instruction, special=True))
             per_query = similar_shots(self.shots, texts, self.config.shots, self.embedder)
-            queries = [self._encode(self.fmt.shots_block(self._shot_pairs(shots)) + self.fmt.query(text))
+            queries = [verbalizer.encode(self.fmt.shots_block(verbalizer.shot_pairs(shots)) + self.fmt.query(text))
                        for shots, text in zip(per_query, texts)]
         else:
-            if self._prefix is None:
-                prefix_text = self.fmt.instruction + self.fmt.shots_block(self._shot_pairs(self.shots))
-                self._prefix = encode_prefix(lm, self._encode(prefix_text, special=True))
-            queries = [self._encode(self.fmt.query(text)) for text in texts]
-        scores = score_continuations(lm, self._prefix, queries, self._continuations, pad_id)
+            queries = verbalizer.queries(texts)
+        scores = score_continuations(lm, self._prefix, queries, verbalizer.continuations,
+                                     self.model.tokenizer.pad_token_id)
         if self.config.length_normalize:
-            scores = scores / torch.tensor([len(c) for c in self._continuations], dtype=scores.dtype)
+            scores = scores / torch.tensor([len(c) for c in verbalizer.continuations], dtype=scores.dtype)
         return scores
 
     def predict_batch(self, texts: list[str]) -> Predictions:
-        scores = self.log_likelihoods(texts)
-        if self.calibration is not None:
-            scores = torch.log_softmax(scores, dim=-1) - torch.tensor(self.calibration)
-        probs = torch.softmax(scores, dim=-1).numpy()  # (n, n_labels)
-        if self.kind == "classification":
-            return Predictions("classification", self.label_names, probs=probs)
-        expected = probs @ np.arange(1, SCALE_POINTS + 1)  # expected rating, 1..9
-        low, high = self.value_range
-        return Predictions("regression", values=low + (expected - 1) / (SCALE_POINTS - 1) * (high - low))
+        return self.verbalizer.predictions(self.log_likelihoods(texts), self.calibration)
 
     def calibrate(self) -> None:
         """Contextual calibration: measure the label distribution on content-free inputs, divide it out later."""
         self.calibration = None
-        usable = [text for text in CONTENT_FREE_INPUTS if self._encode(self.fmt.query(text))]
+        usable = [text for text in CONTENT_FREE_INPUTS if self.verbalizer.queries([text])[0]]
         probs = torch.softmax(self.log_likelihoods(usable), dim=-1).mean(0)
         self.calibration = torch.log(probs).tolist()
 
     # -- artifact -------------------------------------------------------------------------------------------------
     def _describe(self) -> dict:
-        return {
-            "kind": self.kind, "labels": list(self.label_names), "value_range": self.value_range,
-            "format": asdict(self.fmt), "config": asdict(self.config),
-            "shots": [[e.text, e.label] for e in self.shots], "calibration": self.calibration,
-        }
+        return {**self.verbalizer.describe(), "config": asdict(self.config),
+                "shots": [[e.text, e.label] for e in self.shots], "calibration": self.calibration}
 
     def save(self, directory: Path) -> None:
-        base = self.model.source
-        if base is None:  # a model built in memory travels with the predictor
-            self.model.save(directory / "base")
-            base = "base"
         write_artifact_json(directory, {
-            "rung": self.rung, "base_model": base, "base_fingerprint": self.model.fingerprint,
+            "rung": self.rung, **save_base_reference(self.model, directory),
             "params_total": self.params_total, "params_trainable": self.params_trainable,
             "fingerprint": self.fingerprint, **self._describe(),
         })
 
     @classmethod
     def load(cls, directory: Path, payload: dict) -> PromptPredictor:
-        base = payload["base_model"]
-        model = load_model(directory / base if base == "base" else base)
-        if model.fingerprint != payload["base_fingerprint"]:
-            raise ModelError(f"{directory}: base model {base} has fingerprint {model.fingerprint}, "
-                             f"but this predictor was made with {payload['base_fingerprint']}")
-        config = PromptConfig(**payload["config"])
+        model = load_base_model(directory, payload)
         shots = [Example(text, label) for text, label in payload["shots"]]
-        value_range = tuple(payload["value_range"]) if payload["value_range"] else None
-        return cls(model, kind=payload["kind"], label_names=tuple(payload["labels"]),
-                   fmt=PromptFormat(**payload["format"]), config=config, shots=shots, value_range=value_range,
-                   calibration=payload["calibration"])
+        return cls(model, Verbalizer.from_description(model.tokenizer, payload), PromptConfig(**payload["config"]),
+                   shots, calibration=payload["calibration"])
 
 
 def check_fits(config: PromptConfig, task: Task) -> None:
     """Raises ConfigError when K exceeds the training set or the task's template cannot be scored."""
-    problems = _template_problems(config.template or task.template)
+    problems = template_problems(config.template or task.template)
     if config.shots > len(task.train):
         problems.append(f"--shots {config.shots} is larger than the training set ({len(task.train)} examples)")
     if problems:
@@ -415,9 +243,10 @@ def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
     elif task.is_classification:
         shots = select_shots(train, config.shots, config.select, rng)
     else:  # regression: balanced means spread over the rating scale
-        shots = select_shots(train, config.shots, config.select, rng, key=lambda e: _rating(e.label, task.value_range))
-    predictor = PromptPredictor(model, kind=task.kind, label_names=task.labels, fmt=fmt, config=config,
-                                shots=shots, value_range=task.value_range, embedder=embedder)
+        shots = select_shots(train, config.shots, config.select, rng, key=lambda e: rating_label(e.label, task.value_range))
+    verbalizer = Verbalizer(model.tokenizer, kind=task.kind, label_names=task.labels, fmt=fmt,
+                            value_range=task.value_range)
+    predictor = PromptPredictor(model, verbalizer, config, shots, embedder=embedder)
     if config.calibrate:
         predictor.calibrate()
     return predictor
