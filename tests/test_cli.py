@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from tunelab.cli import app
 from tunelab.prompting import PromptConfig
+from tunelab.tuning import TuneConfig
 
 DATA = Path(__file__).parent / "data"
 runner = CliRunner()
@@ -36,16 +37,41 @@ def _task_args():
 
 
 def test_every_command_has_help():
-    for name in ("info", "prompt", "eval"):
+    for name in ("info", "prompt", "tune", "eval"):
         result = _run(name, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
 
 
-def test_every_prompt_config_field_has_a_flag():
-    command = typer.main.get_command(app).commands["prompt"]
-    flags = {opt for param in command.params for opt in param.opts}
-    for field in dataclasses.fields(PromptConfig):
+@pytest.mark.parametrize("command, config", [("prompt", PromptConfig), ("tune", TuneConfig)])
+def test_every_config_field_has_a_flag(command, config):
+    params = typer.main.get_command(app).commands[command].params
+    flags = {opt for param in params for opt in param.opts}
+    for field in dataclasses.fields(config):
         assert "--" + field.name.replace("_", "-") in flags, field.name
+
+
+def test_tune_json_then_eval_and_info_on_the_result(model_dir, tmp_path):
+    out = tmp_path / "tuned"
+    result = _run("tune", *_task_args(), "--model", model_dir, "--method", "lora", "--epochs", "1",
+                  "--batch-size", "4", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    tuned = json.loads(result.stdout)
+    for key in ("accuracy", "macro_f1", "params_total", "params_trainable", "train_seconds", "peak_rss_mb",
+                "epochs_run", "examples_per_s"):
+        assert key in tuned, key
+    assert tuned["rung"] == "tune" and tuned["epochs_run"] == 1 and 0 < tuned["params_trainable"]
+    evaluated = json.loads(_run("eval", "--model", out, *_task_args(), "--json").stdout)
+    assert evaluated["accuracy"] == tuned["accuracy"] and evaluated["params_total"] == tuned["params_total"]
+    facts = json.loads(_run("info", "--model", out, "--json").stdout)
+    assert facts["rung"] == "tune" and facts["params_trainable"] == tuned["params_trainable"]
+    line = _one_error_line(_run("tune", *_task_args(), "--model", model_dir, "--out", out))
+    assert "holds a tunelab run" in line
+
+
+def test_tune_bad_flags_are_one_line(model_dir, tmp_path):
+    line = _one_error_line(_run("tune", *_task_args(), "--model", model_dir, "--out", tmp_path / "x",
+                                "--method", "half", "--lora-r", "0"))
+    assert "--method must be lora or full" in line and "--lora-r must be >= 1" in line
 
 
 def test_info_json_reports_parameter_counts(model_dir, tiny_model):

@@ -84,7 +84,8 @@ def _evaluate(predictor, task, batch_size: int) -> dict:
         return evaluate(predictor, task, batch_size=batch_size, on_progress=advance)
 
 
-_HEADERS = {"rung": "rung", "shots": "K", "select": "select", "calibrate": "calib", "accuracy": "acc",
+_HEADERS = {"rung": "rung", "method": "method", "epochs_run": "epochs", "train_seconds": "train s",
+            "peak_rss_mb": "peak MB", "shots": "K", "select": "select", "calibrate": "calib", "accuracy": "acc",
             "macro_f1": "F1", "mae": "MAE", "spearman": "rho", "examples_per_s": "ex/s", "params_total": "params",
             "params_trainable": "trainable"}
 
@@ -95,11 +96,12 @@ def _print_results(results: list[dict], as_json: bool, title: str) -> None:
             typer.echo(json.dumps(result))
         return
     quality = ["mae", "spearman"] if "mae" in results[0] else ["accuracy", "macro_f1"]
-    columns = [c for c in ["rung", "shots", "select", "calibrate", *quality, "examples_per_s", "params_total",
-                           "params_trainable"] if any(c in r for r in results)]
+    columns = [c for c in ["rung", "method", "shots", "select", "calibrate", *quality, "examples_per_s",
+                           "params_total", "params_trainable", "epochs_run", "train_seconds", "peak_rss_mb"]
+               if any(c in r for r in results)]
     table = Table(title=title)
     for column in columns:
-        table.add_column(_HEADERS[column], justify="left" if column in ("rung", "select") else "right")
+        table.add_column(_HEADERS[column], justify="left" if column in ("rung", "method", "select") else "right")
     for result in results:
         table.add_row(*(_cell(result.get(column)) for column in columns))
     Console().print(table)
@@ -202,6 +204,64 @@ def _parse_shots(text: str) -> list[int]:
     if not counts:
         raise ConfigError(f"--shots must name at least one K, got {text!r}")
     return counts
+
+
+@app.command()
+def tune(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the tuned predictor (and its checkpoints).")],
+    task: TaskName = None, train: TrainFile = None, test: TestFile = None,
+    text_field: TextField = "text", label_field: LabelField = "label", kind: KindOption = "classification",
+    method: Annotated[Optional[str], typer.Option(help="full (every parameter) or lora (PEFT adapters).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping may end sooner).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: 1e-3 LoRA, 3e-5 full).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Examples per optimizer step.")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Tokens per training prompt.")] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank.")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option(help="LoRA scaling alpha.")] = None,
+    lora_targets: Annotated[Optional[str], typer.Option(
+        help="'all-linear' or a comma list of module names (q_proj,v_proj,...).")] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the LoRA path.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of training examples held out.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Epochs without improvement before stopping.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for initialisation, data order and split.")] = None,
+    merge: Annotated[Optional[bool], typer.Option("--merge/--no-merge", help="LoRA: also write the merged model.")]
+    = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace whatever --out holds.")] = False,
+    model: ModelSpec = "smollm2",
+    as_json: JsonFlag = False,
+):
+    """Fine-tune the base model (full or LoRA) on a task, evaluate it and save it."""
+    from tunelab.tuning import TuneConfig, finetune
+
+    flags = dict(method=method, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, lora_r=lora_r,
+                 lora_alpha=lora_alpha, lora_targets=lora_targets, lora_dropout=lora_dropout,
+                 val_fraction=val_fraction, patience=patience, seed=seed, merge=merge)
+    with _user_errors():
+        config = TuneConfig(**{name: value for name, value in flags.items() if value is not None})
+        loaded_task = _load_task(task, train, test, text_field, label_field, kind)
+        base = _load_model(model)
+        n_train = round(len(loaded_task.train) * (1 - config.val_fraction))
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            bar = progress.add_task(f"{config.method}: epoch 1", total=n_train * config.epochs, loss=float("nan"))
+            scoring = progress.add_task("scoring test split", total=len(loaded_task.test), visible=False, loss=0.0)
+
+            def on_epoch_end(epoch, val_loss):
+                progress.update(bar, description=f"{config.method}: epoch {epoch + 1} (val loss {val_loss:.4f})")
+
+            def on_eval(n):
+                progress.update(scoring, visible=True, advance=n)
+
+            predictor = finetune(base, loaded_task, config, out_dir=out, resume=resume, overwrite=overwrite,
+                                 on_step=lambda n, loss: progress.update(bar, advance=n, loss=loss),
+                                 on_epoch_end=on_epoch_end, on_eval_progress=on_eval)
+    training = predictor.meta["training"]
+    result = {**predictor.meta["metrics"], "method": config.method, "train_seconds": training["train_seconds"],
+              "peak_rss_mb": training["peak_rss_mb"], "epochs_run": training["epochs_run"],
+              "best_epoch": training["best_epoch"], "out": str(out)}
+    _print_results([result], as_json, f"{config.method} fine-tuning on {loaded_task.name}, saved to {out}")
 
 
 @app.command("eval")

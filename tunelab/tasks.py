@@ -167,7 +167,7 @@ def make_task(
         raise InputError("training set has a single target value; nothing to learn", path=train_path)
     split_note = ""
     if test is None:
-        train, test = _split(train, kind, test_fraction, seed, train_path)
+        train, test = split_examples(train, kind, test_fraction, seed, train_path)
         split_note = (f"no test file: a fixed-seed (seed {seed}) {'stratified ' if kind == 'classification' else ''}"
                       f"split kept {len(test)} of {len(train) + len(test)} examples for testing")
     if kind == "regression":
@@ -183,8 +183,8 @@ def make_task(
     return Task(name, kind, tuple(train), tuple(test), labels=labels, split_note=split_note, **extra)
 
 
-def _split(examples: list[Example], kind: Kind, test_fraction: float, seed: int, path=None):
-    """Hold out `test_fraction` of the examples, per label for classification, reproducibly."""
+def split_examples(examples: list[Example], kind: Kind, test_fraction: float, seed: int, path=None):
+    """(kept, held out): `test_fraction` of the examples held out, per label for classification, reproducibly."""
     rng = random.Random(seed)
     if kind == "regression":
         shuffled = examples[:]
@@ -198,11 +198,11 @@ def _split(examples: list[Example], kind: Kind, test_fraction: float, seed: int,
     for label in sorted(by_label):
         group = by_label[label][:]
         rng.shuffle(group)
-        n_test = round(len(group) * test_fraction) if len(group) > 1 else 0
+        n_test = max(1, round(len(group) * test_fraction)) if len(group) > 1 else 0
         test += group[:n_test]
         train += group[n_test:]
     if not test:
-        raise InputError(f"too few examples ({len(examples)}) to split off a test set; give --test", path=path)
+        raise InputError(f"too few examples ({len(examples)}) to hold out a test or validation split", path=path)
     return train, test
 
 

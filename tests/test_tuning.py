@@ -1,0 +1,170 @@
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tunelab.errors import ConfigError, TrainingError
+from tunelab.models import load_model
+from tunelab.predictor import load_predictor, predict
+from tunelab.tasks import load_task
+from tunelab.tuning import TuneConfig, finetune, rating_loss, verbalizer_loss
+
+DATA = Path(__file__).parent / "data"
+FAST = dict(epochs=2, batch_size=4, val_fraction=0.25)
+
+
+def _texts(task):
+    return [e.text for e in task.test]
+
+
+def test_verbalizer_loss_is_cross_entropy_over_label_scores():
+    scores = torch.tensor([[-0.1, -2.3], [-1.2, -0.4]])
+    targets = torch.tensor([0, 1])
+    expected = -(torch.log_softmax(scores, -1)[[0, 1], [0, 1]]).mean()
+    assert torch.allclose(verbalizer_loss(scores, targets), expected)
+
+
+def test_rating_loss_is_zero_at_the_gold_rating_and_grows_with_distance():
+    certain_on_3 = torch.full((1, 9), -1e4)
+    certain_on_3[0, 2] = 0.0
+    assert rating_loss(certain_on_3, torch.tensor([3.0])).item() == pytest.approx(0.0, abs=1e-8)
+    assert rating_loss(certain_on_3, torch.tensor([5.0])) < rating_loss(certain_on_3, torch.tensor([9.0]))
+    assert rating_loss(certain_on_3, torch.tensor([7.0])).item() == pytest.approx((4 / 8) ** 2)
+
+
+def test_full_finetuning_updates_every_parameter_and_keeps_the_count(tiny_model, tiny_task, tmp_path):
+    before = {k: v.clone() for k, v in tiny_model.lm.state_dict().items()}
+    predictor = finetune(tiny_model, tiny_task, TuneConfig(method="full", lr=1e-2, **FAST), out_dir=tmp_path / "f")
+    assert predictor.params_total == tiny_model.params_total == predictor.params_trainable
+    tuned = predictor.model.lm.state_dict()
+    assert all(not torch.equal(before[k], tuned[k]) for k in before if "rotary" not in k)
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.lm.state_dict().items()), "base must stay intact"
+
+
+def test_lora_trains_only_adapters_and_merges_to_the_base_count(tiny_model, tiny_task, tmp_path):
+    config = TuneConfig(method="lora", lora_r=4, lr=1e-2, **FAST)
+    predictor = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "l")
+    linears = [m for name, m in tiny_model.lm.named_modules()
+               if isinstance(m, torch.nn.Linear) and "lm_head" not in name]
+    assert predictor.params_trainable == sum(4 * (m.in_features + m.out_features) for m in linears)
+    assert predictor.params_total == tiny_model.params_total
+    assert predictor.meta["metrics"]["params_trainable"] == predictor.params_trainable
+    assert predictor.model.fingerprint != tiny_model.fingerprint
+
+
+def test_training_lowers_the_training_loss(tiny_model, tiny_task, tmp_path):
+    config = TuneConfig(method="full", lr=1e-2, epochs=4, batch_size=4, val_fraction=0.25, patience=4)
+    history = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "t").meta["training"]["history"]
+    assert len(history) == 4 and history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_regression_tuning_through_the_rating_verbalizer(tiny_model, tiny_regression_task, tmp_path):
+    predictor = finetune(tiny_model, tiny_regression_task, TuneConfig(method="lora", lr=1e-2, **FAST),
+                         out_dir=tmp_path / "r")
+    metrics = predictor.meta["metrics"]
+    assert {"mae", "spearman"} <= set(metrics) and predictor.params_total == tiny_model.params_total
+    values = predict(predictor, _texts(tiny_regression_task)).values
+    assert np.all((values >= -4) & (values <= 4))
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_saved_lora_reloads_with_the_same_predictions(tiny_model, tiny_task, tmp_path, merge):
+    out = tmp_path / "run"
+    predictor = finetune(tiny_model, tiny_task, TuneConfig(method="lora", lr=1e-2, merge=merge, **FAST), out_dir=out)
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "model").is_dir() == merge
+    assert not (out / "checkpoints").exists()
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt")), "safetensors only"
+    payload = json.loads((out / "tunelab.json").read_text())
+    assert payload["params_total"] == tiny_model.params_total and payload["method"] == "lora"
+    assert {"torch", "transformers", "peft", "tunelab"} <= set(payload["versions"])
+    loaded = load_predictor(out)
+    assert np.allclose(predict(loaded, _texts(tiny_task)).probs, predict(predictor, _texts(tiny_task)).probs,
+                       atol=1e-5)
+
+
+def test_out_dir_that_is_not_a_run_is_refused_unless_overwrite(tiny_model, tiny_task, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="exists and is not a tunelab run; use --overwrite"):
+        finetune(tiny_model, tiny_task, TuneConfig(**FAST), out_dir=out)
+    assert (out / "notes.txt").read_text() == "keep me"
+    finetune(tiny_model, tiny_task, TuneConfig(**FAST), out_dir=out, overwrite=True)
+    assert (out / "tunelab.json").is_file() and not (out / "notes.txt").exists()
+    with pytest.raises(ConfigError, match="holds a tunelab run"):
+        finetune(tiny_model, tiny_task, TuneConfig(**FAST), out_dir=out)
+    with pytest.raises(ConfigError, match="already finished"):
+        finetune(tiny_model, tiny_task, TuneConfig(**FAST), out_dir=out, resume=True)
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_model, tiny_task, tmp_path):
+    with torch.no_grad():
+        tiny_model.lm.get_input_embeddings().weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="loss became nan in epoch 1"):
+        finetune(tiny_model, tiny_task, TuneConfig(method="full", **FAST), out_dir=tmp_path / "nan")
+    assert not (tmp_path / "nan" / "tunelab.json").exists()
+
+
+def test_config_problems_name_their_flags():
+    with pytest.raises(ConfigError) as caught:
+        TuneConfig(method="half", epochs=0, val_fraction=1.5, merge=True)
+    text = str(caught.value)
+    assert "--method" in text and "--epochs" in text and "--val-fraction" in text
+
+
+KILLED_RUN = textwrap.dedent("""
+    import os, signal, sys
+    from tunelab.models import load_model
+    from tunelab.tasks import load_task
+    from tunelab.tuning import TuneConfig, finetune
+    model_dir, train, test, out = sys.argv[1:5]
+    def die_after_epoch_2(epoch, val_loss):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    finetune(load_model(model_dir), load_task(train_path=train, test_path=test),
+             TuneConfig(method="lora", epochs=4, lr=1e-2, batch_size=2, val_fraction=0.25, patience=4),
+             out_dir=out, on_epoch_end=die_after_epoch_2)
+""")
+
+
+def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "base")
+    train, test = DATA / "words.jsonl", DATA / "words_test.csv"
+    script = tmp_path / "killed_run.py"
+    script.write_text(KILLED_RUN)
+    killed = subprocess.run([sys.executable, script, tmp_path / "base", train, test, tmp_path / "resumed"],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert json.loads((tmp_path / "resumed" / "checkpoints" / "latest.json").read_text())["epoch"] == 2
+    assert not (tmp_path / "resumed" / "tunelab.json").exists()
+
+    model, task = load_model(tmp_path / "base"), load_task(train_path=train, test_path=test)
+    config = TuneConfig(method="lora", epochs=4, lr=1e-2, batch_size=2, val_fraction=0.25, patience=4)
+    resumed = finetune(model, task, config, out_dir=tmp_path / "resumed", resume=True)
+    straight = finetune(model, task, config, out_dir=tmp_path / "straight")
+    assert resumed.meta["training"]["history"] == straight.meta["training"]["history"]
+    assert resumed.meta["training"]["epochs_run"] == 4
+    assert resumed.fingerprint == straight.fingerprint
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_needs_the_same_settings(tiny_model, tiny_task, tmp_path):
+    def stop(epoch, val_loss):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        finetune(tiny_model, tiny_task, TuneConfig(**FAST), out_dir=tmp_path / "run", on_epoch_end=stop)
+    with pytest.raises(ConfigError, match="--resume needs the same settings"):
+        finetune(tiny_model, tiny_task, TuneConfig(**{**FAST, "epochs": 3}), out_dir=tmp_path / "run", resume=True)
+    with pytest.raises(ConfigError, match="no checkpoint to resume"):
+        finetune(tiny_model, tiny_task, TuneConfig(**FAST), out_dir=tmp_path / "empty", resume=True)
