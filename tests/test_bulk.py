@@ -1,0 +1,124 @@
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tunelab.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
+from tunelab.errors import ConfigError, InputError
+from tunelab.predictor import load_predictor, save_predictor
+from tunelab.prompting import PromptConfig, few_shot
+from tunelab.store import Store
+
+WORDS = ["good", "great", "nice", "happy", "lovely", "superb", "fine", "kind", "bad", "awful", "poor", "sad",
+         "nasty", "grim", "vile", "cruel"]
+
+
+class CountingPredictor:
+    """Wraps a predictor and records every text it is asked to predict."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict_batch(self, texts):
+        self.seen += texts
+        return self.inner.predict_batch(texts)
+
+
+@pytest.fixture
+def saved_predictor(tiny_model, tiny_task, tmp_path):
+    save_predictor(few_shot(tiny_model, tiny_task, PromptConfig(shots=2)), tmp_path / "predictor")
+    return tmp_path / "predictor"
+
+
+def _rows(store_path):
+    store = Store(store_path, read_only=True)
+    rows = sorted((r.input, r.label, json.dumps(r.probs, sort_keys=True), r.fingerprint) for r in store.rows())
+    store.close()
+    return rows
+
+
+def test_normalisation_is_nfc_whitespace_and_optional_casefold():
+    assert normalise("  cafe\u0301 \t au\n lait ") == "caf\u00e9 au lait"
+    assert normalise("Good") == "Good" and normalise("Good", casefold=True) == "good"
+    assert text_key(normalise("caf\u00e9")) == text_key(normalise("cafe\u0301"))
+
+
+def test_bulk_dedupes_skips_stored_and_counts(saved_predictor, tmp_path):
+    predictor = CountingPredictor(load_predictor(saved_predictor))
+    store = Store(tmp_path / "s.sqlite")
+    texts = ["good", "good ", "bad", "  bad", "nice", "", "nice"]
+    counts = predict_all(predictor, texts, store, BulkConfig(batch_size=2))
+    assert (counts["read"], counts["distinct"], counts["already_stored"], counts["predicted"]) == (7, 3, 0, 3)
+    assert sorted(predictor.seen) == ["bad", "good", "nice"]
+    again = predict_all(predictor, texts + ["kind"], store, BulkConfig(batch_size=2))
+    assert (again["already_stored"], again["predicted"]) == (3, 1) and predictor.seen[-1] == "kind"
+    stored = store.get(predictor.fingerprint, text_key("good"))
+    assert stored.probs == pytest.approx(predictor.inner.predict_batch(["good"]).row(0)["probs"])
+    with pytest.raises(ConfigError, match="casefold"):
+        predict_all(predictor, texts, store, BulkConfig(casefold=True))
+
+
+KILLED_BULK = textwrap.dedent("""
+    import os, signal, sys
+    from tunelab.bulk import BulkConfig, predict_all
+    from tunelab.predictor import load_predictor
+    from tunelab.store import Store
+    predictor_dir, store_path, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    texts = sys.argv[4:]
+    done = []
+    def maybe_die(n):
+        done.append(n)
+        if len(done) == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    predict_all(load_predictor(predictor_dir), texts, Store(store_path), BulkConfig(batch_size=3),
+                on_progress=maybe_die)
+""")
+
+
+def test_killed_bulk_run_resumes_to_the_same_store(saved_predictor, tmp_path):
+    script = tmp_path / "bulk.py"
+    script.write_text(KILLED_BULK)
+    texts = WORDS + WORDS[:5]  # repeats
+    killed = subprocess.run([sys.executable, script, saved_predictor, tmp_path / "resumed.sqlite", "2", *texts],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    partial = _rows(tmp_path / "resumed.sqlite")
+    assert len(partial) == 6  # two committed batches of three, nothing half-written
+
+    predictor = CountingPredictor(load_predictor(saved_predictor))
+    counts = predict_all(predictor, texts, Store(tmp_path / "resumed.sqlite"), BulkConfig(batch_size=3))
+    assert counts["already_stored"] == 6 and counts["predicted"] == len(WORDS) - 6
+    assert not set(predictor.seen) & {row[0] for row in partial}, "nothing is predicted twice"
+    predict_all(load_predictor(saved_predictor), texts, Store(tmp_path / "straight.sqlite"), BulkConfig(batch_size=5))
+    assert _rows(tmp_path / "resumed.sqlite") == _rows(tmp_path / "straight.sqlite")
+
+
+def test_ray_engine_writes_the_same_store_as_local(saved_predictor, tmp_path):
+    texts = WORDS + ["good"]
+    local = predict_all(load_predictor(saved_predictor), texts, Store(tmp_path / "local.sqlite"),
+                        BulkConfig(batch_size=4))
+    with_ray = predict_all(load_predictor(saved_predictor), texts, Store(tmp_path / "ray.sqlite"),
+                           BulkConfig(batch_size=4, engine="ray"), predictor_dir=saved_predictor)
+    assert local["predicted"] == with_ray["predicted"] == len(WORDS)
+    local_rows, ray_rows = _rows(tmp_path / "local.sqlite"), _rows(tmp_path / "ray.sqlite")
+    assert [r[:2] for r in local_rows] == [r[:2] for r in ray_rows]
+    for a, b in zip(local_rows, ray_rows):
+        assert json.loads(a[2]) == pytest.approx(json.loads(b[2]), abs=1e-6)
+
+
+def test_read_inputs_formats_and_errors(tmp_path):
+    (tmp_path / "a.txt").write_text("good\n\nbad\n")
+    (tmp_path / "a.jsonl").write_text('{"text": "good"}\n{"word": "bad"}\n')
+    (tmp_path / "a.csv").write_text("text,id\ngood,1\nbad,2\n")
+    assert read_inputs(tmp_path / "a.txt") == ["good", "bad"]
+    assert read_inputs(tmp_path / "a.csv") == ["good", "bad"]
+    with pytest.raises(InputError, match=r'a\.jsonl:2: field "text" is missing'):
+        read_inputs(tmp_path / "a.jsonl")
+    with pytest.raises(InputError, match=r'a\.csv:1: field "word" is missing from the header'):
+        read_inputs(tmp_path / "a.csv", text_field="word")

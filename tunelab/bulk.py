@@ -1,0 +1,185 @@
+"""Offline (bulk) inference: stream inputs, normalise, de-duplicate, skip what is stored, commit per batch.
+
+Resuming is the normal path, not a special case: a rerun (or a run after a kill) computes only the missing keys.
+The same job runs on Ray Data (`engine="ray"`): an actor pool holds the model, the driver writes the store.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Literal
+
+from tunelab.errors import ConfigError, InputError
+from tunelab.predictor import Predictions, Predictor, load_predictor
+from tunelab.store import Store
+
+
+@dataclass(frozen=True)
+class BulkConfig:
+    batch_size: int = 64  # texts per forward pass and per store transaction
+    engine: Literal["local", "ray"] = "local"
+    casefold: bool = False  # off by default: a model may answer "Good" and "good" differently
+    ray_address: str | None = None  # None: a local Ray instance
+    ray_actors: int = 1  # model replicas in the Ray actor pool; one per 2 cores is plenty on a CPU
+
+    def __post_init__(self):
+        problems = []
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.engine not in ("local", "ray"):
+            problems.append(f"--engine must be local or ray, got {self.engine!r}")
+        if self.ray_actors < 1:
+            problems.append(f"--ray-actors must be >= 1, got {self.ray_actors}")
+        if problems:
+            raise ConfigError(problems)
+
+
+def normalise(text: str, casefold: bool = False) -> str:
+    """Unicode NFC, whitespace runs collapsed to one space, trimmed; optionally case-folded."""
+    text = " ".join(unicodedata.normalize("NFC", text).split())
+    return text.casefold() if casefold else text
+
+
+def text_key(normalised: str) -> str:
+    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()[:32]
+
+
+def read_inputs(path: str | Path, text_field: str = "text") -> list[str]:
+    """Texts from a file: one per line (.txt and others), JSONL objects, or a CSV column.
+
+    Raises:
+        InputError: a missing file, undecodable bytes, a bad JSON line or a missing field, with its line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    raw = path.read_bytes()
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError("is not valid UTF-8", path=path, line=raw[: err.start].count(b"\n") + 1) from None
+    suffix = path.suffix.lower()
+    texts = []
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(content, newline=""))
+        if text_field not in (reader.fieldnames or []):
+            raise InputError("is missing from the header", path=path, line=1, field=text_field,
+                             hint="use --text-field to name the column")
+        for row in reader:
+            if not isinstance(row.get(text_field), str):
+                raise InputError("is missing", path=path, line=reader.line_num, field=text_field)
+            texts.append(row[text_field])
+    else:
+        for number, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            if suffix in (".jsonl", ".json"):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputError(f"is not valid JSON ({err.msg})", path=path, line=number) from None
+                if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+                    raise InputError("is missing or not a string", path=path, line=number, field=text_field)
+                line = row[text_field]
+            texts.append(line)
+    return texts
+
+
+def _rows(predictions: Predictions, keys: list[str], texts: list[str]) -> list[tuple[str, str, dict]]:
+    return [(key, text, predictions.row(i)) for i, (key, text) in enumerate(zip(keys, texts))]
+
+
+def predict_all(
+    predictor: Predictor,
+    texts: Iterable[str],
+    store: Store,
+    config: BulkConfig = BulkConfig(),
+    *,
+    predictor_dir: str | Path | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Predict every distinct normalised text not yet stored for this predictor; commit batch by batch.
+
+    `predictor_dir` (the saved predictor) is needed by the Ray engine, whose workers load their own copy.
+    Returns counts: read, distinct, already_stored, predicted, and examples_per_s of the predicting part.
+    """
+    fingerprint = predictor.fingerprint
+    recorded = store.description(fingerprint)
+    if recorded and recorded.get("casefold", False) != config.casefold:
+        raise ConfigError(f"{store.path} holds this model's predictions with casefold={recorded['casefold']}; "
+                          "use the same setting (or another store)")
+    store.register(fingerprint, {"rung": predictor.rung, "kind": predictor.kind, "casefold": config.casefold,
+                                 "labels": list(predictor.label_names), "path": str(predictor_dir or "")})
+    distinct: dict[str, str] = {}
+    read = 0
+    for text in texts:
+        read += 1
+        normalised = normalise(text, config.casefold)
+        if normalised:
+            distinct.setdefault(text_key(normalised), normalised)
+    already = store.stored_keys(fingerprint, distinct)
+    todo = sorted((key for key in distinct if key not in already), key=lambda k: (len(distinct[k]), k))
+    started = time.perf_counter()
+    if config.engine == "ray":
+        if predictor_dir is None:
+            raise ConfigError("--engine ray needs a saved predictor folder (--model DIR)")
+        _predict_with_ray(predictor_dir, fingerprint, todo, distinct, store, config, on_progress)
+    else:
+        for start in range(0, len(todo), config.batch_size):
+            keys = todo[start : start + config.batch_size]
+            batch = [distinct[key] for key in keys]
+            store.put_batch(fingerprint, _rows(predictor.predict_batch(batch), keys, batch))
+            if on_progress:
+                on_progress(len(keys))
+    seconds = time.perf_counter() - started
+    return {"read": read, "distinct": len(distinct), "already_stored": len(already), "predicted": len(todo),
+            "examples_per_s": len(todo) / seconds if todo and seconds > 0 else 0.0, "store": str(store.path),
+            "fingerprint": fingerprint}
+
+
+class _RayPredictorActor:
+    """Holds one loaded predictor per Ray actor; turns a batch of texts into store rows."""
+
+    def __init__(self, predictor_dir: str):
+        self.predictor = load_predictor(predictor_dir)
+
+    def __call__(self, batch: dict) -> dict:
+        texts = [str(t) for t in batch["text"]]
+        rows = _rows(self.predictor.predict_batch(texts), [str(k) for k in batch["key"]], texts)
+        return {"key": [r[0] for r in rows], "text": [r[1] for r in rows],
+                "output": [json.dumps(r[2]) for r in rows]}
+
+
+def _predict_with_ray(predictor_dir, fingerprint, keys, distinct, store, config: BulkConfig, on_progress) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray Data: pip install 'ray[data]'") from None
+    if not keys:
+        return
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        dataset = ray.data.from_items([{"key": key, "text": distinct[key]} for key in keys])
+        predicted = dataset.map_batches(_RayPredictorActor, fn_constructor_kwargs={"predictor_dir": str(predictor_dir)},
+                                        batch_size=config.batch_size, concurrency=config.ray_actors,
+                                        batch_format="numpy")
+        for batch in predicted.iter_batches(batch_size=config.batch_size, batch_format="numpy"):
+            rows = [(str(k), str(t), json.loads(str(o))) for k, t, o in zip(batch["key"], batch["text"],
+                                                                             batch["output"])]
+            store.put_batch(fingerprint, rows)
+            if on_progress:
+                on_progress(len(rows))
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,177 @@
+"""The prediction store: one SQLite row per (model fingerprint, normalised input), written batch by batch.
+
+WAL mode and one transaction per batch: a kill at any instant loses at most the batch in flight and never leaves
+a partial row. A row answers only for the model fingerprint that wrote it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from tunelab.errors import InputError
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE predictions (
+            fingerprint TEXT NOT NULL,     -- the predictor that produced the row
+            key TEXT NOT NULL,             -- sha256 of the normalised input
+            input TEXT NOT NULL,           -- the normalised input
+            label TEXT,                    -- classification: the top label
+            value REAL,                    -- regression: the predicted value
+            probs TEXT,                    -- classification: JSON {label: probability}
+            created_at REAL NOT NULL,
+            PRIMARY KEY (fingerprint, key)
+        ) WITHOUT ROWID""")
+    db.execute("CREATE TABLE predictors (fingerprint TEXT PRIMARY KEY, description TEXT NOT NULL)")
+
+
+MIGRATIONS = [_migration_1]  # numbered by position; PRAGMA user_version records how many have run
+
+
+@dataclass(frozen=True)
+class StoredPrediction:
+    input: str
+    label: str | None
+    value: float | None
+    probs: dict | None
+    fingerprint: str
+
+    def as_dict(self) -> dict:
+        output = {"label": self.label, "probs": self.probs} if self.label is not None else {"value": self.value}
+        return {"input": self.input, **output, "fingerprint": self.fingerprint}
+
+
+class Store:
+    """A SQLite prediction store. Safe to read from several processes while one writes."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False):
+        self.path = Path(path)
+        if read_only and not self.path.is_file():
+            raise InputError("no such prediction store", path=self.path)
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            uri = f"file:{self.path}?mode=ro" if read_only else str(self.path)
+            self.db = sqlite3.connect(uri, uri=read_only, check_same_thread=False, isolation_level=None)
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at each checkpoint, never torn
+                self._migrate()
+            self.db.execute("SELECT count(*) FROM predictions LIMIT 1")
+        except sqlite3.DatabaseError as err:
+            raise InputError(f"not a tunelab prediction store ({err})", path=self.path) from None
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            migration(self.db)
+            self.db.execute(f"PRAGMA user_version = {number}")
+            self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def register(self, fingerprint: str, description: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO predictors VALUES (?, ?)", (fingerprint, json.dumps(description)))
+
+    def description(self, fingerprint: str) -> dict:
+        """What `register` recorded for this predictor (rung, labels, normalisation), or {}."""
+        row = self.db.execute("SELECT description FROM predictors WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def stored_keys(self, fingerprint: str, keys: Iterable[str]) -> set[str]:
+        """The subset of `keys` already stored for this fingerprint."""
+        keys, found = list(keys), set()
+        for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"SELECT key FROM predictions WHERE fingerprint = ? AND key IN ({marks})",
+                                   [fingerprint, *chunk])
+            found.update(row[0] for row in rows)
+        return found
+
+    def put_batch(self, fingerprint: str, rows: list[tuple[str, str, dict]]) -> None:
+        """Write (key, input, output) rows in one transaction: all of them or none."""
+        now = time.time()
+        records = [(fingerprint, key, text, output.get("label"), output.get("value"),
+                    json.dumps(output["probs"]) if "probs" in output else None, now) for key, text, output in rows]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)", records)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def get(self, fingerprint: str, key: str) -> StoredPrediction | None:
+        row = self.db.execute("SELECT input, label, value, probs FROM predictions WHERE fingerprint = ? AND key = ?",
+                              (fingerprint, key)).fetchone()
+        return _stored(row, fingerprint) if row else None
+
+    def get_many(self, fingerprint: str, keys: list[str]) -> dict[str, StoredPrediction]:
+        found = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"SELECT key, input, label, value, probs FROM predictions "
+                                   f"WHERE fingerprint = ? AND key IN ({marks})", [fingerprint, *chunk])
+            found.update((row[0], _stored(row[1:], fingerprint)) for row in rows)
+        return found
+
+    def fingerprints(self) -> list[str]:
+        return [row[0] for row in self.db.execute("SELECT DISTINCT fingerprint FROM predictions ORDER BY 1")]
+
+    def rows(self, fingerprint: str | None = None):
+        query = "SELECT input, label, value, probs, fingerprint FROM predictions"
+        args = ()
+        if fingerprint:
+            query, args = query + " WHERE fingerprint = ?", (fingerprint,)
+        for row in self.db.execute(query + " ORDER BY fingerprint, input", args):
+            yield _stored(row[:4], row[4])
+
+    def summary(self) -> dict:
+        """Counts per model fingerprint and, within each, per label."""
+        result = {}
+        for fingerprint, label, count in self.db.execute(
+                "SELECT fingerprint, label, count(*) FROM predictions GROUP BY fingerprint, label ORDER BY 1, 2"):
+            entry = result.setdefault(fingerprint, {"rows": 0, "labels": {}})
+            entry["rows"] += count
+            if label is not None:
+                entry["labels"][label] = count
+        for fingerprint, description in self.db.execute("SELECT fingerprint, description FROM predictors"):
+            if fingerprint in result:
+                result[fingerprint]["predictor"] = json.loads(description)
+        return result
+
+    def export(self, destination: Path, fingerprint: str | None = None) -> int:
+        """Write the rows as JSONL (or CSV when the name ends in .csv); returns the row count."""
+        count = 0
+        staging = destination.with_name(f".{destination.name}.tmp")
+        with staging.open("w", newline="", encoding="utf-8") as handle:
+            writer = None
+            for stored in self.rows(fingerprint):
+                record = stored.as_dict()
+                if destination.suffix.lower() == ".csv":
+                    record["probs"] = json.dumps(record["probs"]) if record.get("probs") is not None else ""
+                    writer = writer or csv.DictWriter(handle, fieldnames=list(record))
+                    if count == 0:
+                        writer.writeheader()
+                    writer.writerow(record)
+                else:
+                    handle.write(json.dumps(record) + "\n")
+                count += 1
+        staging.replace(destination)
+        return count
+
+
+def _stored(row, fingerprint: str) -> StoredPrediction:
+    text, label, value, probs = row
+    return StoredPrediction(text, label, value, json.loads(probs) if probs else None, fingerprint)
