@@ -10,7 +10,6 @@ import copy
 import inspect
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
 from tunelab.predictor import Predictions
@@ -170,6 +169,18 @@ def rating_value(value: float, value_range: tuple[float, float]) -> float:
     return 1.0 + (float(value) - low) / (high - low) * (SCALE_POINTS - 1)
 
 
+def expected_rating(rating_scores: torch.Tensor) -> torch.Tensor:
+    """The expected rating (1..9) under the softmax of the ratings' scores: (n, 9) -> (n,). Differentiable."""
+    ratings = torch.arange(1, SCALE_POINTS + 1, dtype=rating_scores.dtype, device=rating_scores.device)
+    return torch.softmax(rating_scores, dim=-1) @ ratings
+
+
+def rating_to_value(rating, value_range: tuple[float, float]):
+    """A rating on 1..9 mapped back onto the task's scale (the inverse of rating_value)."""
+    low, high = value_range
+    return low + (rating - 1) / (SCALE_POINTS - 1) * (high - low)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # One task's verbalizer
 
@@ -203,12 +214,10 @@ class Verbalizer:
         """Label probabilities (softmax over labels), optionally with the content-free bias divided out."""
         if calibration is not None:
             scores = torch.log_softmax(scores, dim=-1) - torch.tensor(calibration)
-        probs = torch.softmax(scores, dim=-1).numpy()  # (n, n_labels)
         if self.kind == "classification":
-            return Predictions("classification", self.label_names, probs=probs)
-        expected = probs @ np.arange(1, SCALE_POINTS + 1)  # expected rating, 1..9
-        low, high = self.value_range
-        return Predictions("regression", values=low + (expected - 1) / (SCALE_POINTS - 1) * (high - low))
+            return Predictions("classification", self.label_names, probs=torch.softmax(scores, dim=-1).numpy())
+        values = rating_to_value(expected_rating(scores.double()), self.value_range)
+        return Predictions("regression", values=values.numpy())
 
     def describe(self) -> dict:
         return {"kind": self.kind, "labels": list(self.label_names), "value_range": self.value_range,

@@ -1,0 +1,74 @@
+"""Distillation on `vader`: a fully fine-tuned SmolLM2 teacher vs pruned and MiniLM students, in one run.
+
+Each student runs as `tunelab distill` (teacher and student evaluated on the same 400 test words in the same
+process); the teacher labels the transfer set once, and the later students reuse those labels from the store.
+
+    python bench/distill.py [--teacher runs/bench-tune/full] [--transfer-size 4000] [--students pruned:10,pruned:6,minilm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.tasks import load_task
+
+
+def tunelab(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli", *args, "--json"], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"tunelab {' '.join(args)} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", type=Path, default=Path("runs/bench-tune/full"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-distill"))
+    parser.add_argument("--transfer-size", type=int, default=4000)
+    parser.add_argument("--students", default="pruned:10,pruned:6,minilm")
+    parser.add_argument("--epochs", default="pruned=1,encoder=3", help="epochs per student type")
+    args = parser.parse_args()
+    if not (args.teacher / "tunelab.json").is_file():
+        print(f"training the teacher into {args.teacher} (full fine-tuning, 2 epochs)")
+        tunelab("tune", "--task", "vader", "--method", "full", "--epochs", "2", "--out", str(args.teacher))
+    task = load_task("vader")
+    args.out.mkdir(parents=True, exist_ok=True)
+    transfer = [e.text for e in task.train] + random.Random(0).sample(list(task.unlabeled),
+                                                                       args.transfer_size - len(task.train))
+    (args.out / "transfer.txt").write_text("\n".join(transfer) + "\n")
+    epochs = dict(item.split("=") for item in args.epochs.split(","))
+    reports = []
+    for spec in args.students.split(","):
+        kind = "pruned" if spec.startswith("pruned") else "encoder"
+        reports.append(tunelab("distill", "--teacher", str(args.teacher), "--task", "vader", "--student", spec,
+                               "--transfer", str(args.out / "transfer.txt"), "--epochs", epochs[kind],
+                               "--out", str(args.out / spec.replace(":", "-"))))
+    teacher = reports[0]["teacher"]
+    table = Table(title=f"distillation on vader: {len(transfer):,} transfer words labelled by the teacher, "
+                        f"400 test words")
+    for column in ("model", "accuracy", "params", "param ratio", "examples/s", "speed-up", "quality ratio",
+                   "epochs"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    table.add_row(f"teacher ({args.teacher})", f"{teacher['accuracy']:.3f}", f"{teacher['params_total']:,}", "1.00",
+                  f"{teacher['examples_per_s']:.1f}", "1.0x", "1.00", "-")
+    for spec, report in zip(args.students.split(","), reports):
+        student = report["student_metrics"]
+        table.add_row(f"student {spec}", f"{student['accuracy']:.3f}", f"{report['params_student']:,}",
+                      f"{report['param_ratio']:.2f}", f"{student['examples_per_s']:.1f}", f"{report['speedup']:.1f}x",
+                      f"{report['quality_ratio']:.3f}",
+                      epochs["pruned" if spec.startswith("pruned") else "encoder"])
+    Console(width=150).print(table)
+    Console(width=150).print("teacher examples/s as measured in each student's run: "
+                    + ", ".join(f"{r['teacher']['examples_per_s']:.1f}" for r in reports))
+
+
+if __name__ == "__main__":
+    main()

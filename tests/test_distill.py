@@ -1,0 +1,146 @@
+import json
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from tunelab.distill import (
+    DistillConfig,
+    distill,
+    kd_loss,
+    make_student,
+    prune_layers,
+    read_transfer_texts,
+    soften,
+)
+from tunelab.errors import ConfigError, InputError
+from tunelab.models import make_model
+from tunelab.predictor import load_predictor, predict, save_predictor
+from tunelab.prompting import PromptConfig, few_shot
+from tunelab.tuning import TuneConfig, finetune
+
+from conftest import _llama
+from helpers import one_error_line, run_cli, task_args
+
+
+@pytest.fixture
+def four_layer_model(word_tokenizer):
+    lm = _llama(len(word_tokenizer))
+    lm.config.num_hidden_layers = 4
+    lm = type(lm)(lm.config)
+    return make_model(lm, word_tokenizer, name="tiny-4", device=torch.device("cpu"))
+
+
+@pytest.fixture
+def tiny_encoder_dir(word_tokenizer, tmp_path):
+    """A BERT far smaller than the tiny teacher, saved like a pretrained encoder folder."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(word_tokenizer), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=13, max_position_embeddings=32, pad_token_id=1)
+    BertModel(config).save_pretrained(tmp_path / "encoder")
+    word_tokenizer.save_pretrained(tmp_path / "encoder")
+    return tmp_path / "encoder"
+
+
+def _mean_kl(teacher, student, texts):
+    p = torch.tensor(predict(teacher, texts).probs)
+    q = torch.tensor(predict(student, texts).probs)
+    return float((p * (p.log() - q.log())).sum(1).mean())
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
+def test_kd_loss_is_zero_when_student_matches_teacher(temperature):
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, -3.0]])
+    assert kd_loss(logits, torch.softmax(logits, -1), temperature).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(logits, torch.softmax(logits.flip(1), -1), temperature).item() > 0.01
+
+
+def test_soften_equals_softmax_of_scaled_logits():
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    assert torch.allclose(soften(torch.softmax(logits, -1), 3.0), torch.softmax(logits / 3.0, -1), atol=1e-6)
+
+
+def test_pruned_student_keeps_evenly_spaced_teacher_layers(four_layer_model):
+    student = prune_layers(four_layer_model.lm, 2)
+    assert student.kept_layers == [0, 3] and student.config.num_hidden_layers == 2
+    teacher_layers = four_layer_model.lm.get_decoder().layers
+    for new, old in enumerate(student.kept_layers):
+        new_state, old_state = student.get_decoder().layers[new].state_dict(), teacher_layers[old].state_dict()
+        assert all(torch.equal(new_state[k], old_state[k]) for k in old_state)
+    assert four_layer_model.lm.config.num_hidden_layers == 4, "the teacher is untouched"
+    assert prune_layers(four_layer_model.lm, 3).kept_layers == [0, 2, 3]
+
+
+def test_students_have_fewer_parameters_or_are_refused(tiny_model, tiny_task, tiny_encoder_dir):
+    teacher = few_shot(tiny_model, tiny_task, PromptConfig(shots=0))
+    pruned = make_student(teacher, tiny_task, DistillConfig(student="pruned:1"), {"config": {"max_length": 64}})
+    assert pruned.params_total < teacher.params_total
+    encoder = make_student(teacher, tiny_task, DistillConfig(student=f"encoder:{tiny_encoder_dir}"),
+                           {"config": {"max_length": 64}})
+    assert encoder.params_total < teacher.params_total
+    with pytest.raises(ConfigError, match="not smaller than the teacher"):
+        make_student(teacher, tiny_task, DistillConfig(student="pruned:2"), {})
+    with pytest.raises(ConfigError, match="not fewer than the teacher"):
+        make_student(teacher, tiny_task, DistillConfig(student="minilm"), {})
+
+
+@pytest.fixture
+def sharp_teacher(tiny_model, tiny_task, tmp_path):
+    """A tiny model fine-tuned hard, so that its label distributions are far from uniform."""
+    config = TuneConfig(method="full", lr=5e-2, epochs=3, batch_size=4, val_fraction=0.25, patience=3)
+    return finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "teacher")
+
+
+@pytest.mark.parametrize("spec", ["pruned:1", "encoder"])
+def test_student_learns_the_teacher(sharp_teacher, tiny_task, tiny_encoder_dir, tmp_path, spec):
+    teacher = sharp_teacher
+    spec = f"encoder:{tiny_encoder_dir}" if spec == "encoder" else spec
+    texts = [e.text for e in tiny_task.train + tiny_task.test]
+    config = DistillConfig(student=spec, alpha=0.0, epochs=40, lr=2e-2, batch_size=8, temperature=1.0)
+    untrained = make_student(teacher, tiny_task, config, {"config": {"max_length": 64}})
+    student, report = distill(teacher, tiny_task, config, transfer_texts=texts, out_dir=tmp_path / "student")
+    assert _mean_kl(teacher, student, texts) < 0.5 * _mean_kl(teacher, untrained, texts)
+    assert report["params_student"] < report["params_teacher"] and 0 < report["param_ratio"] < 1
+    assert report["speedup"] > 0 and report["quality_ratio"] >= 0
+    payload = json.loads((tmp_path / "student" / "tunelab.json").read_text())
+    assert payload["spec"] == spec and payload["params_teacher"] == teacher.params_total
+    assert payload["params_total"] == student.params_total
+    reloaded = load_predictor(tmp_path / "student")
+    assert torch.allclose(torch.tensor(predict(reloaded, texts).probs), torch.tensor(predict(student, texts).probs),
+                          atol=1e-5)
+
+
+def test_label_space_mismatch_and_empty_transfer_are_refused(tiny_model, tiny_task, tiny_regression_task, tmp_path):
+    teacher = few_shot(tiny_model, tiny_task, PromptConfig(shots=0))
+    with pytest.raises(ConfigError, match="the teacher predicts classification"):
+        distill(teacher, tiny_regression_task, DistillConfig(student="pruned:1"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(InputError, match="transfer set is empty"):
+        read_transfer_texts(empty)
+    with pytest.raises(InputError, match="transfer set is empty"):
+        distill(teacher, tiny_task, DistillConfig(student="pruned:1"), transfer_texts=[])
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"text": "good"}\n{"txt": "bad"}\n')
+    with pytest.raises(InputError, match=r't\.jsonl:2: field "text"'):
+        read_transfer_texts(bad)
+
+
+def test_distill_cli_reports_ratios_and_the_student_evaluates(tiny_model, tiny_task, tmp_path):
+    teacher_dir = tmp_path / "teacher"
+    save_predictor(few_shot(tiny_model, tiny_task, PromptConfig(shots=0)), teacher_dir)
+    transfer = tmp_path / "transfer.txt"
+    transfer.write_text("good\nbad\nnice\npoor\nkind\ngrim\n")
+    result = run_cli("distill", "--teacher", teacher_dir, *task_args(), "--student", "pruned:1", "--transfer",
+                  transfer, "--epochs", "2", "--out", tmp_path / "student", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for key in ("params_teacher", "params_student", "param_ratio", "speedup", "quality_ratio"):
+        assert key in report
+    assert report["n_transfer"] == 6 and report["params_student"] < report["params_teacher"]
+    evaluated = json.loads(run_cli("eval", "--model", tmp_path / "student", *task_args(), "--json").stdout)
+    assert evaluated["rung"] == "distill" and evaluated["params_total"] == report["params_student"]
+    line = one_error_line(run_cli("distill", "--teacher", tmp_path, *task_args(), "--out", tmp_path / "s2"))
+    assert "not a tunelab predictor folder" in line
+    line = one_error_line(run_cli("distill", "--teacher", teacher_dir, *task_args(), "--student", "pruned:9",
+                                "--out", tmp_path / "s3"))
+    assert "not smaller than the teacher" in line

@@ -1,0 +1,437 @@
+"""Distillation: a student with fewer parameters learns a teacher's label distribution on a transfer set.
+
+Loss (Hinton et al. 2015, section 2): T^2 * KL(teacher_T || student_T) on temperature-softened distributions, plus
+alpha times the cross-entropy on gold labels where they exist; regression: MSE to the teacher's value plus alpha
+times MSE to the gold value. Students: the teacher with evenly spaced layers kept and initialised from its own
+weights (`pruned:N`, as DistilBERT did), or a small pretrained encoder with a head (`encoder:PATH`, `minilm`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.bulk import BulkConfig, normalise, predict_all, text_key
+from tunelab.errors import ConfigError, InputError
+from tunelab.evaluate import evaluate
+from tunelab.models import (
+    Model,
+    bundled_minilm_path,
+    choose_device,
+    count_parameters,
+    load_model,
+    make_model,
+    tunelab_home,
+)
+from tunelab.predictor import Predictions, Predictor, save_predictor, write_artifact_json
+from tunelab.store import Store
+from tunelab.tasks import Task
+from tunelab.verbalizer import (
+    PrefixCache,
+    PromptFormat,
+    Verbalizer,
+    encode_prefix,
+    expected_rating,
+    label_log_likelihoods,
+    rating_to_value,
+    score_continuations,
+)
+
+DEFAULT_LR = {"pruned": 5e-5, "encoder": 1e-4}  # an encoder head starts from scratch and needs the larger step
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    student: str = "minilm"  # pruned:N | encoder:PATH | minilm
+    temperature: float = 2.0  # softens the teacher's distribution so the student sees its second choices
+    alpha: float = 0.5  # weight of the gold-label loss, where gold labels exist
+    epochs: int = 3
+    lr: float | None = None  # None: DEFAULT_LR by student type
+    batch_size: int = 32
+    max_length: int = 64  # tokens per student input
+    seed: int = 0
+
+    def __post_init__(self):
+        problems = []
+        kind, _, argument = self.student.partition(":")
+        if self.student != "minilm" and (kind not in ("pruned", "encoder") or not argument):
+            problems.append(f"--student must be pruned:N, encoder:PATH or minilm, got {self.student!r}")
+        if kind == "pruned" and not (argument.isdigit() and int(argument) >= 1):
+            problems.append(f"--student pruned:N needs a whole number of layers N >= 1, got {self.student!r}")
+        if self.temperature <= 0:
+            problems.append(f"--temperature must be > 0, got {self.temperature}")
+        if self.alpha < 0:
+            problems.append(f"--alpha must be >= 0, got {self.alpha}")
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if self.lr is not None and not 0 < self.lr < 1:
+            problems.append(f"--lr must be in (0, 1), got {self.lr}")
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def student_type(self) -> str:
+        return "pruned" if self.student.startswith("pruned:") else "encoder"
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.student_type]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses
+
+
+def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(z / T) from p = softmax(z): p^(1/T), renormalised. Teachers hand over probabilities, not logits."""
+    log_probs = torch.log(probs.clamp_min(1e-12)) / temperature
+    return torch.softmax(log_probs, dim=-1)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(teacher_T || student_T), batch mean (Hinton et al. 2015; T^2 keeps gradients comparable across T)."""
+    student_log_probs = torch.log_softmax(student_logits / temperature, dim=-1)
+    return F.kl_div(student_log_probs, soften(teacher_probs, temperature), reduction="batchmean") * temperature**2
+
+
+def distillation_loss(student_logits, teacher_probs, gold, has_gold, temperature: float, alpha: float):
+    """KD loss plus alpha * cross-entropy on the rows that have a gold label (has_gold: (batch,) bool)."""
+    loss = kd_loss(student_logits, teacher_probs, temperature)
+    if alpha > 0 and has_gold.any():
+        loss = loss + alpha * F.cross_entropy(student_logits[has_gold], gold[has_gold])
+    return loss
+
+
+def regression_distillation_loss(student_values, teacher_values, gold, has_gold, alpha: float):
+    loss = F.mse_loss(student_values, teacher_values)
+    if alpha > 0 and has_gold.any():
+        loss = loss + alpha * F.mse_loss(student_values[has_gold], gold[has_gold])
+    return loss
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Students
+
+
+def prune_layers(lm: torch.nn.Module, keep: int) -> torch.nn.Module:
+    """A copy of the causal LM with `keep` evenly spaced decoder layers (first and last kept), same weights."""
+    decoder = lm.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ConfigError(f"pruned students need a decoder with a `layers` list; {type(lm).__name__} has none")
+    total = len(layers)
+    if keep >= total:
+        raise ConfigError(f"--student pruned:{keep} is not smaller than the teacher ({total} layers)")
+    indices = sorted({round(i * (total - 1) / max(1, keep - 1)) for i in range(keep)}) if keep > 1 else [0]
+    student = copy.deepcopy(lm)
+    student_decoder = student.get_decoder()
+    student_decoder.layers = torch.nn.ModuleList([student_decoder.layers[i] for i in indices])
+    for new_index, layer in enumerate(student_decoder.layers):
+        attention = getattr(layer, "self_attn", None)
+        if attention is not None and hasattr(attention, "layer_idx"):
+            attention.layer_idx = new_index  # the key/value cache is indexed by position in the new stack
+    student.config.num_hidden_layers = len(indices)
+    if getattr(student.config, "layer_types", None):
+        student.config.layer_types = [student.config.layer_types[i] for i in indices]
+    student.kept_layers = indices
+    return student
+
+
+class CausalStudent:
+    """A pruned causal LM scored through the task's zero-shot prompt (the teacher's verbalizer)."""
+
+    rung = "distill"
+
+    def __init__(self, model: Model, verbalizer: Verbalizer, meta: dict):
+        self.model, self.verbalizer, self.meta = model, verbalizer, meta
+        self.kind, self.label_names = verbalizer.kind, verbalizer.label_names
+        self._prefix: PrefixCache | None = None
+
+    @property
+    def params_total(self) -> int:
+        return self.model.params_total
+
+    @property
+    def params_trainable(self) -> int:
+        return self.model.params_total  # every weight of the student is trained
+
+    @property
+    def fingerprint(self) -> str:
+        return self.model.fingerprint
+
+    def _rows(self, texts: list[str]) -> list[list[int]]:
+        budget = max(1, self.meta["config"]["max_length"] - len(self.prefix_ids))
+        return self.verbalizer.queries(texts, max_tokens=budget)
+
+    @property
+    def prefix_ids(self) -> list[int]:
+        return self.verbalizer.encode(self.verbalizer.fmt.instruction, special=True)
+
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        """Label log-likelihoods with gradients (training): (n, n_labels)."""
+        rows = [self.prefix_ids + row for row in self._rows(texts)]
+        return label_log_likelihoods(self.model.lm, PrefixCache([], None), rows, self.verbalizer.continuations,
+                                     self.model.tokenizer.pad_token_id)
+
+    def predict_batch(self, texts: list[str]) -> Predictions:
+        if self._prefix is None:
+            self._prefix = encode_prefix(self.model.lm, self.prefix_ids)
+        scores = score_continuations(self.model.lm, self._prefix, self._rows(texts), self.verbalizer.continuations,
+                                     self.model.tokenizer.pad_token_id)
+        return self.verbalizer.predictions(scores)
+
+    def save(self, directory: Path) -> None:
+        self.model.save(directory / "model")
+        write_artifact_json(directory, {"rung": self.rung, "student_type": "pruned", **self.meta,
+                                        **self.verbalizer.describe(), "params_total": self.params_total,
+                                        "params_trainable": self.params_trainable, "fingerprint": self.fingerprint})
+
+
+class EncoderStudent:
+    """A small pretrained encoder with a classification (or one-value regression) head; reads the bare text."""
+
+    rung = "distill"
+
+    def __init__(self, encoder: torch.nn.Module, tokenizer, *, kind: str, label_names: tuple[str, ...], meta: dict):
+        self.encoder, self.tokenizer, self.meta = encoder, tokenizer, meta
+        self.kind, self.label_names = kind, tuple(label_names)
+
+    @property
+    def params_total(self) -> int:
+        return count_parameters(self.encoder)[0]
+
+    @property
+    def params_trainable(self) -> int:
+        return self.params_total  # every weight of the student is trained
+
+    @property
+    def fingerprint(self) -> str:
+        return Model(self.encoder, self.tokenizer, name="student").fingerprint
+
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        device = next(self.encoder.parameters()).device
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.meta["config"]["max_length"],
+                               return_tensors="pt").to(device)
+        return self.encoder(**batch).logits  # (n, n_labels), or (n, 1) for regression
+
+    @torch.no_grad()
+    def predict_batch(self, texts: list[str]) -> Predictions:
+        self.encoder.eval()
+        logits = self.logits(texts).float().cpu()
+        if self.kind == "classification":
+            return Predictions("classification", self.label_names, probs=torch.softmax(logits, -1).numpy())
+        return Predictions("regression", values=logits[:, 0].numpy())
+
+    def save(self, directory: Path) -> None:
+        self.encoder.save_pretrained(directory / "model", safe_serialization=True)
+        self.tokenizer.save_pretrained(directory / "model")
+        write_artifact_json(directory, {"rung": self.rung, "student_type": "encoder", "kind": self.kind,
+                                        "labels": list(self.label_names), **self.meta,
+                                        "params_total": self.params_total, "params_trainable": self.params_trainable,
+                                        "fingerprint": self.fingerprint})
+
+
+def load_student(directory: Path, payload: dict):
+    """Load either kind of student from its artifact folder."""
+    if payload["student_type"] == "pruned":
+        model = load_model(directory / "model")
+        meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics")
+                if k in payload}
+        return CausalStudent(model, Verbalizer.from_description(model.tokenizer, payload), meta)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model").to(choose_device()).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory / "model")
+    meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics")
+            if k in payload}
+    return EncoderStudent(encoder, tokenizer, kind=payload["kind"], label_names=tuple(payload["labels"]), meta=meta)
+
+
+def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: dict):
+    """An untrained student for `teacher`, per `config.student`.
+
+    Raises:
+        ConfigError: a student that is not smaller than the teacher, or that cannot be built from it.
+    """
+    if config.student_type == "pruned":
+        model = getattr(teacher, "model", None)
+        if not isinstance(model, Model):
+            raise ConfigError(f"--student {config.student} needs a causal-LM teacher; this teacher is a "
+                              f"{teacher.rung} predictor without one")
+        lm = prune_layers(model.lm, int(config.student.split(":")[1]))
+        student_model = make_model(lm, model.tokenizer, name=f"{model.name}-pruned{lm.config.num_hidden_layers}",
+                                   device=model.device)
+        verbalizer = Verbalizer(model.tokenizer, kind=task.kind, label_names=task.labels,
+                                fmt=PromptFormat.from_template(task.template, task.instruction),
+                                value_range=task.value_range)
+        meta = {**meta, "kept_layers": lm.kept_layers}
+        student = CausalStudent(student_model, verbalizer, meta)
+    else:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = bundled_minilm_path() if config.student == "minilm" else Path(config.student.split(":", 1)[1])
+        if not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"--student {config.student}: {path} is not a model folder (no config.json)")
+        n_outputs = len(task.labels) if task.is_classification else 1
+        with torch.random.fork_rng(devices=[]):  # the new head's initialisation draws from the global RNG
+            torch.manual_seed(config.seed)
+            encoder = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n_outputs)
+        student = EncoderStudent(encoder.to(choose_device()), AutoTokenizer.from_pretrained(path), kind=task.kind,
+                                 label_names=task.labels, meta=meta)
+    if student.params_total >= teacher.params_total:
+        raise ConfigError(f"--student {config.student} has {student.params_total:,} parameters, not fewer than the "
+                          f"teacher's {teacher.params_total:,}")
+    return student
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transfer set and training
+
+
+def read_transfer_texts(path: str | Path) -> list[str]:
+    """Unlabeled texts: one per line, or JSONL objects with a "text" field.
+
+    Raises:
+        InputError: a missing file, an unreadable line, or no texts at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    texts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="strict").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix.lower() == ".jsonl":
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"is not valid JSON ({err.msg})", path=path, line=number) from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
+                raise InputError("must be a non-empty string", path=path, line=number, field="text")
+            line = row["text"]
+        texts.append(line.strip())
+    if not texts:
+        raise InputError("holds no texts; the transfer set is empty", path=path)
+    return list(dict.fromkeys(texts))
+
+
+def _teacher_targets(teacher: Predictor, texts: list[str], gold: dict, task: Task, on_progress):
+    """The teacher's outputs on the transfer texts, by bulk inference into a store that later runs reuse."""
+    store = Store(tunelab_home() / "teacher-labels.sqlite")
+    try:
+        predict_all(teacher, texts, store, BulkConfig(batch_size=32), on_progress=on_progress)
+        keys = [text_key(normalise(text)) for text in texts]
+        stored = store.get_many(teacher.fingerprint, keys)
+    finally:
+        store.close()
+    outputs = [stored[key] for key in keys]
+    if task.is_classification:
+        soft = torch.tensor([[o.probs[label] for label in task.labels] for o in outputs], dtype=torch.float32)
+        gold_index = torch.tensor([task.labels.index(gold[t]) if t in gold else 0 for t in texts])
+    else:
+        soft = torch.tensor([o.value for o in outputs], dtype=torch.float32)
+        gold_index = torch.tensor([float(gold.get(t, 0.0)) for t in texts])
+    has_gold = torch.tensor([t in gold for t in texts])
+    return soft, gold_index, has_gold
+
+
+def distill(
+    teacher: Predictor,
+    task: Task,
+    config: DistillConfig = DistillConfig(),
+    *,
+    out_dir: str | Path | None = None,
+    transfer_texts: list[str] | None = None,
+    teacher_name: str = "teacher",
+    on_label_progress: Callable[[int], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    on_eval_progress: Callable[[int], None] | None = None,
+) -> tuple[Predictor, dict]:
+    """Train a student from `teacher` on the transfer set; evaluate both on the test split in this run.
+
+    The transfer set defaults to the training texts plus the task's unlabeled texts; the teacher labels it by
+    bulk inference into TUNELAB_HOME/teacher-labels.sqlite, so later students of the same teacher reuse the labels.
+    Returns the student and a
+    report: both metric sets, params_teacher, params_student, param_ratio, speedup and quality_ratio.
+
+    Raises:
+        ConfigError: label space mismatch or a student not smaller than the teacher.
+        InputError: an empty transfer set.
+    """
+    if teacher.kind != task.kind or (task.is_classification and set(teacher.label_names) != set(task.labels)):
+        raise ConfigError(f"the teacher predicts {teacher.kind} {list(teacher.label_names)}, but task {task.name} "
+                          f"is {task.kind} {list(task.labels)}")
+    texts = transfer_texts if transfer_texts is not None else [e.text for e in task.train] + list(task.unlabeled)
+    texts = list(dict.fromkeys(normalise(text) for text in texts if normalise(text)))
+    if not texts:
+        raise InputError("the transfer set is empty: give --transfer FILE or a task with training texts")
+    meta = {"teacher": teacher_name, "teacher_fingerprint": teacher.fingerprint, "spec": config.student,
+            "config": asdict(config), "params_teacher": teacher.params_total}
+    student = make_student(teacher, task, config, meta)
+
+    soft, gold, has_gold = _teacher_targets(teacher, texts, {e.text: e.label for e in task.train}, task,
+                                            on_label_progress)
+    module = student.model.lm if isinstance(student, CausalStudent) else student.encoder
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        module.train()
+        trainable = [p for p in module.parameters()]
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.01)
+        device = next(module.parameters()).device
+        for epoch in range(config.epochs):
+            order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+            for start in range(0, len(texts), config.batch_size):
+                rows = order[start : start + config.batch_size]
+                logits = student.logits([texts[i] for i in rows])
+                if task.is_classification:
+                    loss = distillation_loss(logits, soft[rows].to(device), gold[rows].to(device),
+                                             has_gold[rows].to(device), config.temperature, config.alpha)
+                else:
+                    values = logits if isinstance(student, EncoderStudent) else rating_to_value(
+                        expected_rating(logits), task.value_range)
+                    loss = regression_distillation_loss(values.reshape(-1), soft[rows].to(device),
+                                                        gold[rows].to(device), has_gold[rows].to(device),
+                                                        config.alpha)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if on_step:
+                    on_step(len(rows), loss.item())
+        module.eval()
+        for parameter in trainable:
+            parameter.requires_grad_(False)
+    train_seconds = time.perf_counter() - started
+    if isinstance(student, CausalStudent):
+        student._prefix = None
+
+    teacher_metrics = evaluate(teacher, task, on_progress=on_eval_progress)
+    student_metrics = evaluate(student, task, on_progress=on_eval_progress)
+    quality_key = "accuracy" if task.is_classification else "mae"
+    if task.is_classification:
+        quality_ratio = student_metrics["accuracy"] / max(teacher_metrics["accuracy"], 1e-12)
+    else:
+        quality_ratio = teacher_metrics["mae"] / max(student_metrics["mae"], 1e-12)
+    report = {
+        "task": task.name, "rung": "distill", "student": config.student, "quality_metric": quality_key,
+        "teacher": teacher_metrics, "student_metrics": student_metrics,
+        "params_teacher": teacher.params_total, "params_student": student.params_total,
+        "param_ratio": student.params_total / teacher.params_total,
+        "speedup": student_metrics["examples_per_s"] / teacher_metrics["examples_per_s"],
+        "quality_ratio": quality_ratio, "n_transfer": len(texts), "train_seconds": train_seconds,
+    }
+    student.meta.update(training={"n_transfer": len(texts), "train_seconds": train_seconds}, metrics=report)
+    if out_dir is not None:
+        save_predictor(student, out_dir)
+    return student, report
