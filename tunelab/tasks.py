@@ -27,6 +27,7 @@ class Example:
     text: str
     label: str | float
     line: int | None = field(default=None, compare=False)  # where it came from, for error messages
+    extra: dict = field(default_factory=dict, compare=False, repr=False)  # the row's other fields (slices)
 
 
 @dataclass(frozen=True)
@@ -128,11 +129,15 @@ def _example(path: Path, line: int, row: dict, text_field: str, label_field: str
         if isinstance(label, bool) or not math.isfinite(value):
             raise InputError(f"must be a finite number for a regression task, got {label!r}",
                              path=path, line=line, field=label_field)
-        return Example(text.strip(), value, line)
+        return Example(text.strip(), value, line, _other_fields(row, text_field, label_field))
     if isinstance(label, (dict, list)) or str(label).strip() == "":
         raise InputError(f"must be a non-empty string or number, got {label!r}", path=path, line=line,
                          field=label_field)
-    return Example(text.strip(), str(label).strip(), line)
+    return Example(text.strip(), str(label).strip(), line, _other_fields(row, text_field, label_field))
+
+
+def _other_fields(row: dict, text_field: str, label_field: str) -> dict:
+    return {key: value for key, value in row.items() if key not in (text_field, label_field)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
