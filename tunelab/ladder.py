@@ -1,0 +1,387 @@
+"""The ladder: every rung on one task and split, measured side by side, with the cheapest rung that is good enough.
+
+Each rung is a step with its own folder in the run directory; a step whose `result.json` exists is done, so an
+interrupted ladder resumes from the finished steps. The report comes as report.json, report.md and a
+self-contained report.html (plots embedded as PNG data URIs, no network needed).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tunelab.bias import BiasConfig, bias_report
+from tunelab.distill import DistillConfig, distill
+from tunelab.errors import ConfigError, InputError
+from tunelab.evaluate import evaluate
+from tunelab.models import Model
+from tunelab.predictor import load_predictor, read_artifact_json, save_predictor, write_json_atomic
+from tunelab.prompting import PromptConfig, few_shot
+from tunelab.tasks import Task
+from tunelab.tuning import TuneConfig, finetune, peak_rss_mb
+
+RUNGS = ("zero", "one", "few", "lora", "full", "distill")
+PROMPT_SHOTS = {"zero": 0, "one": 1}
+QUICK = {"train": 300, "test": 200, "transfer": 700, "names_per_group": 3}  # sized to finish in < 10 min on 2 cores
+
+
+@dataclass(frozen=True)
+class LadderConfig:
+    rungs: tuple[str, ...] = ("zero", "one", "few", "lora", "full", "distill")
+    target_quality: float | None = None  # accuracy (classification) or Spearman (regression) to reach
+    quick: bool = False  # the built-in short run: a subsample of vader, one epoch, fewer probes
+    few_shots: int = 4  # K of the `few` rung
+    curve: tuple[int, ...] = (0, 1, 2, 4, 8)  # K values of the few-shot curve in the report
+    epochs: int = 2  # fine-tuning epochs (the quick run uses 1)
+    student: str = "minilm"  # the distill rung's student
+    seed: int = 0
+
+    def __post_init__(self):
+        problems = []
+        unknown = [r for r in self.rungs if r not in RUNGS]
+        if unknown or not self.rungs:
+            problems.append(f"--rungs must name some of {','.join(RUNGS)}, got {','.join(self.rungs) or 'nothing'}")
+        if self.target_quality is not None and not -1.0 <= self.target_quality <= 1.0:
+            problems.append(f"--target-quality must lie in the metric's range (accuracy 0..1, Spearman -1..1), "
+                            f"got {self.target_quality}")
+        if self.few_shots < 2:
+            problems.append(f"--few-shots must be >= 2, got {self.few_shots}")
+        if problems:
+            raise ConfigError(problems)
+
+
+def check_task(task: Task, config: LadderConfig) -> None:
+    """Refuse, before any work, what the ladder cannot run."""
+    if not task.test:
+        raise InputError(f"task {task.name} has no test split")
+    if config.target_quality is not None and task.is_classification and config.target_quality < 0:
+        raise ConfigError(f"--target-quality must lie in 0..1 for accuracy, got {config.target_quality}")
+
+
+def quick_task(task: Task, seed: int = 0) -> Task:
+    """The quick run's subsample: fewer training and test examples and unlabeled texts, fixed seed."""
+    rng = random.Random(seed)
+    return dataclasses.replace(
+        task, train=tuple(rng.sample(task.train, min(QUICK["train"], len(task.train)))),
+        test=tuple(rng.sample(task.test, min(QUICK["test"], len(task.test)))),
+        unlabeled=tuple(rng.sample(task.unlabeled, min(QUICK["transfer"], len(task.unlabeled)))),
+        split_note=f"quick run: {QUICK['train']} training and {QUICK['test']} test examples sampled (seed {seed})")
+
+
+def _quick_probes(out_dir: Path) -> str:
+    """The shipped name lists cut to a few names per group, written into the run folder."""
+    from tunelab.bias import load_probes
+
+    probes = load_probes("names")
+    probes["groups"] = {g: names[: QUICK["names_per_group"]] for g, names in probes["groups"].items()}
+    path = out_dir / "probes-quick.json"
+    write_json_atomic(path, probes)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Steps
+
+
+def _measure(predictor, task: Task, bias: BiasConfig, on_progress) -> dict:
+    metrics = evaluate(predictor, task, on_progress=on_progress)
+    report = bias_report(predictor, task, bias)
+    return {"metrics": metrics, "bias": report}
+
+
+def _prompt_step(model: Model, task: Task, shots: int, folder: Path, bias: BiasConfig, seed: int, on_progress):
+    predictor = few_shot(model, task, PromptConfig(shots=shots, seed=seed))
+    save_predictor(predictor, folder / "predictor")
+    return {**_measure(predictor, task, bias, on_progress), "train_seconds": 0.0}
+
+
+def _tune_step(model: Model, task: Task, method: str, folder: Path, bias: BiasConfig, config: LadderConfig,
+               on_progress):
+    tune_config = TuneConfig(method=method, epochs=1 if config.quick else config.epochs, seed=config.seed)
+    predictor = finetune(model, task, tune_config, out_dir=folder / "predictor", overwrite=True)
+    training = predictor.meta["training"]
+    return {"metrics": predictor.meta["metrics"], "bias": bias_report(predictor, task, bias),
+            "train_seconds": training["train_seconds"], "epochs_run": training["epochs_run"]}
+
+
+def _distill_step(task: Task, teacher_dir: Path, folder: Path, bias: BiasConfig, config: LadderConfig,
+                  on_progress):
+    teacher = load_predictor(teacher_dir)
+    student_config = DistillConfig(student=config.student, epochs=3, seed=config.seed)
+    student, report = distill(teacher, task, student_config, out_dir=folder / "predictor",
+                              teacher_name=str(teacher_dir))
+    return {"metrics": report["student_metrics"], "bias": bias_report(student, task, bias),
+            "train_seconds": report["train_seconds"], "teacher": str(teacher_dir),
+            "speedup_vs_teacher": report["speedup"], "quality_ratio": report["quality_ratio"]}
+
+
+def run(
+    model: Model,
+    task: Task,
+    config: LadderConfig,
+    out_dir: str | Path,
+    *,
+    on_step: Callable[[str, str], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Run the chosen rungs on one task into `out_dir` (resuming finished steps) and write the reports.
+
+    `on_step(rung, "start" | "done" | "skipped")` and `on_progress(n)` report progress.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_task(task, config)
+    if config.quick:
+        task = quick_task(task, config.seed)
+    bias = BiasConfig(probe=_quick_probes(out_dir) if config.quick else "names")
+    base_fingerprint = model.fingerprint
+    started = time.perf_counter()
+    results = {}
+    for rung in (r for r in RUNGS if r in config.rungs):
+        folder = out_dir / rung
+        done_file = folder / "result.json"
+        if done_file.is_file():
+            results[rung] = json.loads(done_file.read_text())
+            if on_step:
+                on_step(rung, "skipped")
+            continue
+        if on_step:
+            on_step(rung, "start")
+        folder.mkdir(parents=True, exist_ok=True)
+        step_started = time.perf_counter()
+        if rung in ("zero", "one", "few"):
+            shots = PROMPT_SHOTS.get(rung, config.few_shots)
+            result = _prompt_step(model, task, shots, folder, bias, config.seed, on_progress)
+        elif rung in ("lora", "full"):
+            result = _tune_step(model, task, rung, folder, bias, config, on_progress)
+        else:
+            teacher = _best_teacher(out_dir, results)
+            result = _distill_step(task, teacher, folder, bias, config, on_progress)
+        result.update(rung=rung, step_seconds=time.perf_counter() - step_started, peak_rss_mb=peak_rss_mb(),
+                      artifact=str(folder / "predictor"))
+        write_json_atomic(done_file, result)
+        results[rung] = result
+        if on_step:
+            on_step(rung, "done")
+    curve = _few_shot_curve(model, task, config, out_dir, results)
+    report = {
+        "task": task.name, "kind": task.kind, "n_train": len(task.train), "n_test": len(task.test),
+        "split_note": task.split_note, "model": model.name, "base_params": model.params_total,
+        "config": dataclasses.asdict(config), "rungs": results, "few_shot_curve": curve,
+        "parameter_facts": _parameter_facts(model, base_fingerprint, out_dir, results),
+        "choice": _cheapest(results, task, config.target_quality), "wall_seconds": time.perf_counter() - started,
+    }
+    write_reports(report, out_dir)
+    return report
+
+
+def _best_teacher(out_dir: Path, results: dict) -> Path:
+    tuned = [r for r in ("full", "lora", "few", "one", "zero") if r in results]
+    if not tuned:
+        raise ConfigError("the distill rung needs a teacher: include lora, full or a prompt rung in --rungs")
+    best = max(tuned, key=lambda r: _quality(results[r]["metrics"]))
+    return out_dir / best / "predictor"
+
+
+def _quality(metrics: dict) -> float:
+    return metrics["accuracy"] if "accuracy" in metrics else metrics["spearman"]
+
+
+def _few_shot_curve(model, task, config: LadderConfig, out_dir: Path, results: dict) -> list[dict]:
+    """Quality over K for the prompt rung (reusing the zero/one/few results), cached in the run folder."""
+    if not any(r in results for r in ("zero", "one", "few")):
+        return []
+    path = out_dir / "few_shot_curve.json"
+    curve = json.loads(path.read_text()) if path.is_file() else {}
+    known = {PROMPT_SHOTS.get(r, config.few_shots): results[r]["metrics"] for r in ("zero", "one", "few")
+             if r in results}
+    for k in (1, 4) if config.quick else config.curve:
+        if str(k) in curve or k > len(task.train):
+            continue
+        metrics = known.get(k) or evaluate(few_shot(model, task, PromptConfig(shots=k, seed=config.seed)), task)
+        curve[str(k)] = {"quality": _quality(metrics), "examples_per_s": metrics["examples_per_s"]}
+        write_json_atomic(path, curve)
+    for k, metrics in known.items():
+        curve.setdefault(str(k), {"quality": _quality(metrics), "examples_per_s": metrics["examples_per_s"]})
+    return [{"shots": int(k), **v} for k, v in sorted(curve.items(), key=lambda item: int(item[0]))]
+
+
+def _parameter_facts(model: Model, base_fingerprint: str, out_dir: Path, results: dict) -> list[dict]:
+    """The parameter contract, checked on this run's own artifacts."""
+    facts = []
+    prompt_rungs = [r for r in ("zero", "one", "few") if r in results]
+    if prompt_rungs:
+        del model.__dict__["fingerprint"]  # recompute from the weights as they are now
+        unchanged = model.fingerprint == base_fingerprint and all(
+            read_artifact_json(out_dir / r / "predictor")["params_trainable"] == 0 for r in prompt_rungs)
+        facts.append({"fact": "prompting changed no parameter", "holds": unchanged,
+                      "evidence": f"base weights fingerprint {model.fingerprint} before and after; "
+                                  f"0 trainable parameters in {', '.join(prompt_rungs)}"})
+    for rung in ("lora", "full"):
+        if rung in results:
+            total = read_artifact_json(out_dir / rung / "predictor")["params_total"]
+            facts.append({"fact": f"the {rung} model has as many parameters as its base",
+                          "holds": total == model.params_total,
+                          "evidence": f"{total:,} vs base {model.params_total:,}"})
+    if "distill" in results:
+        student = read_artifact_json(out_dir / "distill" / "predictor")
+        facts.append({"fact": "the distilled model has fewer parameters than its teacher",
+                      "holds": student["params_total"] < student["params_teacher"],
+                      "evidence": f"{student['params_total']:,} vs teacher {student['params_teacher']:,}"})
+    return facts
+
+
+def _cheapest(results: dict, task: Task, target: float | None) -> dict:
+    """The lowest rung on the ladder (least effort to build) and the fastest one that reach the target."""
+    metric = "accuracy" if task.is_classification else "spearman"
+    if target is None:
+        return {"metric": metric, "target": None, "cheapest_to_build": None, "fastest_to_serve": None}
+    reaching = [r for r in RUNGS if r in results and _quality(results[r]["metrics"]) >= target]
+    fastest = max(reaching, key=lambda r: results[r]["metrics"]["examples_per_s"]) if reaching else None
+    return {"metric": metric, "target": target, "cheapest_to_build": reaching[0] if reaching else None,
+            "fastest_to_serve": fastest, "reaching": reaching}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reports
+
+
+def _rows(report: dict) -> list[dict]:
+    rows = []
+    for rung, result in report["rungs"].items():
+        metrics, bias = result["metrics"], result["bias"]
+        rows.append({
+            "rung": rung, "quality": _quality(metrics), "examples_per_s": metrics["examples_per_s"],
+            "latency_ms": metrics["latency_ms_per_example"], "params_total": metrics["params_total"],
+            "params_trainable": metrics["params_trainable"], "train_seconds": result.get("train_seconds", 0.0),
+            "peak_rss_mb": result["peak_rss_mb"], "slice_gap": next(iter(bias["slices"]["largest_gap"].values())),
+            "counterfactual_gap": bias["counterfactual"]["max_gap"], "verdict": bias["counterfactual"]["verdict"],
+        })
+    return rows
+
+
+def _markdown(report: dict) -> str:
+    metric = report["choice"]["metric"]
+    lines = [f"# tunelab ladder: {report['task']} ({report['model']})", "",
+             f"{report['n_train']} training and {report['n_test']} test examples. {report['split_note']}".strip(), "",
+             f"| rung | {metric} | examples/s | latency ms | params total | params trainable | train s | peak RSS MB "
+             f"| largest slice gap | counterfactual gap | probe verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in _rows(report):
+        lines.append(f"| {row['rung']} | {row['quality']:.3f} | {row['examples_per_s']:.1f} | {row['latency_ms']:.1f} "
+                     f"| {row['params_total']:,} | {row['params_trainable']:,} | {row['train_seconds']:.0f} "
+                     f"| {row['peak_rss_mb']:,.0f} | {row['slice_gap']:.3f} | {row['counterfactual_gap']:.3f} "
+                     f"| {row['verdict']} |")
+    lines += ["", "Parameter facts, checked on this run's artifacts:", ""]
+    lines += [f"- {'holds' if f['holds'] else 'BROKEN'}: {f['fact']} ({f['evidence']})"
+              for f in report["parameter_facts"]]
+    choice = report["choice"]
+    if choice["target"] is not None:
+        lines += ["", f"Target {metric} >= {choice['target']}: cheapest rung to build "
+                      f"**{choice['cheapest_to_build'] or 'none reaches it'}**, fastest to serve "
+                      f"**{choice['fastest_to_serve'] or 'none'}**."]
+    if report["few_shot_curve"]:
+        lines += ["", "Few-shot curve: " + ", ".join(f"K={p['shots']}: {p['quality']:.3f}"
+                                                    for p in report["few_shot_curve"])]
+    lines += ["", f"Wall time: {report['wall_seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_png(draw) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    draw(axes)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _plots(report: dict) -> dict[str, str]:
+    rows, metric = _rows(report), report["choice"]["metric"]
+
+    def scatter(x_key, x_label):
+        def draw(axes):
+            for row in rows:
+                axes.scatter(row[x_key], row["quality"])
+                axes.annotate(row["rung"], (row[x_key], row["quality"]), textcoords="offset points", xytext=(4, 4))
+            axes.set_xscale("log")
+            axes.set_xlabel(x_label)
+            axes.set_ylabel(metric)
+        return draw
+
+    def curve(axes):
+        points = report["few_shot_curve"]
+        axes.plot([p["shots"] for p in points], [p["quality"] for p in points], marker="o")
+        axes.set_xlabel("shots (K)")
+        axes.set_ylabel(metric)
+
+    def slices(axes):
+        groups = sorted({g for r in report["rungs"].values() for g in r["bias"]["slices"]["by_group"]})
+        width = 0.8 / max(1, len(report["rungs"]))
+        key = "accuracy" if metric == "accuracy" else "mae"
+        for i, (rung, result) in enumerate(report["rungs"].items()):
+            by_group = result["bias"]["slices"]["by_group"]
+            axes.bar([g + i * width for g in range(len(groups))], [by_group.get(g, {}).get(key, 0) for g in groups],
+                     width, label=rung)
+        axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups)
+        axes.set_ylabel(key)
+        axes.legend(fontsize=7)
+
+    plots = {"quality-vs-params": scatter("params_total", "parameters (total)"),
+             "quality-vs-speed": scatter("examples_per_s", "examples per second"), "per-slice": slices}
+    if report["few_shot_curve"]:
+        plots["few-shot-curve"] = curve
+    return {name: _plot_png(draw) for name, draw in plots.items()}
+
+
+def _html(report: dict) -> str:
+    rows = _rows(report)
+    headers = ["rung", report["choice"]["metric"], "examples/s", "latency ms", "params total", "params trainable",
+               "train s", "peak RSS MB", "slice gap", "counterfactual gap", "verdict"]
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            r["rung"], f"{r['quality']:.3f}", f"{r['examples_per_s']:.1f}", f"{r['latency_ms']:.1f}",
+            f"{r['params_total']:,}", f"{r['params_trainable']:,}", f"{r['train_seconds']:.0f}",
+            f"{r['peak_rss_mb']:,.0f}", f"{r['slice_gap']:.3f}", f"{r['counterfactual_gap']:.3f}", r["verdict"]))
+        + "</tr>" for r in rows)
+    facts = "".join(f"<li class='{'ok' if f['holds'] else 'broken'}'>{html.escape(f['fact'])}: "
+                    f"{html.escape(f['evidence'])}</li>" for f in report["parameter_facts"])
+    figures = "".join(f"<figure id='{name}'><img alt='{name}' src='{uri}'><figcaption>{name}</figcaption></figure>"
+                      for name, uri in _plots(report).items())
+    choice = report["choice"]
+    verdict = (f"<p id='choice'>Target {choice['metric']} &ge; {choice['target']}: cheapest rung to build "
+               f"<b>{choice['cheapest_to_build'] or 'none reaches it'}</b>, fastest to serve "
+               f"<b>{choice['fastest_to_serve'] or 'none'}</b>.</p>") if choice["target"] is not None else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tunelab ladder: {html.escape(report['task'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:8px}}
+.ok{{color:#080}}.broken{{color:#b00}}</style></head>
+<body><h1>tunelab ladder: {html.escape(report['task'])} with {html.escape(report['model'])}</h1>
+<p>{report['n_train']} training and {report['n_test']} test examples. {html.escape(report['split_note'])}</p>
+<table id="rungs"><thead><tr>{''.join(f'<th>{h}</th>' for h in headers)}</tr></thead><tbody>{body}</tbody></table>
+{verdict}<h2>Parameter facts</h2><ul id="facts">{facts}</ul><h2>Plots</h2>{figures}
+<p>Wall time {report['wall_seconds']:.0f} s.</p></body></html>
+"""
+
+
+def write_reports(report: dict, out_dir: Path) -> None:
+    write_json_atomic(out_dir / "report.json", report)
+    for name, text in (("report.md", _markdown(report)), ("report.html", _html(report))):
+        staging = out_dir / f".{name}.tmp"
+        staging.write_text(text, encoding="utf-8")
+        staging.replace(out_dir / name)
