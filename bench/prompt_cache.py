@@ -57,7 +57,7 @@ def main():
         table.add_row(str(k), str(len(predictor._prefix.ids)), f"{naive_rate:.1f}", f"{fast_rate:.1f}",
                       f"{fast_rate / naive_rate:.1f}x", "yes" if same else "NO",
                       f"{(cached - naive).abs().max().item():.1e}")
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,13 @@
 import dataclasses
 import json
-from pathlib import Path
-
 import pytest
 import typer.main
-from typer.testing import CliRunner
+from helpers import DATA, one_error_line, run_cli, task_args
 
 from tunelab.cli import app
 from tunelab.prompting import PromptConfig
 from tunelab.tuning import TuneConfig
 
-DATA = Path(__file__).parent / "data"
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -20,25 +16,9 @@ def model_dir(tiny_model, tmp_path):
     return str(tmp_path / "tiny")
 
 
-def _run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tunelab: error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
-def _task_args():
-    return ["--train", DATA / "words.jsonl", "--test", DATA / "words_test.csv"]
-
-
 def test_every_command_has_help():
     for name in ("info", "prompt", "tune", "eval"):
-        result = _run(name, "--help")
+        result = run_cli(name, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
 
 
@@ -52,7 +32,7 @@ def test_every_config_field_has_a_flag(command, config):
 
 def test_tune_json_then_eval_and_info_on_the_result(model_dir, tmp_path):
     out = tmp_path / "tuned"
-    result = _run("tune", *_task_args(), "--model", model_dir, "--method", "lora", "--epochs", "1",
+    result = run_cli("tune", *task_args(), "--model", model_dir, "--method", "lora", "--epochs", "1",
                   "--batch-size", "4", "--out", out, "--json")
     assert result.exit_code == 0, result.output
     tuned = json.loads(result.stdout)
@@ -60,22 +40,22 @@ def test_tune_json_then_eval_and_info_on_the_result(model_dir, tmp_path):
                 "epochs_run", "examples_per_s"):
         assert key in tuned, key
     assert tuned["rung"] == "tune" and tuned["epochs_run"] == 1 and 0 < tuned["params_trainable"]
-    evaluated = json.loads(_run("eval", "--model", out, *_task_args(), "--json").stdout)
+    evaluated = json.loads(run_cli("eval", "--model", out, *task_args(), "--json").stdout)
     assert evaluated["accuracy"] == tuned["accuracy"] and evaluated["params_total"] == tuned["params_total"]
-    facts = json.loads(_run("info", "--model", out, "--json").stdout)
+    facts = json.loads(run_cli("info", "--model", out, "--json").stdout)
     assert facts["rung"] == "tune" and facts["params_trainable"] == tuned["params_trainable"]
-    line = _one_error_line(_run("tune", *_task_args(), "--model", model_dir, "--out", out))
+    line = one_error_line(run_cli("tune", *task_args(), "--model", model_dir, "--out", out))
     assert "holds a tunelab run" in line
 
 
 def test_tune_bad_flags_are_one_line(model_dir, tmp_path):
-    line = _one_error_line(_run("tune", *_task_args(), "--model", model_dir, "--out", tmp_path / "x",
+    line = one_error_line(run_cli("tune", *task_args(), "--model", model_dir, "--out", tmp_path / "x",
                                 "--method", "half", "--lora-r", "0"))
     assert "--method must be lora or full" in line and "--lora-r must be >= 1" in line
 
 
 def test_info_json_reports_parameter_counts(model_dir, tiny_model):
-    result = _run("info", "--model", model_dir, "--json")
+    result = run_cli("info", "--model", model_dir, "--json")
     assert result.exit_code == 0, result.output
     facts = json.loads(result.stdout)
     assert facts["params_total"] == tiny_model.params_total and facts["layers"] == 2
@@ -83,7 +63,7 @@ def test_info_json_reports_parameter_counts(model_dir, tiny_model):
 
 
 def test_prompt_compares_shot_counts_and_saves_a_predictor_that_eval_reproduces(model_dir, tmp_path):
-    result = _run("prompt", *_task_args(), "--model", model_dir, "--shots", "0,2", "--json")
+    result = run_cli("prompt", *task_args(), "--model", model_dir, "--shots", "0,2", "--json")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["shots"] for r in rows] == [0, 2]
@@ -93,22 +73,22 @@ def test_prompt_compares_shot_counts_and_saves_a_predictor_that_eval_reproduces(
     assert rows[0]["n_test"] == 4 and rows[0]["params_trainable"] == 0
 
     saved = tmp_path / "saved"
-    result = _run("prompt", *_task_args(), "--model", model_dir, "--shots", "2", "--calibrate", "--save", saved,
+    result = run_cli("prompt", *task_args(), "--model", model_dir, "--shots", "2", "--calibrate", "--save", saved,
                   "--json")
     assert result.exit_code == 0, result.output
     prompted = json.loads(result.stdout)
-    result = _run("eval", "--model", saved, *_task_args(), "--json")
+    result = run_cli("eval", "--model", saved, *task_args(), "--json")
     assert result.exit_code == 0, result.output
     evaluated = json.loads(result.stdout)
     assert evaluated["accuracy"] == prompted["accuracy"] and evaluated["fingerprint"] == prompted["fingerprint"]
     assert json.loads((saved / "tunelab.json").read_text())["config"]["calibrate"] is True
 
-    result = _run("info", "--model", saved, "--json")
+    result = run_cli("info", "--model", saved, "--json")
     assert json.loads(result.stdout)["rung"] == "prompt"
 
 
 def test_prompt_table_output(model_dir):
-    result = _run("prompt", *_task_args(), "--model", model_dir, "--shots", "1")
+    result = run_cli("prompt", *task_args(), "--model", model_dir, "--shots", "1")
     assert result.exit_code == 0, result.output
     assert "acc" in result.stdout and "trainable" in result.stdout
 
@@ -123,27 +103,27 @@ def test_prompt_table_output(model_dir):
     (["--train", DATA / "words.jsonl", "--shots", "0,1", "--save", "x"], "--save needs a single --shots"),
 ])
 def test_prompt_bad_input_is_one_line_and_exit_2(model_dir, args, message):
-    line = _one_error_line(_run("prompt", "--model", model_dir, *args))
+    line = one_error_line(run_cli("prompt", "--model", model_dir, *args))
     assert message in line
 
 
 def test_test_label_unknown_to_training(model_dir, tmp_path):
     test = tmp_path / "test.jsonl"
     test.write_text('{"text": "good", "label": "positive"}\n{"text": "meh", "label": "neutral"}\n')
-    line = _one_error_line(_run("prompt", "--model", model_dir, "--train", DATA / "words.jsonl", "--test", test))
+    line = one_error_line(run_cli("prompt", "--model", model_dir, "--train", DATA / "words.jsonl", "--test", test))
     assert "test.jsonl:2:" in line and "'neutral' does not occur in the training set" in line
 
 
 def test_single_label_training_file(model_dir, tmp_path):
     train = tmp_path / "one.jsonl"
     train.write_text('{"text": "good", "label": "positive"}\n{"text": "nice", "label": "positive"}\n')
-    assert "only one label" in _one_error_line(_run("prompt", "--model", model_dir, "--train", train))
+    assert "only one label" in one_error_line(run_cli("prompt", "--model", model_dir, "--train", train))
 
 
 def test_eval_refuses_a_folder_that_is_not_a_predictor(tmp_path):
-    line = _one_error_line(_run("eval", "--model", tmp_path, *_task_args()))
+    line = one_error_line(run_cli("eval", "--model", tmp_path, *task_args()))
     assert "not a tunelab predictor folder" in line
 
 
 def test_bad_model_spec_is_one_line(tmp_path):
-    assert "not a model folder" in _one_error_line(_run("info", "--model", tmp_path))
+    assert "not a model folder" in one_error_line(run_cli("info", "--model", tmp_path))

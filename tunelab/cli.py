@@ -264,6 +264,291 @@ def tune(
     _print_results([result], as_json, f"{config.method} fine-tuning on {loaded_task.name}, saved to {out}")
 
 
+@app.command()
+def distill(
+    teacher: Annotated[Path, typer.Option("--teacher", help="A saved tunelab predictor folder (the teacher).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the student predictor.")],
+    task: TaskName = None, train: TrainFile = None, test: TestFile = None,
+    text_field: TextField = "text", label_field: LabelField = "label", kind: KindOption = "classification",
+    student: Annotated[Optional[str], typer.Option(
+        help="pruned:N (teacher with N layers), encoder:PATH, or minilm (all-MiniLM-L6-v2).")] = None,
+    transfer: Annotated[Optional[Path], typer.Option(
+        help="Unlabeled texts for the teacher to label (one per line, or JSONL with 'text').")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature of the KD loss.")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Weight of the gold-label loss.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the transfer set.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: 5e-5 pruned, 1e-4 encoder).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Transfer texts per step.")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Tokens per student input.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for initialisation and data order.")] = None,
+    as_json: JsonFlag = False,
+):
+    """Distil a teacher into a smaller, faster student; report how much faster and how much worse."""
+    from tunelab.distill import DistillConfig, distill as run_distill, read_transfer_texts
+    from tunelab.predictor import load_predictor
+
+    flags = dict(student=student, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
+                 batch_size=batch_size, max_length=max_length, seed=seed)
+    with _user_errors():
+        config = DistillConfig(**{name: value for name, value in flags.items() if value is not None})
+        loaded_task = _load_task(task, train, test, text_field, label_field, kind)
+        transfer_texts = read_transfer_texts(transfer) if transfer is not None else None
+        with err_console.status(f"loading teacher {teacher}"):
+            teacher_predictor = load_predictor(teacher)
+        n_transfer = len(transfer_texts) if transfer_texts is not None else (
+            len(loaded_task.train) + len(loaded_task.unlabeled))
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            labelling = progress.add_task("teacher labels the transfer set", total=n_transfer)
+            training = progress.add_task("student learns", total=n_transfer * config.epochs, visible=False)
+            scoring = progress.add_task("scoring teacher and student", total=2 * len(loaded_task.test),
+                                        visible=False)
+            _, report = run_distill(
+                teacher_predictor, loaded_task, config, out_dir=out, transfer_texts=transfer_texts,
+                teacher_name=str(teacher),
+                on_label_progress=lambda n: progress.advance(labelling, n),
+                on_step=lambda n, loss: progress.update(training, advance=n, visible=True),
+                on_eval_progress=lambda n: progress.update(scoring, advance=n, visible=True))
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    quality = report["quality_metric"]
+    table = Table(title=f"distillation on {loaded_task.name}: {report['n_transfer']:,} transfer texts, saved to {out}")
+    for column in ("model", quality, "ex/s", "params"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, metrics in (("teacher", report["teacher"]), (f"student {config.student}", report["student_metrics"])):
+        table.add_row(name, _cell(metrics[quality]), _cell(metrics["examples_per_s"]), _cell(metrics["params_total"]))
+    Console().print(table)
+    Console().print(f"student: {report['param_ratio']:.1%} of the teacher's parameters, {report['speedup']:.1f}x its "
+                    f"speed, {report['quality_ratio']:.1%} of its quality ({quality})")
+
+
+@app.command("predict")
+def predict_command(
+    model: Annotated[Path, typer.Option("--model", help="A saved tunelab predictor folder.")],
+    input: Annotated[Path, typer.Option("--input", help="Texts: one per line, JSONL, or CSV.")],
+    store: Annotated[Path, typer.Option("--store", help="The SQLite prediction store to fill.")],
+    text_field: TextField = "text",
+    batch_size: Annotated[Optional[int], typer.Option(help="Texts per batch and per store transaction.")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="local, or ray (Ray Data actor pool).")] = None,
+    casefold: Annotated[Optional[bool], typer.Option("--casefold/--no-casefold",
+                                                     help="Case-fold inputs before keying them.")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: local).")] = None,
+    ray_actors: Annotated[Optional[int], typer.Option(help="Model replicas in the Ray actor pool.")] = None,
+    as_json: JsonFlag = False,
+):
+    """Offline inference: predict every new distinct input into a store; reruns compute only what is missing."""
+    from tunelab.bulk import BulkConfig, predict_all, read_inputs
+    from tunelab.predictor import load_predictor
+    from tunelab.store import Store
+
+    flags = dict(batch_size=batch_size, engine=engine, casefold=casefold, ray_address=ray_address,
+                 ray_actors=ray_actors)
+    with _user_errors():
+        config = BulkConfig(**{name: value for name, value in flags.items() if value is not None})
+        texts = read_inputs(input, text_field)
+        with err_console.status(f"loading {model}"):
+            predictor = load_predictor(model)
+        prediction_store = Store(store)
+        try:
+            with _progress("predicting new inputs", len(set(texts))) as advance:
+                counts = predict_all(predictor, texts, prediction_store, config, predictor_dir=model,
+                                     on_progress=advance)
+        finally:
+            prediction_store.close()
+    if as_json:
+        typer.echo(json.dumps(counts))
+        return
+    table = Table(title=f"tunelab predict -> {store}")
+    for key in ("read", "distinct", "already_stored", "predicted", "examples_per_s", "fingerprint"):
+        table.add_row(key, _cell(counts[key]))
+    Console().print(table)
+
+
+@app.command("serve")
+def serve_command(
+    store: Annotated[Path, typer.Option("--store", help="The prediction store to answer from.")],
+    model: Annotated[Optional[Path], typer.Option(help="The predictor whose rows answer (and, live, misses).")] = None,
+    fingerprint: Annotated[Optional[str], typer.Option(help="Which stored model answers, if several.")] = None,
+    on_miss: Annotated[str, typer.Option("--on-miss", help="404, or live (needs --model).")] = "404",
+    host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+):
+    """Serve stored predictions over HTTP (FastAPI + uvicorn): /predict, /match, /healthz, /metrics, /docs."""
+    from tunelab.serve import ServeConfig, create_app
+
+    with _user_errors():
+        config = ServeConfig(store=store, model=model, fingerprint=fingerprint, on_miss=on_miss, host=host,
+                             port=port)
+        application = create_app(config)
+    import uvicorn
+
+    err_console.print(f"serving {store} on http://{host}:{port} (docs at /docs)")
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+
+
+store_app = typer.Typer(no_args_is_help=True, help="Inspect or export a prediction store.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("info")
+def store_info(store: Annotated[Path, typer.Argument(help="A prediction store.")], as_json: JsonFlag = False):
+    """Rows per model fingerprint and per label."""
+    from tunelab.store import Store
+
+    with _user_errors():
+        opened = Store(store, read_only=True)
+        summary = opened.summary()
+        opened.close()
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    table = Table(title=f"{store}")
+    for column in ("fingerprint", "rung", "rows", "per label"):
+        table.add_column(column)
+    for fp, entry in summary.items():
+        labels = ", ".join(f"{label}: {count:,}" for label, count in entry["labels"].items()) or "-"
+        table.add_row(fp, entry.get("predictor", {}).get("rung", "?"), f"{entry['rows']:,}", labels)
+    Console().print(table)
+
+
+@store_app.command("export")
+def store_export(
+    store: Annotated[Path, typer.Argument(help="A prediction store.")],
+    out: Annotated[Path, typer.Argument(help="Destination: .jsonl, or .csv.")],
+    fingerprint: Annotated[Optional[str], typer.Option(help="Only this model's rows.")] = None,
+):
+    """Export stored predictions as JSONL or CSV."""
+    from tunelab.store import Store
+
+    with _user_errors():
+        opened = Store(store, read_only=True)
+        count = opened.export(out, fingerprint)
+        opened.close()
+    err_console.print(f"wrote {count:,} rows to {out}")
+
+
+@app.command()
+def bias(
+    model: Annotated[Path, typer.Option("--model", help="A saved tunelab predictor folder.")],
+    task: TaskName = None, train: TrainFile = None, test: TestFile = None,
+    text_field: TextField = "text", label_field: LabelField = "label", kind: KindOption = "classification",
+    slice_field: Annotated[Optional[str], typer.Option(help="Test-file field to slice by (default: word length).")]
+    = None,
+    probe: Annotated[Optional[str], typer.Option(help="'names' (EEC names, shipped) or a JSON file of groups.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Largest allowed gap between groups per template.")]
+    = None,
+    positive_label: Annotated[Optional[str], typer.Option(help="Label whose probability and rate are compared.")]
+    = None,
+    as_json: JsonFlag = False,
+):
+    """Quality per data slice (fairlearn) and counterfactual name probes, with a verdict."""
+    from tunelab.bias import BiasConfig, bias_report, load_probes, task_slices
+    from tunelab.predictor import load_predictor
+
+    flags = dict(slice_field=slice_field, probe=probe, threshold=threshold, positive_label=positive_label)
+    with _user_errors():
+        config = BiasConfig(**{name: value for name, value in flags.items() if value is not None})
+        loaded_task = _load_task(task, train, test, text_field, label_field, kind)
+        task_slices(loaded_task, config.slice_field)  # fail on a bad slice field before loading the model
+        load_probes(config.probe)
+        with err_console.status(f"loading {model}"):
+            predictor = load_predictor(model)
+        with err_console.status("scoring slices and probes"):
+            report = bias_report(predictor, loaded_task, config)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    console = Console()
+    slices = report["slices"]
+    table = Table(title=f"quality per slice ({report['slice_field']}) on {loaded_task.name}")
+    metric_names = list(next(iter(slices["by_group"].values())))
+    table.add_column("slice")
+    for name in metric_names:
+        table.add_column(name, justify="right")
+    for group, values in slices["by_group"].items():
+        table.add_row(group, *(_cell(values[name]) for name in metric_names))
+    console.print(table)
+    console.print("largest gap between slices: " + ", ".join(f"{k} {v:.3f}" for k, v in
+                                                            slices["largest_gap"].items())
+                  + (f"; selection-rate difference {slices['selection_rate_difference']:.3f}"
+                     if "selection_rate_difference" in slices else ""))
+    probes = report["counterfactual"]
+    console.print(f"counterfactual probes ({len(probes['templates'])} templates x {sum(probes['groups'].values())} "
+                  f"names in {len(probes['groups'])} groups): largest gap in {probes['measure']} "
+                  f"{probes['max_gap']:.3f}, mean {probes['mean_gap']:.3f}"
+                  + (f", label changed with the name in {probes['share_label_changed']:.0%} of templates"
+                     if probes["share_label_changed"] is not None else "")
+                  + f"; verdict at threshold {probes['threshold']}: {probes['verdict'].upper()}")
+
+
+@app.command()
+def ladder(
+    out: Annotated[Path, typer.Option("--out", help="Run folder: one subfolder per rung, plus the reports.")],
+    task: TaskName = None, train: TrainFile = None, test: TestFile = None,
+    text_field: TextField = "text", label_field: LabelField = "label", kind: KindOption = "classification",
+    rungs: Annotated[Optional[str], typer.Option(help="Comma list of zero,one,few,lora,full,distill.")] = None,
+    target_quality: Annotated[Optional[float], typer.Option(
+        help="Accuracy (or Spearman) the chosen rung must reach.")] = None,
+    quick: Annotated[Optional[bool], typer.Option("--quick/--no-quick",
+                                                  help="The built-in short run on vader (under 10 minutes).")] = None,
+    few_shots: Annotated[Optional[int], typer.Option(help="K of the few-shot rung.")] = None,
+    curve: Annotated[Optional[str], typer.Option(help="K values of the few-shot curve, comma list.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Fine-tuning epochs.")] = None,
+    student: Annotated[Optional[str], typer.Option(help="The distill rung's student spec.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for every rung.")] = None,
+    model: ModelSpec = "smollm2",
+):
+    """Run every rung on one task; write report.html, report.md and report.json; name the cheapest good rung."""
+    from tunelab.ladder import LadderConfig, RUNGS, check_task, run
+
+    flags = dict(rungs=tuple(r.strip() for r in rungs.split(",")) if rungs else None, target_quality=target_quality,
+                 quick=quick, few_shots=few_shots, curve=_parse_shots(curve) if curve else None, epochs=epochs,
+                 student=student, seed=seed)
+    with _user_errors():
+        config = LadderConfig(**{name: value for name, value in flags.items() if value is not None})
+        if task is None and train is None and config.quick:
+            task = "vader"
+        loaded_task = _load_task(task, train, test, text_field, label_field, kind)
+        check_task(loaded_task, config)
+        base = _load_model(model)
+        chosen = [r for r in RUNGS if r in config.rungs]
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err_console) as progress:
+            overall = progress.add_task("ladder", total=len(chosen))
+            bars = {}
+
+            def on_step(rung, state):
+                if state == "start":
+                    bars[rung] = progress.add_task(f"  {rung}", total=None)
+                else:
+                    bar = bars.get(rung) or progress.add_task(f"  {rung} (done earlier)", total=1)
+                    progress.update(bar, total=1, completed=1)
+                    progress.advance(overall)
+
+            report = run(base, loaded_task, config, out, on_step=on_step)
+    table = Table(title=f"ladder on {report['task']} ({report['n_test']} test examples) -> {out}/report.html")
+    for column in ("rung", report["choice"]["metric"], "ex/s", "params", "trainable", "train s", "probe gap",
+                   "verdict"):
+        table.add_column(column, justify="left" if column == "rung" else "right")
+    for rung, result in report["rungs"].items():
+        metrics = result["metrics"]
+        quality = metrics.get("accuracy", metrics.get("spearman"))
+        table.add_row(rung, _cell(quality), _cell(metrics["examples_per_s"]), _cell(metrics["params_total"]),
+                      _cell(metrics["params_trainable"]), _cell(float(result.get("train_seconds", 0.0))),
+                      _cell(result["bias"]["counterfactual"]["max_gap"]), result["bias"]["counterfactual"]["verdict"])
+    console = Console()
+    console.print(table)
+    for fact in report["parameter_facts"]:
+        console.print(f"{'holds' if fact['holds'] else 'BROKEN'}: {fact['fact']} ({fact['evidence']})")
+    choice = report["choice"]
+    if choice["target"] is not None:
+        console.print(f"target {choice['metric']} >= {choice['target']}: cheapest rung to build "
+                      f"{choice['cheapest_to_build'] or 'none reaches it'}, fastest to serve "
+                      f"{choice['fastest_to_serve'] or 'none'}")
+
+
 @app.command("eval")
 def eval_command(
     model: Annotated[Path, typer.Option("--model", help="A saved tunelab predictor folder.")],

@@ -24,9 +24,13 @@ from tunelab.tasks import Kind
 ARTIFACT_FILE = "tunelab.json"
 FORMAT_VERSION = 1
 
-# rung name in tunelab.json -> "module:Class" with a classmethod load(directory); imported lazily so that this
-# module stays below the rungs.
-_RUNG_LOADERS = {"prompt": "tunelab.prompting:PromptPredictor", "tune": "tunelab.tuning:TunedPredictor"}
+# rung name in tunelab.json -> "module:attribute.path" of a loader(directory, payload); imported lazily so that
+# this module stays below the rungs.
+_RUNG_LOADERS = {
+    "prompt": "tunelab.prompting:PromptPredictor.load",
+    "tune": "tunelab.tuning:TunedPredictor.load",
+    "distill": "tunelab.distill:load_student",
+}
 
 
 @dataclass
@@ -192,6 +196,8 @@ def load_base_model(directory: Path, payload: dict) -> Model:
 def load_predictor(directory: str | Path) -> Predictor:
     """Load any saved predictor, whatever rung made it."""
     payload = read_artifact_json(directory)
-    module_name, class_name = _RUNG_LOADERS[payload["rung"]].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls.load(Path(directory), payload)
+    module_name, attribute_path = _RUNG_LOADERS[payload["rung"]].split(":")
+    loader = importlib.import_module(module_name)
+    for attribute in attribute_path.split("."):
+        loader = getattr(loader, attribute)
+    return loader(Path(directory), payload)

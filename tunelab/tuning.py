@@ -47,6 +47,7 @@ from tunelab.verbalizer import (
     PromptFormat,
     Verbalizer,
     encode_prefix,
+    expected_rating,
     label_log_likelihoods,
     rating_value,
     score_continuations,
@@ -114,9 +115,7 @@ def verbalizer_loss(label_scores: torch.Tensor, targets: torch.Tensor) -> torch.
 
 def rating_loss(rating_scores: torch.Tensor, gold_ratings: torch.Tensor) -> torch.Tensor:
     """Squared error of the expected rating, on the 1..9 scale divided by its width so that it lies in [0, 1]."""
-    ratings = torch.arange(1, SCALE_POINTS + 1, dtype=rating_scores.dtype, device=rating_scores.device)
-    expected = torch.softmax(rating_scores, dim=-1) @ ratings  # (batch,)
-    return (((expected - gold_ratings) / (SCALE_POINTS - 1)) ** 2).mean()
+    return (((expected_rating(rating_scores) - gold_ratings) / (SCALE_POINTS - 1)) ** 2).mean()
 
 
 # ----------------------------------------------------------------------------------------------------------------
