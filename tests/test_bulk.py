@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import pytest
+from helpers import one_error_line, run_cli
 
 from tunelab.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
 from tunelab.errors import ConfigError, InputError
@@ -122,3 +123,23 @@ def test_read_inputs_formats_and_errors(tmp_path):
         read_inputs(tmp_path / "a.jsonl")
     with pytest.raises(InputError, match=r'a\.csv:1: field "word" is missing from the header'):
         read_inputs(tmp_path / "a.csv", text_field="word")
+
+
+def test_predict_and_store_commands(saved_predictor, tmp_path):
+    inputs, store = tmp_path / "in.txt", tmp_path / "s.sqlite"
+    inputs.write_text("good\nbad\n good\n")
+    first = run_cli("predict", "--model", saved_predictor, "--input", inputs, "--store", store, "--json")
+    assert first.exit_code == 0, first.output
+    counts = json.loads(first.stdout)
+    assert (counts["read"], counts["distinct"], counts["predicted"]) == (3, 2, 2)
+    again = json.loads(run_cli("predict", "--model", saved_predictor, "--input", inputs, "--store", store,
+                               "--json").stdout)
+    assert (again["already_stored"], again["predicted"]) == (2, 0)
+    summary = json.loads(run_cli("store", "info", store, "--json").stdout)
+    assert [entry["rows"] for entry in summary.values()] == [2]
+    assert run_cli("store", "export", store, tmp_path / "out.jsonl").exit_code == 0
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+    line = one_error_line(run_cli("predict", "--model", saved_predictor, "--input", tmp_path / "nope.txt",
+                                  "--store", store))
+    assert "nope.txt: file not found" in line
+    assert "no such prediction store" in one_error_line(run_cli("store", "info", tmp_path / "missing.sqlite"))

@@ -5,7 +5,12 @@ import typer.main
 from helpers import DATA, one_error_line, run_cli, task_args
 
 from tunelab.cli import app
+from tunelab.bias import BiasConfig
+from tunelab.bulk import BulkConfig
+from tunelab.distill import DistillConfig
+from tunelab.ladder import LadderConfig
 from tunelab.prompting import PromptConfig
+from tunelab.serve import ServeConfig
 from tunelab.tuning import TuneConfig
 
 
@@ -17,12 +22,16 @@ def model_dir(tiny_model, tmp_path):
 
 
 def test_every_command_has_help():
-    for name in ("info", "prompt", "tune", "eval"):
-        result = run_cli(name, "--help")
+    for name in ("info", "prompt", "tune", "distill", "predict", "serve", "bias", "ladder", "eval", "store info",
+                 "store export"):
+        result = run_cli(*name.split(), "--help")
         assert result.exit_code == 0 and "Usage" in result.output
 
 
-@pytest.mark.parametrize("command, config", [("prompt", PromptConfig), ("tune", TuneConfig)])
+@pytest.mark.parametrize("command, config", [("prompt", PromptConfig), ("tune", TuneConfig),
+                                             ("distill", DistillConfig), ("predict", BulkConfig),
+                                             ("bias", BiasConfig), ("ladder", LadderConfig),
+                                             ("serve", ServeConfig)])
 def test_every_config_field_has_a_flag(command, config):
     params = typer.main.get_command(app).commands[command].params
     flags = {opt for param in params for opt in param.opts}

@@ -103,11 +103,13 @@ def predict_all(
     config: BulkConfig = BulkConfig(),
     *,
     predictor_dir: str | Path | None = None,
+    on_total: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Predict every distinct normalised text not yet stored for this predictor; commit batch by batch.
 
     `predictor_dir` (the saved predictor) is needed by the Ray engine, whose workers load their own copy.
+    `on_total(n)` is told how many texts need predicting, `on_progress(n)` after each committed batch.
     Returns counts: read, distinct, already_stored, predicted, and examples_per_s of the predicting part.
     """
     fingerprint = predictor.fingerprint
@@ -126,6 +128,8 @@ def predict_all(
             distinct.setdefault(text_key(normalised), normalised)
     already = store.stored_keys(fingerprint, distinct)
     todo = sorted((key for key in distinct if key not in already), key=lambda k: (len(distinct[k]), k))
+    if on_total:
+        on_total(len(todo))
     started = time.perf_counter()
     if config.engine == "ray":
         if predictor_dir is None:

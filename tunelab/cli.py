@@ -6,6 +6,7 @@ This is the one place that prints errors: a TunelabError becomes one line on std
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -21,6 +22,11 @@ from tunelab.errors import ConfigError, TunelabError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn a small base LLM into a task solution, rung by rung, and measure each rung.")
 err_console = Console(stderr=True)  # progress and tables go to stderr/stdout; --json output stays clean
+
+
+def _out_console() -> Console:
+    """Tables on stdout; wide enough for every column when stdout is a file or pipe (rich assumes 80 then)."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 # -- options shared by the commands that take a task --------------------------------------------------------------
 TaskName = Annotated[Optional[str], typer.Option("--task", help="Built-in task: vader, vader-valence, fruit.")]
@@ -69,12 +75,13 @@ class _RateColumn(ProgressColumn):
 
 
 @contextmanager
-def _progress(description: str, total: int):
-    """A rich progress bar; yields the callback that advances it."""
+def _progress(description: str, total: int | None):
+    """A rich progress bar; yields the callback that advances it, and with total=None also one that sets it."""
     columns = (TextColumn(description), BarColumn(), MofNCompleteColumn(), _RateColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         bar = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(bar, n)
+        advance = lambda n: progress.advance(bar, n)  # noqa: E731
+        yield advance if total is not None else (advance, lambda n: progress.update(bar, total=n))
 
 
 def _evaluate(predictor, task, batch_size: int) -> dict:
@@ -104,7 +111,7 @@ def _print_results(results: list[dict], as_json: bool, title: str) -> None:
         table.add_column(_HEADERS[column], justify="left" if column in ("rung", "method", "select") else "right")
     for result in results:
         table.add_row(*(_cell(result.get(column)) for column in columns))
-    Console().print(table)
+    _out_console().print(table)
 
 
 def _cell(value) -> str:
@@ -139,7 +146,7 @@ def info(model: ModelSpec = "smollm2", as_json: JsonFlag = False):
     table = Table(show_header=False, title=f"tunelab info {model}")
     for key, value in facts.items():
         table.add_row(key, _cell(value))
-    Console().print(table)
+    _out_console().print(table)
 
 
 @app.command()
@@ -319,8 +326,8 @@ def distill(
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, metrics in (("teacher", report["teacher"]), (f"student {config.student}", report["student_metrics"])):
         table.add_row(name, _cell(metrics[quality]), _cell(metrics["examples_per_s"]), _cell(metrics["params_total"]))
-    Console().print(table)
-    Console().print(f"student: {report['param_ratio']:.1%} of the teacher's parameters, {report['speedup']:.1f}x its "
+    _out_console().print(table)
+    _out_console().print(f"student: {report['param_ratio']:.1%} of the teacher's parameters, {report['speedup']:.1f}x its "
                     f"speed, {report['quality_ratio']:.1%} of its quality ({quality})")
 
 
@@ -352,9 +359,9 @@ def predict_command(
             predictor = load_predictor(model)
         prediction_store = Store(store)
         try:
-            with _progress("predicting new inputs", len(set(texts))) as advance:
+            with _progress("predicting new inputs", None) as (advance, set_total):
                 counts = predict_all(predictor, texts, prediction_store, config, predictor_dir=model,
-                                     on_progress=advance)
+                                     on_total=set_total, on_progress=advance)
         finally:
             prediction_store.close()
     if as_json:
@@ -363,7 +370,7 @@ def predict_command(
     table = Table(title=f"tunelab predict -> {store}")
     for key in ("read", "distinct", "already_stored", "predicted", "examples_per_s", "fingerprint"):
         table.add_row(key, _cell(counts[key]))
-    Console().print(table)
+    _out_console().print(table)
 
 
 @app.command("serve")
@@ -374,13 +381,17 @@ def serve_command(
     on_miss: Annotated[str, typer.Option("--on-miss", help="404, or live (needs --model).")] = "404",
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_text_chars: Annotated[Optional[int], typer.Option(help="Longest text accepted.")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="Most texts in one POST /predict.")] = None,
+    max_body_bytes: Annotated[Optional[int], typer.Option(help="Largest request body accepted.")] = None,
 ):
     """Serve stored predictions over HTTP (FastAPI + uvicorn): /predict, /match, /healthz, /metrics, /docs."""
     from tunelab.serve import ServeConfig, create_app
 
     with _user_errors():
+        limits = dict(max_text_chars=max_text_chars, max_batch=max_batch, max_body_bytes=max_body_bytes)
         config = ServeConfig(store=store, model=model, fingerprint=fingerprint, on_miss=on_miss, host=host,
-                             port=port)
+                             port=port, **{name: value for name, value in limits.items() if value is not None})
         application = create_app(config)
     import uvicorn
 
@@ -410,7 +421,7 @@ def store_info(store: Annotated[Path, typer.Argument(help="A prediction store.")
     for fp, entry in summary.items():
         labels = ", ".join(f"{label}: {count:,}" for label, count in entry["labels"].items()) or "-"
         table.add_row(fp, entry.get("predictor", {}).get("rung", "?"), f"{entry['rows']:,}", labels)
-    Console().print(table)
+    _out_console().print(table)
 
 
 @store_app.command("export")
@@ -460,7 +471,7 @@ def bias(
     if as_json:
         typer.echo(json.dumps(report))
         return
-    console = Console()
+    console = _out_console()
     slices = report["slices"]
     table = Table(title=f"quality per slice ({report['slice_field']}) on {loaded_task.name}")
     metric_names = list(next(iter(slices["by_group"].values())))
@@ -538,7 +549,7 @@ def ladder(
         table.add_row(rung, _cell(quality), _cell(metrics["examples_per_s"]), _cell(metrics["params_total"]),
                       _cell(metrics["params_trainable"]), _cell(float(result.get("train_seconds", 0.0))),
                       _cell(result["bias"]["counterfactual"]["max_gap"]), result["bias"]["counterfactual"]["verdict"])
-    console = Console()
+    console = _out_console()
     console.print(table)
     for fact in report["parameter_facts"]:
         console.print(f"{'holds' if fact['holds'] else 'BROKEN'}: {fact['fact']} ({fact['evidence']})")

@@ -377,8 +377,8 @@ def distill(
             "config": asdict(config), "params_teacher": teacher.params_total}
     student = make_student(teacher, task, config, meta)
 
-    soft, gold, has_gold = _teacher_targets(teacher, texts, {e.text: e.label for e in task.train}, task,
-                                            on_label_progress)
+    gold_labels = {normalise(e.text): e.label for e in task.train}
+    soft, gold, has_gold = _teacher_targets(teacher, texts, gold_labels, task, on_label_progress)
     module = student.model.lm if isinstance(student, CausalStudent) else student.encoder
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):

@@ -273,7 +273,7 @@ def _markdown(report: dict) -> str:
     lines = [f"# tunelab ladder: {report['task']} ({report['model']})", "",
              f"{report['n_train']} training and {report['n_test']} test examples. {report['split_note']}".strip(), "",
              f"| rung | {metric} | examples/s | latency ms | params total | params trainable | train s | peak RSS MB "
-             f"| largest slice gap | counterfactual gap | probe verdict |",
+             f"(process, so far) | largest slice gap | counterfactual gap | probe verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in _rows(report):
         lines.append(f"| {row['rung']} | {row['quality']:.3f} | {row['examples_per_s']:.1f} | {row['latency_ms']:.1f} "
@@ -351,7 +351,7 @@ def _plots(report: dict) -> dict[str, str]:
 def _html(report: dict) -> str:
     rows = _rows(report)
     headers = ["rung", report["choice"]["metric"], "examples/s", "latency ms", "params total", "params trainable",
-               "train s", "peak RSS MB", "slice gap", "counterfactual gap", "verdict"]
+               "train s", "peak RSS MB (so far)", "slice gap", "counterfactual gap", "verdict"]
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
             r["rung"], f"{r['quality']:.3f}", f"{r['examples_per_s']:.1f}", f"{r['latency_ms']:.1f}",

@@ -46,6 +46,10 @@ class ServeConfig:
             problems.append("--on-miss live needs --model DIR to answer misses with")
         if not 0 < self.port < 65536:
             problems.append(f"--port must be in 1..65535, got {self.port}")
+        for flag, value in (("--max-text-chars", self.max_text_chars), ("--max-batch", self.max_batch),
+                            ("--max-body-bytes", self.max_body_bytes)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
         if problems:
             raise ConfigError(problems)
 
@@ -88,6 +92,33 @@ def _at_word_boundaries(text: str, start: int, end: int) -> bool:
     return (start == 0 or not text[start - 1].isalnum()) and (end == len(text) or not text[end].isalnum())
 
 
+class _LimitsAndMetrics:
+    """Body-size limit and request metrics as plain ASGI middleware (Starlette's BaseHTTPMiddleware, behind
+    @app.middleware, costs about a millisecond a request, which halved throughput in bench/serve.py)."""
+
+    def __init__(self, app, *, max_body_bytes: int, requests, latency):
+        self.app, self.max_body_bytes, self.requests, self.latency = app, max_body_bytes, requests, latency
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+        length = dict(scope.get("headers") or []).get(b"content-length")
+
+        async def send_and_record(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            response = JSONResponse({"detail": f"request body over {self.max_body_bytes} bytes"}, status_code=413)
+            await response(scope, receive, send_and_record)
+        else:
+            await self.app(scope, receive, send_and_record)
+        self.requests.labels(scope["path"], str(status[0])).inc()
+        self.latency.labels(scope["path"]).observe(time.perf_counter() - started)
+
+
 def create_app(config: ServeConfig) -> FastAPI:
     """The FastAPI app answering from `config.store` (opened read-only)."""
     store = Store(config.store, read_only=True)
@@ -106,18 +137,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app = FastAPI(title="tunelab prediction service",
                   description="Predictions computed offline by `tunelab predict`, answered from a SQLite store.")
 
-    @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):
-        started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
-            response = JSONResponse({"detail": f"request body over {config.max_body_bytes} bytes"}, status_code=413)
-        else:
-            response = await call_next(request)
-        endpoint = request.url.path
-        requests.labels(endpoint, str(response.status_code)).inc()
-        latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(_LimitsAndMetrics, max_body_bytes=config.max_body_bytes, requests=requests, latency=latency)
 
     def lookup(text: str) -> dict | None:
         if len(text) > config.max_text_chars:
@@ -141,7 +161,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         if answer is None:
             raise HTTPException(404, {"message": "not in the store", "input": normalise(text, casefold),
                                       "fingerprint": fingerprint})
-        return answer
+        return JSONResponse(answer)  # already plain JSON data: skip FastAPI's encoder on the hot path
 
     @app.post("/predict", summary="Stored predictions for a batch of texts")
     async def predict_batch(body: BatchRequest):

@@ -20,6 +20,7 @@ import resource
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -329,7 +330,9 @@ def _with_adapter(lm, config: TuneConfig):
                       target_modules=config.lora_targets if config.lora_targets == "all-linear"
                       else [t.strip() for t in config.lora_targets.split(",")], task_type="CAUSAL_LM")
     try:
-        return get_peft_model(lm, lora), lora
+        with warnings.catch_warnings():  # peft reads a property that transformers 5 deprecates; not ours to fix
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+            return get_peft_model(lm, lora), lora
     except ValueError as err:
         raise ConfigError(f"--lora-targets {config.lora_targets!r} does not fit this model ({err})") from None
 
