@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Literal
 from tunelab.errors import ConfigError, InputError
 from tunelab.predictor import Predictions, Predictor, load_predictor
 from tunelab.store import Store
+from tunelab.tasks import read_text_file
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,7 @@ def read_inputs(path: str | Path, text_field: str = "text") -> list[str]:
         InputError: a missing file, undecodable bytes, a bad JSON line or a missing field, with its line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path=path)
-    raw = path.read_bytes()
-    try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise InputError("is not valid UTF-8", path=path, line=raw[: err.start].count(b"\n") + 1) from None
+    content = read_text_file(path)
     suffix = path.suffix.lower()
     texts = []
     if suffix == ".csv":

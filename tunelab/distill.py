@@ -9,7 +9,6 @@ weights (`pruned:N`, as DistilBERT did), or a small pretrained encoder with a he
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from tunelab.bulk import BulkConfig, normalise, predict_all, text_key
+from tunelab.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
 from tunelab.errors import ConfigError, InputError
 from tunelab.evaluate import evaluate
 from tunelab.models import (
@@ -297,27 +296,12 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
 
 
 def read_transfer_texts(path: str | Path) -> list[str]:
-    """Unlabeled texts: one per line, or JSONL objects with a "text" field.
+    """Unlabeled texts, distinct: one per line, or JSONL objects with a "text" field (bulk.read_inputs).
 
     Raises:
         InputError: a missing file, an unreadable line, or no texts at all.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path=path)
-    texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="strict").splitlines(), start=1):
-        if not line.strip():
-            continue
-        if path.suffix.lower() == ".jsonl":
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"is not valid JSON ({err.msg})", path=path, line=number) from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
-                raise InputError("must be a non-empty string", path=path, line=number, field="text")
-            line = row["text"]
-        texts.append(line.strip())
+    texts = [text.strip() for text in read_inputs(path) if text.strip()]
     if not texts:
         raise InputError("holds no texts; the transfer set is empty", path=path)
     return list(dict.fromkeys(texts))

@@ -63,14 +63,7 @@ def read_examples(
         InputError: naming the file, the line and the field of the first problem found.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path=path)
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise InputError("is not valid UTF-8", path=path, line=line) from None
+    text = read_text_file(path)
     if path.suffix.lower() == ".csv":
         rows = _csv_rows(path, text, text_field, label_field)
     else:
@@ -79,6 +72,21 @@ def read_examples(
     if not examples:
         raise InputError("holds no examples", path=path)
     return examples
+
+
+def read_text_file(path: Path) -> str:
+    """A file's text, decoded as UTF-8 (a BOM is dropped).
+
+    Raises:
+        InputError: a missing file, or undecodable bytes with the line they are on.
+    """
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError("is not valid UTF-8", path=path, line=raw[: err.start].count(b"\n") + 1) from None
 
 
 def _jsonl_rows(path: Path, text: str):
