@@ -19,8 +19,8 @@ from rich.table import Table
 from tunelab.models import load_model
 from tunelab.predictor import predict
 from tunelab.prompting import PromptConfig, few_shot
-from tunelab.verbalizer import score_naive
 from tunelab.tasks import load_task
+from tunelab.verbalizer import score_naive
 
 
 def naive_log_likelihoods(predictor, texts):

@@ -1,18 +1,18 @@
 import dataclasses
 import json
+
 import pytest
 import typer.main
 from helpers import DATA, one_error_line, run_cli, task_args
 
-from tunelab.cli import app
 from tunelab.bias import BiasConfig
 from tunelab.bulk import BulkConfig
+from tunelab.cli import app
 from tunelab.distill import DistillConfig
 from tunelab.ladder import LadderConfig
 from tunelab.prompting import PromptConfig
 from tunelab.serve import ServeConfig
 from tunelab.tuning import TuneConfig
-
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
 import json
+
 import pytest
 import torch
+from conftest import _llama
+from helpers import one_error_line, run_cli, task_args
 from transformers import BertConfig, BertModel
 
 from tunelab.distill import (
@@ -17,9 +20,6 @@ from tunelab.models import make_model
 from tunelab.predictor import load_predictor, predict, save_predictor
 from tunelab.prompting import PromptConfig, few_shot
 from tunelab.tuning import TuneConfig, finetune
-
-from conftest import _llama
-from helpers import one_error_line, run_cli, task_args
 
 
 @pytest.fixture

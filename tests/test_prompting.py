@@ -8,8 +8,8 @@ import torch
 from tunelab.errors import ConfigError
 from tunelab.predictor import load_predictor, predict, save_predictor
 from tunelab.prompting import PromptConfig, few_shot, select_shots, similar_shots
-from tunelab.verbalizer import PromptFormat, encode_prefix, score_continuations, score_naive
 from tunelab.tasks import Example
+from tunelab.verbalizer import PromptFormat, encode_prefix, score_continuations, score_naive
 
 
 def _ids(model, text, special=False):

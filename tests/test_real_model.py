@@ -8,8 +8,8 @@ import torch
 from tunelab.evaluate import evaluate
 from tunelab.models import load_model
 from tunelab.prompting import PromptConfig, few_shot
-from tunelab.verbalizer import score_naive
 from tunelab.tasks import load_task
+from tunelab.verbalizer import score_naive
 
 pytestmark = pytest.mark.real_model
 

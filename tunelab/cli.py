@@ -291,7 +291,8 @@ def distill(
     as_json: JsonFlag = False,
 ):
     """Distil a teacher into a smaller, faster student; report how much faster and how much worse."""
-    from tunelab.distill import DistillConfig, distill as run_distill, read_transfer_texts
+    from tunelab.distill import DistillConfig, read_transfer_texts
+    from tunelab.distill import distill as run_distill
     from tunelab.predictor import load_predictor
 
     flags = dict(student=student, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
@@ -327,7 +328,8 @@ def distill(
     for name, metrics in (("teacher", report["teacher"]), (f"student {config.student}", report["student_metrics"])):
         table.add_row(name, _cell(metrics[quality]), _cell(metrics["examples_per_s"]), _cell(metrics["params_total"]))
     _out_console().print(table)
-    _out_console().print(f"student: {report['param_ratio']:.1%} of the teacher's parameters, {report['speedup']:.1f}x its "
+    _out_console().print(f"student: {report['param_ratio']:.1%} of the teacher's parameters, "
+                         f"{report['speedup']:.1f}x its "
                     f"speed, {report['quality_ratio']:.1%} of its quality ({quality})")
 
 
@@ -512,7 +514,7 @@ def ladder(
     model: ModelSpec = "smollm2",
 ):
     """Run every rung on one task; write report.html, report.md and report.json; name the cheapest good rung."""
-    from tunelab.ladder import LadderConfig, RUNGS, check_task, run
+    from tunelab.ladder import RUNGS, LadderConfig, check_task, run
 
     flags = dict(rungs=tuple(r.strip() for r in rungs.split(",")) if rungs else None, target_quality=target_quality,
                  quick=quick, few_shots=few_shots, curve=_parse_shots(curve) if curve else None, epochs=epochs,

@@ -243,7 +243,8 @@ def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
     elif task.is_classification:
         shots = select_shots(train, config.shots, config.select, rng)
     else:  # regression: balanced means spread over the rating scale
-        shots = select_shots(train, config.shots, config.select, rng, key=lambda e: rating_label(e.label, task.value_range))
+        shots = select_shots(train, config.shots, config.select, rng,
+                             key=lambda e: rating_label(e.label, task.value_range))
     verbalizer = Verbalizer(model.tokenizer, kind=task.kind, label_names=task.labels, fmt=fmt,
                             value_range=task.value_range)
     predictor = PromptPredictor(model, verbalizer, config, shots, embedder=embedder)
