@@ -22,7 +22,7 @@ from tunelab.bias import BiasConfig, bias_report
 from tunelab.distill import DistillConfig, distill
 from tunelab.errors import ConfigError, InputError
 from tunelab.evaluate import evaluate
-from tunelab.models import Model
+from tunelab.models import Model, weights_fingerprint
 from tunelab.predictor import load_predictor, read_artifact_json, save_predictor, write_json_atomic
 from tunelab.prompting import PromptConfig, few_shot
 from tunelab.tasks import Task
@@ -142,7 +142,7 @@ def run(
     if config.quick:
         task = quick_task(task, config.seed)
     bias = BiasConfig(probe=_quick_probes(out_dir) if config.quick else "names")
-    base_fingerprint = model.fingerprint
+    base_weights = weights_fingerprint(model.lm)  # hashed from the tensors, to show prompting changed none
     started = time.perf_counter()
     results = {}
     for rung in (r for r in RUNGS if r in config.rungs):
@@ -176,7 +176,7 @@ def run(
         "task": task.name, "kind": task.kind, "n_train": len(task.train), "n_test": len(task.test),
         "split_note": task.split_note, "model": model.name, "base_params": model.params_total,
         "config": dataclasses.asdict(config), "rungs": results, "few_shot_curve": curve,
-        "parameter_facts": _parameter_facts(model, base_fingerprint, out_dir, results),
+        "parameter_facts": _parameter_facts(model, base_weights, out_dir, results),
         "choice": _cheapest(results, task, config.target_quality), "wall_seconds": time.perf_counter() - started,
     }
     write_reports(report, out_dir)
@@ -214,16 +214,16 @@ def _few_shot_curve(model, task, config: LadderConfig, out_dir: Path, results: d
     return [{"shots": int(k), **v} for k, v in sorted(curve.items(), key=lambda item: int(item[0]))]
 
 
-def _parameter_facts(model: Model, base_fingerprint: str, out_dir: Path, results: dict) -> list[dict]:
+def _parameter_facts(model: Model, base_weights: str, out_dir: Path, results: dict) -> list[dict]:
     """The parameter contract, checked on this run's own artifacts."""
     facts = []
     prompt_rungs = [r for r in ("zero", "one", "few") if r in results]
     if prompt_rungs:
-        del model.__dict__["fingerprint"]  # recompute from the weights as they are now
-        unchanged = model.fingerprint == base_fingerprint and all(
+        after = weights_fingerprint(model.lm)
+        unchanged = after == base_weights and all(
             read_artifact_json(out_dir / r / "predictor")["params_trainable"] == 0 for r in prompt_rungs)
         facts.append({"fact": "prompting changed no parameter", "holds": unchanged,
-                      "evidence": f"base weights fingerprint {model.fingerprint} before and after; "
+                      "evidence": f"hash of the base weights {base_weights} before, {after} after; "
                                   f"0 trainable parameters in {', '.join(prompt_rungs)}"})
     for rung in ("lora", "full"):
         if rung in results:

@@ -63,6 +63,15 @@ def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of every tensor in the module's state: equal weights, equal fingerprint."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 @dataclass(eq=False)
 class Model:
     """A causal LM with its tokenizer, where it came from, and its parameter facts."""
@@ -87,14 +96,8 @@ class Model:
 
     @cached_property
     def fingerprint(self) -> str:
-        """A short content hash of the weights: the same weights give the same fingerprint."""
-        if self._fingerprint:
-            return self._fingerprint
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.lm.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        """A short content hash of the weights (of the GGUF file, for a model converted from one)."""
+        return self._fingerprint or weights_fingerprint(self.lm)
 
     def describe(self) -> dict:
         config = self.lm.config
