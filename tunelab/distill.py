@@ -152,6 +152,7 @@ class CausalStudent:
     def __init__(self, model: Model, verbalizer: Verbalizer, meta: dict):
         self.model, self.verbalizer, self.meta = model, verbalizer, meta
         self.kind, self.label_names = verbalizer.kind, verbalizer.label_names
+        self.prefix_ids = verbalizer.encode(verbalizer.fmt.instruction, special=True)  # shared by every input
         self._prefix: PrefixCache | None = None
 
     @property
@@ -169,10 +170,6 @@ class CausalStudent:
     def _rows(self, texts: list[str]) -> list[list[int]]:
         budget = max(1, self.meta["config"]["max_length"] - len(self.prefix_ids))
         return self.verbalizer.queries(texts, max_tokens=budget)
-
-    @property
-    def prefix_ids(self) -> list[int]:
-        return self.verbalizer.encode(self.verbalizer.fmt.instruction, special=True)
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         """Label log-likelihoods with gradients (training): (n, n_labels)."""
@@ -240,17 +237,15 @@ class EncoderStudent:
 
 def load_student(directory: Path, payload: dict):
     """Load either kind of student from its artifact folder."""
+    meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics")
+            if k in payload}
     if payload["student_type"] == "pruned":
         model = load_model(directory / "model")
-        meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics")
-                if k in payload}
         return CausalStudent(model, Verbalizer.from_description(model.tokenizer, payload), meta)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model").to(choose_device()).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory / "model")
-    meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics")
-            if k in payload}
     return EncoderStudent(encoder, tokenizer, kind=payload["kind"], label_names=tuple(payload["labels"]), meta=meta)
 
 
