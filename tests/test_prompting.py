@@ -164,3 +164,15 @@ def test_save_load_roundtrip_reproduces_predictions(tiny_model, tiny_task, tmp_p
     loaded = load_predictor(tmp_path / "prompt")
     assert loaded.fingerprint == predictor.fingerprint
     assert np.allclose(predict(loaded, texts).probs, before, atol=1e-6)
+
+
+def test_continuations_with_a_shared_start_score_like_the_naive_path(tiny_model):
+    lm, ids = tiny_model.lm, lambda text: _ids(tiny_model, text)
+    colon, positive, negative, nine = ids(":")[0], ids("positive")[0], ids("negative")[0], ids("9")[0]
+    prefix, queries = ids("Classify each word ."), [ids("Word : good"), ids("Word : vile cruel Rating")]
+    for continuations in ([[colon, positive], [colon, negative]],  # one token left each: one row per query
+                          [[colon, positive], [colon, negative], [colon, nine, positive]]):
+        scores = score_continuations(lm, encode_prefix(lm, prefix), queries, continuations,
+                                     tiny_model.tokenizer.pad_token_id)
+        naive = torch.tensor([[score_naive(lm, prefix, q, c) for c in continuations] for q in queries])
+        assert torch.allclose(scores, naive, atol=1e-4)

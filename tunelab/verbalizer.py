@@ -95,23 +95,26 @@ def label_log_likelihoods(
 ) -> torch.Tensor:
     """Summed log p(continuation | prefix + query) for every query and continuation: (n_queries, n_continuations).
 
-    One batched forward pass over the queries, on top of the cached prefix. Single-token continuations (the usual
-    case) need only the query itself; longer ones get one row per (query, continuation) pair. The output head is
-    applied only at the positions that predict a continuation token.
+    One batched forward pass over the queries, on top of the cached prefix. Tokens that every continuation starts
+    with (" 1".." 9" all begin with a space token in SmolLM2) are scored once, as part of the query. When what is
+    left is a single token per continuation (the usual case), each query needs one row; otherwise each (query,
+    continuation) pair gets its own. The output head is applied only at positions that predict a scored token.
     """
     device = next(lm.parameters()).device
     if any(not query for query in queries):
         raise ValueError("every query must encode to at least one token")
-    single_token = all(len(c) == 1 for c in continuations)
+    shared = _shared_start(continuations)
+    rests = [c[len(shared):] for c in continuations]
+    single_token = all(len(rest) == 1 for rest in rests)
     rows, targets = [], []  # targets: (row, position, token, query index, continuation index)
     for qi, query in enumerate(queries):
-        if single_token:
-            rows.append(query)
-            targets += [(len(rows) - 1, len(query) - 1, c[0], qi, ci) for ci, c in enumerate(continuations)]
-            continue
-        for ci, continuation in enumerate(continuations):
-            rows.append(query + continuation[:-1])
-            targets += [(len(rows) - 1, len(query) - 1 + t, token, qi, ci) for t, token in enumerate(continuation)]
+        stem = query + shared
+        shared_targets = [(len(query) - 1 + t, token) for t, token in enumerate(shared)]
+        for ci, rest in enumerate(rests):
+            if not single_token or ci == 0:
+                rows.append(stem + rest[:-1])
+            targets += [(len(rows) - 1, position, token, qi, ci) for position, token in shared_targets]
+            targets += [(len(rows) - 1, len(stem) - 1 + t, token, qi, ci) for t, token in enumerate(rest)]
     hidden = _hidden_states(lm, prefix, rows, pad_id, device)  # (rows, seq, hidden)
     row_index, position, token, query_index, continuation_index = (
         torch.tensor(column, device=device) for column in zip(*targets))
@@ -119,6 +122,16 @@ def label_log_likelihoods(
     token_log_probs = log_probs.gather(1, token[:, None]).squeeze(1)  # (n_targets,)
     scores = torch.zeros(len(queries), len(continuations), device=device, dtype=torch.float32)
     return scores.index_put((query_index, continuation_index), token_log_probs, accumulate=True)
+
+
+def _shared_start(continuations: list[list[int]]) -> list[int]:
+    """The longest token prefix common to all continuations, leaving at least one token of each."""
+    shared = []
+    for tokens in zip(*(c[:-1] for c in continuations)):
+        if len(set(tokens)) != 1:
+            break
+        shared.append(tokens[0])
+    return shared
 
 
 def _hidden_states(lm, prefix: PrefixCache, rows: list[list[int]], pad_id: int, device) -> torch.Tensor:
