@@ -9,7 +9,8 @@ from tunelab.prompting import PromptConfig, few_shot
 class CountingPredictor:
     """A predictor that records what it was asked, to test the shared predict() plumbing."""
 
-    rung, kind, label_names, params_total, params_trainable, fingerprint = "test", "classification", ("a", "b"), 7, 0, "x"
+    rung, kind, label_names = "test", "classification", ("a", "b")
+    params_total, params_trainable, fingerprint = 7, 0, "x"
 
     def __init__(self):
         self.batches = []

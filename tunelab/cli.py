@@ -329,7 +329,8 @@ def distill(
         table.add_row(name, _cell(metrics[quality]), _cell(metrics["examples_per_s"]), _cell(metrics["params_total"]))
     _out_console().print(table)
     _out_console().print(f"student: {report['param_ratio']:.1%} of the teacher's parameters, "
-                         f"{report['speedup']:.1f}x its speed, {report['quality_ratio']:.1%} of its quality ({quality})")
+                         f"{report['speedup']:.1f}x its speed, "
+                         f"{report['quality_ratio']:.1%} of its quality ({quality})")
 
 
 @app.command("predict")

@@ -152,7 +152,7 @@ class CausalStudent:
     def __init__(self, model: Model, verbalizer: Verbalizer, meta: dict):
         self.model, self.verbalizer, self.meta = model, verbalizer, meta
         self.kind, self.label_names = verbalizer.kind, verbalizer.label_names
-        self.prefix_ids = verbalizer.encode(verbalizer.fmt.instruction, special=True)  # shared by every input
+        self.prefix_ids = verbalizer.instruction_ids  # shared by every input
         self._prefix: PrefixCache | None = None
 
     @property
@@ -168,8 +168,7 @@ class CausalStudent:
         return self.model.fingerprint
 
     def _rows(self, texts: list[str]) -> list[list[int]]:
-        budget = max(1, self.meta["config"]["max_length"] - len(self.prefix_ids))
-        return self.verbalizer.queries(texts, max_tokens=budget)
+        return self.verbalizer.bounded_queries(texts, self.meta["config"]["max_length"])
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         """Label log-likelihoods with gradients (training): (n, n_labels)."""

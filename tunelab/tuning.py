@@ -149,10 +149,10 @@ class TunedPredictor:
         return self.model.fingerprint
 
     def predict_batch(self, texts: list[str]) -> Predictions:
-        verbalizer, max_length = self.verbalizer, self.meta["config"]["max_length"]
+        verbalizer = self.verbalizer
         if self._prefix is None:
-            self._prefix = encode_prefix(self.model.lm, verbalizer.encode(verbalizer.fmt.instruction, special=True))
-        queries = verbalizer.queries(texts, max_tokens=max(1, max_length - len(self._prefix.ids)))
+            self._prefix = encode_prefix(self.model.lm, verbalizer.instruction_ids)
+        queries = verbalizer.bounded_queries(texts, self.meta["config"]["max_length"])
         scores = score_continuations(self.model.lm, self._prefix, queries, verbalizer.continuations,
                                      self.model.tokenizer.pad_token_id)
         return verbalizer.predictions(scores)
@@ -294,11 +294,11 @@ class _Batch:
 
 
 def _batches(verbalizer: Verbalizer, prefix_ids: list[int], examples, config: TuneConfig, order) -> list[_Batch]:
-    budget = max(1, config.max_length - len(prefix_ids))
     batches = []
     for start in range(0, len(order), config.batch_size):
         chosen = [examples[i] for i in order[start : start + config.batch_size]]
-        rows = [prefix_ids + query for query in verbalizer.queries([e.text for e in chosen], max_tokens=budget)]
+        queries = verbalizer.bounded_queries([e.text for e in chosen], config.max_length)
+        rows = [prefix_ids + query for query in queries]
         if verbalizer.kind == "classification":
             targets = torch.tensor([verbalizer.label_names.index(e.label) for e in chosen])
         else:
@@ -370,7 +370,7 @@ def finetune(
     verbalizer = Verbalizer(model.tokenizer, kind=task.kind, label_names=task.labels,
                             fmt=PromptFormat.from_template(task.template, task.instruction),
                             value_range=task.value_range)
-    prefix_ids = verbalizer.encode(verbalizer.fmt.instruction, special=True)
+    prefix_ids = verbalizer.instruction_ids
     pad_id = model.tokenizer.pad_token_id
 
     with torch.random.fork_rng(devices=[]):  # weight init and dropout draw from the global RNG; keep ours apart

@@ -218,6 +218,15 @@ class Verbalizer:
         encoded = [self.encode(self.fmt.query(text)) for text in texts]
         return encoded if max_tokens is None else [ids[-max_tokens:] for ids in encoded]
 
+    @property
+    def instruction_ids(self) -> list[int]:
+        """The zero-shot prompt's shared start (tuned and pruned models are scored after the bare instruction)."""
+        return self.encode(self.fmt.instruction, special=True)
+
+    def bounded_queries(self, texts: list[str], max_length: int) -> list[list[int]]:
+        """Queries cut so that instruction + query fits in `max_length` tokens; the same rule in training and use."""
+        return self.queries(texts, max_tokens=max(1, max_length - len(self.instruction_ids)))
+
     def shot_pairs(self, examples) -> list[tuple[str, str]]:
         if self.kind == "classification":
             return [(e.text, e.label) for e in examples]
