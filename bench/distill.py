@@ -1,9 +1,10 @@
-"""Distillation on `vader`: a fully fine-tuned SmolLM2 teacher vs pruned and MiniLM students, in one run.
+"""Distillation: a fully fine-tuned SmolLM2 teacher vs pruned and MiniLM students on one task, in one run.
 
-Each student runs as `tunelab distill` (teacher and student evaluated on the same 400 test words in the same
+Each student runs as `tunelab distill` (teacher and student evaluated on the same test words in the same
 process); the teacher labels the transfer set once, and the later students reuse those labels from the store.
+The teacher is trained first (full fine-tuning, 2 epochs) unless --teacher names a finished run.
 
-    python bench/distill.py [--teacher runs/bench-tune/full] [--transfer-size 4000] [--students pruned:10,pruned:6,minilm]
+    python bench/distill.py [--task vader] [--teacher DIR] [--transfer-size 4000] [--students pruned:10,pruned:6,minilm]
 """
 
 from __future__ import annotations
@@ -30,16 +31,21 @@ def tunelab(*args: str) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", type=Path, default=Path("runs/bench-tune/full"))
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-distill"))
+    parser.add_argument("--task", default="vader", help="a built-in task with training and unlabeled texts")
+    parser.add_argument("--teacher", type=Path, help="default: runs/bench-tune/full for vader (bench/tune.py's), "
+                                                     "else OUT/teacher")
+    parser.add_argument("--out", type=Path, help="default: runs/bench-distill, or runs/bench-distill-TASK")
     parser.add_argument("--transfer-size", type=int, default=4000)
     parser.add_argument("--students", default="pruned:10,pruned:6,minilm")
     parser.add_argument("--epochs", default="pruned=1,encoder=3", help="epochs per student type")
     args = parser.parse_args()
+    args.out = args.out or Path("runs/bench-distill" if args.task == "vader" else f"runs/bench-distill-{args.task}")
+    args.teacher = args.teacher or (Path("runs/bench-tune/full") if args.task == "vader" else args.out / "teacher")
     if not (args.teacher / "tunelab.json").is_file():
-        print(f"training the teacher into {args.teacher} (full fine-tuning, 2 epochs)")
-        tunelab("tune", "--task", "vader", "--method", "full", "--epochs", "2", "--out", str(args.teacher))
-    task = load_task("vader")
+        print(f"training the teacher into {args.teacher} (full fine-tuning, 2 epochs)", flush=True)
+        tunelab("tune", "--task", args.task, "--method", "full", "--epochs", "2", "--out", str(args.teacher),
+                "--overwrite")
+    task = load_task(args.task)
     args.out.mkdir(parents=True, exist_ok=True)
     transfer = [e.text for e in task.train] + random.Random(0).sample(list(task.unlabeled),
                                                                        args.transfer_size - len(task.train))
@@ -48,12 +54,12 @@ def main():
     reports = []
     for spec in args.students.split(","):
         kind = "pruned" if spec.startswith("pruned") else "encoder"
-        reports.append(tunelab("distill", "--teacher", str(args.teacher), "--task", "vader", "--student", spec,
+        reports.append(tunelab("distill", "--teacher", str(args.teacher), "--task", args.task, "--student", spec,
                                "--transfer", str(args.out / "transfer.txt"), "--epochs", epochs[kind],
                                "--out", str(args.out / spec.replace(":", "-"))))
     teacher = reports[0]["teacher"]
-    table = Table(title=f"distillation on vader: {len(transfer):,} transfer words labelled by the teacher, "
-                        f"400 test words")
+    table = Table(title=f"distillation on {args.task}: {len(transfer):,} transfer words labelled by the teacher, "
+                        f"{len(task.test)} test words")
     for column in ("model", "accuracy", "params", "param ratio", "examples/s", "speed-up", "quality ratio",
                    "epochs"):
         table.add_column(column, justify="left" if column == "model" else "right")

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunelab.errors import InputError
-from tunelab.tasks import Example, load_task, make_task, read_examples, vader_lexicon
+from tunelab.tasks import Example, load_task, make_task, read_examples, subjectivity_lexicon, vader_lexicon
 
 
 def _write(path, text):
@@ -105,6 +105,19 @@ def test_vader_valence_shares_the_words_with_their_means():
     assert [e.text for e in regression.test] == [e.text for e in classification.test]
     assert all(e.label == lexicon[e.text] for e in regression.train)
     assert regression.kind == "regression" and regression.value_range == (-4.0, 4.0)
+
+
+def test_subjectivity_task_labels_clear_cases_and_keeps_its_transfer_words_apart():
+    lexicon = subjectivity_lexicon()
+    task = load_task("subjectivity")
+    assert (len(task.train), len(task.test), task.labels) == (600, 400, ("objective", "subjective"))
+    for example in task.train + task.test:
+        assert abs(lexicon[example.text] - 0.5) >= 0.1
+        assert example.label == ("subjective" if lexicon[example.text] > 0.5 else "objective")
+    texts = {e.text for e in task.train + task.test}
+    assert len(texts) == 1000 and not texts & set(task.unlabeled)
+    assert len(task.unlabeled) > 4000 and all(w.isalpha() and w.islower() for w in task.unlabeled)
+    assert [e.text for e in load_task("subjectivity").test] == [e.text for e in task.test]  # a fixed sample
 
 
 def test_fruit_task_has_the_classic_labels():

