@@ -5,7 +5,11 @@ that the table has production size; lookups hit both). The service runs as its o
 wrk drives it from a second process with random stored keys. For comparison, the same kind of lookup is answered
 by the live model (batch 1). Needs Debian's wrk: apt-get install wrk.
 
-    python bench/serve.py [--rows 100000] [--seconds 20] [--connections 32]
+The store's answer is also timed in-process (normalise, key, SQLite read: what the service does per lookup,
+without HTTP) against the live model's answer to the same lookups, so that the ratio compares the two ways of
+answering rather than HTTP's fixed cost, which both would pay.
+
+    python bench/serve.py [--rows 100000] [--seconds 20] [--connections 1,8,32]
 """
 
 from __future__ import annotations
@@ -42,15 +46,35 @@ end
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    found = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if found is None:
+        sys.exit(f"cannot read wrk's latency {text!r}")
+    value, unit = found.groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def _wrk_result(out: str) -> dict:
+    errors = re.search(r"Socket errors: (.*)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1)),  # the Latency Distribution lines
+        "p99": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "errors": (int(non_2xx.group(1)) if non_2xx else 0)
+        + (sum(int(n) for n in re.findall(r"\d+", errors.group(1))) if errors else 0),
+    }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--connections", default="1,8,32", help="comma-separated wrk connection counts, one run each")
     parser.add_argument("--port", type=int, default=8731)
     parser.add_argument("--predicted", type=int, default=2000, help="VADER words predicted by the real model")
     args = parser.parse_args()
@@ -84,22 +108,27 @@ def main():
             except httpx.TransportError:
                 time.sleep(0.1)
         subprocess.run(["wrk", "-t1", "-c8", "-d3s", "-s", str(folder / "wrk.lua"), base], capture_output=True)
-        done = subprocess.run(["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
-                               "-s", str(folder / "wrk.lua"), base], capture_output=True, text=True, check=True)
+        loads = {}
+        for connections in [int(c) for c in args.connections.split(",")]:
+            done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{args.seconds}s", "--latency",
+                                   "-s", str(folder / "wrk.lua"), base], capture_output=True, text=True, check=True)
+            (folder / f"wrk-c{connections}.txt").write_text(done.stdout)
+            loads[connections] = _wrk_result(done.stdout)
         metrics = httpx.get(f"{base}/metrics").text
     finally:
         server.terminate()
         server.wait(10)
-    out = done.stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = re.search(r"Socket errors: (.*)", out)
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    error_count = (int(non_2xx.group(1)) if non_2xx else 0) + (
-        sum(int(n) for n in re.findall(r"\d+", errors.group(1))) if errors else 0)
     hits = float(re.search(r"tunelab_store_hits_total ([\d.e+]+)", metrics).group(1))
+
+    store = Store(folder / "store.sqlite", read_only=True)
+    store_latencies = []
+    for text in lookups * 5:
+        start = time.perf_counter()
+        store.get(predictor.fingerprint, text_key(normalise(text))).as_dict()
+        store_latencies.append((time.perf_counter() - start) * 1000)
+    store.close()
+    store_latencies.sort()
+    store_p50 = store_latencies[len(store_latencies) // 2]
 
     live_latencies = []
     for text in lookups[:100]:
@@ -109,18 +138,22 @@ def main():
     live_latencies.sort()
     live_p50 = live_latencies[len(live_latencies) // 2]
 
-    table = Table(title=f"tunelab serve: {rows:,} stored rows, wrk -c{args.connections} for {args.seconds}s on "
-                        f"loopback (server: 1 uvicorn worker; wrk: 1 thread; 2 cores in all)")
+    table = Table(title=f"tunelab serve: {rows:,} stored rows, wrk for {args.seconds}s per load on loopback "
+                        f"(server: 1 uvicorn worker; wrk: 1 thread; 2 cores in all)")
     for column in ("path", "requests/s", "p50 ms", "p99 ms", "requests", "errors"):
         table.add_column(column, justify="left" if column == "path" else "right")
-    table.add_row("GET /predict from the store", f"{rps:,.0f}", f"{p50:.2f}", f"{p99:.2f}", f"{total:,}",
-                  str(error_count))
-    table.add_row("same lookup by the live model (batch 1)", f"{1000 / live_p50:,.1f}", f"{live_p50:.1f}",
-                  f"{live_latencies[98]:.1f}", "100", "0")
+    for connections, r in loads.items():
+        table.add_row(f"GET /predict from the store, wrk -c{connections}", f"{r['rps']:,.0f}", f"{r['p50']:.2f}",
+                      f"{r['p99']:.2f}", f"{r['requests']:,}", str(r["errors"]))
+    table.add_row("store answer in-process (no HTTP)", f"{1000 / store_p50:,.0f}", f"{store_p50:.4f}",
+                  f"{_percentile(store_latencies, 0.99):.4f}", f"{len(store_latencies):,}", "0")
+    table.add_row("live model answer in-process (batch 1)", f"{1000 / live_p50:,.1f}", f"{live_p50:.1f}",
+                  f"{_percentile(live_latencies, 0.99):.1f}", f"{len(live_latencies)}", "0")
     console = Console(width=150)
     console.print(table)
-    console.print(f"store hits counted by the service: {hits:,.0f}; store answer vs live model at p50: "
-                  f"{live_p50 / p50:,.0f}x faster")
+    console.print(f"store hits counted by the service: {hits:,.0f}. Store vs live model at p50: "
+                  f"in-process {live_p50 / store_p50:,.0f}x faster; over HTTP at the lightest load "
+                  f"({min(loads)} connections) {live_p50 / loads[min(loads)]['p50']:,.0f}x")
     shutil.rmtree(folder, ignore_errors=True)
 
 
