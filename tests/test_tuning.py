@@ -13,7 +13,8 @@ from tunelab.errors import ConfigError, TrainingError
 from tunelab.models import load_model
 from tunelab.predictor import load_predictor, predict
 from tunelab.tasks import load_task
-from tunelab.tuning import TuneConfig, finetune, rating_loss, verbalizer_loss
+from tunelab.tuning import TuneConfig, _with_adapter, finetune, rating_loss, verbalizer_loss
+from tunelab.verbalizer import PrefixCache, label_log_likelihoods, training_log_likelihoods
 
 DATA = Path(__file__).parent / "data"
 FAST = dict(epochs=2, batch_size=4, val_fraction=0.25)
@@ -36,6 +37,31 @@ def test_rating_loss_is_zero_at_the_gold_rating_and_grows_with_distance():
     assert rating_loss(certain_on_3, torch.tensor([3.0])).item() == pytest.approx(0.0, abs=1e-8)
     assert rating_loss(certain_on_3, torch.tensor([5.0])) < rating_loss(certain_on_3, torch.tensor([9.0]))
     assert rating_loss(certain_on_3, torch.tensor([7.0])).item() == pytest.approx((4 / 8) ** 2)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_prefix_encoded_once_per_step_gives_the_full_rows_loss_and_gradients(tiny_model, method):
+    lm = tiny_model.lm
+    if method == "lora":
+        lm, _ = _with_adapter(lm, TuneConfig(method="lora"))
+        for name, parameter in lm.named_parameters():  # LoRA B starts at zero: move it so gradients reach A
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.1)
+    ids = lambda text: tiny_model.tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    prefix, queries = ids("Classify each word ."), [ids("Word : good"), ids("Word : vile cruel"), ids("Word : x")]
+    continuations, pad = [ids("positive"), ids("negative")], tiny_model.tokenizer.pad_token_id
+    trainable = [p for p in lm.parameters() if p.requires_grad]
+
+    def loss_and_grads(scores):
+        loss = verbalizer_loss(scores, torch.tensor([0, 1, 0]))
+        return loss.detach(), torch.autograd.grad(loss, trainable)
+
+    full_rows = [prefix + q for q in queries]
+    expected = loss_and_grads(label_log_likelihoods(lm, PrefixCache([], None), full_rows, continuations, pad))
+    shared = loss_and_grads(training_log_likelihoods(lm, prefix, queries, continuations, pad))
+    assert torch.allclose(shared[0], expected[0], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(shared[1], expected[1]))
+    assert any(g.abs().sum() > 0 for g in shared[1])
 
 
 def test_full_finetuning_updates_every_parameter_and_keeps_the_count(tiny_model, tiny_task, tmp_path):

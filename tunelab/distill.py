@@ -38,9 +38,9 @@ from tunelab.verbalizer import (
     Verbalizer,
     encode_prefix,
     expected_rating,
-    label_log_likelihoods,
     rating_to_value,
     score_continuations,
+    training_log_likelihoods,
 )
 
 DEFAULT_LR = {"pruned": 5e-5, "encoder": 1e-4}  # an encoder head starts from scratch and needs the larger step
@@ -172,9 +172,8 @@ class CausalStudent:
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         """Label log-likelihoods with gradients (training): (n, n_labels)."""
-        rows = [self.prefix_ids + row for row in self._rows(texts)]
-        return label_log_likelihoods(self.model.lm, PrefixCache([], None), rows, self.verbalizer.continuations,
-                                     self.model.tokenizer.pad_token_id)
+        return training_log_likelihoods(self.model.lm, self.prefix_ids, self._rows(texts),
+                                        self.verbalizer.continuations, self.model.tokenizer.pad_token_id)
 
     def predict_batch(self, texts: list[str]) -> Predictions:
         if self._prefix is None:

@@ -49,9 +49,9 @@ from tunelab.verbalizer import (
     Verbalizer,
     encode_prefix,
     expected_rating,
-    label_log_likelihoods,
     rating_value,
     score_continuations,
+    training_log_likelihoods,
 )
 
 DEFAULT_LR = {"lora": 1e-3, "full": 3e-5}  # LoRA's few weights need a larger step (Hu et al. 2021 used 2e-4..1e-3)
@@ -289,16 +289,15 @@ def _prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> dict | 
 
 @dataclass
 class _Batch:
-    rows: list[list[int]]
+    rows: list[list[int]]  # query tokens; the instruction before them is encoded once per step
     targets: torch.Tensor  # (batch,) label indices, or gold ratings for regression
 
 
-def _batches(verbalizer: Verbalizer, prefix_ids: list[int], examples, config: TuneConfig, order) -> list[_Batch]:
+def _batches(verbalizer: Verbalizer, examples, config: TuneConfig, order) -> list[_Batch]:
     batches = []
     for start in range(0, len(order), config.batch_size):
         chosen = [examples[i] for i in order[start : start + config.batch_size]]
-        queries = verbalizer.bounded_queries([e.text for e in chosen], config.max_length)
-        rows = [prefix_ids + query for query in queries]
+        rows = verbalizer.bounded_queries([e.text for e in chosen], config.max_length)  # after the instruction
         if verbalizer.kind == "classification":
             targets = torch.tensor([verbalizer.label_names.index(e.label) for e in chosen])
         else:
@@ -309,7 +308,7 @@ def _batches(verbalizer: Verbalizer, prefix_ids: list[int], examples, config: Tu
 
 def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int) -> torch.Tensor:
     device = next(lm.parameters()).device
-    scores = label_log_likelihoods(lm, PrefixCache([], None), batch.rows, verbalizer.continuations, pad_id)
+    scores = training_log_likelihoods(lm, verbalizer.instruction_ids, batch.rows, verbalizer.continuations, pad_id)
     targets = batch.targets.to(device)
     if verbalizer.kind == "classification":
         return verbalizer_loss(scores, targets)
@@ -370,7 +369,6 @@ def finetune(
     verbalizer = Verbalizer(model.tokenizer, kind=task.kind, label_names=task.labels,
                             fmt=PromptFormat.from_template(task.template, task.instruction),
                             value_range=task.value_range)
-    prefix_ids = verbalizer.instruction_ids
     pad_id = model.tokenizer.pad_token_id
 
     with torch.random.fork_rng(devices=[]):  # weight init and dropout draw from the global RNG; keep ours apart
@@ -387,7 +385,7 @@ def finetune(
         steps_per_epoch = math.ceil(len(train) / config.batch_size)
         total_steps = steps_per_epoch * config.epochs
         scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_FRACTION * total_steps), total_steps)
-        validation_batches = _batches(verbalizer, prefix_ids, validation, config, range(len(validation)))
+        validation_batches = _batches(verbalizer, validation, config, range(len(validation)))
         if progress is None:
             progress = {"config": asdict(config), "epoch": 0, "best_epoch": 0, "best_val_loss": None,
                         "stale_epochs": 0, "history": [], "train_seconds": 0.0}
@@ -402,7 +400,7 @@ def finetune(
             started = time.perf_counter()
             lm.train()
             losses = []
-            for batch in _batches(verbalizer, prefix_ids, train, config, order.tolist()):
+            for batch in _batches(verbalizer, train, config, order.tolist()):
                 loss = _loss_step(lm, verbalizer, batch, pad_id)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"loss became {loss.item()} in epoch {epoch + 1}; the last good checkpoint "

@@ -63,20 +63,41 @@ def _cache_name(decoder) -> str:
 
 @dataclass
 class PrefixCache:
-    """The shared prompt prefix, encoded once: its token ids and key/value cache (batch of one)."""
+    """The shared prompt prefix, encoded once: its token ids and key/value cache (batch of one).
+
+    `owned`: the cache was made for one scoring call, which may extend it in place (training, where it carries
+    gradients and so cannot be copied); otherwise it is shared between calls and copied before use.
+    """
 
     ids: list[int]
     kv: object | None  # a transformers Cache, or None for an empty prefix
+    owned: bool = False
 
 
-@torch.no_grad()
-def encode_prefix(lm: torch.nn.Module, prefix_ids: list[int]) -> PrefixCache:
+def _encode(lm: torch.nn.Module, prefix_ids: list[int], owned: bool) -> PrefixCache:
     if not prefix_ids:
         return PrefixCache([], None)
     device = next(lm.parameters()).device
     decoder = lm.get_decoder()
     out = decoder(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
-    return PrefixCache(list(prefix_ids), out[_cache_name(decoder)])
+    return PrefixCache(list(prefix_ids), out[_cache_name(decoder)], owned)
+
+
+@torch.no_grad()
+def encode_prefix(lm: torch.nn.Module, prefix_ids: list[int]) -> PrefixCache:
+    """The prefix's cache for inference, shared by every later scoring call."""
+    return _encode(lm, prefix_ids, owned=False)
+
+
+def training_log_likelihoods(lm, prefix_ids: list[int], queries: list[list[int]], continuations: list[list[int]],
+                             pad_id: int) -> torch.Tensor:
+    """`label_log_likelihoods` of `prefix_ids + query` rows, with gradients, the prefix encoded once per call.
+
+    The same numbers as scoring the full rows, but the instruction every row starts with is run through the model
+    once (batch of one) instead of once per row, and its gradient is accumulated over the batch. With a 13-token
+    instruction and ~7-token queries that is 2.5x fewer tokens per training step.
+    """
+    return label_log_likelihoods(lm, _encode(lm, prefix_ids, owned=True), queries, continuations, pad_id)
 
 
 @torch.no_grad()
@@ -145,8 +166,8 @@ def _hidden_states(lm, prefix: PrefixCache, rows: list[list[int]], pad_id: int, 
         attention_mask[i, prefix_len : prefix_len + len(row)] = 1
     position_ids = torch.arange(prefix_len, prefix_len + width, device=device).expand(batch, -1)
     cache = None
-    if prefix.kv is not None:
-        cache = copy.deepcopy(prefix.kv)  # the forward pass appends to the cache; keep the shared one intact
+    if prefix.kv is not None:  # the forward pass appends to the cache: a shared one is copied first
+        cache = prefix.kv if prefix.owned else copy.deepcopy(prefix.kv)
         cache.batch_repeat_interleave(batch)
     decoder = lm.get_decoder()
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
