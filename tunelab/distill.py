@@ -32,6 +32,7 @@ from tunelab.models import (
 from tunelab.predictor import Predictions, Predictor, save_predictor, write_artifact_json
 from tunelab.store import Store
 from tunelab.tasks import Task
+from tunelab.tuning import adamw
 from tunelab.verbalizer import (
     PrefixCache,
     PromptFormat,
@@ -364,7 +365,7 @@ def distill(
         trainable = [p for p in module.parameters()]
         for parameter in trainable:
             parameter.requires_grad_(True)
-        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.01)
+        optimizer = adamw(trainable, lr=config.learning_rate, weight_decay=0.01)
         device = next(module.parameters()).device
         for epoch in range(config.epochs):
             order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
