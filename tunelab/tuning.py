@@ -455,8 +455,8 @@ def finetune(
 
 
 def adamw(parameters: list[torch.nn.Parameter], **settings) -> torch.optim.AdamW:
-    """AdamW, fused into one kernel per step where torch has one (CPU and CUDA): on the 2-core CPU it cut full
-    fine-tuning's optimizer step over 134.5M parameters from 0.43 s to 0.13 s (same update, one pass over memory)."""
+    """AdamW with torch's fused kernel where it has one (CPU, CUDA): the same update in one kernel per tensor
+    instead of a dozen; on the 2-core CPU full fine-tuning's step over 134.5M parameters went from 0.43 s to 0.13 s."""
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in parameters)
     return torch.optim.AdamW(parameters, fused=fused, **settings)
 
