@@ -8,6 +8,7 @@ import io
 import json
 import math
 import random
+import xml.etree.ElementTree as ElementTree  # reads only a data file shipped in a package we install, not user input
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,8 +313,6 @@ def _package_file(package: str, relative: str, task: str) -> Path:
 def subjectivity_lexicon() -> dict[str, float]:
     """Mean subjectivity (0 objective .. 1 subjective) over the senses of each single lower-case word in
     TextBlob's hand-tagged adjective lexicon (De Smedt & Daelemans, the `pattern` project; PDDL licence)."""
-    import xml.etree.ElementTree as ElementTree  # a data file shipped in a package we install, not user input
-
     path = _package_file("textblob", "en/en-sentiment.xml", "subjectivity")
     senses: dict[str, list[float]] = {}
     for word in ElementTree.parse(path).getroot().iter("word"):
@@ -326,8 +325,8 @@ def subjectivity_lexicon() -> dict[str, float]:
 def _subjectivity() -> Task:
     """Is an adjective a matter of opinion or of fact? A second word-level task, with no sentiment in its labels.
 
-    The unlabeled texts (for distillation) are the other lower-case adjectives of TextBlob's part-of-speech
-    lexicon (Brill's tagger, trained on the Brown corpus and the Penn Treebank).
+    The unlabeled texts (for distillation) are the lexicon's words left out of the sample and the other lower-case
+    adjectives of TextBlob's part-of-speech lexicon (Brill's tagger, trained on the Brown corpus and Penn Treebank).
     """
     lexicon = subjectivity_lexicon()
     candidates = sorted(w for w, s in lexicon.items() if abs(s - 0.5) >= SUBJECTIVITY_MARGIN)
