@@ -146,7 +146,7 @@ def main():
         store_latencies.append((time.perf_counter() - start) * 1000)
     store.close()
     store_latencies.sort()
-    store_p50 = store_latencies[len(store_latencies) // 2]
+    store_p50 = _percentile(store_latencies, 0.5)
 
     live_latencies = []
     for text in lookups[:100]:
@@ -154,7 +154,7 @@ def main():
         predictor.predict_batch([normalise(text)])
         live_latencies.append((time.perf_counter() - start) * 1000)
     live_latencies.sort()
-    live_p50 = live_latencies[len(live_latencies) // 2]
+    live_p50 = _percentile(live_latencies, 0.5)
 
     table = Table(title=f"tunelab serve: {rows:,} stored rows, wrk for {args.seconds}s per load on loopback "
                         f"(server: 1 uvicorn worker; wrk: 1 thread; 2 cores in all)")
