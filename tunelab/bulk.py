@@ -6,9 +6,7 @@ The same job runs on Ray Data (`engine="ray"`): an actor pool holds the model, t
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import time
 import unicodedata
@@ -19,7 +17,7 @@ from typing import Callable, Iterable, Literal
 from tunelab.errors import ConfigError, InputError
 from tunelab.predictor import Predictions, Predictor, load_predictor
 from tunelab.store import Store
-from tunelab.tasks import read_text_file
+from tunelab.tasks import read_rows
 
 
 @dataclass(frozen=True)
@@ -53,37 +51,17 @@ def text_key(normalised: str) -> str:
 
 
 def read_inputs(path: str | Path, text_field: str = "text") -> list[str]:
-    """Texts from a file: one per line (.txt and others), JSONL objects, or a CSV column.
+    """Texts from a file: one per line (.txt and others; blank lines skipped), JSONL objects, or a CSV column.
 
     Raises:
         InputError: a missing file, undecodable bytes, a bad JSON line or a missing field, with its line.
     """
-    path = Path(path)
-    content = read_text_file(path)
-    suffix = path.suffix.lower()
     texts = []
-    if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(content, newline=""))
-        if text_field not in (reader.fieldnames or []):
-            raise InputError("is missing from the header", path=path, line=1, field=text_field,
-                             hint="use --text-field to name the column")
-        for row in reader:
-            if not isinstance(row.get(text_field), str):
-                raise InputError("is missing", path=path, line=reader.line_num, field=text_field)
-            texts.append(row[text_field])
-    else:
-        for number, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
-                continue
-            if suffix in (".jsonl", ".json"):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"is not valid JSON ({err.msg})", path=path, line=number) from None
-                if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-                    raise InputError("is missing or not a string", path=path, line=number, field=text_field)
-                line = row[text_field]
-            texts.append(line)
+    for line, row in read_rows(path, (text_field, "--text-field")):
+        if not isinstance(row.get(text_field), str):
+            raise InputError("is missing or not a string", path=path, line=line, field=text_field,
+                             hint="use --text-field to name it")
+        texts.append(row[text_field])
     return texts
 
 
@@ -141,6 +119,27 @@ def predict_all(
     return {"read": read, "distinct": len(distinct), "already_stored": len(already), "predicted": len(todo),
             "examples_per_s": len(todo) / seconds if todo and seconds > 0 else 0.0, "store": str(store.path),
             "fingerprint": fingerprint}
+
+
+def predict_file(
+    predictor_dir: str | Path,
+    input_path: str | Path,
+    store_path: str | Path,
+    config: BulkConfig = BulkConfig(),
+    *,
+    text_field: str = "text",
+    on_total: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict:
+    """`predict_all` from files: the inputs are read (and checked) before the saved predictor is loaded."""
+    texts = read_inputs(input_path, text_field)
+    predictor = load_predictor(predictor_dir)
+    store = Store(store_path)
+    try:
+        return predict_all(predictor, texts, store, config, predictor_dir=predictor_dir, on_total=on_total,
+                           on_progress=on_progress)
+    finally:
+        store.close()
 
 
 class _RayPredictorActor:

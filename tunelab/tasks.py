@@ -55,6 +55,9 @@ class Task:
 # Reading example files
 
 
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
 def read_examples(
     path: str | Path, *, text_field: str = "text", label_field: str = "label", kind: Kind = "classification"
 ) -> list[Example]:
@@ -64,15 +67,33 @@ def read_examples(
         InputError: naming the file, the line and the field of the first problem found.
     """
     path = Path(path)
-    text = read_text_file(path)
-    if path.suffix.lower() == ".csv":
-        rows = _csv_rows(path, text, text_field, label_field)
-    else:
-        rows = _jsonl_rows(path, text)
-    examples = [_example(path, line, row, text_field, label_field, kind) for line, row in rows]
+    if path.suffix.lower() not in (".csv", *JSONL_SUFFIXES):
+        raise InputError("examples must be a JSONL (.jsonl, .json, .ndjson) or .csv file", path=path)
+    examples = [_example(path, line, row, text_field, label_field, kind)
+                for line, row in read_rows(path, (text_field, "--text-field"), (label_field, "--label-field"))]
     if not examples:
         raise InputError("holds no examples", path=path)
     return examples
+
+
+def read_rows(path: str | Path, *fields: tuple[str, str]):
+    """(line number, row) for every record of a file: JSONL objects, CSV rows, or for any other suffix one text a
+    line under the first field's name. The one reader for examples, bulk inputs and transfer sets.
+
+    A blank line is an error in JSONL (every line must be an object) and skipped in a text file (it holds no text).
+    `fields` are (name, flag) pairs that a CSV header must hold. Raises InputError naming the file and line.
+    """
+    path = Path(path)
+    content = read_text_file(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        yield from _csv_rows(path, content, fields)
+    elif suffix in JSONL_SUFFIXES:
+        yield from _jsonl_rows(path, content)
+    else:
+        for line_number, line in enumerate(content.splitlines(), start=1):
+            if line.strip():
+                yield line_number, {fields[0][0]: line}
 
 
 def read_text_file(path: Path) -> str:
@@ -103,13 +124,17 @@ def _jsonl_rows(path: Path, text: str):
         yield line_number, row
 
 
-def _csv_rows(path: Path, text: str, text_field: str, label_field: str):
+CSV_FIELD_LIMIT = 1 << 30  # documents are long; the csv module's default limit (131,072 characters) is not ours
+
+
+def _csv_rows(path: Path, text: str, fields):
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         header = reader.fieldnames or []
     except csv.Error as err:
         raise InputError(f"is not valid CSV ({err})", path=path, line=1) from None
-    for name, flag in ((text_field, "--text-field"), (label_field, "--label-field")):
+    for name, flag in fields:
         if name not in header:
             raise InputError(f"is missing from the header {header}", path=path, line=1, field=name,
                              hint=f"use {flag} to name the column")
@@ -234,6 +259,8 @@ def load_task(
     Raises:
         InputError: an unknown task name, unreadable files, or unusable labels.
     """
+    if kind not in ("classification", "regression"):
+        raise InputError(f"--kind must be classification or regression, got {kind!r}")
     if name is not None and train_path is not None:
         raise InputError("give either --task or --train, not both")
     if name is not None:
