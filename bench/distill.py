@@ -10,23 +10,14 @@ The teacher is trained first (full fine-tuning, 2 epochs) unless --teacher names
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from harness import run_tunelab
 from tunelab.tasks import load_task
-
-
-def tunelab(*args: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "tunelab.cli", *args, "--json"], capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"tunelab {' '.join(args)} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -43,7 +34,7 @@ def main():
     args.teacher = args.teacher or (Path("runs/bench-tune/full") if args.task == "vader" else args.out / "teacher")
     if not (args.teacher / "tunelab.json").is_file():
         print(f"training the teacher into {args.teacher} (full fine-tuning, 2 epochs)", flush=True)
-        tunelab("tune", "--task", args.task, "--method", "full", "--epochs", "2", "--out", str(args.teacher),
+        run_tunelab("tune", "--task", args.task, "--method", "full", "--epochs", "2", "--out", str(args.teacher),
                 "--overwrite")
     task = load_task(args.task)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +45,7 @@ def main():
     reports = []
     for spec in args.students.split(","):
         kind = "pruned" if spec.startswith("pruned") else "encoder"
-        reports.append(tunelab("distill", "--teacher", str(args.teacher), "--task", args.task, "--student", spec,
+        reports.append(run_tunelab("distill", "--teacher", str(args.teacher), "--task", args.task, "--student", spec,
                                "--transfer", str(args.out / "transfer.txt"), "--epochs", epochs[kind],
                                "--out", str(args.out / spec.replace(":", "-"))))
     teacher = reports[0]["teacher"]

@@ -8,22 +8,12 @@ Each arm runs as its own `tunelab` process, so that its peak memory is its own.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+from harness import run_tunelab
 from rich.console import Console
 from rich.table import Table
-
-
-def run_tunelab(*args: str) -> dict:
-    command = [sys.executable, "-m", "tunelab.cli", *args, "--json"]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main():
