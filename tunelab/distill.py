@@ -19,20 +19,22 @@ import torch.nn.functional as F
 
 from tunelab.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
 from tunelab.errors import ConfigError, InputError
-from tunelab.evaluate import evaluate
+from tunelab.evaluate import evaluate, headline_quality, quality_metric
 from tunelab.models import (
+    LOCAL_ONLY,
     Model,
+    adamw,
     bundled_minilm_path,
     choose_device,
     count_parameters,
     load_model,
     make_model,
+    module_facts,
     tunelab_home,
 )
-from tunelab.predictor import Predictions, Predictor, save_predictor, write_artifact_json
+from tunelab.predictor import Predictions, Predictor, check_fits_task, save_predictor, write_artifact_json
 from tunelab.store import Store
 from tunelab.tasks import Task
-from tunelab.tuning import adamw
 from tunelab.verbalizer import (
     PrefixCache,
     PromptFormat,
@@ -211,6 +213,9 @@ class EncoderStudent:
     def fingerprint(self) -> str:
         return Model(self.encoder, self.tokenizer, name="student").fingerprint
 
+    def describe_model(self) -> dict:
+        return {"model": self.meta.get("spec", "encoder"), **module_facts(self.encoder)}
+
     def logits(self, texts: list[str]) -> torch.Tensor:
         device = next(self.encoder.parameters()).device
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.meta["config"]["max_length"],
@@ -243,8 +248,9 @@ def load_student(directory: Path, payload: dict):
         return CausalStudent(model, Verbalizer.from_description(model.tokenizer, payload), meta)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model").to(choose_device()).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory / "model")
+    encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model", **LOCAL_ONLY)
+    encoder = encoder.to(choose_device()).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory / "model", **LOCAL_ONLY)
     return EncoderStudent(encoder, tokenizer, kind=payload["kind"], label_names=tuple(payload["labels"]), meta=meta)
 
 
@@ -276,8 +282,9 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
         n_outputs = len(task.labels) if task.is_classification else 1
         with torch.random.fork_rng(devices=[]):  # the new head's initialisation draws from the global RNG
             torch.manual_seed(config.seed)
-            encoder = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n_outputs)
-        student = EncoderStudent(encoder.to(choose_device()), AutoTokenizer.from_pretrained(path), kind=task.kind,
+            encoder = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n_outputs, **LOCAL_ONLY)
+        student = EncoderStudent(encoder.to(choose_device()), AutoTokenizer.from_pretrained(path, **LOCAL_ONLY),
+                                 kind=task.kind,
                                  label_names=task.labels, meta=meta)
     if student.params_total >= teacher.params_total:
         raise ConfigError(f"--student {config.student} has {student.params_total:,} parameters, not fewer than the "
@@ -344,9 +351,7 @@ def distill(
         ConfigError: label space mismatch or a student not smaller than the teacher.
         InputError: an empty transfer set.
     """
-    if teacher.kind != task.kind or (task.is_classification and set(teacher.label_names) != set(task.labels)):
-        raise ConfigError(f"the teacher predicts {teacher.kind} {list(teacher.label_names)}, but task {task.name} "
-                          f"is {task.kind} {list(task.labels)}")
+    check_fits_task(teacher, task, "the teacher", exact=True)
     texts = transfer_texts if transfer_texts is not None else [e.text for e in task.train] + list(task.unlabeled)
     texts = list(dict.fromkeys(normalise(text) for text in texts if normalise(text)))
     if not texts:
@@ -396,11 +401,8 @@ def distill(
 
     teacher_metrics = evaluate(teacher, task, on_progress=on_eval_progress)
     student_metrics = evaluate(student, task, on_progress=on_eval_progress)
-    quality_key = "accuracy" if task.is_classification else "mae"
-    if task.is_classification:
-        quality_ratio = student_metrics["accuracy"] / max(teacher_metrics["accuracy"], 1e-12)
-    else:
-        quality_ratio = teacher_metrics["mae"] / max(student_metrics["mae"], 1e-12)
+    quality_key = quality_metric(task.kind)
+    quality_ratio = headline_quality(student_metrics) / max(headline_quality(teacher_metrics), 1e-12)
     report = {
         "task": task.name, "rung": "distill", "student": config.student, "quality_metric": quality_key,
         "teacher": teacher_metrics, "student_metrics": student_metrics,
@@ -413,3 +415,17 @@ def distill(
     if out_dir is not None:
         save_predictor(student, out_dir)
     return student, report
+
+
+def summary_lines(report: dict, out_dir: str | Path) -> list[str]:
+    """The distillation report for people: teacher and student side by side, then the ratios."""
+    metric = report["quality_metric"]
+    lines = [f"distillation on {report['task']}: {report['n_transfer']:,} transfer texts, saved to {out_dir}",
+             f"{'model':<24} {metric:>10} {'ex/s':>10} {'params':>14}"]
+    for name, metrics in (("teacher", report["teacher"]), (f"student {report['student']}", report["student_metrics"])):
+        lines.append(f"{name:<24} {metrics[metric]:>10.3f} {metrics['examples_per_s']:>10.1f} "
+                     f"{metrics['params_total']:>14,}")
+    lines.append(f"student: {report['param_ratio']:.1%} of the teacher's parameters, {report['speedup']:.1f}x its "
+                 f"speed, {report['quality_ratio']:.1%} of its quality ({metric})")
+    return lines
+

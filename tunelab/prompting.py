@@ -18,8 +18,15 @@ import numpy as np
 import torch
 
 from tunelab.errors import ConfigError
+from tunelab.evaluate import evaluate
 from tunelab.models import Model
-from tunelab.predictor import Predictions, load_base_model, save_base_reference, write_artifact_json
+from tunelab.predictor import (
+    Predictions,
+    load_base_model,
+    save_base_reference,
+    save_predictor,
+    write_artifact_json,
+)
 from tunelab.tasks import Example, Task
 from tunelab.verbalizer import (
     PrefixCache,
@@ -102,12 +109,12 @@ class MiniLMEmbedder:
     def __init__(self, device: torch.device | None = None):
         from transformers import AutoModel, AutoTokenizer
 
-        from tunelab.models import bundled_minilm_path, choose_device
+        from tunelab.models import LOCAL_ONLY, bundled_minilm_path, choose_device
 
         path = bundled_minilm_path()
         self.device = device or choose_device()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.encoder = AutoModel.from_pretrained(path).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, **LOCAL_ONLY)
+        self.encoder = AutoModel.from_pretrained(path, **LOCAL_ONLY).to(self.device).eval()
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
@@ -251,4 +258,57 @@ def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
     if config.calibrate:
         predictor.calibrate()
     return predictor
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The prompt command's work: several K compared on one task
+
+
+def prompt_configs(shots: str, *, save: Path | None = None, **fields) -> list[PromptConfig]:
+    """One PromptConfig per K of `shots` ("0", or a comma list "0,1,4"); `\\n` and `\\t` in a template or
+    instruction given on a command line become a newline and a tab.
+
+    Raises:
+        ConfigError: K that is not a whole number, no K, or --save with several K.
+    """
+    for name in ("template", "instruction"):
+        if fields.get(name) is not None:
+            fields[name] = fields[name].replace("\\n", "\n").replace("\\t", "\t")
+    counts = parse_shot_counts(shots, "--shots")
+    if save is not None and len(counts) > 1:
+        raise ConfigError("--save needs a single --shots value")
+    return [PromptConfig(shots=k, **fields) for k in counts]
+
+
+def parse_shot_counts(text: str, flag: str) -> list[int]:
+    """K values from "4" or "0,1,4"."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} must be an integer or a comma list of integers, got {text!r}") from None
+    if not counts:
+        raise ConfigError(f"{flag} must name at least one K, got {text!r}")
+    return counts
+
+
+def run_prompts(load_model, task: Task, configs: list[PromptConfig], *, save: Path | None = None,
+                on_progress=None) -> list[dict]:
+    """Evaluate each config on `task`; `load_model()` is called only once every config is known to fit.
+
+    `on_progress(config)` returns the progress callback for that config's scoring. With `save`, the (single)
+    predictor is written there. Returns one evaluate() result per config, with its K, selection and calibration.
+    """
+    for config in configs:
+        check_fits(config, task)  # before the slow model load
+    model = load_model()
+    results = []
+    for config in configs:
+        predictor = few_shot(model, task, config)
+        metrics = evaluate(predictor, task, batch_size=config.batch_size,
+                           on_progress=on_progress(config) if on_progress else None)
+        results.append({**metrics, "shots": config.shots, "select": config.select, "calibrate": config.calibrate,
+                        "model": model.name})
+        if save is not None:
+            save_predictor(predictor, save)
+    return results
 
