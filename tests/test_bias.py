@@ -83,7 +83,9 @@ def test_bias_cli_on_a_saved_predictor(tiny_model, tiny_task, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert set(report["slices"]["by_group"]) == {"one", "two"}
-    assert report["counterfactual"]["verdict"] in ("pass", "fail") and len(report["counterfactual"]["templates"]) == 18
+    probes = report["counterfactual"]
+    assert len(probes["templates"]) == 18 and probes["max_gap"] == max(t["gap"] for t in probes["templates"])
+    assert probes["verdict"] == ("pass" if probes["max_gap"] <= probes["threshold"] else "fail")
     line = one_error_line(run_cli("bias", "--model", tmp_path / "p", "--train", train, "--test", test,
                                   "--slice-field", "region"))
     assert 'field "region" is missing' in line

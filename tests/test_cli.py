@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import pytest
 import typer.main
@@ -21,11 +22,32 @@ def model_dir(tiny_model, tmp_path):
     return str(tmp_path / "tiny")
 
 
-def test_every_command_has_help():
-    for name in ("info", "prompt", "tune", "distill", "predict", "serve", "bias", "ladder", "eval", "store info",
-                 "store export"):
-        result = run_cli(*name.split(), "--help")
-        assert result.exit_code == 0 and "Usage" in result.output
+def _words(text: str) -> str:
+    """Help text without rich's box drawing and line wrapping."""
+    return " ".join(re.sub(r"[\u2500-\u257f]", " ", text).split())
+
+
+def _commands(group, prefix=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):  # a group (typer may carry its own click)
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_command_has_its_own_help():
+    commands = dict(_commands(typer.main.get_command(app)))
+    assert {" ".join(name) for name in commands} >= {"info", "prompt", "tune", "distill", "predict", "serve", "bias",
+                                                     "ladder", "eval", "store info", "store export"}
+    for name, command in commands.items():
+        assert command.help, f"{name} has no help text"
+        result = run_cli(*name, "--help")
+        assert result.exit_code == 0, result.output
+        shown = _words(result.output)
+        assert _words(command.help.splitlines()[0]) in shown, name  # this command's own summary, not another's
+        for param in command.params:
+            if param.help:
+                assert param.opts[0] in shown, (name, param.opts[0])
 
 
 @pytest.mark.parametrize("command, config", [("prompt", PromptConfig), ("tune", TuneConfig),

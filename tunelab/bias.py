@@ -153,3 +153,31 @@ def bias_report(predictor: Predictor, task: Task, config: BiasConfig = BiasConfi
         "counterfactual": counterfactual_gaps(predictor, probes, threshold=config.threshold,
                                               positive_label=config.positive_label),
     }
+
+
+def check_inputs(task: Task, config: BiasConfig) -> None:
+    """Raises InputError for a slice field the test split lacks or an unusable probe file (before any scoring)."""
+    task_slices(task, config.slice_field)
+    load_probes(config.probe)
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The bias report for people: quality per slice, the largest gaps, the counterfactual verdict."""
+    slices, probes = report["slices"], report["counterfactual"]
+    metric_names = list(next(iter(slices["by_group"].values())))
+    lines = [f"quality per slice ({report['slice_field']}) on {report['task']}",
+             f"{'slice':<16}" + "".join(f"{name:>16}" for name in metric_names)]
+    for group, values in slices["by_group"].items():
+        lines.append(f"{group:<16}" + "".join(f"{values[name]:>16.3f}" for name in metric_names))
+    gaps = ", ".join(f"{name} {value:.3f}" for name, value in slices["largest_gap"].items())
+    if "selection_rate_difference" in slices:
+        gaps += f"; selection-rate difference {slices['selection_rate_difference']:.3f}"
+    lines.append(f"largest gap between slices: {gaps}")
+    changed = (f", label changed with the name in {probes['share_label_changed']:.0%} of templates"
+               if probes["share_label_changed"] is not None else "")
+    lines.append(f"counterfactual probes ({len(probes['templates'])} templates x {sum(probes['groups'].values())} "
+                 f"names in {len(probes['groups'])} groups): largest gap in {probes['measure']} "
+                 f"{probes['max_gap']:.3f}, mean {probes['mean_gap']:.3f}{changed}; verdict at threshold "
+                 f"{probes['threshold']}: {probes['verdict'].upper()}")
+    return lines
+

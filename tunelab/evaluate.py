@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from typing import Callable
 
@@ -13,6 +14,24 @@ from tunelab.predictor import Predictions, Predictor, predict
 from tunelab.tasks import Task
 
 CALIBRATION_BINS = 10
+# The one figure a rung is judged by (targets, "cheapest rung", quality ratios). Spearman for regression: like
+# accuracy, higher is better and it does not depend on the target's scale.
+QUALITY_METRIC = {"classification": "accuracy", "regression": "spearman"}
+
+
+def quality_metric(kind: str) -> str:
+    """The name of the figure that decides quality for a task of this kind."""
+    return QUALITY_METRIC[kind]
+
+
+def headline_quality(metrics: dict) -> float:
+    """The deciding figure of an evaluate() result (accuracy, or Spearman for regression)."""
+    return metrics["accuracy"] if "accuracy" in metrics else metrics["spearman"]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> float:

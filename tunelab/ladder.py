@@ -1,16 +1,13 @@
 """The ladder: every rung on one task and split, measured side by side, with the cheapest rung that is good enough.
 
 Each rung is a step with its own folder in the run directory; a step whose `result.json` exists is done, so an
-interrupted ladder resumes from the finished steps. The report comes as report.json, report.md and a
-self-contained report.html (plots embedded as PNG data URIs, no network needed).
+interrupted ladder resumes from the finished steps. report.py renders the result as report.json, report.md and a
+self-contained report.html.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import html
-import io
 import json
 import random
 import time
@@ -21,14 +18,16 @@ from typing import Callable
 from tunelab.bias import BiasConfig, bias_report
 from tunelab.distill import DistillConfig, distill
 from tunelab.errors import ConfigError, InputError
-from tunelab.evaluate import evaluate
+from tunelab.evaluate import evaluate, headline_quality, peak_rss_mb, quality_metric
 from tunelab.models import Model, weights_fingerprint
 from tunelab.predictor import load_predictor, read_artifact_json, save_predictor, write_json_atomic
-from tunelab.prompting import PromptConfig, few_shot
+from tunelab.prompting import PromptConfig, few_shot, parse_shot_counts
+from tunelab.report import write_reports
 from tunelab.tasks import Task
-from tunelab.tuning import TuneConfig, finetune, peak_rss_mb
+from tunelab.tuning import TuneConfig, finetune
 
 RUNGS = ("zero", "one", "few", "lora", "full", "distill")
+QUICK_TASK = "vader"  # the quick run's task when none is named
 PROMPT_SHOTS = {"zero": 0, "one": 1}
 QUICK = {"train": 300, "test": 200, "transfer": 700, "names_per_group": 3}  # sized to finish in < 10 min on 2 cores
 
@@ -56,6 +55,20 @@ class LadderConfig:
             problems.append(f"--few-shots must be >= 2, got {self.few_shots}")
         if problems:
             raise ConfigError(problems)
+
+    @classmethod
+    def from_flags(cls, *, rungs: str | None = None, curve: str | None = None, **fields) -> LadderConfig:
+        """A config from command-line text: `rungs` and `curve` as comma lists."""
+        if rungs is not None:
+            fields["rungs"] = tuple(r.strip() for r in rungs.split(","))
+        if curve is not None:
+            fields["curve"] = tuple(parse_shot_counts(curve, "--curve"))
+        return cls(**fields)
+
+
+def ladder_task_name(task: str | None, train_path, config: LadderConfig) -> str | None:
+    """The task to run: the one named, else (with --quick and no --train) the quick run's built-in task."""
+    return QUICK_TASK if task is None and train_path is None and config.quick else task
 
 
 def check_task(task: Task, config: LadderConfig) -> None:
@@ -187,12 +200,8 @@ def _best_teacher(out_dir: Path, results: dict) -> Path:
     tuned = [r for r in ("full", "lora", "few", "one", "zero") if r in results]
     if not tuned:
         raise ConfigError("the distill rung needs a teacher: include lora, full or a prompt rung in --rungs")
-    best = max(tuned, key=lambda r: _quality(results[r]["metrics"]))
+    best = max(tuned, key=lambda r: headline_quality(results[r]["metrics"]))
     return out_dir / best / "predictor"
-
-
-def _quality(metrics: dict) -> float:
-    return metrics["accuracy"] if "accuracy" in metrics else metrics["spearman"]
 
 
 def _few_shot_curve(model, task, config: LadderConfig, out_dir: Path, results: dict) -> list[dict]:
@@ -207,10 +216,10 @@ def _few_shot_curve(model, task, config: LadderConfig, out_dir: Path, results: d
         if str(k) in curve or k > len(task.train):
             continue
         metrics = known.get(k) or evaluate(few_shot(model, task, PromptConfig(shots=k, seed=config.seed)), task)
-        curve[str(k)] = {"quality": _quality(metrics), "examples_per_s": metrics["examples_per_s"]}
+        curve[str(k)] = {"quality": headline_quality(metrics), "examples_per_s": metrics["examples_per_s"]}
         write_json_atomic(path, curve)
     for k, metrics in known.items():
-        curve.setdefault(str(k), {"quality": _quality(metrics), "examples_per_s": metrics["examples_per_s"]})
+        curve.setdefault(str(k), {"quality": headline_quality(metrics), "examples_per_s": metrics["examples_per_s"]})
     return [{"shots": int(k), **v} for k, v in sorted(curve.items(), key=lambda item: int(item[0]))]
 
 
@@ -241,147 +250,10 @@ def _parameter_facts(model: Model, base_weights: str, out_dir: Path, results: di
 
 def _cheapest(results: dict, task: Task, target: float | None) -> dict:
     """The lowest rung on the ladder (least effort to build) and the fastest one that reach the target."""
-    metric = "accuracy" if task.is_classification else "spearman"
+    metric = quality_metric(task.kind)
     if target is None:
         return {"metric": metric, "target": None, "cheapest_to_build": None, "fastest_to_serve": None}
-    reaching = [r for r in RUNGS if r in results and _quality(results[r]["metrics"]) >= target]
+    reaching = [r for r in RUNGS if r in results and headline_quality(results[r]["metrics"]) >= target]
     fastest = max(reaching, key=lambda r: results[r]["metrics"]["examples_per_s"]) if reaching else None
     return {"metric": metric, "target": target, "cheapest_to_build": reaching[0] if reaching else None,
             "fastest_to_serve": fastest, "reaching": reaching}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Reports
-
-
-def _rows(report: dict) -> list[dict]:
-    rows = []
-    for rung, result in report["rungs"].items():
-        metrics, bias = result["metrics"], result["bias"]
-        rows.append({
-            "rung": rung, "quality": _quality(metrics), "examples_per_s": metrics["examples_per_s"],
-            "latency_ms": metrics["latency_ms_per_example"], "params_total": metrics["params_total"],
-            "params_trainable": metrics["params_trainable"], "train_seconds": result.get("train_seconds", 0.0),
-            "peak_rss_mb": result["peak_rss_mb"], "slice_gap": next(iter(bias["slices"]["largest_gap"].values())),
-            "counterfactual_gap": bias["counterfactual"]["max_gap"], "verdict": bias["counterfactual"]["verdict"],
-        })
-    return rows
-
-
-def _markdown(report: dict) -> str:
-    metric = report["choice"]["metric"]
-    lines = [f"# tunelab ladder: {report['task']} ({report['model']})", "",
-             f"{report['n_train']} training and {report['n_test']} test examples. {report['split_note']}".strip(), "",
-             f"| rung | {metric} | examples/s | latency ms | params total | params trainable | train s | peak RSS MB "
-             f"(process, so far) | largest slice gap | counterfactual gap | probe verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in _rows(report):
-        lines.append(f"| {row['rung']} | {row['quality']:.3f} | {row['examples_per_s']:.1f} | {row['latency_ms']:.1f} "
-                     f"| {row['params_total']:,} | {row['params_trainable']:,} | {row['train_seconds']:.0f} "
-                     f"| {row['peak_rss_mb']:,.0f} | {row['slice_gap']:.3f} | {row['counterfactual_gap']:.3f} "
-                     f"| {row['verdict']} |")
-    lines += ["", "Parameter facts, checked on this run's artifacts:", ""]
-    lines += [f"- {'holds' if f['holds'] else 'BROKEN'}: {f['fact']} ({f['evidence']})"
-              for f in report["parameter_facts"]]
-    choice = report["choice"]
-    if choice["target"] is not None:
-        lines += ["", f"Target {metric} >= {choice['target']}: cheapest rung to build "
-                      f"**{choice['cheapest_to_build'] or 'none reaches it'}**, fastest to serve "
-                      f"**{choice['fastest_to_serve'] or 'none'}**."]
-    if report["few_shot_curve"]:
-        lines += ["", "Few-shot curve: " + ", ".join(f"K={p['shots']}: {p['quality']:.3f}"
-                                                    for p in report["few_shot_curve"])]
-    lines += ["", f"Wall time: {report['wall_seconds']:.0f} s."]
-    return "\n".join(lines) + "\n"
-
-
-def _plot_png(draw) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5.5, 3.6), dpi=100)
-    draw(axes)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _plots(report: dict) -> dict[str, str]:
-    rows, metric = _rows(report), report["choice"]["metric"]
-
-    def scatter(x_key, x_label):
-        def draw(axes):
-            for row in rows:
-                axes.scatter(row[x_key], row["quality"])
-                axes.annotate(row["rung"], (row[x_key], row["quality"]), textcoords="offset points", xytext=(4, 4))
-            axes.set_xscale("log")
-            axes.set_xlabel(x_label)
-            axes.set_ylabel(metric)
-        return draw
-
-    def curve(axes):
-        points = report["few_shot_curve"]
-        axes.plot([p["shots"] for p in points], [p["quality"] for p in points], marker="o")
-        axes.set_xlabel("shots (K)")
-        axes.set_ylabel(metric)
-
-    def slices(axes):
-        groups = sorted({g for r in report["rungs"].values() for g in r["bias"]["slices"]["by_group"]})
-        width = 0.8 / max(1, len(report["rungs"]))
-        key = "accuracy" if metric == "accuracy" else "mae"
-        for i, (rung, result) in enumerate(report["rungs"].items()):
-            by_group = result["bias"]["slices"]["by_group"]
-            axes.bar([g + i * width for g in range(len(groups))], [by_group.get(g, {}).get(key, 0) for g in groups],
-                     width, label=rung)
-        axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups)
-        axes.set_ylabel(key)
-        axes.legend(fontsize=7)
-
-    plots = {"quality-vs-params": scatter("params_total", "parameters (total)"),
-             "quality-vs-speed": scatter("examples_per_s", "examples per second"), "per-slice": slices}
-    if report["few_shot_curve"]:
-        plots["few-shot-curve"] = curve
-    return {name: _plot_png(draw) for name, draw in plots.items()}
-
-
-def _html(report: dict) -> str:
-    rows = _rows(report)
-    headers = ["rung", report["choice"]["metric"], "examples/s", "latency ms", "params total", "params trainable",
-               "train s", "peak RSS MB (so far)", "slice gap", "counterfactual gap", "verdict"]
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            r["rung"], f"{r['quality']:.3f}", f"{r['examples_per_s']:.1f}", f"{r['latency_ms']:.1f}",
-            f"{r['params_total']:,}", f"{r['params_trainable']:,}", f"{r['train_seconds']:.0f}",
-            f"{r['peak_rss_mb']:,.0f}", f"{r['slice_gap']:.3f}", f"{r['counterfactual_gap']:.3f}", r["verdict"]))
-        + "</tr>" for r in rows)
-    facts = "".join(f"<li class='{'ok' if f['holds'] else 'broken'}'>{html.escape(f['fact'])}: "
-                    f"{html.escape(f['evidence'])}</li>" for f in report["parameter_facts"])
-    figures = "".join(f"<figure id='{name}'><img alt='{name}' src='{uri}'><figcaption>{name}</figcaption></figure>"
-                      for name, uri in _plots(report).items())
-    choice = report["choice"]
-    verdict = (f"<p id='choice'>Target {choice['metric']} &ge; {choice['target']}: cheapest rung to build "
-               f"<b>{choice['cheapest_to_build'] or 'none reaches it'}</b>, fastest to serve "
-               f"<b>{choice['fastest_to_serve'] or 'none'}</b>.</p>") if choice["target"] is not None else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tunelab ladder: {html.escape(report['task'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:8px}}
-.ok{{color:#080}}.broken{{color:#b00}}</style></head>
-<body><h1>tunelab ladder: {html.escape(report['task'])} with {html.escape(report['model'])}</h1>
-<p>{report['n_train']} training and {report['n_test']} test examples. {html.escape(report['split_note'])}</p>
-<table id="rungs"><thead><tr>{''.join(f'<th>{h}</th>' for h in headers)}</tr></thead><tbody>{body}</tbody></table>
-{verdict}<h2>Parameter facts</h2><ul id="facts">{facts}</ul><h2>Plots</h2>{figures}
-<p>Wall time {report['wall_seconds']:.0f} s.</p></body></html>
-"""
-
-
-def write_reports(report: dict, out_dir: Path) -> None:
-    write_json_atomic(out_dir / "report.json", report)
-    for name, text in (("report.md", _markdown(report)), ("report.html", _html(report))):
-        staging = out_dir / f".{name}.tmp"
-        staging.write_text(text, encoding="utf-8")
-        staging.replace(out_dir / name)

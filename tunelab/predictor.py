@@ -17,9 +17,9 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from tunelab.errors import ModelError
+from tunelab.errors import ConfigError, ModelError
 from tunelab.models import Model, load_model
-from tunelab.tasks import Kind
+from tunelab.tasks import Kind, Task
 
 ARTIFACT_FILE = "tunelab.json"
 FORMAT_VERSION = 1
@@ -121,6 +121,17 @@ def predict(
     return merged.take([position[index_of[text]] for text in texts])
 
 
+def check_fits_task(predictor: Predictor, task: Task, who: str = "the predictor", *, exact: bool = False) -> None:
+    """Raises ConfigError when `predictor` cannot answer `task`: another kind, or a task label it does not predict
+    (with `exact`, any difference in the label sets: a teacher must hand over a distribution over the task's labels).
+    """
+    predicted, wanted = set(predictor.label_names), set(task.labels)
+    if predictor.kind != task.kind or (task.is_classification and (predicted != wanted if exact
+                                                                    else not wanted <= predicted)):
+        raise ConfigError(f"{who} predicts {predictor.kind} {list(predictor.label_names)}, but task {task.name} "
+                          f"is {task.kind} {list(task.labels)}")
+
+
 def save_predictor(predictor: Predictor, directory: str | Path) -> Path:
     """Write the artifact folder atomically: a kill leaves the old folder or the new one, never half of one."""
     directory = Path(directory)
@@ -191,6 +202,22 @@ def load_base_model(directory: Path, payload: dict) -> Model:
         raise ModelError(f"{directory}: base model {base} has fingerprint {model.fingerprint}, "
                          f"but this predictor was made with {payload['base_fingerprint']}")
     return model
+
+
+def is_artifact(path: str | Path) -> bool:
+    """Whether `path` is a tunelab artifact folder (rather than a model spec)."""
+    return (Path(path) / ARTIFACT_FILE).is_file()
+
+
+def describe_artifact(predictor: Predictor) -> dict:
+    """What `tunelab info` shows of a saved predictor: its rung, its model's facts, its parameter counts."""
+    model = getattr(predictor, "model", None)
+    facts = model.describe() if isinstance(model, Model) else {}
+    if hasattr(predictor, "describe_model"):  # predictors that are not a causal LM (an encoder student, a baseline)
+        facts = predictor.describe_model()
+    return {"rung": predictor.rung, "kind": predictor.kind, "labels": list(predictor.label_names), **facts,
+            "params_total": predictor.params_total, "params_trainable": predictor.params_trainable,
+            "fingerprint": predictor.fingerprint}
 
 
 def load_predictor(directory: str | Path) -> Predictor:

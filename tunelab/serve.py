@@ -198,8 +198,19 @@ def create_app(config: ServeConfig) -> FastAPI:
     return app
 
 
-def serve(config: ServeConfig) -> None:
-    """Run the service with uvicorn until interrupted."""
+def serve(config: ServeConfig, say=print) -> None:
+    """Build the app, then run it with uvicorn until interrupted; `say` gets the lines for the operator."""
+    import ipaddress
+
     import uvicorn
 
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning", access_log=False)
+    application = create_app(config)
+    try:
+        loopback = config.host == "localhost" or ipaddress.ip_address(config.host).is_loopback
+    except ValueError:  # a host name: say so too, it may resolve to a public address
+        loopback = False
+    if not loopback:
+        say(f"warning: --host {config.host} is not a loopback address; anyone who can reach this machine on port "
+            f"{config.port} can query the service")
+    say(f"serving {config.store} on http://{config.host}:{config.port} (docs at /docs)")
+    uvicorn.run(application, host=config.host, port=config.port, log_level="warning", access_log=False)

@@ -58,7 +58,8 @@ class Store:
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            uri = f"file:{self.path}?mode=ro" if read_only else str(self.path)
+            # as_uri() percent-escapes '#', '?' and '%', which SQLite would otherwise read as URI syntax
+            uri = self.path.resolve().as_uri() + "?mode=ro" if read_only else str(self.path)
             self.db = sqlite3.connect(uri, uri=read_only, check_same_thread=False, isolation_level=None)
             if not read_only:
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -152,24 +153,71 @@ class Store:
         return result
 
     def export(self, destination: Path, fingerprint: str | None = None) -> int:
-        """Write the rows as JSONL (or CSV when the name ends in .csv); returns the row count."""
+        """Write the rows as JSONL (or CSV when the name ends in .csv); returns the row count.
+
+        Written to a temporary file first, so a failure or a kill never leaves a partial export. CSV cells that a
+        spreadsheet would run as a formula (starting with = + - @) are prefixed with a quote.
+        """
         count = 0
+        destination = Path(destination)
         staging = destination.with_name(f".{destination.name}.tmp")
-        with staging.open("w", newline="", encoding="utf-8") as handle:
-            writer = None
-            for stored in self.rows(fingerprint):
-                record = stored.as_dict()
+        try:
+            with staging.open("w", newline="", encoding="utf-8") as handle:
+                writer = None
                 if destination.suffix.lower() == ".csv":
-                    record["probs"] = json.dumps(record["probs"]) if record.get("probs") is not None else ""
-                    writer = writer or csv.DictWriter(handle, fieldnames=list(record))
-                    if count == 0:
-                        writer.writeheader()
-                    writer.writerow(record)
-                else:
-                    handle.write(json.dumps(record) + "\n")
-                count += 1
-        staging.replace(destination)
+                    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+                    writer.writeheader()
+                for stored in self.rows(fingerprint):
+                    record = stored.as_dict()
+                    if writer is not None:
+                        record["probs"] = json.dumps(record["probs"]) if record.get("probs") is not None else ""
+                        writer.writerow({column: _csv_safe(record.get(column)) for column in CSV_COLUMNS})
+                    else:
+                        handle.write(json.dumps(record) + "\n")
+                    count += 1
+            staging.replace(destination)
+        finally:
+            staging.unlink(missing_ok=True)
         return count
+
+
+CSV_COLUMNS = ["input", "label", "probs", "value", "fingerprint"]  # classification rows leave value empty, and
+# regression rows label and probs, so one store may hold both kinds
+
+
+def _csv_safe(value):
+    """A cell a spreadsheet will show as text: formula starts (= + - @, OWASP's list) get a leading quote."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def read_summary(path: str | Path) -> dict:
+    """`Store.summary()` of the store at `path`, opened read-only."""
+    store = Store(path, read_only=True)
+    try:
+        return store.summary()
+    finally:
+        store.close()
+
+
+def export_store(path: str | Path, destination: str | Path, fingerprint: str | None = None) -> int:
+    """`Store.export()` of the store at `path`, opened read-only; returns the row count."""
+    store = Store(path, read_only=True)
+    try:
+        return store.export(Path(destination), fingerprint)
+    finally:
+        store.close()
+
+
+def summary_lines(summary: dict, path: str | Path) -> list[str]:
+    """`tunelab store info` for people: one line per model fingerprint."""
+    lines = [f"{path}: {len(summary)} model(s)"]
+    for fingerprint, entry in summary.items():
+        labels = ", ".join(f"{label}: {count:,}" for label, count in entry["labels"].items()) or "-"
+        lines.append(f"{fingerprint}  {entry.get('predictor', {}).get('rung', '?'):<8} {entry['rows']:>10,} rows  "
+                     f"{labels}")
+    return lines
 
 
 def _stored(row, fingerprint: str) -> StoredPrediction:
