@@ -13,10 +13,10 @@ import argparse
 import random
 from pathlib import Path
 
+from harness import run_tunelab
 from rich.console import Console
 from rich.table import Table
 
-from harness import run_tunelab
 from tunelab.tasks import load_task
 
 

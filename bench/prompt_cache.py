@@ -2,7 +2,7 @@
 
 Naive: for every test word and every label, the whole prompt (instruction, K shots, query, label) is encoded from
 scratch, batch 1, full logits. tunelab: the shared prefix is encoded once and its key/value cache reused by
-batches of queries, with the output head applied only where a label token is predicted.
+left-padded batches of queries, with logits computed only where a label token is predicted.
 
     python bench/prompt_cache.py [--n 100] [--shots 0,4,16]
 """
@@ -20,14 +20,14 @@ from tunelab.models import load_model
 from tunelab.predictor import predict
 from tunelab.prompting import PromptConfig, few_shot
 from tunelab.tasks import load_task
-from tunelab.verbalizer import score_naive
+from tunelab.verbalizer import score_reference
 
 
 def naive_log_likelihoods(predictor, texts):
-    verbalizer = predictor.verbalizer
-    prefix = verbalizer.encode(predictor.prefix_text(), special=True)
-    return torch.tensor([[score_naive(predictor.model.lm, prefix, query, label) for label in verbalizer.continuations]
-                         for query in verbalizer.queries(texts)])
+    """Every (word, label) prompt tokenized whole and run from scratch, batch 1, full logits (the reference)."""
+    verbalizer, prefix, model = predictor.verbalizer, predictor.prefix_text(), predictor.model
+    return torch.tensor([[score_reference(model.lm, model.tokenizer, prefix, verbalizer.fmt.query(text), label)
+                          for label in verbalizer.label_texts] for text in texts])
 
 
 def main():

@@ -107,6 +107,11 @@ def test_student_learns_the_teacher(sharp_teacher, tiny_task, tiny_encoder_dir, 
     reloaded = load_predictor(tmp_path / "student")
     assert torch.allclose(torch.tensor(predict(reloaded, texts).probs), torch.tensor(predict(student, texts).probs),
                           atol=1e-5)
+    info = run_cli("info", "--model", tmp_path / "student", "--json")  # every artifact tunelab writes
+    assert info.exit_code == 0, info.output
+    facts = json.loads(info.stdout)
+    assert facts["rung"] == "distill" and facts["params_total"] == student.params_total
+    assert facts["architecture"] == ("BertForSequenceClassification" if spec != "pruned:1" else "LlamaForCausalLM")
 
 
 def test_label_space_mismatch_and_empty_transfer_are_refused(tiny_model, tiny_task, tiny_regression_task, tmp_path):

@@ -1,5 +1,11 @@
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
+from helpers import one_error_line, run_cli
+from transformers import BertConfig, BertModel
 
 from tunelab.errors import ModelError
 from tunelab.models import choose_device, count_parameters, load_model
@@ -55,3 +61,31 @@ def test_unloadable_specs_are_model_errors(tmp_path):
         load_model(tmp_path)
     with pytest.raises(ModelError, match="GGUF file not found"):
         load_model(tmp_path / "missing.gguf")
+
+
+def test_a_folder_that_asks_to_run_its_own_code_is_refused_and_its_code_never_runs(tiny_model, tmp_path):
+    folder = tmp_path / "remote"
+    tiny_model.save(folder)
+    marker = tmp_path / "ran.txt"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                    "from transformers import LlamaForCausalLM as EvilForCausalLM\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "evil.EvilForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    line = one_error_line(run_cli("info", "--model", folder))
+    assert "asks to run its own code" in line and not marker.exists()
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli", "info", "--model", str(folder)], input="y\ny\n",
+                          capture_output=True, text=True, timeout=120)  # answering "yes" to any prompt changes nothing
+    assert done.returncode == 2 and "asks to run its own code" in done.stderr and not marker.exists()
+
+
+def test_folders_that_are_not_causal_lms_are_one_line(word_tokenizer, tiny_model, tmp_path):
+    BertModel(BertConfig(vocab_size=len(word_tokenizer), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=13)).save_pretrained(tmp_path / "bert")
+    word_tokenizer.save_pretrained(tmp_path / "bert")
+    assert "not a causal language model" in one_error_line(run_cli("info", "--model", tmp_path / "bert"))
+    tiny_model.lm.save_pretrained(tmp_path / "no-tokenizer")
+    assert "no usable tokenizer" in one_error_line(run_cli("info", "--model", tmp_path / "no-tokenizer"))
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF" + bytes(200))
+    assert "cannot read GGUF" in one_error_line(run_cli("info", "--model", tmp_path / "junk.gguf"))
+

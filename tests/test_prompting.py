@@ -9,20 +9,22 @@ from tunelab.errors import ConfigError
 from tunelab.predictor import load_predictor, predict, save_predictor
 from tunelab.prompting import PromptConfig, few_shot, select_shots, similar_shots
 from tunelab.tasks import Example
-from tunelab.verbalizer import PromptFormat, encode_prefix, score_continuations, score_naive
-
-
-def _ids(model, text, special=False):
-    return model.tokenizer(text, add_special_tokens=special).input_ids
+from tunelab.verbalizer import (
+    PrefixCache,
+    PromptFormat,
+    encode_prefix,
+    label_log_likelihoods,
+    score_reference,
+    tokenize_pairs,
+)
 
 
 def _naive_scores(predictor, texts):
-    """Every (query, label) pair scored from scratch on the full prompt."""
+    """Every (query, label) pair scored from scratch on the whole prompt string."""
     model, fmt = predictor.model, predictor.fmt
-    prefix = _ids(model, fmt.instruction + fmt.shots_block(predictor.verbalizer.shot_pairs(predictor.shots)),
-                  special=True)
-    return torch.tensor([[score_naive(model.lm, prefix, _ids(model, fmt.query(t)), c)
-                          for c in predictor.verbalizer.continuations] for t in texts])
+    prefix = predictor.prefix_text()
+    return torch.tensor([[score_reference(model.lm, model.tokenizer, prefix, fmt.query(t), label)
+                          for label in predictor.verbalizer.label_texts] for t in texts])
 
 
 @pytest.mark.parametrize("shots", [0, 1, 3])
@@ -35,7 +37,8 @@ def test_cached_prefix_scores_equal_uncached(tiny_model, tiny_task, shots):
 
 def test_multi_token_labels_are_summed_and_match_uncached(tiny_bpe_model, tiny_task):
     predictor = few_shot(tiny_bpe_model, tiny_task, PromptConfig(shots=2))
-    assert all(len(c) > 1 for c in predictor.verbalizer.continuations), "the BPE fixture must split the labels"
+    pairs = predictor.verbalizer.pairs(predictor.prefix_text(), ["good"])[0]
+    assert all(len(p.ids) - p.label_start > 1 for p in pairs), "the BPE fixture must split the labels"
     texts = ["good", "vile cruel"]
     assert torch.allclose(predictor.log_likelihoods(texts), _naive_scores(predictor, texts), atol=1e-4)
 
@@ -43,13 +46,16 @@ def test_multi_token_labels_are_summed_and_match_uncached(tiny_bpe_model, tiny_t
 def test_scoring_equals_direct_computation(tiny_model):
     """Label score = log softmax of the full-vocabulary logits after the prompt, read at the label token."""
     lm, tokenizer = tiny_model.lm, tiny_model.tokenizer
-    prefix, query = _ids(tiny_model, "Classify each word ."), _ids(tiny_model, "Word : good Sentiment :")
-    labels = [_ids(tiny_model, " positive"), _ids(tiny_model, " negative")]
-    scores = score_continuations(lm, encode_prefix(lm, prefix), [query], labels, tokenizer.pad_token_id)
+    prefix, query = "Classify each word .", " Word : good Sentiment :"
+    pairs = tokenize_pairs(tokenizer, prefix, [query], [" positive", " negative"])
+    prefix_ids = tokenizer(prefix).input_ids
+    scores, counts = label_log_likelihoods(lm, encode_prefix(lm, prefix_ids), pairs, tokenizer.pad_token_id)
+    ids = tokenizer(prefix + query).input_ids
     with torch.no_grad():
-        logits = lm(input_ids=torch.tensor([prefix + query])).logits[0, -1]  # (vocab,)
-    expected = torch.log_softmax(logits, -1)[[labels[0][0], labels[1][0]]]
-    assert torch.allclose(scores[0], expected, atol=1e-5)
+        logits = lm(input_ids=torch.tensor([ids])).logits[0, -1]  # (vocab,)
+    labels = [tokenizer.convert_tokens_to_ids(word) for word in ("positive", "negative")]
+    assert torch.allclose(scores[0], torch.log_softmax(logits, -1)[labels], atol=1e-5)
+    assert counts.tolist() == [[1.0, 1.0]]
 
 
 def test_empty_prefix_scores_equal_uncached(tiny_model, tiny_task):
@@ -117,9 +123,9 @@ def test_similar_shots_score_like_the_same_prompt_built_by_hand(tiny_model, tiny
     scores = predictor.log_likelihoods(["good"])
     shots = similar_shots(list(tiny_task.train), ["good"], 2, letter_embedder)[0]
     fmt = predictor.fmt
-    prefix = _ids(tiny_model, fmt.instruction, special=True)
-    query = _ids(tiny_model, fmt.shots_block([(e.text, e.label) for e in shots]) + fmt.query("good"))
-    naive = [score_naive(tiny_model.lm, prefix, query, c) for c in predictor.verbalizer.continuations]
+    query = fmt.shots_block([(e.text, e.label) for e in shots]) + fmt.query("good")
+    naive = [score_reference(tiny_model.lm, tiny_model.tokenizer, fmt.instruction, query, label)
+             for label in predictor.verbalizer.label_texts]
     assert torch.allclose(scores[0], torch.tensor(naive), atol=1e-4)
 
 
@@ -166,13 +172,14 @@ def test_save_load_roundtrip_reproduces_predictions(tiny_model, tiny_task, tmp_p
     assert np.allclose(predict(loaded, texts).probs, before, atol=1e-6)
 
 
-def test_continuations_with_a_shared_start_score_like_the_naive_path(tiny_model):
-    lm, ids = tiny_model.lm, lambda text: _ids(tiny_model, text)
-    colon, positive, negative, nine = ids(":")[0], ids("positive")[0], ids("negative")[0], ids("9")[0]
-    prefix, queries = ids("Classify each word ."), [ids("Word : good"), ids("Word : vile cruel Rating")]
-    for continuations in ([[colon, positive], [colon, negative]],  # one token left each: one row per query
-                          [[colon, positive], [colon, negative], [colon, nine, positive]]):
-        scores = score_continuations(lm, encode_prefix(lm, prefix), queries, continuations,
-                                     tiny_model.tokenizer.pad_token_id)
-        naive = torch.tensor([[score_naive(lm, prefix, q, c) for c in continuations] for q in queries])
-        assert torch.allclose(scores, naive, atol=1e-4)
+def test_labels_with_a_shared_start_score_like_the_reference(tiny_model):
+    lm, tokenizer = tiny_model.lm, tiny_model.tokenizer
+    prefix, queries = "Classify each word .", [" Word : good", " Word : vile cruel Rating"]
+    for labels in ([" : positive", " : negative"],  # the same first token, then one token each
+                   [" : positive", " : negative", " : 9 positive"]):
+        pairs = tokenize_pairs(tokenizer, prefix, queries, labels)
+        for prefix_cache in (encode_prefix(lm, tokenizer(prefix).input_ids), PrefixCache(tokenizer(prefix).input_ids)):
+            scores, _ = label_log_likelihoods(lm, prefix_cache, pairs, tokenizer.pad_token_id)
+            reference = torch.tensor([[score_reference(lm, tokenizer, prefix, q, label) for label in labels]
+                                      for q in queries])
+            assert torch.allclose(scores.detach(), reference, atol=1e-4)

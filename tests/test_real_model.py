@@ -9,7 +9,7 @@ from tunelab.evaluate import evaluate
 from tunelab.models import load_model
 from tunelab.prompting import PromptConfig, few_shot
 from tunelab.tasks import load_task
-from tunelab.verbalizer import score_naive
+from tunelab.verbalizer import score_reference
 
 pytestmark = pytest.mark.real_model
 
@@ -40,8 +40,7 @@ def test_few_shot_cache_equals_uncached_on_smollm2(smollm2):
     predictor = few_shot(smollm2, task, PromptConfig(shots=4))
     texts = [e.text for e in task.test[:3]]
     cached = predictor.log_likelihoods(texts)
-    verbalizer = predictor.verbalizer
-    prefix = verbalizer.encode(predictor.prefix_text(), special=True)
-    naive = torch.tensor([[score_naive(smollm2.lm, prefix, query, label) for label in verbalizer.continuations]
-                          for query in verbalizer.queries(texts)])
+    verbalizer, prefix = predictor.verbalizer, predictor.prefix_text()
+    naive = torch.tensor([[score_reference(smollm2.lm, smollm2.tokenizer, prefix, verbalizer.fmt.query(text), label)
+                           for label in verbalizer.label_texts] for text in texts])
     assert torch.allclose(cached, naive, atol=1e-4)

@@ -14,7 +14,7 @@ from tunelab.models import load_model
 from tunelab.predictor import load_predictor, predict
 from tunelab.tasks import load_task
 from tunelab.tuning import TuneConfig, _with_adapter, finetune, rating_loss, verbalizer_loss
-from tunelab.verbalizer import PrefixCache, label_log_likelihoods, training_log_likelihoods
+from tunelab.verbalizer import PrefixCache, label_log_likelihoods, tokenize_pairs
 
 DATA = Path(__file__).parent / "data"
 FAST = dict(epochs=2, batch_size=4, val_fraction=0.25)
@@ -47,18 +47,17 @@ def test_prefix_encoded_once_per_step_gives_the_full_rows_loss_and_gradients(tin
         for name, parameter in lm.named_parameters():  # LoRA B starts at zero: move it so gradients reach A
             if "lora_B" in name:
                 torch.nn.init.normal_(parameter, std=0.1)
-    ids = lambda text: tiny_model.tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
-    prefix, queries = ids("Classify each word ."), [ids("Word : good"), ids("Word : vile cruel"), ids("Word : x")]
-    continuations, pad = [ids("positive"), ids("negative")], tiny_model.tokenizer.pad_token_id
+    tokenizer, pad = tiny_model.tokenizer, tiny_model.tokenizer.pad_token_id
+    prefix, queries = "Classify each word .", [" Word : good", " Word : vile cruel", " Word : x"]
+    pairs = tokenize_pairs(tokenizer, prefix, queries, [" positive", " negative"])
     trainable = [p for p in lm.parameters() if p.requires_grad]
 
     def loss_and_grads(scores):
         loss = verbalizer_loss(scores, torch.tensor([0, 1, 0]))
         return loss.detach(), torch.autograd.grad(loss, trainable)
 
-    full_rows = [prefix + q for q in queries]
-    expected = loss_and_grads(label_log_likelihoods(lm, PrefixCache([], None), full_rows, continuations, pad))
-    shared = loss_and_grads(training_log_likelihoods(lm, prefix, queries, continuations, pad))
+    expected = loss_and_grads(label_log_likelihoods(lm, PrefixCache([]), pairs, pad)[0])  # every row whole
+    shared = loss_and_grads(label_log_likelihoods(lm, PrefixCache(tokenizer(prefix).input_ids), pairs, pad)[0])
     assert torch.allclose(shared[0], expected[0], atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(shared[1], expected[1]))
     assert any(g.abs().sum() > 0 for g in shared[1])

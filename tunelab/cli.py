@@ -48,6 +48,11 @@ def _process_switches(threads: Optional[int] = Option(
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
                         ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error")):
         os.environ.setdefault(name, value)  # tunelab shows its own progress; the user's own settings win
+    if "transformers" in sys.modules:  # imported before this command ran (a host program, tests): tell it directly
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}")
@@ -217,7 +222,7 @@ def tune(
     overwrite: bool = Option(False, "--overwrite", help="Replace whatever --out holds."), model: str = BASE_MODEL,
 ):
     """Fine-tune the base model (full or LoRA) on a task, evaluate it and save it."""
-    from tunelab.tuning import TuneConfig, finetune, training_examples
+    from tunelab.tuning import TuneConfig, finetune, run_summary, training_examples
 
     config = TuneConfig(**_flags(method=method, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
                                  lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
@@ -230,7 +235,7 @@ def tune(
                              on_step=bars.bar(f"{config.method}: training", training_examples(loaded_task, config)),
                              on_epoch_end=bars.note("epoch, validation loss"),
                              on_eval_progress=bars.bar("scoring the test split", len(loaded_task.test)))
-    _print_results([predictor.result(out)], as_json, f"{config.method} fine-tuning on {loaded_task.name}, "
+    _print_results([run_summary(predictor, out)], as_json, f"{config.method} fine-tuning on {loaded_task.name}, "
                                                       f"saved to {out}")
 
 

@@ -18,16 +18,16 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
-from tunelab.errors import ConfigError, InputError
+from tunelab.errors import ConfigError, InputError, ModelError
 from tunelab.evaluate import evaluate, headline_quality, quality_metric
 from tunelab.models import (
     LOCAL_ONLY,
     Model,
     adamw,
     bundled_minilm_path,
+    check_model_folder,
     choose_device,
     count_parameters,
-    load_model,
     make_model,
     module_facts,
     tunelab_home,
@@ -35,16 +35,7 @@ from tunelab.models import (
 from tunelab.predictor import Predictions, Predictor, check_fits_task, save_predictor, write_artifact_json
 from tunelab.store import Store
 from tunelab.tasks import Task
-from tunelab.verbalizer import (
-    PrefixCache,
-    PromptFormat,
-    Verbalizer,
-    encode_prefix,
-    expected_rating,
-    rating_to_value,
-    score_continuations,
-    training_log_likelihoods,
-)
+from tunelab.verbalizer import CausalLMPredictor, Verbalizer, expected_rating, rating_to_value
 
 DEFAULT_LR = {"pruned": 5e-5, "encoder": 1e-4}  # an encoder head starts from scratch and needs the larger step
 
@@ -123,73 +114,41 @@ def regression_distillation_loss(student_values, teacher_values, gold, has_gold,
 # Students
 
 
+def decoder_layers(lm: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The module holding the decoder's layer list, and the list's attribute name (`layers`, `h`, `blocks`, ...):
+    the ModuleList with one entry per hidden layer.
+
+    Raises:
+        ModelError: no such list (a layout pruning does not know).
+    """
+    n_layers = getattr(lm.config, "num_hidden_layers", None)
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm
+    for owner in (decoder, *decoder.modules()):
+        for name, child in owner.named_children():
+            if isinstance(child, torch.nn.ModuleList) and len(child) == n_layers:
+                return owner, name
+    raise ModelError(f"cannot prune {type(lm).__name__}: no list of its {n_layers} decoder layers was found")
+
+
 def prune_layers(lm: torch.nn.Module, keep: int) -> torch.nn.Module:
     """A copy of the causal LM with `keep` evenly spaced decoder layers (first and last kept), same weights."""
-    decoder = lm.get_decoder()
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise ConfigError(f"pruned students need a decoder with a `layers` list; {type(lm).__name__} has none")
-    total = len(layers)
+    owner, name = decoder_layers(lm)
+    total = len(getattr(owner, name))
     if keep >= total:
         raise ConfigError(f"--student pruned:{keep} is not smaller than the teacher ({total} layers)")
     indices = sorted({round(i * (total - 1) / max(1, keep - 1)) for i in range(keep)}) if keep > 1 else [0]
     student = copy.deepcopy(lm)
-    student_decoder = student.get_decoder()
-    student_decoder.layers = torch.nn.ModuleList([student_decoder.layers[i] for i in indices])
-    for new_index, layer in enumerate(student_decoder.layers):
-        attention = getattr(layer, "self_attn", None)
-        if attention is not None and hasattr(attention, "layer_idx"):
-            attention.layer_idx = new_index  # the key/value cache is indexed by position in the new stack
+    owner, name = decoder_layers(student)
+    setattr(owner, name, torch.nn.ModuleList([getattr(owner, name)[i] for i in indices]))
+    for new_index, layer in enumerate(getattr(owner, name)):
+        for module in layer.modules():  # the key/value cache is indexed by position in the new stack
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = new_index
     student.config.num_hidden_layers = len(indices)
     if getattr(student.config, "layer_types", None):
         student.config.layer_types = [student.config.layer_types[i] for i in indices]
     student.kept_layers = indices
     return student
-
-
-class CausalStudent:
-    """A pruned causal LM scored through the task's zero-shot prompt (the teacher's verbalizer)."""
-
-    rung = "distill"
-
-    def __init__(self, model: Model, verbalizer: Verbalizer, meta: dict):
-        self.model, self.verbalizer, self.meta = model, verbalizer, meta
-        self.kind, self.label_names = verbalizer.kind, verbalizer.label_names
-        self.prefix_ids = verbalizer.instruction_ids  # shared by every input
-        self._prefix: PrefixCache | None = None
-
-    @property
-    def params_total(self) -> int:
-        return self.model.params_total
-
-    @property
-    def params_trainable(self) -> int:
-        return self.model.params_total  # every weight of the student is trained
-
-    @property
-    def fingerprint(self) -> str:
-        return self.model.fingerprint
-
-    def _rows(self, texts: list[str]) -> list[list[int]]:
-        return self.verbalizer.bounded_queries(texts, self.meta["config"]["max_length"])
-
-    def logits(self, texts: list[str]) -> torch.Tensor:
-        """Label log-likelihoods with gradients (training): (n, n_labels)."""
-        return training_log_likelihoods(self.model.lm, self.prefix_ids, self._rows(texts),
-                                        self.verbalizer.continuations, self.model.tokenizer.pad_token_id)
-
-    def predict_batch(self, texts: list[str]) -> Predictions:
-        if self._prefix is None:
-            self._prefix = encode_prefix(self.model.lm, self.prefix_ids)
-        scores = score_continuations(self.model.lm, self._prefix, self._rows(texts), self.verbalizer.continuations,
-                                     self.model.tokenizer.pad_token_id)
-        return self.verbalizer.predictions(scores)
-
-    def save(self, directory: Path) -> None:
-        self.model.save(directory / "model")
-        write_artifact_json(directory, {"rung": self.rung, "student_type": "pruned", **self.meta,
-                                        **self.verbalizer.describe(), "params_total": self.params_total,
-                                        "params_trainable": self.params_trainable, "fingerprint": self.fingerprint})
 
 
 class EncoderStudent:
@@ -241,16 +200,19 @@ class EncoderStudent:
 
 def load_student(directory: Path, payload: dict):
     """Load either kind of student from its artifact folder."""
-    meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics")
-            if k in payload}
-    if payload["student_type"] == "pruned":
-        model = load_model(directory / "model")
-        return CausalStudent(model, Verbalizer.from_description(model.tokenizer, payload), meta)
+    if payload.get("student_type") == "pruned":
+        return CausalLMPredictor.load(directory, payload)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model", **LOCAL_ONLY)
+    meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics")
+            if k in payload}
+    check_model_folder(directory / "model")
+    try:
+        encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model", **LOCAL_ONLY)
+        tokenizer = AutoTokenizer.from_pretrained(directory / "model", **LOCAL_ONLY)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{directory / 'model'}: cannot load the student ({err})") from None
     encoder = encoder.to(choose_device()).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory / "model", **LOCAL_ONLY)
     return EncoderStudent(encoder, tokenizer, kind=payload["kind"], label_names=tuple(payload["labels"]), meta=meta)
 
 
@@ -268,17 +230,16 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
         lm = prune_layers(model.lm, int(config.student.split(":")[1]))
         student_model = make_model(lm, model.tokenizer, name=f"{model.name}-pruned{lm.config.num_hidden_layers}",
                                    device=model.device)
-        verbalizer = Verbalizer(model.tokenizer, kind=task.kind, label_names=task.labels,
-                                fmt=PromptFormat.from_template(task.template, task.instruction),
-                                value_range=task.value_range)
-        meta = {**meta, "kept_layers": lm.kept_layers}
-        student = CausalStudent(student_model, verbalizer, meta)
+        meta = {**meta, "student_type": "pruned", "kept_layers": lm.kept_layers,
+                "params_trainable": student_model.params_total}  # every weight of the student is trained
+        student = CausalLMPredictor(student_model, Verbalizer.for_task(model.tokenizer, task), meta, rung="distill")
     else:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = bundled_minilm_path() if config.student == "minilm" else Path(config.student.split(":", 1)[1])
         if not (Path(path) / "config.json").is_file():
             raise ConfigError(f"--student {config.student}: {path} is not a model folder (no config.json)")
+        check_model_folder(Path(path))
         n_outputs = len(task.labels) if task.is_classification else 1
         with torch.random.fork_rng(devices=[]):  # the new head's initialisation draws from the global RNG
             torch.manual_seed(config.seed)
@@ -362,7 +323,7 @@ def distill(
 
     gold_labels = {normalise(e.text): e.label for e in task.train}
     soft, gold, has_gold = _teacher_targets(teacher, texts, gold_labels, task, on_label_progress)
-    module = student.model.lm if isinstance(student, CausalStudent) else student.encoder
+    module = student.model.lm if isinstance(student, CausalLMPredictor) else student.encoder
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -376,7 +337,9 @@ def distill(
             order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
             for start in range(0, len(texts), config.batch_size):
                 rows = order[start : start + config.batch_size]
-                logits = student.logits([texts[i] for i in rows])
+                batch_texts = [texts[i] for i in rows]
+                logits = (student.label_scores(batch_texts, train=True) if isinstance(student, CausalLMPredictor)
+                          else student.logits(batch_texts))
                 if task.is_classification:
                     loss = distillation_loss(logits, soft[rows].to(device), gold[rows].to(device),
                                              has_gold[rows].to(device), config.temperature, config.alpha)
@@ -396,8 +359,8 @@ def distill(
         for parameter in trainable:
             parameter.requires_grad_(False)
     train_seconds = time.perf_counter() - started
-    if isinstance(student, CausalStudent):
-        student._prefix = None
+    if isinstance(student, CausalLMPredictor):
+        student.forget_cache()
 
     teacher_metrics = evaluate(teacher, task, on_progress=on_eval_progress)
     student_metrics = evaluate(student, task, on_progress=on_eval_progress)

@@ -153,13 +153,21 @@ def load_model(spec: str | Path = DEFAULT_MODEL, *, device: torch.device | None 
         if not (folder / "config.json").is_file():
             raise ModelError(f"{key}: not a model folder (no config.json); use 'smollm2', a .gguf file, "
                              "or a folder written by save_pretrained / tunelab")
+        architectures = check_model_folder(folder).get("architectures") or []
+        if architectures and not any(a.endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
+            raise ModelError(f"{key}: not a causal language model (config.json names {', '.join(architectures)}); "
+                             "tunelab scores labels with a decoder that predicts the next token")
     say(f"loading {name}")
     try:
         lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=_has_safetensors(folder),
                                                   **LOCAL_ONLY)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ModelError(f"{key}: cannot load a causal language model ({_first_line(err)})") from None
+    try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **LOCAL_ONLY)
-    except (OSError, ValueError, KeyError) as err:
-        raise ModelError(f"{key}: cannot load model ({err})") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ModelError(f"{key}: no usable tokenizer ({_first_line(err)}); save the tokenizer into the folder "
+                         "(tokenizer.save_pretrained)") from None
     model = make_model(lm, tokenizer, name=name, source=key, device=device)
     if fingerprint:
         model._fingerprint = fingerprint
@@ -174,6 +182,34 @@ def make_model(lm, tokenizer, *, name: str = "in-memory", source: str | None = N
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     lm.to(device or choose_device()).eval()
     return Model(lm, tokenizer, name=name, source=source)
+
+
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # LlamaForCausalLM, GPT2LMHeadModel, ...
+
+
+def check_model_folder(folder: Path) -> dict:
+    """The folder's config.json, refused before transformers reads it if it asks to run its own Python (auto_map).
+
+    Raises:
+        ModelError: unreadable config.json, or one that names custom code.
+    """
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"{path}: unreadable ({_first_line(err)})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    if "auto_map" in config:
+        raise ModelError(f"{folder}: the model asks to run its own code (auto_map in config.json); tunelab never "
+                         "runs code from a model folder (trust_remote_code=False)")
+    return config
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception's message on one line: errors from libraries can span many."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def _has_safetensors(folder: Path) -> bool | None:
@@ -227,8 +263,8 @@ def _converted_gguf(gguf_path: Path, say) -> tuple[Path, str]:
         lm = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32,
                                                   **LOCAL_ONLY)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, **LOCAL_ONLY)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise ModelError(f"{gguf_path}: cannot read GGUF ({err})") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ModelError(f"{gguf_path}: cannot read GGUF ({_first_line(err)})") from None
     # The weights are plain float32 now; drop the GGUF marker so save_pretrained writes them as safetensors.
     lm.hf_quantizer = None
     if hasattr(lm.config, "quantization_config"):

@@ -28,7 +28,7 @@ FORMAT_VERSION = 1
 # this module stays below the rungs.
 _RUNG_LOADERS = {
     "prompt": "tunelab.prompting:PromptPredictor.load",
-    "tune": "tunelab.tuning:TunedPredictor.load",
+    "tune": "tunelab.verbalizer:CausalLMPredictor.load",
     "distill": "tunelab.distill:load_student",
 }
 

@@ -33,8 +33,8 @@ from tunelab.verbalizer import (
     PromptFormat,
     Verbalizer,
     encode_prefix,
+    label_log_likelihoods,
     rating_label,
-    score_continuations,
     template_problems,
 )
 
@@ -176,22 +176,19 @@ class PromptPredictor:
             return self.fmt.instruction
         return self.fmt.instruction + self.fmt.shots_block(self.verbalizer.shot_pairs(self.shots))
 
+    @torch.no_grad()
     def log_likelihoods(self, texts: list[str]) -> torch.Tensor:
         """Summed log-likelihood of every label (rating) after each text's prompt: (n, n_labels)."""
-        lm, verbalizer = self.model.lm, self.verbalizer
+        lm, verbalizer, prefix_text = self.model.lm, self.verbalizer, self.prefix_text()
         if self._prefix is None:
-            self._prefix = encode_prefix(lm, verbalizer.encode(self.prefix_text(), special=True))
+            self._prefix = encode_prefix(lm, verbalizer.prefix_ids(prefix_text))
+        query_prefixes = None
         if self.config.select == "similar" and self.config.shots > 0:
-            per_query = similar_shots(self.shots, texts, self.config.shots, self.embedder)
-            queries = [verbalizer.encode(self.fmt.shots_block(verbalizer.shot_pairs(shots)) + self.fmt.query(text))
-                       for shots, text in zip(per_query, texts)]
-        else:
-            queries = verbalizer.queries(texts)
-        scores = score_continuations(lm, self._prefix, queries, verbalizer.continuations,
-                                     self.model.tokenizer.pad_token_id)
-        if self.config.length_normalize:
-            scores = scores / torch.tensor([len(c) for c in verbalizer.continuations], dtype=scores.dtype)
-        return scores
+            query_prefixes = [self.fmt.shots_block(verbalizer.shot_pairs(shots))
+                              for shots in similar_shots(self.shots, texts, self.config.shots, self.embedder)]
+        pairs = verbalizer.pairs(prefix_text, texts, query_prefixes)
+        scores, counts = label_log_likelihoods(lm, self._prefix, pairs, self.model.tokenizer.pad_token_id)
+        return (scores / counts if self.config.length_normalize else scores).cpu()
 
     def predict_batch(self, texts: list[str]) -> Predictions:
         return self.verbalizer.predictions(self.log_likelihoods(texts), self.calibration)
@@ -199,8 +196,7 @@ class PromptPredictor:
     def calibrate(self) -> None:
         """Contextual calibration: measure the label distribution on content-free inputs, divide it out later."""
         self.calibration = None
-        usable = [text for text in CONTENT_FREE_INPUTS if self.verbalizer.queries([text])[0]]
-        probs = torch.softmax(self.log_likelihoods(usable), dim=-1).mean(0)
+        probs = torch.softmax(self.log_likelihoods(list(CONTENT_FREE_INPUTS)), dim=-1).mean(0)
         self.calibration = torch.log(probs).tolist()
 
     # -- artifact -------------------------------------------------------------------------------------------------
@@ -241,9 +237,6 @@ def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
     """
     check_fits(config, task)
     train = list(task.train)
-    template = config.template or task.template
-    instruction = task.instruction if config.instruction is None else config.instruction
-    fmt = PromptFormat.from_template(template, instruction)
     rng = random.Random(config.seed)
     if config.select == "similar":
         shots = train  # the pool; each query gets its own nearest K
@@ -252,8 +245,7 @@ def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
     else:  # regression: balanced means spread over the rating scale
         shots = select_shots(train, config.shots, config.select, rng,
                              key=lambda e: rating_label(e.label, task.value_range))
-    verbalizer = Verbalizer(model.tokenizer, kind=task.kind, label_names=task.labels, fmt=fmt,
-                            value_range=task.value_range)
+    verbalizer = Verbalizer.for_task(model.tokenizer, task, template=config.template, instruction=config.instruction)
     predictor = PromptPredictor(model, verbalizer, config, shots, embedder=embedder)
     if config.calibrate:
         predictor.calibrate()

@@ -14,7 +14,6 @@ from rich.table import Table
 from tunelab.evaluate import headline_quality
 from tunelab.predictor import write_json_atomic
 
-
 _HEADERS = {"rung": "rung", "method": "method", "epochs_run": "epochs", "train_seconds": "train s",
             "peak_rss_mb": "peak MB", "shots": "K", "select": "select", "calibrate": "calib", "accuracy": "acc",
             "macro_f1": "F1", "mae": "MAE", "spearman": "rho", "examples_per_s": "ex/s", "params_total": "params",

@@ -32,25 +32,16 @@ from transformers import get_linear_schedule_with_warmup
 from tunelab.errors import ConfigError, TrainingError
 from tunelab.evaluate import evaluate, peak_rss_mb
 from tunelab.models import Model, adamw, count_parameters, make_model
-from tunelab.predictor import (
-    ARTIFACT_FILE,
-    Predictions,
-    load_base_model,
-    save_base_reference,
-    write_artifact_json,
-    write_json_atomic,
-)
+from tunelab.predictor import ARTIFACT_FILE, write_json_atomic
 from tunelab.tasks import Task, split_examples
 from tunelab.verbalizer import (
     SCALE_POINTS,
+    CausalLMPredictor,
     PrefixCache,
-    PromptFormat,
     Verbalizer,
-    encode_prefix,
     expected_rating,
+    label_log_likelihoods,
     rating_value,
-    score_continuations,
-    training_log_likelihoods,
 )
 
 DEFAULT_LR = {"lora": 1e-3, "full": 3e-5}  # LoRA's few weights need a larger step (Hu et al. 2021 used 2e-4..1e-3)
@@ -116,86 +107,6 @@ def verbalizer_loss(label_scores: torch.Tensor, targets: torch.Tensor) -> torch.
 def rating_loss(rating_scores: torch.Tensor, gold_ratings: torch.Tensor) -> torch.Tensor:
     """Squared error of the expected rating, on the 1..9 scale divided by its width so that it lies in [0, 1]."""
     return (((expected_rating(rating_scores) - gold_ratings) / (SCALE_POINTS - 1)) ** 2).mean()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The tuned predictor
-
-
-class TunedPredictor:
-    """A fine-tuned causal LM scored through the task's zero-shot prompt (merged weights when LoRA)."""
-
-    rung = "tune"
-
-    def __init__(self, model: Model, verbalizer: Verbalizer, meta: dict, *, adapter: dict | None = None,
-                 base_model: Model | None = None):
-        self.model, self.verbalizer, self.meta = model, verbalizer, meta
-        self.kind, self.label_names = verbalizer.kind, verbalizer.label_names
-        self.adapter = adapter  # LoRA: {"config": LoraConfig, "state": tensors}, written by save()
-        self.base_model = base_model  # LoRA: the model the adapter was trained on
-        self._prefix: PrefixCache | None = None
-
-    @property
-    def params_total(self) -> int:
-        return self.model.params_total  # merged: exactly the base model's count
-
-    @property
-    def params_trainable(self) -> int:
-        return self.meta["params_trainable"]
-
-    @property
-    def fingerprint(self) -> str:
-        return self.model.fingerprint
-
-    def predict_batch(self, texts: list[str]) -> Predictions:
-        verbalizer = self.verbalizer
-        if self._prefix is None:
-            self._prefix = encode_prefix(self.model.lm, verbalizer.instruction_ids)
-        queries = verbalizer.bounded_queries(texts, self.meta["config"]["max_length"])
-        scores = score_continuations(self.model.lm, self._prefix, queries, verbalizer.continuations,
-                                     self.model.tokenizer.pad_token_id)
-        return verbalizer.predictions(scores)
-
-    def result(self, out_dir: Path | None = None) -> dict:
-        """The test metrics of the run that made this predictor, with its training facts (one --json object)."""
-        training = self.meta["training"]
-        return {**self.meta["metrics"], "method": self.meta["method"], "train_seconds": training["train_seconds"],
-                "peak_rss_mb": training["peak_rss_mb"], "epochs_run": training["epochs_run"],
-                "best_epoch": training["best_epoch"], **({"out": str(out_dir)} if out_dir is not None else {})}
-
-    def save(self, directory: Path) -> None:
-        directory = Path(directory)
-        weights = []
-        if self.adapter is not None:
-            (directory / "adapter").mkdir(parents=True, exist_ok=True)
-            self.adapter["config"].save_pretrained(directory / "adapter")
-            save_file(self.adapter["state"], directory / "adapter" / "adapter_model.safetensors")
-            weights.append("adapter")
-        if self.adapter is None or self.meta["config"]["merge"]:
-            self.model.save(directory / "model")
-            weights.append("model")
-        base = save_base_reference(self.base_model, directory) if self.base_model is not None else {}
-        write_artifact_json(directory, {
-            "rung": self.rung, **self.meta, **base, "weights": weights, **self.verbalizer.describe(),
-            "params_total": self.params_total, "fingerprint": self.fingerprint,
-        })
-
-    @classmethod
-    def load(cls, directory: Path, payload: dict) -> TunedPredictor:
-        from peft import PeftModel
-
-        from tunelab.models import load_model
-
-        if "model" in payload["weights"]:
-            model = load_model(directory / "model")
-        else:  # the adapter alone, on top of the named base model
-            base = load_base_model(directory, payload)
-            adapted = PeftModel.from_pretrained(copy.deepcopy(base.lm), directory / "adapter", local_files_only=True)
-            lm = adapted.merge_and_unload()
-            model = make_model(lm, base.tokenizer, name=f"{base.name}+lora", device=base.device)
-        meta = {key: payload[key] for key in ("method", "base_name", "params_trainable", "config", "training",
-                                              "metrics", "versions") if key in payload}
-        return cls(model, Verbalizer.from_description(model.tokenizer, payload), meta)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -296,7 +207,7 @@ def _prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> dict | 
 
 @dataclass
 class _Batch:
-    rows: list[list[int]]  # query tokens; the instruction before them is encoded once per step
+    pairs: list  # every (text, label) prompt tokenized whole (verbalizer.Pair)
     targets: torch.Tensor  # (batch,) label indices, or gold ratings for regression
 
 
@@ -304,18 +215,19 @@ def _batches(verbalizer: Verbalizer, examples, config: TuneConfig, order) -> lis
     batches = []
     for start in range(0, len(order), config.batch_size):
         chosen = [examples[i] for i in order[start : start + config.batch_size]]
-        rows = verbalizer.bounded_queries([e.text for e in chosen], config.max_length)  # after the instruction
+        texts = verbalizer.fit([e.text for e in chosen], config.max_length)  # the rule the predictor applies too
         if verbalizer.kind == "classification":
             targets = torch.tensor([verbalizer.label_names.index(e.label) for e in chosen])
         else:
             targets = torch.tensor([rating_value(e.label, verbalizer.value_range) for e in chosen])
-        batches.append(_Batch(rows, targets))
+        batches.append(_Batch(verbalizer.pairs(verbalizer.fmt.instruction, texts), targets))
     return batches
 
 
 def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int) -> torch.Tensor:
     device = next(lm.parameters()).device
-    scores = training_log_likelihoods(lm, verbalizer.instruction_ids, batch.rows, verbalizer.continuations, pad_id)
+    prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction))  # encoded once per step, with gradients
+    scores, _ = label_log_likelihoods(lm, prefix, batch.pairs, pad_id)
     targets = batch.targets.to(device)
     if verbalizer.kind == "classification":
         return verbalizer_loss(scores, targets)
@@ -325,8 +237,8 @@ def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int) -> torch.
 @torch.no_grad()
 def _validation_loss(lm, verbalizer: Verbalizer, batches: list[_Batch], pad_id: int) -> float:
     lm.eval()
-    total = sum(_loss_step(lm, verbalizer, b, pad_id).item() * len(b.rows) for b in batches)
-    return total / sum(len(b.rows) for b in batches)
+    total = sum(_loss_step(lm, verbalizer, b, pad_id).item() * len(b.pairs) for b in batches)
+    return total / sum(len(b.pairs) for b in batches)
 
 
 def _with_adapter(lm, config: TuneConfig):
@@ -341,6 +253,15 @@ def _with_adapter(lm, config: TuneConfig):
             return get_peft_model(lm, lora), lora
     except ValueError as err:
         raise ConfigError(f"--lora-targets {config.lora_targets!r} does not fit this model ({err})") from None
+
+
+def run_summary(predictor: CausalLMPredictor, out_dir: Path | None = None) -> dict:
+    """A tuned predictor's test metrics with the facts of the run that made it (one --json object)."""
+    training = predictor.meta["training"]
+    return {**predictor.meta["metrics"], "method": predictor.meta["method"],
+            "train_seconds": training["train_seconds"], "peak_rss_mb": training["peak_rss_mb"],
+            "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"],
+            **({"out": str(out_dir)} if out_dir is not None else {})}
 
 
 def training_examples(task: Task, config: TuneConfig) -> int:
@@ -360,7 +281,7 @@ def finetune(
     on_step: Callable[[int, float], None] | None = None,
     on_epoch_end: Callable[[int, float], None] | None = None,
     on_eval_progress: Callable[[int], None] | None = None,
-) -> TunedPredictor:
+) -> CausalLMPredictor:
     """Fine-tune `model` on `task` into `out_dir`; the result has exactly the base model's parameter count.
 
     Checkpoints are written atomically after every epoch; with `resume` a killed run continues from the last one
@@ -379,9 +300,7 @@ def finetune(
                           f"({progress['config']})")
     out_dir.mkdir(parents=True, exist_ok=True)
     train, validation = split_examples(list(task.train), task.kind, config.val_fraction, config.seed)
-    verbalizer = Verbalizer(model.tokenizer, kind=task.kind, label_names=task.labels,
-                            fmt=PromptFormat.from_template(task.template, task.instruction),
-                            value_range=task.value_range)
+    verbalizer = Verbalizer.for_task(model.tokenizer, task)
     pad_id = model.tokenizer.pad_token_id
 
     with torch.random.fork_rng(devices=[]):  # weight init and dropout draw from the global RNG; keep ours apart
@@ -425,7 +344,7 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())
                 if on_step:
-                    on_step(len(batch.rows), loss.item())
+                    on_step(len(batch.pairs), loss.item())
             val_loss = _validation_loss(lm, verbalizer, validation_batches, pad_id)
             progress["train_seconds"] += time.perf_counter() - started
             progress["history"].append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
@@ -460,7 +379,8 @@ def finetune(
     }
     if params_total != tuned.params_total:
         raise TrainingError(f"internal: merged model has {tuned.params_total} parameters, base {params_total}")
-    predictor = TunedPredictor(tuned, verbalizer, meta, adapter=adapter, base_model=model if lora else None)
+    predictor = CausalLMPredictor(tuned, verbalizer, meta, rung="tune", adapter=adapter,
+                                  base_model=model if lora else None)
     predictor.meta["metrics"] = evaluate(predictor, task, on_progress=on_eval_progress)
     predictor.save(out_dir)  # weights first, tunelab.json last: its presence marks a finished run
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)

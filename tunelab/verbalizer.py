@@ -1,20 +1,29 @@
-"""The verbalizer: score every label by the log-likelihood of its tokens after a prompt, on any causal LM.
+"""The scoring core: every label's log-likelihood after a prompt, exactly as the causal LM itself defines it.
 
-Shared by every rung built on a causal LM (prompted, fine-tuned, pruned students), so that they are compared on
-the same footing. Regression uses a numeric verbalizer: ratings "1".."9", read as an expected value.
+The invariant every causal-LM rung (prompted, tuned, pruned) keeps, and every test checks against
+`score_reference`: a label's score is the summed log-probability, under the model's own `forward()` logits
+(softcapping, scaling and all), of the label's tokens in the tokenization of the *whole* string
+`prefix + query + label`. Regression uses a numeric verbalizer: ratings "1".."9", read as an expected value.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
+import json
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 
-from tunelab.predictor import Predictions
+from tunelab.errors import InputError, ModelError
+from tunelab.models import Model, load_model, make_model
+from tunelab.predictor import Predictions, load_base_model, save_base_reference, write_artifact_json
 
-SCALE_POINTS = 9  # regression verbalizer: ratings "1".."9", one digit token each in SmolLM2's tokenizer
+SCALE_POINTS = 9  # regression verbalizer: ratings "1".."9"
+TRUNCATION_MARKER = " [...] "  # stands between the head and the tail of a text cut to fit (see fit_text)
 
 
 def template_problems(template: str) -> list[str]:
@@ -32,7 +41,7 @@ class PromptFormat:
 
     instruction: str
     query_format: str  # the template up to {label}, trailing whitespace removed
-    label_lead: str  # the whitespace before {label}: it belongs to the label's tokens, as in lm-eval-harness
+    label_lead: str  # the whitespace before {label}: it belongs to the label's text, as in lm-eval-harness
     separator: str
 
     @classmethod
@@ -53,139 +62,200 @@ class PromptFormat:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Scoring: log-likelihood of continuations after prefix + query
+# Whole-string tokenization
 
 
-def _cache_name(decoder) -> str:
-    """transformers 5.x renames the key/value cache argument and output `past_key_values` -> `cache`."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+@dataclass(frozen=True)
+class Pair:
+    """One (query, label) prompt tokenized whole: `ids` of prefix + query + label, and the index of the label's
+    first token (a token that straddles the query/label boundary counts as the label's: it holds label text)."""
+
+    ids: tuple[int, ...]
+    label_start: int
+
+
+@lru_cache(maxsize=16)
+def _special_lead(tokenizer) -> tuple[int, ...]:
+    """The special tokens the tokenizer puts before a text (BOS for Llama, Gemma; none for GPT-2, Qwen)."""
+    plain = tokenizer("x", add_special_tokens=False).input_ids
+    special = tokenizer("x", add_special_tokens=True).input_ids
+    for start in range(len(special) - len(plain) + 1):
+        if special[start : start + len(plain)] == plain:
+            return tuple(special[:start])
+    return ()
+
+
+def tokenize_pairs(tokenizer, prefix: str, queries: list[str], label_texts: list[str]) -> list[list[Pair]]:
+    """Tokenize `prefix + query + label` whole for every query and label: pairs[query][label].
+
+    Raises:
+        InputError: a label that contributes no token of its own in some prompt.
+    """
+    lead = list(_special_lead(tokenizer))
+    texts = [prefix + query + label for query in queries for label in label_texts]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    pairs, index = [], 0
+    for query in queries:
+        row = []
+        label_char = len(prefix) + len(query)
+        for label in label_texts:
+            ids, offsets = encoded["input_ids"][index], encoded["offset_mapping"][index]
+            index += 1
+            start = next((i for i, (_, end) in enumerate(offsets) if end > label_char), len(ids))
+            if start == len(ids):
+                raise InputError(f"label {label!r} adds no token after the prompt {(prefix + query)[-40:]!r}")
+            if start + len(lead) == 0:
+                raise InputError(f"nothing comes before label {label!r}: give an instruction or a template")
+            row.append(Pair(tuple(lead + ids), len(lead) + start))
+        pairs.append(row)
+    return pairs
+
+
+def fit_text(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
+    """`text` cut to at most about `max_tokens` tokens, keeping its head and its tail with a marker between
+    (a subject line and a signature both carry signal); the cut falls on token boundaries of the text's own
+    tokenization. Returns (text, whether it was cut)."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    if len(offsets) <= max_tokens:
+        return text, False
+    budget = max(2, max_tokens - len(tokenizer(TRUNCATION_MARKER, add_special_tokens=False).input_ids))
+    head, tail = (budget + 1) // 2, budget // 2
+    return text[: offsets[head - 1][1]] + TRUNCATION_MARKER + text[offsets[len(offsets) - tail][0]:], True
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scoring: one left-padded forward pass over the rows, on top of the shared prefix's key/value cache
+
+
+def _cache_name(lm) -> str:
+    """transformers 5 renames the key/value cache argument `past_key_values` -> `cache` (a PEFT wrapper's forward
+    takes **kwargs: ask the model it wraps)."""
+    model = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(output):
+    """The key/value cache a forward pass returned (`cache` in transformers 5, `past_key_values` before)."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 @dataclass
 class PrefixCache:
-    """The shared prompt prefix, encoded once: its token ids and key/value cache (batch of one).
+    """The shared start of every prompt: its token ids and, for inference, their key/value cache (batch of one).
 
-    `owned`: the cache was made for one scoring call, which may extend it in place (training, where it carries
-    gradients and so cannot be copied); otherwise it is shared between calls and copied before use.
+    With `kv=None` (training) the part of the prefix a batch can use is encoded in the scoring call itself, with
+    gradients, once per call instead of once per row.
     """
 
     ids: list[int]
-    kv: object | None  # a transformers Cache, or None for an empty prefix
-    owned: bool = False
-
-
-def _encode(lm: torch.nn.Module, prefix_ids: list[int], owned: bool) -> PrefixCache:
-    if not prefix_ids:
-        return PrefixCache([], None)
-    device = next(lm.parameters()).device
-    decoder = lm.get_decoder()
-    out = decoder(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
-    return PrefixCache(list(prefix_ids), out[_cache_name(decoder)], owned)
+    kv: object | None = None
 
 
 @torch.no_grad()
 def encode_prefix(lm: torch.nn.Module, prefix_ids: list[int]) -> PrefixCache:
-    """The prefix's cache for inference, shared by every later scoring call."""
-    return _encode(lm, prefix_ids, owned=False)
-
-
-def training_log_likelihoods(lm, prefix_ids: list[int], queries: list[list[int]], continuations: list[list[int]],
-                             pad_id: int) -> torch.Tensor:
-    """`label_log_likelihoods` of `prefix_ids + query` rows, with gradients, the prefix encoded once per call.
-
-    The same numbers as scoring the full rows, but the instruction every row starts with is run through the model
-    once (batch of one) instead of once per row, and its gradient is accumulated over the batch. With a 13-token
-    instruction and ~7-token queries that is 2.5x fewer tokens per training step.
-    """
-    return label_log_likelihoods(lm, _encode(lm, prefix_ids, owned=True), queries, continuations, pad_id)
-
-
-@torch.no_grad()
-def score_continuations(lm, prefix: PrefixCache, queries: list[list[int]], continuations: list[list[int]],
-                        pad_id: int) -> torch.Tensor:
-    """`label_log_likelihoods` for inference: no gradients, result on the CPU."""
-    return label_log_likelihoods(lm, prefix, queries, continuations, pad_id).cpu()
-
-
-def label_log_likelihoods(
-    lm: torch.nn.Module,
-    prefix: PrefixCache,
-    queries: list[list[int]],
-    continuations: list[list[int]],
-    pad_id: int,
-) -> torch.Tensor:
-    """Summed log p(continuation | prefix + query) for every query and continuation: (n_queries, n_continuations).
-
-    One batched forward pass over the queries, on top of the cached prefix. Tokens that every continuation starts
-    with (" 1".." 9" all begin with a space token in SmolLM2) are scored once, as part of the query. When what is
-    left is a single token per continuation (the usual case), each query needs one row; otherwise each (query,
-    continuation) pair gets its own. The output head is applied only at positions that predict a scored token.
-    """
+    """The prefix's cache for inference, shared (copied, then cropped) by every later scoring call."""
+    if not prefix_ids:
+        return PrefixCache([], None)
     device = next(lm.parameters()).device
-    if any(not query for query in queries):
-        raise ValueError("every query must encode to at least one token")
-    shared = _shared_start(continuations)
-    rests = [c[len(shared):] for c in continuations]
-    single_token = all(len(rest) == 1 for rest in rests)
-    rows, targets = [], []  # targets: (row, position, token, query index, continuation index)
-    for qi, query in enumerate(queries):
-        stem = query + shared
-        shared_targets = [(len(query) - 1 + t, token) for t, token in enumerate(shared)]
-        for ci, rest in enumerate(rests):
-            if not single_token or ci == 0:
-                rows.append(stem + rest[:-1])
-            targets += [(len(rows) - 1, position, token, qi, ci) for position, token in shared_targets]
-            targets += [(len(rows) - 1, len(stem) - 1 + t, token, qi, ci) for t, token in enumerate(rest)]
-    hidden = _hidden_states(lm, prefix, rows, pad_id, device)  # (rows, seq, hidden)
-    row_index, position, token, query_index, continuation_index = (
-        torch.tensor(column, device=device) for column in zip(*targets))
-    log_probs = torch.log_softmax(lm.get_output_embeddings()(hidden[row_index, position]).float(), dim=-1)
-    token_log_probs = log_probs.gather(1, token[:, None]).squeeze(1)  # (n_targets,)
-    scores = torch.zeros(len(queries), len(continuations), device=device, dtype=torch.float32)
-    return scores.index_put((query_index, continuation_index), token_log_probs, accumulate=True)
+    out = lm(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True, logits_to_keep=1)
+    return PrefixCache(list(prefix_ids), _returned_cache(out))
 
 
-def _shared_start(continuations: list[list[int]]) -> list[int]:
-    """The longest token prefix common to all continuations, leaving at least one token of each."""
-    shared = []
-    for tokens in zip(*(c[:-1] for c in continuations)):
-        if len(set(tokens)) != 1:
+def _common_length(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
             break
-        shared.append(tokens[0])
-    return shared
+        n += 1
+    return n
 
 
-def _hidden_states(lm, prefix: PrefixCache, rows: list[list[int]], pad_id: int, device) -> torch.Tensor:
-    """Final hidden states of right-padded `rows`, each continuing the cached prefix."""
-    batch, width, prefix_len = len(rows), max(len(r) for r in rows), len(prefix.ids)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
-    attention_mask = torch.zeros((batch, prefix_len + width), dtype=torch.long, device=device)
-    attention_mask[:, :prefix_len] = 1
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row, device=device)
-        attention_mask[i, prefix_len : prefix_len + len(row)] = 1
-    position_ids = torch.arange(prefix_len, prefix_len + width, device=device).expand(batch, -1)
-    cache = None
-    if prefix.kv is not None:  # the forward pass appends to the cache: a shared one is copied first
-        cache = prefix.kv if prefix.owned else copy.deepcopy(prefix.kv)
-        cache.batch_repeat_interleave(batch)
-    decoder = lm.get_decoder()
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  use_cache=cache is not None, **{_cache_name(decoder): cache})
-    return out.last_hidden_state
+def _usable_prefix(prefix: PrefixCache, pairs: list[list[Pair]]) -> int:
+    """How many prefix tokens every whole-string tokenization starts with, leaving at least the token before each
+    label in the rows. A tokenizer may merge the prefix's last characters with the query's first (byte-level BPE
+    turns "\\n\\n" + "Word" into "\\n", "\\n", "Word"); then the cache is cut back to where they agree."""
+    keep = len(prefix.ids)
+    for row in pairs:
+        for pair in row:
+            keep = min(keep, _common_length(prefix.ids, pair.ids), pair.label_start - 1)
+    return max(keep, 0)
+
+
+def _cache_for(lm, prefix: PrefixCache, keep: int, n_rows: int):
+    if keep == 0:
+        return None
+    if prefix.kv is None:  # training: encode the usable prefix here, with gradients
+        device = next(lm.parameters()).device
+        out = lm(input_ids=torch.tensor([prefix.ids[:keep]], device=device), use_cache=True, logits_to_keep=1)
+        cache = _returned_cache(out)
+    else:  # the forward pass appends to the cache: a shared one is copied first
+        cache = copy.deepcopy(prefix.kv)
+        if keep < len(prefix.ids):
+            cache.crop(keep - len(prefix.ids))  # a negative count drops that many of the newest positions
+    cache.batch_repeat_interleave(n_rows)
+    return cache
+
+
+def label_log_likelihoods(lm: torch.nn.Module, prefix: PrefixCache, pairs: list[list[Pair]], pad_id: int):
+    """Summed log p(label tokens | everything before them) for every pair: ((queries, labels), token counts).
+
+    Each pair needs one row, `ids[keep:-1]`, whose last tokens predict the label's tokens; identical rows are run
+    once (when every label is one token after the same context, a query needs one row, whatever the label count).
+    Rows are left-padded so that every scored position is among the last `n_keep` columns, and the model's own
+    forward computes logits only there (`logits_to_keep`), with whatever final transform its architecture has.
+    """
+    device = next(lm.parameters()).device
+    keep = _usable_prefix(prefix, pairs)
+    rows: dict[tuple[int, ...], int] = {}
+    targets = []  # (row, position in row, token, query, label)
+    for qi, row_pairs in enumerate(pairs):
+        for li, pair in enumerate(row_pairs):
+            row = pair.ids[keep:-1]
+            r = rows.setdefault(row, len(rows))
+            targets += [(r, t - 1 - keep, pair.ids[t], qi, li) for t in range(pair.label_start, len(pair.ids))]
+    row_list = list(rows)
+    lengths = [len(row) for row in row_list]
+    n_keep = max(lengths[r] - position for r, position, *_ in targets)
+    width = max(lengths)
+    input_ids = torch.full((len(row_list), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(row_list), keep + width), dtype=torch.long)
+    attention_mask[:, :keep] = 1
+    position_ids = torch.full((len(row_list), width), keep, dtype=torch.long)
+    for i, row in enumerate(row_list):
+        input_ids[i, width - len(row):] = torch.tensor(row)
+        attention_mask[i, keep + width - len(row):] = 1
+        position_ids[i, width - len(row):] = torch.arange(keep, keep + len(row))
+    cache = _cache_for(lm, prefix, keep, len(row_list))
+    out = lm(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+             position_ids=position_ids.to(device), use_cache=cache is not None, logits_to_keep=n_keep,
+             **{_cache_name(lm): cache})
+    log_probs = torch.log_softmax(out.logits.float(), dim=-1)  # (rows, n_keep, vocab)
+    row_index, position, token, query_index, label_index = (torch.tensor(c, device=device) for c in zip(*targets))
+    column = position - torch.tensor(lengths, device=device)[row_index] + n_keep
+    token_log_probs = log_probs[row_index, column, token]  # (n_targets,)
+    shape = (len(pairs), len(pairs[0]))
+    scores = torch.zeros(shape, device=device).index_put((query_index, label_index), token_log_probs, accumulate=True)
+    counts = torch.zeros(shape, device=device).index_put((query_index, label_index), torch.ones_like(token_log_probs),
+                                                         accumulate=True)
+    return scores, counts
 
 
 @torch.no_grad()
-def score_naive(lm, prefix_ids: list[int], query: list[int], continuation: list[int]) -> float:
-    """The obvious computation: the whole prompt re-encoded for one (query, continuation) pair, full logits.
-
-    The reference that tests and the benchmark's baseline compare the cached, batched path against.
-    """
-    device = next(lm.parameters()).device
-    ids = torch.tensor([prefix_ids + query + continuation], device=device)
+def score_reference(lm: torch.nn.Module, tokenizer, prefix: str, query: str, label: str) -> float:
+    """The exactness invariant computed the obvious way: the whole string tokenized once, the model's full
+    forward logits at every position, the log-probabilities of the tokens from the one holding the label's first
+    character on. The reference that tests and the benchmark's naive baseline compare the fast path against."""
+    encoding = tokenizer(prefix + query + label, add_special_tokens=False)
+    first = len(prefix) + len(query)
+    token = None
+    while token is None and first < len(prefix + query + label):  # a dropped character (a space) maps to no token
+        token, first = encoding.char_to_token(first), first + 1
+    lead = list(_special_lead(tokenizer))
+    ids = torch.tensor([lead + encoding.input_ids], device=next(lm.parameters()).device)
     log_probs = torch.log_softmax(lm(input_ids=ids).logits[0].float(), dim=-1)  # (seq, vocab)
-    start = len(prefix_ids) + len(query)
-    return float(sum(log_probs[start - 1 + t, token] for t, token in enumerate(continuation)))
+    start = len(lead) + token
+    return float(sum(log_probs[t - 1, ids[0, t]] for t in range(start, ids.shape[1])))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -227,26 +297,34 @@ class Verbalizer:
         self.tokenizer, self.kind, self.fmt = tokenizer, kind, fmt
         self.label_names, self.value_range = tuple(label_names), value_range
         self.words = list(label_names) if kind == "classification" else [str(i) for i in range(1, SCALE_POINTS + 1)]
-        self.continuations = [self.encode(fmt.label_text(word)) for word in self.words]
-        if any(len(c) == 0 for c in self.continuations):
-            raise ValueError(f"a label tokenizes to nothing: {self.words}")
+        self.label_texts = [fmt.label_text(word) for word in self.words]
+
+    @classmethod
+    def for_task(cls, tokenizer, task, *, template: str | None = None, instruction: str | None = None):
+        """The verbalizer of `task` (its template and instruction unless others are given)."""
+        fmt = PromptFormat.from_template(template or task.template,
+                                         task.instruction if instruction is None else instruction)
+        return cls(tokenizer, kind=task.kind, label_names=task.labels, fmt=fmt, value_range=task.value_range)
 
     def encode(self, text: str, special: bool = False) -> list[int]:
         return self.tokenizer(text, add_special_tokens=special).input_ids
 
-    def queries(self, texts: list[str], max_tokens: int | None = None) -> list[list[int]]:
-        """Token ids of each text's query; a long one keeps its last `max_tokens` (the cue before the label)."""
-        encoded = [self.encode(self.fmt.query(text)) for text in texts]
-        return encoded if max_tokens is None else [ids[-max_tokens:] for ids in encoded]
+    def prefix_ids(self, prefix: str) -> list[int]:
+        """The token ids of a prompt's shared start, as they begin the whole prompt (special tokens first)."""
+        return list(_special_lead(self.tokenizer)) + self.encode(prefix)
 
-    @property
-    def instruction_ids(self) -> list[int]:
-        """The zero-shot prompt's shared start (tuned and pruned models are scored after the bare instruction)."""
-        return self.encode(self.fmt.instruction, special=True)
+    def pairs(self, prefix: str, texts: list[str], query_prefixes: list[str] | None = None) -> list[list[Pair]]:
+        """Every (text, label) prompt tokenized whole; `query_prefixes` (per-text shots) go between prefix and query."""
+        queries = [self.fmt.query(text) for text in texts]
+        if query_prefixes is not None:
+            queries = [shots + query for shots, query in zip(query_prefixes, queries)]
+        return tokenize_pairs(self.tokenizer, prefix, queries, self.label_texts)
 
-    def bounded_queries(self, texts: list[str], max_length: int) -> list[list[int]]:
-        """Queries cut so that instruction + query fits in `max_length` tokens; the same rule in training and use."""
-        return self.queries(texts, max_tokens=max(1, max_length - len(self.instruction_ids)))
+    def fit(self, texts: list[str], max_length: int) -> list[str]:
+        """Texts cut (head and tail) so that instruction + query + the longest label fits in `max_length` tokens."""
+        overhead = max(len(pair.ids) for pair in self.pairs(self.fmt.instruction, [""])[0])
+        budget = max(1, max_length - overhead)
+        return [fit_text(self.tokenizer, text, budget)[0] for text in texts]
 
     def shot_pairs(self, examples) -> list[tuple[str, str]]:
         if self.kind == "classification":
@@ -272,4 +350,99 @@ class Verbalizer:
         return cls(tokenizer, kind=description["kind"], label_names=tuple(description["labels"]),
                    fmt=PromptFormat(**description["format"]), value_range=value_range)
 
+
+# --------------------------------------------------------------------------------------------------------------
+# The causal-LM predictor of the tune and distill rungs
+
+_META_KEYS = ("method", "base_name", "params_trainable", "config", "training", "metrics", "versions", "student_type",
+              "teacher", "teacher_fingerprint", "spec", "params_teacher", "kept_layers")
+
+
+class CausalLMPredictor:
+    """A causal LM (fine-tuned, or a pruned student) scored through the task's zero-shot prompt.
+
+    `meta["config"]["max_length"]` bounds every prompt: texts are cut to fit (fit_text), the same rule in training
+    and use. A LoRA run keeps its `adapter` (saved alone, loadable on `base_model`) besides the merged weights.
+    """
+
+    def __init__(self, model: Model, verbalizer: Verbalizer, meta: dict, *, rung: str, adapter: dict | None = None,
+                 base_model: Model | None = None):
+        self.model, self.verbalizer, self.meta, self.rung = model, verbalizer, meta, rung
+        self.kind, self.label_names = verbalizer.kind, verbalizer.label_names
+        self.adapter, self.base_model = adapter, base_model  # LoRA: {"config": LoraConfig, "state": tensors}
+        self._prefix: PrefixCache | None = None
+
+    @property
+    def max_length(self) -> int:
+        return self.meta["config"]["max_length"]
+
+    @property
+    def params_total(self) -> int:
+        return self.model.params_total  # a merged LoRA model: exactly the base model's count
+
+    @property
+    def params_trainable(self) -> int:
+        return self.meta.get("params_trainable", self.model.params_total)
+
+    @property
+    def fingerprint(self) -> str:
+        """Covers what decides a prediction: the weights, the label space and kind, the prompt, the length bound."""
+        decided_by = [self.model.fingerprint, self.verbalizer.describe(), self.max_length]
+        return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
+
+    def label_scores(self, texts: list[str], *, train: bool = False) -> torch.Tensor:
+        """(n, n_labels) label log-likelihoods; with `train`, with gradients (the instruction encoded per call)."""
+        verbalizer = self.verbalizer
+        pairs = verbalizer.pairs(verbalizer.fmt.instruction, verbalizer.fit(texts, self.max_length))
+        if train:
+            prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction))
+            return label_log_likelihoods(self.model.lm, prefix, pairs, self.model.tokenizer.pad_token_id)[0]
+        if self._prefix is None:
+            self._prefix = encode_prefix(self.model.lm, verbalizer.prefix_ids(verbalizer.fmt.instruction))
+        with torch.no_grad():
+            return label_log_likelihoods(self.model.lm, self._prefix, pairs, self.model.tokenizer.pad_token_id)[0]
+
+    def predict_batch(self, texts: list[str]) -> Predictions:
+        return self.verbalizer.predictions(self.label_scores(texts).cpu())
+
+    def forget_cache(self) -> None:
+        """Drop the instruction's cached keys and values (after the weights changed)."""
+        self._prefix = None
+
+    def save(self, directory: Path) -> None:
+        directory, weights = Path(directory), []
+        if self.adapter is not None:
+            (directory / "adapter").mkdir(parents=True, exist_ok=True)
+            self.adapter["config"].save_pretrained(directory / "adapter")
+            from safetensors.torch import save_file
+
+            save_file(self.adapter["state"], directory / "adapter" / "adapter_model.safetensors")
+            weights.append("adapter")
+        if self.adapter is None or self.meta["config"].get("merge"):
+            self.model.save(directory / "model")
+            weights.append("model")
+        base = save_base_reference(self.base_model, directory) if self.base_model is not None else {}
+        write_artifact_json(directory, {
+            "rung": self.rung, **self.meta, **base, "weights": weights, **self.verbalizer.describe(),
+            "params_total": self.params_total, "params_trainable": self.params_trainable,
+            "fingerprint": self.fingerprint,
+        })
+
+    @classmethod
+    def load(cls, directory: Path, payload: dict) -> CausalLMPredictor:
+        """From an artifact folder: the full model in `model/`, or the LoRA `adapter/` on the base it names."""
+        if "model" in payload.get("weights", ["model"]):
+            model = load_model(directory / "model")
+        else:
+            from peft import PeftModel
+
+            base = load_base_model(directory, payload)
+            try:
+                adapted = PeftModel.from_pretrained(copy.deepcopy(base.lm), directory / "adapter",
+                                                    local_files_only=True)
+            except (OSError, ValueError, KeyError, RuntimeError) as err:
+                raise ModelError(f"{directory / 'adapter'}: cannot load the LoRA adapter ({err})") from None
+            model = make_model(adapted.merge_and_unload(), base.tokenizer, name=f"{base.name}+lora", device=base.device)
+        meta = {key: payload[key] for key in _META_KEYS if key in payload}
+        return cls(model, Verbalizer.from_description(model.tokenizer, payload), meta, rung=payload["rung"])
 
