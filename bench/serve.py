@@ -47,6 +47,18 @@ end
 """
 
 
+HOSTILE_CLIENT = """
+import sys, time, httpx
+base, text, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+statuses, stop = {}, time.monotonic() + seconds
+with httpx.Client(base_url=base, timeout=30) as client:
+    while time.monotonic() < stop:
+        status = client.post("/match", json={"text": text}).status_code
+        statuses[status] = statuses.get(status, 0) + 1
+print(" ".join(f"{k}:{v}" for k, v in sorted(statuses.items())))
+"""
+
+
 def _ms(text: str) -> float:
     found = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
     if found is None:
@@ -129,6 +141,16 @@ def main():
         loads = {connections: _wrk(folder, "wrk.lua", connections, args.seconds, base)
                  for connections in [int(c) for c in args.connections.split(",")]}
         metrics = httpx.get(f"{base}/metrics").text
+        # The same load while one client posts the worst /match text it can: the longest text accepted, made of
+        # the shortest stored term, so that every few characters are a match (the service answers 100 at most).
+        shortest = min((w for w in words if w.isalpha()), key=len)
+        worst = " ".join([shortest] * (10_000 // (len(shortest) + 1)))
+        quiet = loads.get(8) or _wrk(folder, "wrk.lua", 8, args.seconds, base)
+        hostile = subprocess.Popen([sys.executable, "-c", HOSTILE_CLIENT, base, worst, str(args.seconds + 2)],
+                                   stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        under_attack = _wrk(folder, "wrk.lua", 8, args.seconds, base)
+        hostile_statuses = hostile.communicate(timeout=args.seconds + 60)[0].strip()
     # The live model behind the same HTTP service: words that are not stored, answered with --on-miss live.
     unstored = random.Random(2).sample(sorted(vader_lexicon())[args.predicted :], 1000)
     (folder / "unstored.txt").write_text("\n".join(unstored) + "\n")
@@ -163,6 +185,9 @@ def main():
     for connections, r in loads.items():
         table.add_row(f"GET /predict from the store, wrk -c{connections}", f"{r['rps']:,.0f}", f"{r['p50']:.2f}",
                       f"{r['p99']:.2f}", f"{r['requests']:,}", str(r["errors"]))
+    table.add_row("GET /predict, wrk -c8, while one client posts worst-case /match", f"{under_attack['rps']:,.0f}",
+                  f"{under_attack['p50']:.2f}", f"{under_attack['p99']:.2f}", f"{under_attack['requests']:,}",
+                  str(under_attack["errors"]))
     table.add_row("GET /predict answered by the live model (--on-miss live), wrk -c1", f"{live_http['rps']:,.1f}",
                   f"{live_http['p50']:.1f}", f"{live_http['p99']:.1f}", f"{live_http['requests']:,}",
                   str(live_http["errors"]))
@@ -176,6 +201,9 @@ def main():
     console.print(f"store hits counted by the store-only service: {hits:,.0f}; misses answered live by the other: "
                   f"{misses:,.0f}. Store vs live model at p50: in-process {live_p50 / store_p50:,.0f}x faster; "
                   f"over HTTP, one connection each, {live_http['p50'] / loads[min(loads)]['p50']:,.0f}x")
+    console.print(f"hostile client ({len(worst):,}-character texts of {shortest!r}; status:count) {hostile_statuses}; "
+                  f"GET /predict under it: {under_attack['rps'] / quiet['rps']:.2f}x the throughput without it, "
+                  f"p99 {under_attack['p99']:.2f} ms (goal: >= 0.7x and < 25 ms, no 5xx)")
     shutil.rmtree(folder, ignore_errors=True)
 
 

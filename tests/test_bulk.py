@@ -6,6 +6,8 @@ import textwrap
 
 import pytest
 from helpers import one_error_line, run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tunelab.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
 from tunelab.errors import ConfigError, InputError
@@ -153,3 +155,22 @@ def test_predict_and_store_commands(saved_predictor, tmp_path):
                                   "--store", store))
     assert "nope.txt: file not found" in line
     assert "no such prediction store" in one_error_line(run_cli("store", "info", tmp_path / "missing.sqlite"))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400), suffix=st.sampled_from([".txt", ".jsonl", ".csv"]))
+def test_input_reader_never_fails_with_anything_but_input_error(tmp_path, data, suffix):
+    path = tmp_path / f"inputs{suffix}"
+    path.write_bytes(data)
+    try:
+        texts = read_inputs(path)
+    except InputError as err:
+        assert "\n" not in str(err) and str(path) in str(err)
+    else:
+        assert all(isinstance(text, str) for text in texts)
+
+
+def test_a_csv_field_longer_than_the_csv_module_default_is_read(tmp_path):
+    long_text = "word " * 40_000  # 200,000 characters, past csv's 131,072 default
+    (tmp_path / "long.csv").write_text(f'text\n"{long_text}"\nshort\n')
+    assert [len(t) for t in read_inputs(tmp_path / "long.csv")] == [len(long_text), 5]

@@ -1,11 +1,15 @@
+import json
 import random
+import re
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, ModelError
 from tunelab.predictor import load_predictor, predict, save_predictor
 from tunelab.prompting import PromptConfig, few_shot, select_shots, similar_shots
 from tunelab.tasks import Example
@@ -183,3 +187,46 @@ def test_labels_with_a_shared_start_score_like_the_reference(tiny_model):
             reference = torch.tensor([[score_reference(lm, tokenizer, prefix, q, label) for label in labels]
                                       for q in queries])
             assert torch.allclose(scores.detach(), reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p.update(labels="ab"), 'field "labels"'),
+    (lambda p: p.update(kind="bogus"), 'field "kind"'),
+    (lambda p: p.pop("fingerprint"), 'field "fingerprint"'),
+    (lambda p: p.update(labels=["positive", "positive"]), "two or more distinct labels"),
+    (lambda p: p.update(labels=["negative", "positive", "neutral"]), "changed after it was saved"),
+    (lambda p: p["format"].update(instruction="Say positive.\n"), "changed after it was saved"),
+    (lambda p: p.update(shots="x"), "damaged artifact"),
+])
+def test_a_tampered_artifact_is_refused_with_one_line(tiny_model, tiny_task, tmp_path, edit, message):
+    save_predictor(few_shot(tiny_model, tiny_task, PromptConfig(shots=2)), tmp_path / "p")
+    path = tmp_path / "p" / "tunelab.json"
+    payload = json.loads(path.read_text())
+    edit(payload)
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ModelError, match=re.escape(message)) as caught:
+        load_predictor(tmp_path / "p")
+    assert "\n" not in str(caught.value)
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                      max_size=3), max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(["rung", "kind", "labels", "fingerprint", "params_total", "format",
+                                                "value_range", "config", "format_version", "shots"]), JSON_VALUES,
+                               max_size=3))
+def test_any_edit_of_tunelab_json_loads_or_is_a_model_error(tiny_model, tiny_task, tmp_path_factory, changes):
+    folder = tmp_path_factory.mktemp("artifact")
+    predictor = few_shot(tiny_model, tiny_task, PromptConfig(shots=1))
+    save_predictor(predictor, folder)
+    payload = {**json.loads((folder / "tunelab.json").read_text()), **changes}
+    (folder / "tunelab.json").write_text(json.dumps(payload))
+    try:
+        loaded = load_predictor(folder)
+    except ModelError as err:
+        assert "\n" not in str(err) and str(folder) in str(err)
+    else:
+        assert loaded.fingerprint == predictor.fingerprint  # whatever loads is the predictor that was saved

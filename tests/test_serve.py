@@ -3,7 +3,9 @@ import time
 
 import httpx
 import pytest
+import schemathesis
 import uvicorn
+from hypothesis import HealthCheck, given, settings
 
 from tunelab.bulk import BulkConfig, predict_all
 from tunelab.errors import ConfigError
@@ -102,3 +104,121 @@ def test_live_model_answers_misses_only_when_asked(store_path, predictor_dirs):
         assert client.get("/predict", params={"text": "good"}).json()["source"] == "store"
     with pytest.raises(ConfigError, match="--on-miss live needs --model"):
         ServeConfig(store=store_path, on_miss="live")
+
+
+def test_body_limit_counts_the_bytes_received_even_when_chunked(store_path):
+    with LoopbackServer(create_app(ServeConfig(store=store_path, max_body_bytes=2_000))) as client:
+        def chunks():  # no Content-Length: httpx sends this with Transfer-Encoding: chunked
+            yield b'{"texts": ["'
+            for _ in range(100):
+                yield b"good good " * 10
+            yield b'"]}'
+        response = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+        assert response.status_code == 413 and "over 2000 bytes" in response.json()["detail"]
+        small = client.post("/predict", content=iter([b'{"texts": ', b'["good"]}']),
+                            headers={"content-type": "application/json"})
+        assert small.status_code == 200 and small.json()["results"][0]["input"] == "good"
+
+
+def test_match_is_bounded_and_says_when_it_cut_the_list(store_path):
+    with LoopbackServer(create_app(ServeConfig(store=store_path, max_matches=3))) as client:
+        answer = client.post("/match", json={"text": "good bad " * 50}).json()
+        assert len(answer["matches"]) == 3 and answer["truncated"] is True
+        answer = client.post("/match", json={"text": "good and bad"}).json()
+        assert [m["term"] for m in answer["matches"]] == ["good", "bad"] and answer["truncated"] is False
+
+
+def test_text_that_is_not_unicode_is_a_400_never_a_500(store_path):
+    with LoopbackServer(create_app(ServeConfig(store=store_path))) as client:
+        for path, body in (("/predict", b'{"texts": ["\\ud800"]}'), ("/match", b'{"text": "a \\udfff b"}')):
+            response = client.post(path, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 400 and "lone surrogate" in response.json()["detail"], response.text
+        response = client.post("/predict", content=b'{"texts": [1, "\\ud800", {"x": "\\ud800"}]}',
+                               headers={"content-type": "application/json"})
+        assert response.status_code == 422 and isinstance(response.json()["detail"], list)
+
+
+def test_metrics_are_labelled_by_route_never_by_raw_path(store_path):
+    with LoopbackServer(create_app(ServeConfig(store=store_path))) as client:
+        for i in range(50):
+            assert client.get(f"/no/such/path/{i}").status_code == 404
+        metrics = client.get("/metrics").text
+        assert "/no/such/path" not in metrics and 'endpoint="unmatched"' in metrics
+
+
+def test_match_sees_rows_added_after_start_up(store_path, predictor_dirs, monkeypatch):
+    monkeypatch.setattr("tunelab.serve.MATCHER_CHECK_S", 0.0)
+    with LoopbackServer(create_app(ServeConfig(store=store_path))) as client:
+        assert client.post("/match", json={"text": "a grim day"}).json()["matches"] == []
+        store = Store(store_path)
+        predict_all(load_predictor(predictor_dirs[0]), ["grim"], store, BulkConfig())
+        store.close()
+        assert [m["term"] for m in client.post("/match", json={"text": "a grim day"}).json()["matches"]] == ["grim"]
+
+
+class SlowPredictor:
+    """Wraps a predictor: every batch takes `seconds` and is recorded."""
+
+    def __init__(self, inner, seconds):
+        self.inner, self.seconds, self.batches = inner, seconds, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict_batch(self, texts):
+        self.batches.append(list(texts))
+        time.sleep(self.seconds)
+        return self.inner.predict_batch(texts)
+
+
+def test_live_misses_are_batched_bounded_and_leave_the_service_responsive(store_path, predictor_dirs, monkeypatch):
+    slow = SlowPredictor(load_predictor(predictor_dirs[0]), 0.5)
+    monkeypatch.setattr("tunelab.serve.load_predictor", lambda _: slow)
+    app = create_app(ServeConfig(store=store_path, model=predictor_dirs[0], on_miss="live", live_batch=8,
+                                 max_live_pending=20))
+    with LoopbackServer(app) as client:
+        port = client.base_url.port
+        results = {}
+
+        def miss(i):
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as own:
+                results[i] = own.get("/predict", params={"text": f"grim{i}"}).status_code
+
+        threads = [threading.Thread(target=miss, args=(i,)) for i in range(12)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+        started = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        assert time.perf_counter() - started < 0.25  # answered while the model works in its thread
+        crowd = client.post("/predict", json={"texts": [f"vile{i}" for i in range(15)]})
+        assert crowd.status_code == 503  # 12 waiting + 15 > 20
+        for thread in threads:
+            thread.join(30)
+    assert sorted(results.values()) == [200] * 12
+    assert max(len(batch) for batch in slow.batches) > 1 and sum(map(len, slow.batches)) == 12
+
+
+def test_fuzzing_from_the_openapi_schema_finds_no_5xx_and_every_error_is_json(store_path):
+    """schemathesis draws requests from the service's own OpenAPI schema (bounded examples, loopback only)."""
+    config = ServeConfig(store=store_path, max_text_chars=200, max_body_bytes=4_000)
+    with LoopbackServer(create_app(config)) as client:
+        schema = schemathesis.openapi.from_url(f"{client.base_url}/openapi.json")
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert {op.path for op in operations} >= {"/predict", "/match", "/healthz", "/metrics"}
+        seen = []
+
+        for operation in operations:
+            @given(case=operation.as_strategy())
+            @settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            def no_server_error(case):
+                response = case.call(timeout=10)
+                seen.append(response.status_code)
+                assert response.status_code < 500, (case.method, case.path, case.body, response.text)
+                if response.status_code >= 400:
+                    content_type = response.headers.get("content-type") or [""]  # schemathesis: a list per header
+                    assert content_type[0].startswith("application/json"), response.text
+                    assert "detail" in response.json()
+
+            no_server_error()
+    assert len(seen) >= 40 and any(status >= 400 for status in seen)  # the fuzzing did reach the error paths

@@ -1,3 +1,4 @@
+import csv
 import json
 import sqlite3
 
@@ -62,3 +63,34 @@ def test_unusable_store_paths(tmp_path):
     (tmp_path / "junk.sqlite").write_text("not a database at all, " * 100)
     with pytest.raises(InputError, match="not a tunelab prediction store"):
         Store(tmp_path / "junk.sqlite")
+
+
+def test_one_fingerprint_never_gets_two_descriptions(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    store.register("m", {"rung": "prompt", "kind": "classification", "labels": ["negative", "positive"]})
+    store.register("m", {"rung": "prompt", "kind": "classification", "labels": ["negative", "positive"],
+                         "path": "elsewhere"})  # where it was loaded from may change
+    with pytest.raises(InputError, match="described with other labels"):
+        store.register("m", {"rung": "prompt", "kind": "classification", "labels": ["ab"]})
+    assert store.description("m")["labels"] == ["negative", "positive"]
+
+
+@pytest.mark.parametrize("name", ["a#b.sqlite", "q?mode=rw.sqlite", "p%20c.sqlite"])
+def test_store_paths_of_any_spelling_open_the_file_named(tmp_path, name):
+    store = Store(tmp_path / name)
+    store.put_batch("m", [("k1", "good", _output("positive", 0.9))])
+    store.close()
+    opened = Store(tmp_path / name, read_only=True)
+    assert opened.summary()["m"]["rows"] == 1
+    opened.close()
+    assert all(p.name.startswith(name) for p in tmp_path.iterdir())  # its WAL files; no stray file of a misread URI
+
+
+def test_csv_export_mixes_kinds_neutralises_formulas_and_leaves_no_partial_file(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    store.put_batch("c", [("k1", "=HYPERLINK(1)", _output("positive", 0.9))])
+    store.put_batch("r", [("k2", "@sum", {"value": -1.5})])
+    assert store.export(tmp_path / "out.csv") == 2
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert {r["input"] for r in rows} == {"'=HYPERLINK(1)", "'@sum"} and {r["value"] for r in rows} == {"", "-1.5"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

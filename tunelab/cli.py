@@ -305,13 +305,17 @@ def serve_command(
     max_text_chars: Optional[int] = Option(None, help="Longest text accepted."), max_batch: Optional[int] = Option(
         None, help="Most texts in one POST /predict."),
     max_body_bytes: Optional[int] = Option(None, help="Largest request body accepted."),
+    max_matches: Optional[int] = Option(None, help="Most terms one /match answer lists."),
+    live_batch: Optional[int] = Option(None, help="Misses the live model predicts together."),
+    max_live_pending: Optional[int] = Option(None, help="Misses waiting for the live model before 503."),
 ):
     """Serve stored predictions over HTTP (FastAPI + uvicorn): /predict, /match, /healthz, /metrics, /docs."""
     from tunelab.serve import ServeConfig, serve
 
     config = ServeConfig(store=store, **_flags(model=model, fingerprint=fingerprint, on_miss=on_miss, host=host,
                                                port=port, max_text_chars=max_text_chars, max_batch=max_batch,
-                                               max_body_bytes=max_body_bytes))
+                                               max_body_bytes=max_body_bytes, max_matches=max_matches,
+                                               live_batch=live_batch, max_live_pending=max_live_pending))
     serve(config, say=err_console.print)
 
 

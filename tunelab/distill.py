@@ -9,6 +9,8 @@ weights (`pruned:N`, as DistilBERT did), or a small pretrained encoder with a he
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -170,7 +172,10 @@ class EncoderStudent:
 
     @property
     def fingerprint(self) -> str:
-        return Model(self.encoder, self.tokenizer, name="student").fingerprint
+        """Covers what decides a prediction: the weights, the kind and the label space."""
+        weights = Model(self.encoder, self.tokenizer, name="student").fingerprint
+        decided_by = json.dumps([weights, self.kind, list(self.label_names)])
+        return hashlib.sha256(decided_by.encode()).hexdigest()[:16]
 
     def describe_model(self) -> dict:
         return {"model": self.meta.get("spec", "encoder"), **module_facts(self.encoder)}

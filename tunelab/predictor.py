@@ -13,11 +13,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Annotated, Callable, Literal, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunelab.errors import ConfigError, ModelError
+from tunelab.errors import ConfigError, ModelError, TunelabError
 from tunelab.models import Model, load_model
 from tunelab.tasks import Kind, Task
 
@@ -163,24 +164,60 @@ def write_artifact_json(directory: Path, payload: dict) -> None:
     write_json_atomic(directory / ARTIFACT_FILE, {"format_version": FORMAT_VERSION, **payload})
 
 
+class _PromptFormatFields(BaseModel):
+    instruction: str
+    query_format: str
+    label_lead: str
+    separator: str
+
+
+class ArtifactFile(BaseModel):
+    """What every tunelab.json must hold; rung-specific fields beyond these are checked by the rung's loader."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    format_version: Literal[1]
+    rung: Literal["prompt", "tune", "distill"]
+    kind: Literal["classification", "regression"]
+    labels: list[Annotated[str, Field(min_length=1)]]
+    fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    params_total: Annotated[int, Field(ge=1)]
+    params_trainable: Annotated[int, Field(ge=0)]
+    value_range: tuple[float, float] | None = None
+    format: _PromptFormatFields | None = None
+    config: dict = {}
+
+    @model_validator(mode="after")
+    def _label_space(self):
+        if self.kind == "classification" and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
+            raise ValueError("a classifier needs two or more distinct labels")
+        if self.kind == "regression" and self.value_range is None and self.rung != "distill":
+            raise ValueError("a regression artifact needs its value_range")
+        return self
+
+
 def read_artifact_json(directory: str | Path) -> dict:
-    """The parsed tunelab.json of an artifact folder.
+    """The parsed and checked tunelab.json of an artifact folder.
 
     Raises:
-        ModelError: the folder is not a tunelab artifact.
+        ModelError: the folder is not a tunelab artifact, or its tunelab.json is unreadable or lacks a field
+            (the message names the file and the field).
     """
     path = Path(directory) / ARTIFACT_FILE
     if not path.is_file():
         raise ModelError(f"{directory}: not a tunelab predictor folder (no {ARTIFACT_FILE})")
     try:
-        payload = json.loads(path.read_text())
+        payload = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelError(f"{path}: unreadable ({err})") from None
-    if not isinstance(payload, dict) or payload.get("rung") not in _RUNG_LOADERS:
-        raise ModelError(f"{path}: unknown rung {payload.get('rung') if isinstance(payload, dict) else None!r}")
+    if not isinstance(payload, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    try:
+        ArtifactFile.model_validate(payload)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise ModelError(f'{path}: field "{where}" {first["msg"].lower()}') from None
     return payload
-
-
 def save_base_reference(model: Model, directory: Path) -> dict:
     """How an artifact names its base model; a model built in memory is written into the artifact itself."""
     base = model.source
@@ -221,10 +258,25 @@ def describe_artifact(predictor: Predictor) -> dict:
 
 
 def load_predictor(directory: str | Path) -> Predictor:
-    """Load any saved predictor, whatever rung made it."""
+    """Load any saved predictor, whatever rung made it, and check it is the predictor its tunelab.json describes.
+
+    Raises:
+        ModelError: not an artifact, a damaged one, or one whose weights or description were changed after saving
+            (the fingerprint recomputed from what was loaded differs from the recorded one).
+    """
     payload = read_artifact_json(directory)
     module_name, attribute_path = _RUNG_LOADERS[payload["rung"]].split(":")
     loader = importlib.import_module(module_name)
     for attribute in attribute_path.split("."):
         loader = getattr(loader, attribute)
-    return loader(Path(directory), payload)
+    try:
+        predictor = loader(Path(directory), payload)
+    except TunelabError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged folder can fail anywhere in a library; say which folder
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ModelError(f"{directory}: damaged artifact, cannot be loaded ({type(err).__name__}: {first})") from None
+    if predictor.fingerprint != payload["fingerprint"]:
+        raise ModelError(f"{directory}: the artifact was changed after it was saved (recorded fingerprint "
+                         f"{payload['fingerprint']}, loaded {predictor.fingerprint}); save it again with tunelab")
+    return predictor

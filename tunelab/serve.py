@@ -1,18 +1,23 @@
 """The HTTP service: answers lookups from the prediction store, matches live text against stored terms.
 
 No model is loaded unless misses are to be answered live (`on_miss="live"`). Every answer names the model
-fingerprint that produced it; rows of other fingerprints are never used.
+fingerprint that produced it; rows of other fingerprints are never used. No single client can stall it: request
+bodies are bounded as they arrive, /match work is bounded and runs off the event loop, and live misses are batched,
+bounded in number and dropped when their client goes away.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import ahocorasick
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -24,6 +29,7 @@ from tunelab.predictor import load_predictor, read_artifact_json
 from tunelab.store import Store
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
+MATCHER_CHECK_S = 1.0  # how often /match looks for rows added to the store since its term list was built
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,9 @@ class ServeConfig:
     max_text_chars: int = 10_000
     max_batch: int = 1_000
     max_body_bytes: int = 1_000_000
+    max_matches: int = 100  # /match answers at most this many terms and says when it cut the list
+    live_batch: int = 32  # misses the live model predicts together
+    max_live_pending: int = 256  # misses waiting for the live model; past it a request gets 503 at once
 
     def __post_init__(self):
         problems = []
@@ -47,7 +56,8 @@ class ServeConfig:
         if not 0 < self.port < 65536:
             problems.append(f"--port must be in 1..65535, got {self.port}")
         for flag, value in (("--max-text-chars", self.max_text_chars), ("--max-batch", self.max_batch),
-                            ("--max-body-bytes", self.max_body_bytes)):
+                            ("--max-body-bytes", self.max_body_bytes), ("--max-matches", self.max_matches),
+                            ("--live-batch", self.live_batch), ("--max-live-pending", self.max_live_pending)):
             if value < 1:
                 problems.append(f"{flag} must be >= 1, got {value}")
         if problems:
@@ -78,6 +88,7 @@ def _answering_fingerprint(store: Store, config: ServeConfig) -> str:
     return wanted
 
 
+# -- /match: stored terms found in live text ----------------------------------------------------------------------
 def _term_matcher(store: Store, fingerprint: str) -> ahocorasick.Automaton:
     """Every stored input of this model as a pattern of an Aho-Corasick automaton (one pass over live text)."""
     automaton = ahocorasick.Automaton()
@@ -92,31 +103,162 @@ def _at_word_boundaries(text: str, start: int, end: int) -> bool:
     return (start == 0 or not text[start - 1].isalnum()) and (end == len(text) or not text[end].isalnum())
 
 
-class _LimitsAndMetrics:
-    """Body-size limit and request metrics as plain ASGI middleware (Starlette's BaseHTTPMiddleware, behind
-    @app.middleware, costs about a millisecond a request, which halved throughput in bench/serve.py)."""
+class _Matcher:
+    """The term automaton, rebuilt when the store has changed since it was built (checked at most once a second)."""
 
-    def __init__(self, app, *, max_body_bytes: int, requests, latency):
-        self.app, self.max_body_bytes, self.requests, self.latency = app, max_body_bytes, requests, latency
+    def __init__(self, store: Store, fingerprint: str):
+        self.store, self.fingerprint, self.lock = store, fingerprint, threading.Lock()
+        self.version, self.checked = store.data_version(), time.monotonic()
+        self.automaton = _term_matcher(store, fingerprint)
+
+    def current(self) -> ahocorasick.Automaton:
+        if time.monotonic() - self.checked > MATCHER_CHECK_S:
+            with self.lock:
+                self.checked = time.monotonic()
+                version = self.store.data_version()
+                if version != self.version:
+                    self.automaton, self.version = _term_matcher(self.store, self.fingerprint), version
+        return self.automaton
+
+    def find(self, text: str, limit: int) -> tuple[list[dict], bool]:
+        """Up to `limit` whole-word matches in `text`, and whether there were more."""
+        automaton, matches = self.current(), []
+        if len(automaton) == 0:
+            return matches, False
+        for end, (term, stored) in automaton.iter(text):
+            start = end - len(term) + 1
+            if _at_word_boundaries(text, start, end + 1):
+                if len(matches) == limit:
+                    return matches, True
+                matches.append({"term": term, "start": start, "end": end + 1, **stored})
+        return matches, False
+
+
+# -- live misses ----------------------------------------------------------------------------------------------------
+class _LiveModel:
+    """Misses answered by the live model: queued, predicted in batches in a worker thread (the event loop stays
+    free), at most `max_pending` waiting, and dropped from the queue when their client has gone."""
+
+    def __init__(self, predictor, batch_size: int, max_pending: int):
+        self.predictor, self.batch_size, self.max_pending = predictor, batch_size, max_pending
+        self.queue: list[tuple[str, asyncio.Future]] = []
+        self.wakeup: asyncio.Event | None = None
+        self.worker: asyncio.Task | None = None
+
+    async def predict(self, texts: list[str], request: Request) -> list[dict]:
+        if sum(not future.done() for _, future in self.queue) + len(texts) > self.max_pending:
+            raise HTTPException(503, f"the live model has {self.max_pending} misses waiting; retry later")
+        loop = asyncio.get_running_loop()
+        if self.worker is None or self.worker.done():
+            self.wakeup, self.worker = asyncio.Event(), loop.create_task(self._run())
+        futures = [loop.create_future() for _ in texts]
+        self.queue += zip(texts, futures)
+        self.wakeup.set()
+        answers = asyncio.ensure_future(asyncio.gather(*futures))
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            await asyncio.wait({answers, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not answers.done():
+                raise HTTPException(499, "client closed the request")
+            return answers.result()
+        finally:
+            gone.cancel()
+            for future in futures:
+                future.cancel()  # no-op when answered; otherwise the worker skips it
+
+    async def _run(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.queue:
+                batch, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size:]
+                waiting = [(text, future) for text, future in batch if not future.done()]
+                if not waiting:
+                    continue
+                try:
+                    predictions = await asyncio.to_thread(self.predictor.predict_batch, [t for t, _ in waiting])
+                except Exception as err:  # noqa: BLE001 - handed to the waiting requests, which answer 500
+                    for _, future in waiting:
+                        if not future.done():
+                            future.set_exception(err)
+                    continue
+                for i, (_, future) in enumerate(waiting):
+                    if not future.done():
+                        future.set_result(predictions.row(i))
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body was read already, so the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+# -- ASGI middleware: body limit and metrics ------------------------------------------------------------------------
+class _LimitsAndMetrics:
+    """Body limit on the bytes actually received (chunked or not, before any parsing) and request metrics
+    labelled by route, as plain ASGI middleware (Starlette's BaseHTTPMiddleware costs about a millisecond a
+    request, which halved throughput in bench/serve.py)."""
+
+    def __init__(self, app, *, max_body_bytes: int, routes: set[str], requests, latency):
+        self.app, self.max_body_bytes, self.routes = app, max_body_bytes, routes
+        self.requests, self.latency = requests, latency
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), [500]
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        route = scope["path"] if scope["path"] in self.routes else "unmatched"  # never the raw path: bounded labels
 
         async def send_and_record(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
 
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+        body = await self._bounded_body(scope, receive)
+        if body is None:
             response = JSONResponse({"detail": f"request body over {self.max_body_bytes} bytes"}, status_code=413)
             await response(scope, receive, send_and_record)
         else:
-            await self.app(scope, receive, send_and_record)
-        self.requests.labels(scope["path"], str(status[0])).inc()
-        self.latency.labels(scope["path"]).observe(time.perf_counter() - started)
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_and_record)
+        self.requests.labels(route, str(status[0])).inc()
+        self.latency.labels(route).observe(time.perf_counter() - started)
+
+    async def _bounded_body(self, scope, receive) -> bytes | None:
+        """The whole request body, or None as soon as it passes the limit (the rest is never read)."""
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            return None
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+def _checked(text: str, config: ServeConfig) -> str:
+    if len(text) > config.max_text_chars:
+        raise HTTPException(413, f"text over {config.max_text_chars} characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HTTPException(400, "text is not valid Unicode (it holds a lone surrogate)") from None
+    return text
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -124,8 +266,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     store = Store(config.store, read_only=True)
     fingerprint = _answering_fingerprint(store, config)
     casefold = bool(store.description(fingerprint).get("casefold", False))  # as the store was written
-    live = load_predictor(config.model) if config.on_miss == "live" else None
-    matcher = _term_matcher(store, fingerprint)
+    live = (_LiveModel(load_predictor(config.model), config.live_batch, config.max_live_pending)
+            if config.on_miss == "live" else None)
+    matcher = _Matcher(store, fingerprint)
 
     registry = CollectorRegistry()
     requests = Counter("tunelab_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
@@ -137,64 +280,70 @@ def create_app(config: ServeConfig) -> FastAPI:
     app = FastAPI(title="tunelab prediction service",
                   description="Predictions computed offline by `tunelab predict`, answered from a SQLite store.")
 
-    app.add_middleware(_LimitsAndMetrics, max_body_bytes=config.max_body_bytes, requests=requests, latency=latency)
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, error: RequestValidationError):
+        # The default handler echoes the input back, which fails on text that is not valid Unicode; say where.
+        problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                    for e in error.errors()]
+        if any(problem["type"] == "string_unicode" for problem in problems):
+            return JSONResponse({"detail": "text is not valid Unicode (it holds a lone surrogate)"}, status_code=400)
+        return JSONResponse({"detail": problems}, status_code=422)
 
-    def lookup(text: str) -> dict | None:
-        if len(text) > config.max_text_chars:
-            raise HTTPException(413, f"text over {config.max_text_chars} characters")
-        normalised = normalise(text, casefold)
+    def stored(text: str) -> dict | None:
+        normalised = normalise(_checked(text, config), casefold)
         if not normalised:
             raise HTTPException(422, "text is empty after normalisation")
         found = store.get(fingerprint, text_key(normalised))
-        if found is not None:
-            hits.inc()
-            return {**found.as_dict(), "source": "store"}
-        misses.inc()
-        if live is None:
-            return None
-        answer = live.predict_batch([normalised]).row(0)
-        return {"input": normalised, **answer, "fingerprint": live.fingerprint, "source": "live"}
+        (hits if found is not None else misses).inc()
+        return {**found.as_dict(), "source": "store"} if found is not None else None
+
+    async def answer_misses(texts: list[str], request: Request) -> list[dict]:
+        normalised = [normalise(text, casefold) for text in texts]
+        rows = await live.predict(normalised, request)
+        return [{"input": text, **row, "fingerprint": live.predictor.fingerprint, "source": "live"}
+                for text, row in zip(normalised, rows)]
 
     @app.get("/predict", summary="The stored prediction for one text")
-    async def predict_one(text: str = Query(..., min_length=1)):
-        answer = lookup(text)
+    async def predict_one(request: Request, text: str = Query(..., min_length=1)):
+        answer = stored(text)
+        if answer is None and live is not None:
+            answer = (await answer_misses([text], request))[0]
         if answer is None:
             raise HTTPException(404, {"message": "not in the store", "input": normalise(text, casefold),
                                       "fingerprint": fingerprint})
         return JSONResponse(answer)  # already plain JSON data: skip FastAPI's encoder on the hot path
 
     @app.post("/predict", summary="Stored predictions for a batch of texts")
-    async def predict_batch(body: BatchRequest):
+    async def predict_batch(body: BatchRequest, request: Request):
         if len(body.texts) > config.max_batch:
             raise HTTPException(413, f"batch over {config.max_batch} texts")
-        results = []
-        for text in body.texts:
-            answer = lookup(text)
-            results.append(answer if answer is not None else
-                           {"input": normalise(text, casefold), "found": False, "fingerprint": fingerprint})
-        return {"results": results}
+        results = [stored(text) for text in body.texts]
+        missing = [i for i, answer in enumerate(results) if answer is None]
+        if missing and live is not None:
+            for i, answer in zip(missing, await answer_misses([body.texts[i] for i in missing], request)):
+                results[i] = answer
+        return {"results": [answer if answer is not None else
+                            {"input": normalise(body.texts[i], casefold), "found": False, "fingerprint": fingerprint}
+                            for i, answer in enumerate(results)]}
 
-    @app.post("/match", summary="Every stored term found in a live text, with its stored prediction")
-    async def match(body: MatchRequest):
-        if len(body.text) > config.max_text_chars:
-            raise HTTPException(413, f"text over {config.max_text_chars} characters")
-        text = normalise(body.text, casefold)
-        matches = []
-        if len(matcher) > 0:
-            for end, (term, stored) in matcher.iter(text):
-                start = end - len(term) + 1
-                if _at_word_boundaries(text, start, end + 1):
-                    matches.append({"term": term, "start": start, "end": end + 1, **stored})
-        return {"text": text, "matches": matches, "fingerprint": fingerprint}
+    @app.post("/match", summary="Stored terms found in a live text (at most --max-matches), with their predictions")
+    def match(body: MatchRequest):  # a plain def: FastAPI runs it in its thread pool, off the event loop
+        text = normalise(_checked(body.text, config), casefold)
+        matches, truncated = matcher.find(text, config.max_matches)
+        return {"text": text, "matches": matches, "truncated": truncated, "fingerprint": fingerprint}
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "fingerprint": fingerprint, "terms": len(matcher), "on_miss": config.on_miss}
+        return {"status": "ok", "fingerprint": fingerprint, "terms": len(matcher.automaton),
+                "on_miss": config.on_miss}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    routes = {route.path for route in app.routes}
+    app.add_middleware(_LimitsAndMetrics, max_body_bytes=config.max_body_bytes, routes=routes, requests=requests,
+                       latency=latency)
     return app
 
 

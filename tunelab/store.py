@@ -33,6 +33,7 @@ def _migration_1(db: sqlite3.Connection) -> None:
 
 
 MIGRATIONS = [_migration_1]  # numbered by position; PRAGMA user_version records how many have run
+DECISIVE_FIELDS = ("rung", "kind", "labels")  # what a store trusts a fingerprint to mean
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,22 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def data_version(self) -> int:
+        """Changes whenever another connection commits to the file (SQLite's PRAGMA data_version)."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
     def register(self, fingerprint: str, description: dict) -> None:
+        """Record what predictor `fingerprint` is; a second, different description of it is refused.
+
+        Raises:
+            InputError: the store already describes this fingerprint with another kind, label space or rung.
+        """
+        recorded = self.description(fingerprint)
+        changed = [key for key in DECISIVE_FIELDS if key in recorded and recorded.get(key) != description.get(key)]
+        if changed:
+            raise InputError(f"already holds predictions of model {fingerprint} described with other "
+                             f"{', '.join(changed)} ({', '.join(f'{k}={recorded[k]!r}' for k in changed)}); "
+                             "one fingerprint never gets two descriptions", path=self.path)
         self.db.execute("INSERT OR REPLACE INTO predictors VALUES (?, ?)", (fingerprint, json.dumps(description)))
 
     def description(self, fingerprint: str) -> dict:
