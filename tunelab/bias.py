@@ -75,6 +75,7 @@ def task_slices(task: Task, slice_field: str | None) -> list[str]:
     Raises:
         InputError: a slice field that the test examples lack.
     """
+    slice_field = slice_field or task.slice_field
     if slice_field is None:
         return [("short (<=5)" if len(e.text) <= 5 else "medium (6-8)" if len(e.text) <= 8 else "long (>=9)")
                 for e in task.test]
@@ -149,7 +150,7 @@ def bias_report(predictor: Predictor, task: Task, config: BiasConfig = BiasConfi
     return {
         "task": task.name, "rung": predictor.rung, "fingerprint": predictor.fingerprint,
         "slices": slice_metrics(task, predictions, groups, config.positive_label),
-        "slice_field": config.slice_field or "word length",
+        "slice_field": config.slice_field or task.slice_field or "word length",
         "counterfactual": counterfactual_gaps(predictor, probes, threshold=config.threshold,
                                               positive_label=config.positive_label),
     }

@@ -186,6 +186,7 @@ def prompt(
     length_normalize: Optional[bool] = Option(None, "--length-normalize/--no-length-normalize",
                                               help="Divide label log-likelihoods by token count."),
     batch_size: Optional[int] = BATCH, seed: Optional[int] = SEED, model: str = BASE_MODEL, as_json: bool = JSON,
+    max_length: Optional[int] = Option(None, help="Tokens per prompt, shots included (default: the context window)."),
     save: Optional[Path] = Option(None, help="Write the prompt predictor to this folder."),
 ):
     """Zero-, one- or few-shot prompting, scored by label log-likelihood on the test split."""
@@ -193,7 +194,7 @@ def prompt(
 
     configs = prompt_configs(shots, save=save, **_flags(
         select=select, calibrate=calibrate, template=template, instruction=instruction,
-        length_normalize=length_normalize, batch_size=batch_size, seed=seed))
+        length_normalize=length_normalize, batch_size=batch_size, seed=seed, max_length=max_length))
     loaded_task = _task(task, train, test, text_field, label_field, kind)
     with _bars() as bars:
         results = run_prompts(lambda: _model(model), loaded_task, configs, save=save, on_progress=lambda config: (
@@ -211,7 +212,8 @@ def tune(
     method: Optional[str] = Option(None, help="full (every parameter) or lora (PEFT adapters)."),
     epochs: Optional[int] = Option(None, help="Maximum epochs (early stopping may end sooner)."),
     lr: Optional[float] = Option(None, help="Learning rate (default: 1e-3 LoRA, 3e-5 full)."),
-    batch_size: Optional[int] = BATCH, max_length: Optional[int] = Option(None, help="Tokens per training prompt."),
+    batch_size: Optional[int] = BATCH,
+    max_length: Optional[int] = Option(None, help="Tokens per prompt (default: derived from the training texts)."),
     lora_r: Optional[int] = Option(None, help="LoRA rank."), lora_alpha: Optional[int] = Option(None, help="alpha."),
     lora_targets: Optional[str] = Option(None, help="'all-linear' or module names (q_proj,v_proj,...)."),
     lora_dropout: Optional[float] = Option(None, help="Dropout on the LoRA path."),
@@ -251,7 +253,8 @@ def distill(
         None, help="Weight of the gold-label loss."),
     epochs: Optional[int] = Option(None, help="Passes over the transfer set."),
     lr: Optional[float] = Option(None, help="Learning rate (default: 5e-5 pruned, 1e-4 encoder)."),
-    batch_size: Optional[int] = BATCH, max_length: Optional[int] = Option(None, help="Tokens per student input."),
+    batch_size: Optional[int] = BATCH,
+    max_length: Optional[int] = Option(None, help="Tokens per student input (default: derived from the texts)."),
     seed: Optional[int] = SEED, as_json: bool = JSON,
 ):
     """Distil a teacher into a smaller, faster student; report how much faster and how much worse."""

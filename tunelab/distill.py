@@ -37,7 +37,17 @@ from tunelab.models import (
 from tunelab.predictor import Predictions, Predictor, check_fits_task, save_predictor, write_artifact_json
 from tunelab.store import Store
 from tunelab.tasks import Task
-from tunelab.verbalizer import CausalLMPredictor, Verbalizer, expected_rating, rating_to_value
+from tunelab.verbalizer import (
+    LENGTH_QUANTILE,
+    TRAIN_MAX_TOKENS,
+    CausalLMPredictor,
+    Verbalizer,
+    context_window,
+    expected_rating,
+    fit_text,
+    rating_to_value,
+    resolve_max_length,
+)
 
 DEFAULT_LR = {"pruned": 5e-5, "encoder": 1e-4}  # an encoder head starts from scratch and needs the larger step
 
@@ -50,7 +60,7 @@ class DistillConfig:
     epochs: int = 3
     lr: float | None = None  # None: DEFAULT_LR by student type
     batch_size: int = 32
-    max_length: int = 64  # tokens per student input
+    max_length: int | None = None  # tokens per student input; None: derived from the texts (verbalizer.py)
     seed: int = 0
 
     def __post_init__(self):
@@ -180,9 +190,21 @@ class EncoderStudent:
     def describe_model(self) -> dict:
         return {"model": self.meta.get("spec", "encoder"), **module_facts(self.encoder)}
 
+    @property
+    def max_length(self) -> int:
+        return self.meta.get("max_length") or self.meta["config"]["max_length"]
+
+    def _fit(self, texts: list[str]) -> list[tuple[str, bool]]:
+        """The one length rule (head and tail kept), within the encoder's budget less its [CLS] and [SEP]."""
+        return [fit_text(self.tokenizer, text, self.max_length - ENCODER_SPECIAL_TOKENS) for text in texts]
+
+    def count_truncated(self, texts: list[str]) -> int:
+        return sum(cut for _, cut in self._fit(texts))
+
     def logits(self, texts: list[str]) -> torch.Tensor:
         device = next(self.encoder.parameters()).device
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.meta["config"]["max_length"],
+        fitted = [text for text, _ in self._fit(texts)]
+        batch = self.tokenizer(fitted, padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt").to(device)
         return self.encoder(**batch).logits  # (n, n_labels), or (n, 1) for regression
 
@@ -198,6 +220,7 @@ class EncoderStudent:
         self.encoder.save_pretrained(directory / "model", safe_serialization=True)
         self.tokenizer.save_pretrained(directory / "model")
         write_artifact_json(directory, {"rung": self.rung, "student_type": "encoder", "kind": self.kind,
+                                        "max_length": self.max_length,
                                         "labels": list(self.label_names), **self.meta,
                                         "params_total": self.params_total, "params_trainable": self.params_trainable,
                                         "fingerprint": self.fingerprint})
@@ -209,7 +232,7 @@ def load_student(directory: Path, payload: dict):
         return CausalLMPredictor.load(directory, payload)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics")
+    meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics", "max_length")
             if k in payload}
     check_model_folder(directory / "model")
     try:
@@ -219,6 +242,14 @@ def load_student(directory: Path, payload: dict):
         raise ModelError(f"{directory / 'model'}: cannot load the student ({err})") from None
     encoder = encoder.to(choose_device()).eval()
     return EncoderStudent(encoder, tokenizer, kind=payload["kind"], label_names=tuple(payload["labels"]), meta=meta)
+
+
+ENCODER_SPECIAL_TOKENS = 2  # [CLS] and [SEP] around the text
+
+
+def _length_sample(task: Task) -> list[str]:
+    """The texts a student's derived max_length is measured on: the training texts and some unlabeled ones."""
+    return [e.text for e in task.train] + list(task.unlabeled[:1000])
 
 
 def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: dict):
@@ -235,9 +266,11 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
         lm = prune_layers(model.lm, int(config.student.split(":")[1]))
         student_model = make_model(lm, model.tokenizer, name=f"{model.name}-pruned{lm.config.num_hidden_layers}",
                                    device=model.device)
-        meta = {**meta, "student_type": "pruned", "kept_layers": lm.kept_layers,
+        verbalizer = Verbalizer.for_task(model.tokenizer, task)
+        max_length = resolve_max_length(verbalizer, _length_sample(task), config.max_length, lm)
+        meta = {**meta, "student_type": "pruned", "kept_layers": lm.kept_layers, "max_length": max_length,
                 "params_trainable": student_model.params_total}  # every weight of the student is trained
-        student = CausalLMPredictor(student_model, Verbalizer.for_task(model.tokenizer, task), meta, rung="distill")
+        student = CausalLMPredictor(student_model, verbalizer, meta, rung="distill")
     else:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -249,9 +282,16 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
         with torch.random.fork_rng(devices=[]):  # the new head's initialisation draws from the global RNG
             torch.manual_seed(config.seed)
             encoder = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n_outputs, **LOCAL_ONLY)
-        student = EncoderStudent(encoder.to(choose_device()), AutoTokenizer.from_pretrained(path, **LOCAL_ONLY),
-                                 kind=task.kind,
-                                 label_names=task.labels, meta=meta)
+        tokenizer = AutoTokenizer.from_pretrained(path, **LOCAL_ONLY)
+        context = context_window(encoder)
+        if config.max_length is not None and config.max_length > context:
+            raise ConfigError(f"--max-length {config.max_length} is larger than the student's context window "
+                              f"({context} tokens)")
+        lengths = sorted(len(ids) for ids in tokenizer(_length_sample(task)).input_ids)
+        derived = lengths[min(len(lengths) - 1, int(LENGTH_QUANTILE * len(lengths)))] if lengths else context
+        meta = {**meta, "max_length": config.max_length or min(derived, context, TRAIN_MAX_TOKENS)}
+        student = EncoderStudent(encoder.to(choose_device()), tokenizer, kind=task.kind, label_names=task.labels,
+                                 meta=meta)
     if student.params_total >= teacher.params_total:
         raise ConfigError(f"--student {config.student} has {student.params_total:,} parameters, not fewer than the "
                           f"teacher's {teacher.params_total:,}")

@@ -81,5 +81,12 @@ def evaluate(predictor: Predictor, task: Task, *, batch_size: int = 32,
         "params_trainable": predictor.params_trainable,
         "examples_per_s": len(texts) / seconds,
         "latency_ms_per_example": 1000.0 * seconds / len(texts),
+        **truncation(predictor, texts),
         "fingerprint": predictor.fingerprint,
     }
+
+
+def truncation(predictor: Predictor, texts: list[str]) -> dict:
+    """How many of `texts` the predictor cuts to fit, and to how many tokens (n_truncated, max_length)."""
+    count = getattr(predictor, "count_truncated", None)
+    return {"n_truncated": count(texts) if count else 0, "max_length": getattr(predictor, "max_length", None)}

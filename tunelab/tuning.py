@@ -42,10 +42,13 @@ from tunelab.verbalizer import (
     expected_rating,
     label_log_likelihoods,
     rating_value,
+    resolve_max_length,
 )
 
 DEFAULT_LR = {"lora": 1e-3, "full": 3e-5}  # LoRA's few weights need a larger step (Hu et al. 2021 used 2e-4..1e-3)
 WARMUP_FRACTION = 0.1
+MICRO_BATCH_TOKENS = 4096  # prompt tokens per forward/backward pass; a batch of long texts is accumulated over several
+CHECKPOINTING_FROM = 128  # tokens per prompt from which gradient checkpointing is on (activations dominate memory)
 MAX_GRAD_NORM = 1.0
 CHECKPOINTS = "checkpoints"
 
@@ -56,7 +59,7 @@ class TuneConfig:
     epochs: int = 2  # measured while planning: LoRA r=8 reached ~94% on vader after 2 epochs
     lr: float | None = None  # None: DEFAULT_LR[method]
     batch_size: int = 16
-    max_length: int = 64  # tokens per training prompt; vader prompts are about 20
+    max_length: int | None = None  # tokens per prompt; None: derived from the training texts (verbalizer.py)
     lora_r: int = 8
     lora_alpha: int = 16  # alpha = 2r, the usual scaling
     lora_targets: str = "all-linear"  # PEFT's shorthand for every linear projection except the output head
@@ -74,7 +77,7 @@ class TuneConfig:
                             ("--lora-alpha", self.lora_alpha), ("--patience", self.patience)):
             if value < 1:
                 problems.append(f"{flag} must be >= 1, got {value}")
-        if self.max_length < 4:
+        if self.max_length is not None and self.max_length < 4:
             problems.append(f"--max-length must be >= 4, got {self.max_length}")
         if self.lr is not None and not (0 < self.lr < 1):
             problems.append(f"--lr must be in (0, 1), got {self.lr}")
@@ -209,24 +212,40 @@ def _prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> dict | 
 class _Batch:
     pairs: list  # every (text, label) prompt tokenized whole (verbalizer.Pair)
     targets: torch.Tensor  # (batch,) label indices, or gold ratings for regression
+    n_truncated: int = 0  # texts cut to fit max_length
+
+    def micro_batches(self, max_tokens: int) -> list[_Batch]:
+        """Consecutive slices of at most `max_tokens` prompt tokens each (at least one example): gradients
+        accumulate over them, so a batch of long documents takes the memory of one slice."""
+        slices, start, used = [], 0, 0
+        for i, pairs in enumerate(self.pairs):
+            tokens = sum(len(pair.ids) for pair in pairs)
+            if i > start and used + tokens > max_tokens:
+                slices.append(_Batch(self.pairs[start:i], self.targets[start:i]))
+                start, used = i, 0
+            used += tokens
+        slices.append(_Batch(self.pairs[start:], self.targets[start:]))
+        return slices
 
 
-def _batches(verbalizer: Verbalizer, examples, config: TuneConfig, order) -> list[_Batch]:
+def _batches(verbalizer: Verbalizer, examples, config: TuneConfig, order, max_length: int) -> list[_Batch]:
     batches = []
     for start in range(0, len(order), config.batch_size):
         chosen = [examples[i] for i in order[start : start + config.batch_size]]
-        texts = verbalizer.fit([e.text for e in chosen], config.max_length)  # the rule the predictor applies too
+        texts, n_cut = verbalizer.fit([e.text for e in chosen], max_length)  # the rule the predictor applies too
         if verbalizer.kind == "classification":
             targets = torch.tensor([verbalizer.label_names.index(e.label) for e in chosen])
         else:
             targets = torch.tensor([rating_value(e.label, verbalizer.value_range) for e in chosen])
-        batches.append(_Batch(verbalizer.pairs(verbalizer.fmt.instruction, texts), targets))
+        batches.append(_Batch(verbalizer.pairs(verbalizer.fmt.instruction, texts), targets, n_cut))
     return batches
 
 
-def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int) -> torch.Tensor:
+def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int, cache_prefix: bool = True) -> torch.Tensor:
     device = next(lm.parameters()).device
-    prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction))  # encoded once per step, with gradients
+    # The instruction is encoded once per step, with gradients; not under gradient checkpointing, which turns the
+    # key/value cache off (long prompts, where the instruction is a small share anyway).
+    prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction) if cache_prefix else [])
     scores, _ = label_log_likelihoods(lm, prefix, batch.pairs, pad_id)
     targets = batch.targets.to(device)
     if verbalizer.kind == "classification":
@@ -237,7 +256,8 @@ def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int) -> torch.
 @torch.no_grad()
 def _validation_loss(lm, verbalizer: Verbalizer, batches: list[_Batch], pad_id: int) -> float:
     lm.eval()
-    total = sum(_loss_step(lm, verbalizer, b, pad_id).item() * len(b.pairs) for b in batches)
+    total = sum(_loss_step(lm, verbalizer, b, pad_id).item() * len(b.pairs) for batch in batches
+                for b in batch.micro_batches(MICRO_BATCH_TOKENS))
     return total / sum(len(b.pairs) for b in batches)
 
 
@@ -302,11 +322,15 @@ def finetune(
     train, validation = split_examples(list(task.train), task.kind, config.val_fraction, config.seed)
     verbalizer = Verbalizer.for_task(model.tokenizer, task)
     pad_id = model.tokenizer.pad_token_id
+    max_length = resolve_max_length(verbalizer, [e.text for e in train], config.max_length, model.lm)
+    checkpointing = max_length >= CHECKPOINTING_FROM
 
     with torch.random.fork_rng(devices=[]):  # weight init and dropout draw from the global RNG; keep ours apart
         torch.manual_seed(config.seed)
         lm = copy.deepcopy(model.lm)  # the base model object stays as it was
         lora = None
+        if checkpointing:  # recompute activations in backward: memory per layer input, not per operation
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if config.method == "lora":
             lm, lora = _with_adapter(lm, config)
         params_total, params_trainable = count_parameters(lm)
@@ -317,7 +341,7 @@ def finetune(
         steps_per_epoch = math.ceil(len(train) / config.batch_size)
         total_steps = steps_per_epoch * config.epochs
         scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_FRACTION * total_steps), total_steps)
-        validation_batches = _batches(verbalizer, validation, config, range(len(validation)))
+        validation_batches = _batches(verbalizer, validation, config, range(len(validation)), max_length)
         if progress is None:
             progress = {"config": asdict(config), "epoch": 0, "best_epoch": 0, "best_val_loss": None,
                         "stale_epochs": 0, "history": [], "train_seconds": 0.0}
@@ -331,13 +355,17 @@ def finetune(
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
             started = time.perf_counter()
             lm.train()
-            losses = []
-            for batch in _batches(verbalizer, train, config, order.tolist()):
-                loss = _loss_step(lm, verbalizer, batch, pad_id)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} in epoch {epoch + 1}; the last good checkpoint "
-                                        f"is kept in {out_dir / CHECKPOINTS} (try a lower --lr)")
-                loss.backward()
+            losses, n_truncated = [], 0
+            for batch in _batches(verbalizer, train, config, order.tolist(), max_length):
+                loss, n_truncated = 0.0, n_truncated + batch.n_truncated
+                for micro in batch.micro_batches(MICRO_BATCH_TOKENS):
+                    part = _loss_step(lm, verbalizer, micro, pad_id, not checkpointing) * (
+                        len(micro.pairs) / len(batch.pairs))
+                    if not torch.isfinite(part):
+                        raise TrainingError(f"loss became {part.item()} in epoch {epoch + 1}; the last good "
+                                            f"checkpoint is kept in {out_dir / CHECKPOINTS} (try a lower --lr)")
+                    part.backward()
+                    loss = loss + part.detach()
                 torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
                 optimizer.step()
                 scheduler.step()
@@ -349,6 +377,7 @@ def finetune(
             progress["train_seconds"] += time.perf_counter() - started
             progress["history"].append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
                                         "val_loss": val_loss})
+            progress["n_truncated"] = n_truncated
             if progress["best_val_loss"] is None or val_loss < progress["best_val_loss"]:
                 progress.update(best_epoch=epoch + 1, best_val_loss=val_loss, stale_epochs=0)
             else:
@@ -365,16 +394,19 @@ def finetune(
 
         adapter = {"config": lora, "state": {k: v.contiguous() for k, v in get_peft_model_state_dict(lm).items()}}
         lm = lm.merge_and_unload()
+    if checkpointing:
+        lm.gradient_checkpointing_disable()
     lm.eval()
     for parameter in lm.parameters():
         parameter.requires_grad_(False)
     tuned = make_model(lm, model.tokenizer, name=f"{model.name}+{config.method}", device=model.device)
     meta = {
         "method": config.method, "base_name": model.name, "params_trainable": params_trainable,
-        "config": asdict(config),
+        "config": asdict(config), "max_length": max_length,
         "training": {"epochs_run": progress["epoch"], "best_epoch": progress["best_epoch"],
                      "train_seconds": progress["train_seconds"], "history": progress["history"],
-                     "n_train": len(train), "n_validation": len(validation), "peak_rss_mb": peak_rss_mb()},
+                     "n_train": len(train), "n_validation": len(validation), "peak_rss_mb": peak_rss_mb(),
+                     "n_truncated": progress.get("n_truncated", 0), "gradient_checkpointing": checkpointing},
         "versions": library_versions(),
     }
     if params_total != tuned.params_total:

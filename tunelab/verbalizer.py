@@ -18,12 +18,16 @@ from pathlib import Path
 
 import torch
 
-from tunelab.errors import InputError, ModelError
+from tunelab.errors import ConfigError, InputError, ModelError
 from tunelab.models import Model, load_model, make_model
 from tunelab.predictor import Predictions, load_base_model, save_base_reference, write_artifact_json
 
 SCALE_POINTS = 9  # regression verbalizer: ratings "1".."9"
 TRUNCATION_MARKER = " [...] "  # stands between the head and the tail of a text cut to fit (see fit_text)
+LENGTH_QUANTILE = 0.99  # a derived max_length holds this share of the training prompts whole
+TRAIN_MAX_TOKENS = 512  # memory cap of a derived training max_length: with gradient checkpointing and token-budget
+# micro-batches, LoRA on SmolLM2 at 512 tokens stays within a few GiB of this 2-core / 24 GiB machine
+FALLBACK_CONTEXT = 2048  # when a config names no context window
 
 
 def template_problems(template: str) -> list[str]:
@@ -109,6 +113,13 @@ def tokenize_pairs(tokenizer, prefix: str, queries: list[str], label_texts: list
             row.append(Pair(tuple(lead + ids), len(lead) + start))
         pairs.append(row)
     return pairs
+
+
+def context_window(lm: torch.nn.Module) -> int:
+    """The most positions the model was built for (its config's max_position_embeddings or n_positions)."""
+    config = lm.config
+    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+               or FALLBACK_CONTEXT)
 
 
 def fit_text(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
@@ -258,6 +269,18 @@ def score_reference(lm: torch.nn.Module, tokenizer, prefix: str, query: str, lab
     return float(sum(log_probs[t - 1, ids[0, t]] for t in range(start, ids.shape[1])))
 
 
+def resolve_max_length(verbalizer: Verbalizer, texts: list[str], wanted: int | None, lm) -> int:
+    """`wanted` (--max-length) checked against the model's context window, or a length derived from `texts`.
+
+    Raises:
+        ConfigError: --max-length larger than the context window.
+    """
+    context = context_window(lm)
+    if wanted is not None and wanted > context:
+        raise ConfigError(f"--max-length {wanted} is larger than the model's context window ({context} tokens)")
+    return wanted or verbalizer.derive_max_length(texts, context=context, cap=TRAIN_MAX_TOKENS)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Ratings (regression)
 
@@ -320,11 +343,27 @@ class Verbalizer:
             queries = [shots + query for shots, query in zip(query_prefixes, queries)]
         return tokenize_pairs(self.tokenizer, prefix, queries, self.label_texts)
 
-    def fit(self, texts: list[str], max_length: int) -> list[str]:
-        """Texts cut (head and tail) so that instruction + query + the longest label fits in `max_length` tokens."""
-        overhead = max(len(pair.ids) for pair in self.pairs(self.fmt.instruction, [""])[0])
-        budget = max(1, max_length - overhead)
-        return [fit_text(self.tokenizer, text, budget)[0] for text in texts]
+    def overhead(self, prefix: str | None = None) -> int:
+        """Tokens a prompt holds besides its text: the prefix (default: the instruction), the query's template and
+        the longest label (special tokens included)."""
+        prefix = self.fmt.instruction if prefix is None else prefix
+        return max(len(pair.ids) for pair in self.pairs(prefix, [""])[0])
+
+    def fit(self, texts: list[str], max_length: int, prefix: str | None = None) -> tuple[list[str], int]:
+        """Texts cut (head and tail, fit_text) so that prefix + query + the longest label fits in `max_length`
+        tokens: the template and the cue before the label always survive. Returns the texts and how many were cut."""
+        budget = max(1, max_length - self.overhead(prefix))
+        fitted = [fit_text(self.tokenizer, text, budget) for text in texts]
+        return [text for text, _ in fitted], sum(cut for _, cut in fitted)
+
+    def derive_max_length(self, texts: list[str], *, context: int, cap: int | None = None) -> int:
+        """Enough tokens for LENGTH_QUANTILE of the prompts of `texts` (a fixed sample of at most 1,000), capped by
+        the model's context window and by `cap` (a memory budget); never less than the template itself needs."""
+        sample = texts[:: max(1, len(texts) // 1000)][:1000]
+        overhead = self.overhead()
+        lengths = sorted(overhead + len(ids) for ids in self.tokenizer(sample, add_special_tokens=False).input_ids)
+        wanted = lengths[min(len(lengths) - 1, int(LENGTH_QUANTILE * len(lengths)))] if lengths else overhead + 1
+        return max(overhead + 1, min(wanted, context, cap or context))
 
     def shot_pairs(self, examples) -> list[tuple[str, str]]:
         if self.kind == "classification":
@@ -355,7 +394,7 @@ class Verbalizer:
 # The causal-LM predictor of the tune and distill rungs
 
 _META_KEYS = ("method", "base_name", "params_trainable", "config", "training", "metrics", "versions", "student_type",
-              "teacher", "teacher_fingerprint", "spec", "params_teacher", "kept_layers")
+              "teacher", "teacher_fingerprint", "spec", "params_teacher", "kept_layers", "max_length")
 
 
 class CausalLMPredictor:
@@ -374,7 +413,11 @@ class CausalLMPredictor:
 
     @property
     def max_length(self) -> int:
-        return self.meta["config"]["max_length"]
+        """Tokens per prompt (the run's --max-length, or the length derived from its training texts)."""
+        return self.meta.get("max_length") or self.meta["config"]["max_length"]
+
+    def count_truncated(self, texts: list[str]) -> int:
+        return self.verbalizer.fit(texts, self.max_length)[1]
 
     @property
     def params_total(self) -> int:
@@ -393,7 +436,7 @@ class CausalLMPredictor:
     def label_scores(self, texts: list[str], *, train: bool = False) -> torch.Tensor:
         """(n, n_labels) label log-likelihoods; with `train`, with gradients (the instruction encoded per call)."""
         verbalizer = self.verbalizer
-        pairs = verbalizer.pairs(verbalizer.fmt.instruction, verbalizer.fit(texts, self.max_length))
+        pairs = verbalizer.pairs(verbalizer.fmt.instruction, verbalizer.fit(texts, self.max_length)[0])
         if train:
             prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction))
             return label_log_likelihoods(self.model.lm, prefix, pairs, self.model.tokenizer.pad_token_id)[0]
