@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from tunelab.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
 from tunelab.errors import ConfigError, InputError
-from tunelab.predictor import load_predictor, save_predictor
+from tunelab.predictor import length_batches, load_predictor, save_predictor
 from tunelab.prompting import PromptConfig, few_shot
 from tunelab.store import Store
 
@@ -174,3 +175,14 @@ def test_a_csv_field_longer_than_the_csv_module_default_is_read(tmp_path):
     long_text = "word " * 40_000  # 200,000 characters, past csv's 131,072 default
     (tmp_path / "long.csv").write_text(f'text\n"{long_text}"\nshort\n')
     assert [len(t) for t in read_inputs(tmp_path / "long.csv")] == [len(long_text), 5]
+
+
+def test_bulk_batches_long_texts_by_size_and_counts_the_cut_ones(saved_predictor, tmp_path):
+    predictor = CountingPredictor(load_predictor(saved_predictor))
+    predictor.inner.config = dataclasses.replace(predictor.inner.config, max_length=40)
+    long_texts = [("good bad " * 3_000) + str(i) for i in range(4)]  # 27,000 characters each
+    counts = predict_all(predictor, WORDS + long_texts, Store(tmp_path / "s.sqlite"), BulkConfig(batch_size=64))
+    assert counts["predicted"] == len(WORDS) + 4 and counts["n_truncated"] == 4 and counts["max_length"] == 40
+    assert counts["chars_per_s"] > counts["examples_per_s"]
+    assert set(predictor.seen[: len(WORDS)]) == set(WORDS)  # shortest first
+    assert [len(batch) for batch in length_batches(WORDS + long_texts, 64)] == [len(WORDS), 1, 1, 1, 1]

@@ -230,3 +230,22 @@ def test_any_edit_of_tunelab_json_loads_or_is_a_model_error(tiny_model, tiny_tas
         assert "\n" not in str(err) and str(folder) in str(err)
     else:
         assert loaded.fingerprint == predictor.fingerprint  # whatever loads is the predictor that was saved
+
+
+def test_shots_that_do_not_fit_the_context_are_dropped_and_counted(tiny_model, tiny_task):
+    fits = few_shot(tiny_model, tiny_task, PromptConfig(shots=6, max_length=500))
+    assert fits.shots_dropped == 0 and len(fits.shots) == 6
+    tight = few_shot(tiny_model, tiny_task, PromptConfig(shots=6, max_length=30))
+    assert tight.shots_dropped > 0 and len(tight.shots) == 6 - tight.shots_dropped
+    assert tight.verbalizer.overhead(tight.prefix_text()) + 1 <= 30
+    assert tight.shots == fits.shots[tight.shots_dropped:]  # the shots nearest the query stay
+
+
+def test_a_megabyte_of_text_is_cut_to_the_context_and_counted(tiny_model, tiny_task):
+    predictor = few_shot(tiny_model, tiny_task, PromptConfig(shots=2, max_length=64))
+    huge = "good " * 200_000  # a megabyte
+    scores = predictor.log_likelihoods([huge, "bad"])
+    assert scores.shape == (2, 2) and torch.isfinite(scores).all()
+    assert predictor.count_truncated([huge, "bad"]) == 1
+    with pytest.raises(ConfigError, match="larger than the model's context window"):
+        few_shot(tiny_model, tiny_task, PromptConfig(max_length=100_000))

@@ -143,3 +143,19 @@ def test_loader_never_fails_with_anything_but_input_error(tmp_path, data, suffix
         assert str(err).startswith(str(path))
     else:
         assert examples and all(e.text.strip() and isinstance(e.label, str) for e in examples)
+
+
+@pytest.mark.parametrize("name", ["sotu-party", "sotu-year"])
+def test_sotu_tasks_are_passages_from_disjoint_addresses(name):
+    task = load_task(name)
+    assert (len(task.train), len(task.test)) == (600, 400) and len(task.unlabeled) > 500
+    train_addresses = {(e.extra["president"], e.extra["year"]) for e in task.train}
+    test_addresses = {(e.extra["president"], e.extra["year"]) for e in task.test}
+    assert not train_addresses & test_addresses
+    words = sorted(len(e.text.split()) for e in task.train)
+    assert words[0] >= 100 and words[len(words) // 2] > 150  # passages of a few hundred tokens, not words
+    if task.is_classification:
+        assert task.labels == ("Democratic", "Republican")
+    else:
+        assert task.value_range == (1853.0, 2021.0) and all(1853 <= e.label <= 2021 for e in task.test)
+    assert task.slice_field == "era" and all("era" in e.extra for e in task.test)

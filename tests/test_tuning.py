@@ -12,9 +12,17 @@ import torch
 from tunelab.errors import ConfigError, TrainingError
 from tunelab.models import load_model
 from tunelab.predictor import load_predictor, predict
-from tunelab.tasks import load_task
-from tunelab.tuning import TuneConfig, _with_adapter, finetune, rating_loss, verbalizer_loss
-from tunelab.verbalizer import PrefixCache, label_log_likelihoods, tokenize_pairs
+from tunelab.tasks import Example, load_task, make_task
+from tunelab.tuning import (
+    TuneConfig,
+    _batches,
+    _loss_step,
+    _with_adapter,
+    finetune,
+    rating_loss,
+    verbalizer_loss,
+)
+from tunelab.verbalizer import PrefixCache, Verbalizer, label_log_likelihoods, tokenize_pairs
 
 DATA = Path(__file__).parent / "data"
 FAST = dict(epochs=2, batch_size=4, val_fraction=0.25)
@@ -193,3 +201,55 @@ def test_resume_needs_the_same_settings(tiny_model, tiny_task, tmp_path):
         finetune(tiny_model, tiny_task, TuneConfig(**{**FAST, "epochs": 3}), out_dir=tmp_path / "run", resume=True)
     with pytest.raises(ConfigError, match="no checkpoint to resume"):
         finetune(tiny_model, tiny_task, TuneConfig(**FAST), out_dir=tmp_path / "empty", resume=True)
+
+
+LONG = "Subject: refund for a broken kettle. " + "The order came late and the box was open. " * 30 + "Regards, Ann"
+
+
+def test_long_texts_are_cut_head_and_tail_and_counted_the_same_way_in_training_and_use(tiny_bpe_model, tmp_path):
+    train = [Example(LONG + f" {i}", "positive" if i % 2 else "negative") for i in range(8)]
+    test = [Example(LONG, "positive"), Example("short one", "negative")]
+    task = make_task("tickets", "classification", train, test, template="Ticket: {text}\nLabel: {label}")
+    config = TuneConfig(method="lora", epochs=1, batch_size=4, max_length=48, val_fraction=0.25)
+    predictor = finetune(tiny_bpe_model, task, config, out_dir=tmp_path / "t")
+    metrics = predictor.meta["metrics"]
+    assert (metrics["n_truncated"], metrics["max_length"]) == (1, 48)
+    assert predictor.meta["training"]["n_truncated"] == 6  # every long training text, none twice
+    fitted = predictor.verbalizer.fit([LONG], 48)[0][0]
+    assert fitted.startswith("Subject") and fitted.endswith("Ann") and "[...]" in fitted
+    pairs = predictor.verbalizer.pairs(predictor.verbalizer.fmt.instruction, [fitted])[0]
+    assert max(len(p.ids) for p in pairs) <= 48
+
+
+def test_a_max_length_past_the_context_window_is_a_config_error(tiny_model, tiny_task, tmp_path):
+    with pytest.raises(ConfigError, match="larger than the model's context window"):
+        finetune(tiny_model, tiny_task, TuneConfig(max_length=100_000), out_dir=tmp_path / "t")
+
+
+def test_derived_max_length_holds_most_prompts_and_is_capped(tiny_model, tiny_task):
+    verbalizer = Verbalizer.for_task(tiny_model.tokenizer, tiny_task)
+    texts = ["good"] * 99 + ["good " * 400]
+    derived = verbalizer.derive_max_length(texts, context=512, cap=64)
+    assert derived == verbalizer.overhead() + 1  # the one long outlier does not set it
+    assert verbalizer.derive_max_length(["good " * 400] * 10, context=512, cap=64) == 64
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_micro_batches_accumulate_to_the_whole_batch_gradient(tiny_model, tiny_task, method):
+    lm = tiny_model.lm
+    if method == "lora":
+        lm, _ = _with_adapter(lm, TuneConfig(method="lora"))
+        for name, parameter in lm.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.1)
+    verbalizer = Verbalizer.for_task(tiny_model.tokenizer, tiny_task)
+    examples = list(tiny_task.train)
+    (batch,) = _batches(verbalizer, examples, TuneConfig(batch_size=len(examples)), range(len(examples)), 64)
+    trainable = [p for p in lm.parameters() if p.requires_grad]
+    pad = tiny_model.tokenizer.pad_token_id
+    whole = torch.autograd.grad(_loss_step(lm, verbalizer, batch, pad), trainable)
+    micro = batch.micro_batches(max_tokens=30)
+    assert len(micro) > 2
+    parts = [torch.autograd.grad(_loss_step(lm, verbalizer, m, pad) * len(m.pairs) / len(batch.pairs), trainable)
+             for m in micro]
+    assert all(torch.allclose(sum(g), w, atol=1e-5) for g, w in zip(zip(*parts), whole))

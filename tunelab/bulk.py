@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Literal
 
 from tunelab.errors import ConfigError, InputError
-from tunelab.predictor import Predictions, Predictor, load_predictor
+from tunelab.evaluate import truncation
+from tunelab.predictor import Predictions, Predictor, length_batches, load_predictor
 from tunelab.store import Store
 from tunelab.tasks import read_rows
 
@@ -109,16 +110,18 @@ def predict_all(
             raise ConfigError("--engine ray needs a saved predictor folder (--model DIR)")
         _predict_with_ray(predictor_dir, fingerprint, todo, distinct, store, config, on_progress)
     else:
-        for start in range(0, len(todo), config.batch_size):
-            keys = todo[start : start + config.batch_size]
-            batch = [distinct[key] for key in keys]
+        texts = [distinct[key] for key in todo]
+        for batch_ids in length_batches(texts, config.batch_size):
+            keys, batch = [todo[i] for i in batch_ids], [texts[i] for i in batch_ids]
             store.put_batch(fingerprint, _rows(predictor.predict_batch(batch), keys, batch))
             if on_progress:
                 on_progress(len(keys))
     seconds = time.perf_counter() - started
+    texts = [distinct[key] for key in todo]
     return {"read": read, "distinct": len(distinct), "already_stored": len(already), "predicted": len(todo),
-            "examples_per_s": len(todo) / seconds if todo and seconds > 0 else 0.0, "store": str(store.path),
-            "fingerprint": fingerprint}
+            "examples_per_s": len(todo) / seconds if todo and seconds > 0 else 0.0,
+            "chars_per_s": sum(map(len, texts)) / seconds if todo and seconds > 0 else 0.0,
+            **truncation(predictor, texts), "store": str(store.path), "fingerprint": fingerprint}
 
 
 def predict_file(

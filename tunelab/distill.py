@@ -288,7 +288,7 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
             raise ConfigError(f"--max-length {config.max_length} is larger than the student's context window "
                               f"({context} tokens)")
         lengths = sorted(len(ids) for ids in tokenizer(_length_sample(task)).input_ids)
-        derived = lengths[min(len(lengths) - 1, int(LENGTH_QUANTILE * len(lengths)))] if lengths else context
+        derived = lengths[min(len(lengths) - 1, int(LENGTH_QUANTILE * (len(lengths) - 1)))] if lengths else context
         meta = {**meta, "max_length": config.max_length or min(derived, context, TRAIN_MAX_TOKENS)}
         student = EncoderStudent(encoder.to(choose_device()), tokenizer, kind=task.kind, label_names=task.labels,
                                  meta=meta)

@@ -91,6 +91,24 @@ class Predictor(Protocol):
     def save(self, directory: Path) -> None: ...
 
 
+MAX_BATCH_CHARS = 32_000  # characters per batch (about 8,000 tokens): short texts batch by count, long ones by size
+
+
+def length_batches(texts: list[str], batch_size: int, max_chars: int = MAX_BATCH_CHARS) -> list[list[int]]:
+    """Indices of `texts` in batches of similar length (sorted, so little padding), each of at most `batch_size`
+    texts and, padded to its longest, about `max_chars` characters (a proxy for tokens that needs no tokenizer)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) >= batch_size or (len(current) + 1) * len(texts[i]) > max_chars):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def predict(
     predictor: Predictor,
     texts: list[str],
@@ -98,7 +116,8 @@ def predict(
     batch_size: int = 32,
     on_progress: Callable[[int], None] | None = None,
 ) -> Predictions:
-    """Predict every text, each distinct text once, in length-sorted batches; results come back in input order.
+    """Predict every text, each distinct text once, in length-sorted batches bounded by count and by size;
+    results come back in input order.
 
     `on_progress(n)` is called after each batch with the number of input texts it covered.
     """
@@ -108,10 +127,8 @@ def predict(
     counts: dict[str, int] = {}
     for text in texts:
         counts[text] = counts.get(text, 0) + 1
-    order = sorted(range(len(distinct)), key=lambda i: len(distinct[i]))  # similar lengths pad less
     parts, done_order = [], []
-    for start in range(0, len(order), batch_size):
-        batch_ids = order[start : start + batch_size]
+    for batch_ids in length_batches(distinct, batch_size):
         parts.append(predictor.predict_batch([distinct[i] for i in batch_ids]))
         done_order += batch_ids
         if on_progress:

@@ -362,7 +362,7 @@ class Verbalizer:
         sample = texts[:: max(1, len(texts) // 1000)][:1000]
         overhead = self.overhead()
         lengths = sorted(overhead + len(ids) for ids in self.tokenizer(sample, add_special_tokens=False).input_ids)
-        wanted = lengths[min(len(lengths) - 1, int(LENGTH_QUANTILE * len(lengths)))] if lengths else overhead + 1
+        wanted = lengths[min(len(lengths) - 1, int(LENGTH_QUANTILE * (len(lengths) - 1)))] if lengths else overhead + 1
         return max(overhead + 1, min(wanted, context, cap or context))
 
     def shot_pairs(self, examples) -> list[tuple[str, str]]:
