@@ -59,6 +59,7 @@ def _rows(report: dict) -> list[dict]:
             "params_trainable": metrics["params_trainable"], "train_seconds": result.get("train_seconds", 0.0),
             "peak_rss_mb": result["peak_rss_mb"], "slice_gap": next(iter(bias["slices"]["largest_gap"].values())),
             "counterfactual_gap": bias["counterfactual"]["max_gap"], "verdict": bias["counterfactual"]["verdict"],
+            "length": f"{metrics.get('n_truncated', 0)} cut / {metrics.get('max_length') or '-'}",
         })
     return rows
 
@@ -68,13 +69,13 @@ def _markdown(report: dict) -> str:
     lines = [f"# tunelab ladder: {report['task']} ({report['model']})", "",
              f"{report['n_train']} training and {report['n_test']} test examples. {report['split_note']}".strip(), "",
              f"| rung | {metric} | examples/s | latency ms | params total | params trainable | train s | peak RSS MB "
-             f"(process, so far) | largest slice gap | counterfactual gap | probe verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"(process, so far) | test texts cut / max tokens | largest slice gap | counterfactual gap | probe verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in _rows(report):
         lines.append(f"| {row['rung']} | {row['quality']:.3f} | {row['examples_per_s']:.1f} | {row['latency_ms']:.1f} "
                      f"| {row['params_total']:,} | {row['params_trainable']:,} | {row['train_seconds']:.0f} "
-                     f"| {row['peak_rss_mb']:,.0f} | {row['slice_gap']:.3f} | {row['counterfactual_gap']:.3f} "
-                     f"| {row['verdict']} |")
+                     f"| {row['peak_rss_mb']:,.0f} | {row['length']} | {row['slice_gap']:.3f} "
+                     f"| {row['counterfactual_gap']:.3f} | {row['verdict']} |")
     lines += ["", "Parameter facts, checked on this run's artifacts:", ""]
     lines += [f"- {'holds' if f['holds'] else 'BROKEN'}: {f['fact']} ({f['evidence']})"
               for f in report["parameter_facts"]]
@@ -146,12 +147,14 @@ def _plots(report: dict) -> dict[str, str]:
 def _html(report: dict) -> str:
     rows = _rows(report)
     headers = ["rung", report["choice"]["metric"], "examples/s", "latency ms", "params total", "params trainable",
-               "train s", "peak RSS MB (so far)", "slice gap", "counterfactual gap", "verdict"]
+               "train s", "peak RSS MB (so far)", "test texts cut / max tokens", "slice gap", "counterfactual gap",
+               "verdict"]
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
             r["rung"], f"{r['quality']:.3f}", f"{r['examples_per_s']:.1f}", f"{r['latency_ms']:.1f}",
             f"{r['params_total']:,}", f"{r['params_trainable']:,}", f"{r['train_seconds']:.0f}",
-            f"{r['peak_rss_mb']:,.0f}", f"{r['slice_gap']:.3f}", f"{r['counterfactual_gap']:.3f}", r["verdict"]))
+            f"{r['peak_rss_mb']:,.0f}", r["length"], f"{r['slice_gap']:.3f}", f"{r['counterfactual_gap']:.3f}",
+            r["verdict"]))
         + "</tr>" for r in rows)
     facts = "".join(f"<li class='{'ok' if f['holds'] else 'broken'}'>{html.escape(f['fact'])}: "
                     f"{html.escape(f['evidence'])}</li>" for f in report["parameter_facts"])
