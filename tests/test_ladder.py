@@ -29,6 +29,10 @@ def test_every_rung_runs_and_the_parameter_facts_hold(ladder_run, tiny_model):
     assert report["rungs"]["full"]["metrics"]["params_total"] == tiny_model.params_total
     assert report["rungs"]["distill"]["metrics"]["params_total"] < tiny_model.params_total
     assert [p["shots"] for p in report["few_shot_curve"]] == [0, 1, 2, 4]
+    few = report["rungs"]["few"]  # the searched prompt: never below the zero-shot prompt on validation
+    assert few["search_rows"][0]["config"] == "K=0" and few["validation"] >= few["search_rows"][0]["validation"]
+    assert few["searched"] in (out / "report.md").read_text()
+    assert report["sensitivity"] and all(r["min"] <= r["median"] <= r["max"] for r in report["sensitivity"])
     assert report["choice"]["cheapest_to_build"] == "zero"  # target 0.0: everything reaches it
     for rung in TINY["rungs"]:
         probes = report["rungs"][rung]["bias"]["counterfactual"]
@@ -59,7 +63,7 @@ def test_report_html_loads_in_headless_chromium(ladder_run, tmp_path):
                           capture_output=True, text=True, timeout=120)
     dom = done.stdout
     assert '<table id="rungs">' in dom and dom.count("<tr>") >= 7
-    assert dom.count("data:image/png;base64,") == 4
+    assert dom.count("data:image/png;base64,") == 5 and "id=\"prompt-sensitivity\"" in dom.replace("'", '"')
     console_errors = [line for line in done.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
     assert not console_errors, console_errors
     assert "http://" not in (out / "report.html").read_text() and "https://" not in (out / "report.html").read_text()

@@ -179,29 +179,64 @@ def prompt(
     shots: str = Option("0", help="K, or a comma list to compare (0 zero-shot, 1 one-shot, K few-shot)."),
     select: Optional[str] = Option(None, help="Shot selection: random, balanced or similar."),
     calibrate: Optional[bool] = Option(None, "--calibrate/--no-calibrate",
-                                       help="Contextual calibration (divide out the content-free label bias)."),
+                                       help="Divide out the prompt's label bias (see --calibration)."),
+    calibration: Optional[str] = Option(None, help="contextual (content-free inputs) or batch (training texts)."),
     template: Optional[str] = Option(None, help=r"Example format with {text} and a final {label}, "
                                                 r"e.g. 'Word: {text}\nSentiment: {label}'."),
     instruction: Optional[str] = Option(None, help="Text placed before the shots."),
+    label_words: Optional[str] = Option(None, help="Words the prompt uses for the labels, comma list in label order."),
     length_normalize: Optional[bool] = Option(None, "--length-normalize/--no-length-normalize",
                                               help="Divide label log-likelihoods by token count."),
     batch_size: Optional[int] = BATCH, seed: Optional[int] = SEED, model: str = BASE_MODEL, as_json: bool = JSON,
     max_length: Optional[int] = Option(None, help="Tokens per prompt, shots included (default: the context window)."),
     save: Optional[Path] = Option(None, help="Write the prompt predictor to this folder."),
+    search: bool = Option(False, "--search", help="Try prompt configurations on held-out training examples."),
+    budget_s: Optional[float] = Option(None, help="--search: seconds to spend."),
+    max_configs: Optional[int] = Option(None, help="--search: most configurations to try."),
+    validation_size: Optional[int] = Option(None, help="--search: training examples held out to judge them."),
+    sensitivity: bool = Option(False, "--sensitivity", help="Quality spread over shot sets, orders, templates, K."),
 ):
     """Zero-, one- or few-shot prompting, scored by label log-likelihood on the test split."""
     from tunelab.prompting import prompt_configs, run_prompts
 
+    if search or sensitivity:
+        return _prompt_search(locals())
     configs = prompt_configs(shots, save=save, **_flags(
-        select=select, calibrate=calibrate, template=template, instruction=instruction,
-        length_normalize=length_normalize, batch_size=batch_size, seed=seed, max_length=max_length))
+        select=select, calibrate=calibrate, calibration=calibration, template=template, instruction=instruction,
+        label_words=label_words, length_normalize=length_normalize, batch_size=batch_size, seed=seed,
+        max_length=max_length))
     loaded_task = _task(task, train, test, text_field, label_field, kind)
     with _bars() as bars:
         results = run_prompts(lambda: _model(model), loaded_task, configs, save=save, on_progress=lambda config: (
             bars.bar(f"K={config.shots}: scoring {loaded_task.name}", len(loaded_task.test))))
     _print_results(results, as_json, f"prompting on {loaded_task.name} ({len(loaded_task.test)} test examples)")
-    if loaded_task.split_note:
-        err_console.print(loaded_task.split_note)
+    for note in [loaded_task.split_note, *(f"K={r['shots']}: {n}" for r in results for n in r["notes"])]:
+        if note:
+            err_console.print(note)
+
+
+def _prompt_search(flags: dict) -> None:
+    """`prompt --search` (or --sensitivity): the search's own flags; the prompt flags are the base configuration."""
+    from tunelab.prompting import prompt_configs
+    from tunelab.search import SearchConfig, run_search, search_lines, sensitivity, sensitivity_lines
+
+    config = SearchConfig(**_flags(budget_s=flags["budget_s"], max_configs=flags["max_configs"],
+                                   validation_size=flags["validation_size"], seed=flags["seed"]))
+    names = ("select", "calibrate", "calibration", "template", "instruction", "label_words", "length_normalize",
+             "batch_size", "seed", "max_length")
+    (base,) = prompt_configs("0", **_flags(**{name: flags[name] for name in names}))
+    loaded_task = _task(flags["task"], flags["train"], flags["test"], flags["text_field"], flags["label_field"],
+                        flags["kind"])
+    if flags["sensitivity"]:
+        with err_console.status("scoring prompt variants"):
+            rows = sensitivity(_model(flags["model"]), loaded_task, base, config)
+        return _print_lines({"task": loaded_task.name, "sensitivity": rows}, sensitivity_lines(rows, loaded_task.name),
+                            flags["as_json"])
+    with _bars() as bars:
+        tried = bars.bar("configurations tried")
+        result, test_result = run_search(lambda: _model(flags["model"]), loaded_task, base, config,
+                                         save=flags["save"], on_config=lambda row: tried(1))
+    _print_lines(test_result, search_lines(result, test_result), flags["as_json"])
 
 
 @app.command()
@@ -374,8 +409,9 @@ def ladder(
     rungs: Optional[str] = Option(None, help="Comma list of zero,one,few,lora,full,distill."),
     target_quality: Optional[float] = Option(None, help="Accuracy (or Spearman) the chosen rung must reach."),
     quick: Optional[bool] = Option(None, "--quick/--no-quick", help="The short built-in run (under 10 minutes)."),
-    few_shots: Optional[int] = Option(None, help="K of the few-shot rung."), curve: Optional[str] = Option(
-        None, help="K values of the few-shot curve, comma list."),
+    few_shots: Optional[int] = Option(None, help="K of the few-shot rung when not searched."),
+    curve: Optional[str] = Option(None, help="K values of the few-shot curve, comma list."),
+    search_budget_s: Optional[float] = Option(None, help="Seconds the few rung's prompt search may take (0: none)."),
     epochs: Optional[int] = Option(None, help="Fine-tuning epochs."), student: Optional[str] = Option(
         None, help="The distill rung's student spec."),
     seed: Optional[int] = SEED, model: str = BASE_MODEL,
@@ -386,7 +422,7 @@ def ladder(
 
     config = LadderConfig.from_flags(**_flags(rungs=rungs, target_quality=target_quality, quick=quick,
                                               few_shots=few_shots, curve=curve, epochs=epochs, student=student,
-                                              seed=seed))
+                                              seed=seed, search_budget_s=search_budget_s))
     loaded_task = _task(ladder_task_name(task, train, config), train, test, text_field, label_field, kind)
     check_task(loaded_task, config)
     base = _model(model)

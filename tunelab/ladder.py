@@ -23,6 +23,7 @@ from tunelab.models import Model, weights_fingerprint
 from tunelab.predictor import load_predictor, read_artifact_json, save_predictor, write_json_atomic
 from tunelab.prompting import PromptConfig, few_shot, parse_shot_counts
 from tunelab.report import write_reports
+from tunelab.search import SearchConfig, describe, search, sensitivity
 from tunelab.tasks import Task
 from tunelab.tuning import TuneConfig, finetune
 
@@ -30,6 +31,7 @@ RUNGS = ("zero", "one", "few", "lora", "full", "distill")
 QUICK_TASK = "vader"  # the quick run's task when none is named
 PROMPT_SHOTS = {"zero": 0, "one": 1}
 QUICK = {"train": 300, "test": 200, "transfer": 700, "names_per_group": 3}  # sized to finish in < 10 min on 2 cores
+QUICK_SEARCH_S = 45.0
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,10 @@ class LadderConfig:
     rungs: tuple[str, ...] = ("zero", "one", "few", "lora", "full", "distill")
     target_quality: float | None = None  # accuracy (classification) or Spearman (regression) to reach
     quick: bool = False  # the built-in short run: a subsample of vader, one epoch, fewer probes
-    few_shots: int = 4  # K of the `few` rung
+    few_shots: int = 4  # K of the `few` rung when it is not searched
+    # The `few` rung's prompt is searched on held-out training examples (search.py) for this long; 0: plain K-shot.
+    # The quick run spends at most QUICK_SEARCH_S.
+    search_budget_s: float = 120.0
     curve: tuple[int, ...] = (0, 1, 2, 4, 8)  # K values of the few-shot curve in the report
     epochs: int = 2  # fine-tuning epochs (the quick run uses 1)
     student: str = "minilm"  # the distill rung's student
@@ -53,6 +58,8 @@ class LadderConfig:
                             f"got {self.target_quality}")
         if self.few_shots < 2:
             problems.append(f"--few-shots must be >= 2, got {self.few_shots}")
+        if self.search_budget_s < 0:
+            problems.append(f"--search-budget-s must be >= 0, got {self.search_budget_s}")
         if problems:
             raise ConfigError(problems)
 
@@ -116,6 +123,18 @@ def _prompt_step(model: Model, task: Task, shots: int, folder: Path, bias: BiasC
     return {**_measure(predictor, task, bias, on_progress), "train_seconds": 0.0}
 
 
+def _searched_step(model: Model, task: Task, folder: Path, bias: BiasConfig, config: LadderConfig, on_progress):
+    """The `few` rung: the prompt that did best on held-out training examples; the report says which it is."""
+    budget = min(config.search_budget_s, QUICK_SEARCH_S) if config.quick else config.search_budget_s
+    started = time.perf_counter()
+    found = search(model, task, PromptConfig(seed=config.seed), SearchConfig(budget_s=budget, seed=config.seed))
+    save_predictor(found.predictor, folder / "predictor")
+    return {**_measure(found.predictor, task, bias, on_progress), "train_seconds": time.perf_counter() - started,
+            "searched": describe(found.config, PromptConfig(seed=config.seed)),
+            "validation": max(row["validation"] for row in found.rows), "configs_tried": len(found.rows),
+            "search_rows": found.rows}
+
+
 def _tune_step(model: Model, task: Task, method: str, folder: Path, bias: BiasConfig, config: LadderConfig,
                on_progress):
     tune_config = TuneConfig(method=method, epochs=1 if config.quick else config.epochs, seed=config.seed)
@@ -170,7 +189,9 @@ def run(
             on_step(rung, "start")
         folder.mkdir(parents=True, exist_ok=True)
         step_started = time.perf_counter()
-        if rung in ("zero", "one", "few"):
+        if rung == "few" and config.search_budget_s > 0:
+            result = _searched_step(model, task, folder, bias, config, on_progress)
+        elif rung in ("zero", "one", "few"):
             shots = PROMPT_SHOTS.get(rung, config.few_shots)
             result = _prompt_step(model, task, shots, folder, bias, config.seed, on_progress)
         elif rung in ("lora", "full"):
@@ -185,10 +206,11 @@ def run(
         if on_step:
             on_step(rung, "done")
     curve = _few_shot_curve(model, task, config, out_dir, results)
+    spread = _sensitivity(model, task, config, out_dir) if any(r in results for r in ("one", "few")) else []
     report = {
         "task": task.name, "kind": task.kind, "n_train": len(task.train), "n_test": len(task.test),
         "split_note": task.split_note, "model": model.name, "base_params": model.params_total,
-        "config": dataclasses.asdict(config), "rungs": results, "few_shot_curve": curve,
+        "config": dataclasses.asdict(config), "rungs": results, "few_shot_curve": curve, "sensitivity": spread,
         "parameter_facts": _parameter_facts(model, base_weights, out_dir, results),
         "choice": _cheapest(results, task, config.target_quality), "wall_seconds": time.perf_counter() - started,
     }
@@ -211,8 +233,8 @@ def _few_shot_curve(model, task, config: LadderConfig, out_dir: Path, results: d
     path = out_dir / "few_shot_curve.json"
     curve = json.loads(path.read_text()) if path.is_file() else {}
     known = {PROMPT_SHOTS.get(r, config.few_shots): results[r]["metrics"] for r in ("zero", "one", "few")
-             if r in results}
-    for k in (1, 4) if config.quick else config.curve:
+             if r in results and "searched" not in results[r]}  # a searched prompt is not plain balanced K-shot
+    for k in sorted({*((1, 4) if config.quick else config.curve), config.few_shots}):
         if str(k) in curve or k > len(task.train):
             continue
         metrics = known.get(k) or evaluate(few_shot(model, task, PromptConfig(shots=k, seed=config.seed)), task)
@@ -221,6 +243,17 @@ def _few_shot_curve(model, task, config: LadderConfig, out_dir: Path, results: d
     for k, metrics in known.items():
         curve.setdefault(str(k), {"quality": headline_quality(metrics), "examples_per_s": metrics["examples_per_s"]})
     return [{"shots": int(k), **v} for k, v in sorted(curve.items(), key=lambda item: int(item[0]))]
+
+
+def _sensitivity(model, task: Task, config: LadderConfig, out_dir: Path) -> list[dict]:
+    """The prompt's sensitivity (search.sensitivity), cached in the run folder; the quick run tries fewer variants."""
+    path = out_dir / "sensitivity.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    rows = sensitivity(model, task, PromptConfig(seed=config.seed), SearchConfig(seed=config.seed),
+                       k_values=(1, 4) if config.quick else (1, 4, 8), variants=2 if config.quick else 4)
+    write_json_atomic(path, rows)
+    return rows
 
 
 def _parameter_facts(model: Model, base_weights: str, out_dir: Path, results: dict) -> list[dict]:

@@ -47,13 +47,16 @@ class PromptConfig:
     shots: int = 0  # K: 0 zero-shot, 1 one-shot, more few-shot
     # Balanced by default: on vader with SmolLM2, 4 random shots fell to ~47% from label bias (issue #2).
     select: Literal["random", "balanced", "similar"] = "balanced"
-    calibrate: bool = False  # contextual calibration against content-free inputs
+    calibrate: bool = False  # divide out the label bias of the prompt (see `calibration`)
+    # contextual: measured on content-free inputs ("N/A", "", "[MASK]"); batch: on real training texts, labels unused
+    calibration: Literal["contextual", "batch"] = "contextual"
     template: str | None = None  # None: the task's own; must hold {text} and end with {label}
     instruction: str | None = None  # None: the task's own
     length_normalize: bool = False  # divide a label's log-likelihood by its token count
     batch_size: int = 32  # queries per forward pass; on 2 CPU cores larger batches gain little
     seed: int = 0
     max_length: int | None = None  # tokens per prompt, shots included; None: the model's context window
+    label_words: str | None = None  # comma list, one word per label in the task's label order; None: the labels
 
     def __post_init__(self):
         problems = []
@@ -61,6 +64,8 @@ class PromptConfig:
             problems.append(f"--max-length must be >= 4, got {self.max_length}")
         if self.shots < 0:
             problems.append(f"--shots must be >= 0, got {self.shots}")
+        if self.calibration not in ("contextual", "batch"):
+            problems.append(f"--calibration must be contextual or batch, got {self.calibration!r}")
         if self.select not in ("random", "balanced", "similar"):
             problems.append(f"--select must be random, balanced or similar, got {self.select!r}")
         if self.batch_size < 1:
@@ -98,9 +103,12 @@ def select_shots(train: list[Example], k: int, method: str, rng: random.Random, 
     return shots
 
 
-def similar_shots(pool: list[Example], queries: list[str], k: int, embedder: Embedder) -> list[list[Example]]:
-    """For each query its K nearest training examples by embedding, the nearest placed last (next to the query)."""
-    pool_vectors = embedder.encode([e.text for e in pool])  # (n_pool, dim)
+def similar_shots(pool: list[Example], queries: list[str], k: int, embedder: Embedder,
+                  pool_vectors: np.ndarray | None = None) -> list[list[Example]]:
+    """For each query its K nearest training examples by embedding, the nearest placed last (next to the query).
+    `pool_vectors`: the pool's embeddings when already known (a predictor embeds its pool once)."""
+    if pool_vectors is None:
+        pool_vectors = embedder.encode([e.text for e in pool])  # (n_pool, dim)
     query_vectors = embedder.encode(queries)  # (n_queries, dim)
     similarity = query_vectors @ pool_vectors.T  # (n_queries, n_pool)
     nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
@@ -150,6 +158,9 @@ class PromptPredictor:
         self._embedder = embedder
         self.calibration = calibration  # log of the mean label distribution on content-free inputs
         self.shots_dropped = 0  # shots left out so that the prompt fits max_length (few_shot says so)
+        self.notes: list[str] = []  # what the user should know about this predictor (a calibration that hurt)
+        self.calibration_check: dict | None = None  # quality with and without the calibration, held out
+        self._pool_vectors: np.ndarray | None = None
         self._prefix: PrefixCache | None = None
 
     @property
@@ -178,8 +189,10 @@ class PromptPredictor:
     def _query_prefixes(self, texts: list[str]) -> list[str] | None:
         if self.config.select != "similar" or self.config.shots == 0:
             return None
+        if self._pool_vectors is None:  # the pool is embedded once per predictor, not once per batch
+            self._pool_vectors = self.embedder.encode([e.text for e in self.shots])
         return [self.fmt.shots_block(self.verbalizer.shot_pairs(shots))
-                for shots in similar_shots(self.shots, texts, self.config.shots, self.embedder)]
+                for shots in similar_shots(self.shots, texts, self.config.shots, self.embedder, self._pool_vectors)]
 
     def count_truncated(self, texts: list[str]) -> int:
         return self._fitted(texts, self._query_prefixes(texts))[1]
@@ -215,10 +228,13 @@ class PromptPredictor:
     def predict_batch(self, texts: list[str]) -> Predictions:
         return self.verbalizer.predictions(self.log_likelihoods(texts), self.calibration)
 
-    def calibrate(self) -> None:
-        """Contextual calibration: measure the label distribution on content-free inputs, divide it out later."""
+    def calibrate(self, texts: list[str] | None = None) -> None:
+        """Divide out the label distribution the prompt favours whatever the input: measured on content-free
+        inputs (contextual calibration, Zhao et al. 2021) or, given `texts`, on real unlabeled inputs (batch
+        calibration, Zhou et al. 2023: the mean label probability over a batch of inputs is the bias)."""
         self.calibration = None
-        probs = torch.softmax(self.log_likelihoods(list(CONTENT_FREE_INPUTS)), dim=-1).mean(0)
+        probe = list(CONTENT_FREE_INPUTS) if texts is None else texts
+        probs = torch.softmax(self.log_likelihoods(probe), dim=-1).mean(0)
         self.calibration = torch.log(probs).tolist()
 
     # -- artifact -------------------------------------------------------------------------------------------------
@@ -261,6 +277,36 @@ def _drop_shots_that_do_not_fit(predictor: PromptPredictor, texts: list[str]) ->
         predictor.shots_dropped += 1
 
 
+CALIBRATION_CHECK_EXAMPLES = 64  # held-out training examples on which a calibration is checked before it is kept
+
+
+def _calibrate_and_check(predictor: PromptPredictor, held_out: list[Example], task: Task, rng: random.Random) -> None:
+    """Calibrate, then compare quality with and without it on training examples that are not shots; when the
+    calibration lowered it, say so in the predictor's notes (calibration can halve accuracy: issue #14)."""
+    check = rng.sample(held_out, min(CALIBRATION_CHECK_EXAMPLES, len(held_out)))
+    if predictor.config.calibration == "batch":
+        predictor.calibrate([e.text for e in check])
+    else:
+        predictor.calibrate()
+    if len(check) < 2:
+        return
+    with_it = _held_out_quality(predictor, check, task)
+    calibration, predictor.calibration = predictor.calibration, None
+    without = _held_out_quality(predictor, check, task)
+    predictor.calibration = calibration
+    predictor.calibration_check = {"n": len(check), "with": with_it, "without": without}
+    if with_it < without:
+        predictor.notes.append(f"{predictor.config.calibration} calibration lowered quality on {len(check)} held-out "
+                               f"training examples from {without:.3f} to {with_it:.3f}; consider --no-calibrate")
+
+
+def _held_out_quality(predictor: PromptPredictor, examples: list[Example], task: Task) -> float:
+    predictions = predictor.predict_batch([e.text for e in examples])
+    if task.is_classification:
+        return float(np.mean([p == e.label for p, e in zip(predictions.labels, examples)]))
+    return -float(np.mean([abs(v - e.label) for v, e in zip(predictions.values, examples)]))  # higher is better
+
+
 def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
              embedder: Embedder | None = None) -> PromptPredictor:
     """A zero-, one- or few-shot predictor for `task` on `model` (K = config.shots).
@@ -278,7 +324,12 @@ def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
     else:  # regression: balanced means spread over the rating scale
         shots = select_shots(train, config.shots, config.select, rng,
                              key=lambda e: rating_label(e.label, task.value_range))
-    verbalizer = Verbalizer.for_task(model.tokenizer, task, template=config.template, instruction=config.instruction)
+    words = tuple(w.strip() for w in config.label_words.split(",")) if config.label_words else None
+    if words is not None and (len(words) != len(task.labels) or not all(words)) and task.is_classification:
+        raise ConfigError(f"--label-words needs {len(task.labels)} words for the labels {list(task.labels)}, "
+                          f"got {config.label_words!r}")
+    verbalizer = Verbalizer.for_task(model.tokenizer, task, template=config.template, instruction=config.instruction,
+                                     label_words=words)
     context = context_window(model.lm)
     if config.max_length is not None and config.max_length > context:
         raise ConfigError(f"--max-length {config.max_length} is larger than the model's context window "
@@ -287,7 +338,8 @@ def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
     if config.select != "similar":
         _drop_shots_that_do_not_fit(predictor, [e.text for e in train])
     if config.calibrate:
-        predictor.calibrate()
+        _calibrate_and_check(predictor, [e for e in train if e not in predictor.shots or config.select == "similar"],
+                             task, random.Random(config.seed + 1))
     return predictor
 
 
@@ -338,7 +390,7 @@ def run_prompts(load_model, task: Task, configs: list[PromptConfig], *, save: Pa
         metrics = evaluate(predictor, task, batch_size=config.batch_size,
                            on_progress=on_progress(config) if on_progress else None)
         results.append({**metrics, "shots": config.shots, "select": config.select, "calibrate": config.calibrate,
-                        "shots_dropped": predictor.shots_dropped, "model": model.name})
+                        "shots_dropped": predictor.shots_dropped, "notes": predictor.notes, "model": model.name})
         if save is not None:
             save_predictor(predictor, save)
     return results

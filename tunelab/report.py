@@ -64,18 +64,33 @@ def _rows(report: dict) -> list[dict]:
     return rows
 
 
+def _search_lines(report: dict) -> list[str]:
+    few = report["rungs"].get("few", {})
+    if "searched" not in few:
+        return []
+    return ["", f"The few rung is the prompt kept by a search over {few['configs_tried']} configurations on held-out "
+                f"training examples: {few['searched']} (validation {few['validation']:.3f}; the zero-shot prompt is "
+                "the search's first candidate, so on validation the few rung is never below it)."]
+
+
 def _markdown(report: dict) -> str:
     metric = report["choice"]["metric"]
     lines = [f"# tunelab ladder: {report['task']} ({report['model']})", "",
              f"{report['n_train']} training and {report['n_test']} test examples. {report['split_note']}".strip(), "",
              f"| rung | {metric} | examples/s | latency ms | params total | params trainable | train s | peak RSS MB "
-             f"(process, so far) | test texts cut / max tokens | largest slice gap | counterfactual gap | probe verdict |",
+             f"(process, so far) | test texts cut / max tokens | largest slice gap | counterfactual gap "
+             f"| probe verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in _rows(report):
         lines.append(f"| {row['rung']} | {row['quality']:.3f} | {row['examples_per_s']:.1f} | {row['latency_ms']:.1f} "
                      f"| {row['params_total']:,} | {row['params_trainable']:,} | {row['train_seconds']:.0f} "
                      f"| {row['peak_rss_mb']:,.0f} | {row['length']} | {row['slice_gap']:.3f} "
                      f"| {row['counterfactual_gap']:.3f} | {row['verdict']} |")
+    lines += _search_lines(report)
+    if report.get("sensitivity"):
+        lines += ["", "Prompt sensitivity (validation quality over variants: min / median / max):", ""]
+        lines += [f"- {r['factor']}, {'all K' if r['shots'] is None else 'K=' + str(r['shots'])}: {r['min']:.3f} / "
+                  f"{r['median']:.3f} / {r['max']:.3f}" for r in report["sensitivity"]]
     lines += ["", "Parameter facts, checked on this run's artifacts:", ""]
     lines += [f"- {'holds' if f['holds'] else 'BROKEN'}: {f['fact']} ({f['evidence']})"
               for f in report["parameter_facts"]]
@@ -137,10 +152,22 @@ def _plots(report: dict) -> dict[str, str]:
         axes.set_ylabel(key)
         axes.legend(fontsize=7)
 
+    def spread(axes):
+        rows = report["sensitivity"]
+        names = [f"{r['factor']}\n{'all K' if r['shots'] is None else 'K=' + str(r['shots'])}" for r in rows]
+        medians = [r["median"] for r in rows]
+        below = [m - r["min"] for m, r in zip(medians, rows)]
+        above = [r["max"] - m for m, r in zip(medians, rows)]
+        axes.errorbar(range(len(rows)), medians, yerr=[below, above], fmt="o", capsize=4)
+        axes.set_xticks(range(len(rows)), names, fontsize=6)
+        axes.set_ylabel(f"validation {metric} (min / median / max)")
+
     plots = {"quality-vs-params": scatter("params_total", "parameters (total)"),
              "quality-vs-speed": scatter("examples_per_s", "examples per second"), "per-slice": slices}
     if report["few_shot_curve"]:
         plots["few-shot-curve"] = curve
+    if report.get("sensitivity"):
+        plots["prompt-sensitivity"] = spread
     return {name: _plot_png(draw) for name, draw in plots.items()}
 
 
@@ -164,6 +191,7 @@ def _html(report: dict) -> str:
     verdict = (f"<p id='choice'>Target {choice['metric']} &ge; {choice['target']}: cheapest rung to build "
                f"<b>{choice['cheapest_to_build'] or 'none reaches it'}</b>, fastest to serve "
                f"<b>{choice['fastest_to_serve'] or 'none'}</b>.</p>") if choice["target"] is not None else ""
+    searched = "".join(f"<p id='search'>{html.escape(line)}</p>" for line in _search_lines(report) if line)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tunelab ladder: {html.escape(report['task'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
@@ -172,7 +200,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:i
 <body><h1>tunelab ladder: {html.escape(report['task'])} with {html.escape(report['model'])}</h1>
 <p>{report['n_train']} training and {report['n_test']} test examples. {html.escape(report['split_note'])}</p>
 <table id="rungs"><thead><tr>{''.join(f'<th>{h}</th>' for h in headers)}</tr></thead><tbody>{body}</tbody></table>
-{verdict}<h2>Parameter facts</h2><ul id="facts">{facts}</ul><h2>Plots</h2>{figures}
+{verdict}{searched}<h2>Parameter facts</h2><ul id="facts">{facts}</ul><h2>Plots</h2>{figures}
 <p>Wall time {report['wall_seconds']:.0f} s.</p></body></html>
 """
 
@@ -195,6 +223,7 @@ def summary_lines(report: dict, out_dir: str | Path) -> list[str]:
         lines.append(f"{row['rung']:<9}{row['quality']:>10.3f}{row['examples_per_s']:>10.1f}{row['params_total']:>14,}"
                      f"{row['params_trainable']:>14,}{row['train_seconds']:>9.0f}{row['counterfactual_gap']:>11.3f}"
                      f"  {row['verdict']}")
+    lines += [line for line in _search_lines(report) if line]
     lines += [f"{'holds' if fact['holds'] else 'BROKEN'}: {fact['fact']} ({fact['evidence']})"
               for fact in report["parameter_facts"]]
     choice = report["choice"]

@@ -316,18 +316,24 @@ class Verbalizer:
     """Texts to label scores, and label scores to Predictions, for one tokenizer, task and prompt format."""
 
     def __init__(self, tokenizer, *, kind: str, label_names: tuple[str, ...], fmt: PromptFormat,
-                 value_range: tuple[float, float] | None = None):
+                 value_range: tuple[float, float] | None = None, label_words: tuple[str, ...] | None = None):
         self.tokenizer, self.kind, self.fmt = tokenizer, kind, fmt
         self.label_names, self.value_range = tuple(label_names), value_range
-        self.words = list(label_names) if kind == "classification" else [str(i) for i in range(1, SCALE_POINTS + 1)]
+        self.label_words = tuple(label_words) if label_words else None  # words the prompt uses for the labels
+        if kind == "classification":
+            self.words = list(self.label_words or label_names)
+        else:
+            self.words = [str(i) for i in range(1, SCALE_POINTS + 1)]
         self.label_texts = [fmt.label_text(word) for word in self.words]
 
     @classmethod
-    def for_task(cls, tokenizer, task, *, template: str | None = None, instruction: str | None = None):
-        """The verbalizer of `task` (its template and instruction unless others are given)."""
+    def for_task(cls, tokenizer, task, *, template: str | None = None, instruction: str | None = None,
+                 label_words: tuple[str, ...] | None = None):
+        """The verbalizer of `task` (its template, instruction and label names unless others are given)."""
         fmt = PromptFormat.from_template(template or task.template,
                                          task.instruction if instruction is None else instruction)
-        return cls(tokenizer, kind=task.kind, label_names=task.labels, fmt=fmt, value_range=task.value_range)
+        return cls(tokenizer, kind=task.kind, label_names=task.labels, fmt=fmt, value_range=task.value_range,
+                   label_words=label_words)
 
     def encode(self, text: str, special: bool = False) -> list[int]:
         return self.tokenizer(text, add_special_tokens=special).input_ids
@@ -367,7 +373,7 @@ class Verbalizer:
 
     def shot_pairs(self, examples) -> list[tuple[str, str]]:
         if self.kind == "classification":
-            return [(e.text, e.label) for e in examples]
+            return [(e.text, self.words[self.label_names.index(e.label)]) for e in examples]
         return [(e.text, rating_label(e.label, self.value_range)) for e in examples]
 
     def predictions(self, scores: torch.Tensor, calibration: list[float] | None = None) -> Predictions:
@@ -380,14 +386,16 @@ class Verbalizer:
         return Predictions("regression", values=values.numpy())
 
     def describe(self) -> dict:
+        words = {"label_words": list(self.label_words)} if self.label_words else {}
         return {"kind": self.kind, "labels": list(self.label_names), "value_range": self.value_range,
-                "format": asdict(self.fmt)}
+                "format": asdict(self.fmt), **words}
 
     @classmethod
     def from_description(cls, tokenizer, description: dict) -> Verbalizer:
         value_range = tuple(description["value_range"]) if description["value_range"] else None
         return cls(tokenizer, kind=description["kind"], label_names=tuple(description["labels"]),
-                   fmt=PromptFormat(**description["format"]), value_range=value_range)
+                   fmt=PromptFormat(**description["format"]), value_range=value_range,
+                   label_words=description.get("label_words"))
 
 
 # --------------------------------------------------------------------------------------------------------------
