@@ -9,6 +9,7 @@ _EXPORTS = {
     "Predictor": "tunelab.predictor", "Predictions": "tunelab.predictor", "predict": "tunelab.predictor",
     "load_predictor": "tunelab.predictor", "save_predictor": "tunelab.predictor",
     "PromptConfig": "tunelab.prompting", "few_shot": "tunelab.prompting",
+    "SearchConfig": "tunelab.search", "search": "tunelab.search",
     "TuneConfig": "tunelab.tuning", "finetune": "tunelab.tuning",
     "evaluate": "tunelab.evaluate",
 }
