@@ -49,16 +49,21 @@ def _process_switches(threads: Optional[int] = Option(
                         ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error")):
         os.environ.setdefault(name, value)  # tunelab shows its own progress; the user's own settings win
     if "transformers" in sys.modules:  # imported before this command ran (a host program, tests): tell it directly
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
+        _quiet_transformers()
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}")
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _quiet_transformers() -> None:
+    """transformers' own bars and notices off (its GGUF reader draws a bar whatever the environment says)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
 
 
 def _flags(**given) -> dict:
@@ -90,6 +95,7 @@ def _task(task, train, test, text_field, label_field, kind):
 def _model(spec: str):
     from tunelab.models import load_model
 
+    _quiet_transformers()
     with err_console.status(f"loading {spec}") as status:
         return load_model(spec, status=lambda message: status.update(message))
 
@@ -97,6 +103,7 @@ def _model(spec: str):
 def _predictor(directory: Path):
     from tunelab.predictor import load_predictor
 
+    _quiet_transformers()
     with err_console.status(f"loading {directory}"):
         return load_predictor(directory)
 
@@ -325,6 +332,7 @@ def predict_command(
 
     config = BulkConfig(**_flags(batch_size=batch_size, engine=engine, casefold=casefold, ray_address=ray_address,
                                  ray_actors=ray_actors))
+    _quiet_transformers()
     with _bars() as bars:
         counts = predict_file(model, input, store, config, text_field=text_field,
                               on_total=bars.total("predicting new inputs"),
@@ -354,6 +362,7 @@ def serve_command(
                                                port=port, max_text_chars=max_text_chars, max_batch=max_batch,
                                                max_body_bytes=max_body_bytes, max_matches=max_matches,
                                                live_batch=live_batch, max_live_pending=max_live_pending))
+    _quiet_transformers()
     serve(config, say=err_console.print)
 
 
