@@ -64,7 +64,8 @@ def main():
         start = time.perf_counter()
         rerun = predict_all(predictor, texts, store, BulkConfig(batch_size=args.batch_size))
         rerun_seconds = time.perf_counter() - start
-        same = sorted((r.input, r.label) for r in naive_store.rows()) == sorted((r.input, r.label) for r in store.rows())
+        labels = [sorted((r.input, r.label) for r in s.rows()) for s in (naive_store, store)]
+        same = labels[0] == labels[1]
 
     table = Table(title=f"bulk prediction of {len(texts):,} texts ({counts['distinct']:,} distinct), {name}")
     for column in ("path", "model calls", "seconds", "texts/s", "speed-up"):

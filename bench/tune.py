@@ -35,7 +35,8 @@ def main():
     for arm, r in results.items():
         per_epoch = r["train_seconds"] / r["epochs_run"] if "train_seconds" in r else None
         table.add_row(arm, f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
-                      f"{per_epoch:.1f}" if per_epoch else "-", f"{r['peak_rss_mb']:,.0f}" if "peak_rss_mb" in r else "-",
+                      f"{per_epoch:.1f}" if per_epoch else "-",
+                      f"{r['peak_rss_mb']:,.0f}" if "peak_rss_mb" in r else "-",
                       f"{r['params_trainable']:,}", f"{100 * r['params_trainable'] / r['params_total']:.2f}",
                       str(r.get("epochs_run", "-")))
     console = Console(width=150)
