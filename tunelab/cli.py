@@ -11,12 +11,10 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-from rich.text import Text
 from typer import Option
 from typer.core import TyperGroup
 
@@ -108,41 +106,13 @@ def _predictor(directory: Path):
         return load_predictor(directory)
 
 
-# -- progress -----------------------------------------------------------------------------------------------------
-class _RateColumn(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed or 0:.1f} ex/s")
-
-
-class _Bars:
-    """Rich progress bars made on first use; each method gives a callback that a library function calls."""
-
-    def __init__(self, progress: Progress):
-        self.progress, self.ids = progress, {}
-
-    def bar(self, name: str, total: int | None = None) -> Callable[..., None]:
-        """Advances bar `name` by its first argument (later ones, such as a loss, are ignored)."""
-        def advance(n: int = 1, *_ignored):
-            if name not in self.ids:
-                self.ids[name] = self.progress.add_task(name, total=total)
-            self.progress.advance(self.ids[name], n)
-        return advance
-
-    def total(self, name: str) -> Callable[[int], None]:
-        """Sets bar `name`'s total once the library knows it."""
-        return lambda n: self.ids.setdefault(name, self.progress.add_task(name, total=n))
-
-    def note(self, name: str) -> Callable[..., None]:
-        """Prints a line above the bars (an epoch and its validation loss)."""
-        return lambda *values: self.progress.console.print(f"{name}: " + " ".join(map(str, values)))
-
-
 @contextmanager
 def _bars(transient: bool = True):
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=transient) as progress:
-        yield _Bars(progress)
+    """Progress bars on stderr (report.ProgressBars); each of its methods gives a library function its callback."""
+    from tunelab.report import progress_bars
+
+    with progress_bars(err_console, transient) as bars:
+        yield bars
 
 
 # -- printing -----------------------------------------------------------------------------------------------------

@@ -7,12 +7,53 @@ from __future__ import annotations
 import base64
 import html
 import io
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from tunelab.evaluate import headline_quality
 from tunelab.predictor import write_json_atomic
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed or 0:.1f} ex/s")
+
+
+class ProgressBars:
+    """Rich progress bars made on first use; each method gives the callback a library function calls."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.ids = progress, {}
+
+    def bar(self, name: str, total: int | None = None) -> Callable[..., None]:
+        """Advances bar `name` by its first argument (later ones, such as a loss, are ignored)."""
+        def advance(n: int = 1, *_ignored):
+            if name not in self.ids:
+                self.ids[name] = self.progress.add_task(name, total=total)
+            self.progress.advance(self.ids[name], n)
+        return advance
+
+    def total(self, name: str) -> Callable[[int], None]:
+        """Sets bar `name`'s total once the library knows it."""
+        return lambda n: self.ids.setdefault(name, self.progress.add_task(name, total=n))
+
+    def note(self, name: str) -> Callable[..., None]:
+        """Prints a line above the bars (an epoch and its validation loss)."""
+        return lambda *values: self.progress.console.print(f"{name}: " + " ".join(map(str, values)))
+
+
+@contextmanager
+def progress_bars(console, transient: bool = True):
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=transient) as progress:
+        yield ProgressBars(progress)
+
 
 _HEADERS = {"rung": "rung", "method": "method", "epochs_run": "epochs", "train_seconds": "train s",
             "peak_rss_mb": "peak MB", "shots": "K", "select": "select", "calibrate": "calib", "accuracy": "acc",
