@@ -130,23 +130,26 @@ CSV_FIELD_LIMIT = 1 << 30  # documents are long; the csv module's default limit 
 
 
 def _csv_rows(path: Path, text: str, fields):
-    csv.field_size_limit(CSV_FIELD_LIMIT)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    previous_limit = csv.field_size_limit(CSV_FIELD_LIMIT)  # module-wide state: set for this read, then restored
     try:
-        header = reader.fieldnames or []
-    except csv.Error as err:
-        raise InputError(f"is not valid CSV ({err})", path=path, line=1) from None
-    for name, flag in fields:
-        if name not in header:
-            raise InputError(f"is missing from the header {header}", path=path, line=1, field=name,
-                             hint=f"use {flag} to name the column")
-    try:
-        for row in reader:
-            if None in row:  # more cells than header columns
-                raise InputError("has more cells than the header", path=path, line=reader.line_num)
-            yield reader.line_num, row
-    except csv.Error as err:
-        raise InputError(f"is not valid CSV ({err})", path=path, line=reader.line_num) from None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as err:
+            raise InputError(f"is not valid CSV ({err})", path=path, line=1) from None
+        for name, flag in fields:
+            if name not in header:
+                raise InputError(f"is missing from the header {header}", path=path, line=1, field=name,
+                                 hint=f"use {flag} to name the column")
+        try:
+            for row in reader:
+                if None in row:  # more cells than header columns
+                    raise InputError("has more cells than the header", path=path, line=reader.line_num)
+                yield reader.line_num, row
+        except csv.Error as err:
+            raise InputError(f"is not valid CSV ({err})", path=path, line=reader.line_num) from None
+    finally:
+        csv.field_size_limit(previous_limit)
 
 
 def _example(path: Path, line: int, row: dict, text_field: str, label_field: str, kind: Kind) -> Example:
