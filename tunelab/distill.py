@@ -38,13 +38,13 @@ from tunelab.predictor import Predictions, Predictor, check_fits_task, save_pred
 from tunelab.store import Store
 from tunelab.tasks import Task
 from tunelab.verbalizer import (
-    LENGTH_QUANTILE,
     TRAIN_MAX_TOKENS,
     CausalLMPredictor,
     Verbalizer,
     context_window,
     expected_rating,
-    fit_text,
+    fit_texts,
+    length_quantile,
     rating_to_value,
     resolve_max_length,
 )
@@ -196,7 +196,7 @@ class EncoderStudent:
 
     def _fit(self, texts: list[str]) -> list[tuple[str, bool]]:
         """The one length rule (head and tail kept), within the encoder's budget less its [CLS] and [SEP]."""
-        return [fit_text(self.tokenizer, text, self.max_length - ENCODER_SPECIAL_TOKENS) for text in texts]
+        return fit_texts(self.tokenizer, texts, self.max_length - ENCODER_SPECIAL_TOKENS)
 
     def count_truncated(self, texts: list[str]) -> int:
         return sum(cut for _, cut in self._fit(texts))
@@ -287,8 +287,7 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
         if config.max_length is not None and config.max_length > context:
             raise ConfigError(f"--max-length {config.max_length} is larger than the student's context window "
                               f"({context} tokens)")
-        lengths = sorted(len(ids) for ids in tokenizer(_length_sample(task)).input_ids)
-        derived = lengths[min(len(lengths) - 1, int(LENGTH_QUANTILE * (len(lengths) - 1)))] if lengths else context
+        derived = length_quantile([len(ids) for ids in tokenizer(_length_sample(task)).input_ids], context)
         meta = {**meta, "max_length": config.max_length or min(derived, context, TRAIN_MAX_TOKENS)}
         student = EncoderStudent(encoder.to(choose_device()), tokenizer, kind=task.kind, label_names=task.labels,
                                  meta=meta)

@@ -122,17 +122,34 @@ def context_window(lm: torch.nn.Module) -> int:
                or FALLBACK_CONTEXT)
 
 
-def fit_text(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
-    """`text` cut to at most about `max_tokens` tokens, keeping its head and its tail with a marker between
+def fit_texts(tokenizer, texts: list[str], max_tokens: int) -> list[tuple[str, bool]]:
+    """Each text cut to at most about `max_tokens` tokens, keeping its head and its tail with a marker between
     (a subject line and a signature both carry signal); the cut falls on token boundaries of the text's own
-    tokenization. Returns (text, whether it was cut)."""
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = encoded["offset_mapping"]
-    if len(offsets) <= max_tokens:
-        return text, False
-    budget = max(2, max_tokens - len(tokenizer(TRUNCATION_MARKER, add_special_tokens=False).input_ids))
-    head, tail = (budget + 1) // 2, budget // 2
-    return text[: offsets[head - 1][1]] + TRUNCATION_MARKER + text[offsets[len(offsets) - tail][0]:], True
+    tokenization, all texts tokenized in one call. Returns (text, whether it was cut) per text."""
+    if not texts:
+        return []
+    marker = len(tokenizer(TRUNCATION_MARKER, add_special_tokens=False).input_ids)
+    head, tail = (max(2, max_tokens - marker) + 1) // 2, max(2, max_tokens - marker) // 2
+    fitted = []
+    for text, offsets in zip(texts, tokenizer(texts, add_special_tokens=False,
+                                              return_offsets_mapping=True)["offset_mapping"]):
+        if len(offsets) <= max_tokens:
+            fitted.append((text, False))
+        else:
+            fitted.append((text[: offsets[head - 1][1]] + TRUNCATION_MARKER + text[offsets[len(offsets) - tail][0]:],
+                           True))
+    return fitted
+
+
+def fit_text(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
+    """fit_texts for one text."""
+    return fit_texts(tokenizer, [text], max_tokens)[0]
+
+
+def length_quantile(lengths: list[int], default: int) -> int:
+    """The LENGTH_QUANTILE point of `lengths` (`default` when there are none): what a derived max_length holds."""
+    ordered = sorted(lengths)
+    return ordered[int(LENGTH_QUANTILE * (len(ordered) - 1))] if ordered else default
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -325,6 +342,7 @@ class Verbalizer:
         else:
             self.words = [str(i) for i in range(1, SCALE_POINTS + 1)]
         self.label_texts = [fmt.label_text(word) for word in self.words]
+        self._overheads: dict[str, int] = {}  # per prefix: computed once, asked for on every batch
 
     @classmethod
     def for_task(cls, tokenizer, task, *, template: str | None = None, instruction: str | None = None,
@@ -353,13 +371,16 @@ class Verbalizer:
         """Tokens a prompt holds besides its text: the prefix (default: the instruction), the query's template and
         the longest label (special tokens included)."""
         prefix = self.fmt.instruction if prefix is None else prefix
-        return max(len(pair.ids) for pair in self.pairs(prefix, [""])[0])
+        if prefix not in self._overheads:
+            if len(self._overheads) >= 64:  # per-query shot prefixes (similar selection) would grow it without end
+                self._overheads.clear()
+            self._overheads[prefix] = max(len(pair.ids) for pair in self.pairs(prefix, [""])[0])
+        return self._overheads[prefix]
 
     def fit(self, texts: list[str], max_length: int, prefix: str | None = None) -> tuple[list[str], int]:
         """Texts cut (head and tail, fit_text) so that prefix + query + the longest label fits in `max_length`
         tokens: the template and the cue before the label always survive. Returns the texts and how many were cut."""
-        budget = max(1, max_length - self.overhead(prefix))
-        fitted = [fit_text(self.tokenizer, text, budget) for text in texts]
+        fitted = fit_texts(self.tokenizer, texts, max(1, max_length - self.overhead(prefix)))
         return [text for text, _ in fitted], sum(cut for _, cut in fitted)
 
     def derive_max_length(self, texts: list[str], *, context: int, cap: int | None = None) -> int:
@@ -367,8 +388,8 @@ class Verbalizer:
         the model's context window and by `cap` (a memory budget); never less than the template itself needs."""
         sample = texts[:: max(1, len(texts) // 1000)][:1000]
         overhead = self.overhead()
-        lengths = sorted(overhead + len(ids) for ids in self.tokenizer(sample, add_special_tokens=False).input_ids)
-        wanted = lengths[min(len(lengths) - 1, int(LENGTH_QUANTILE * (len(lengths) - 1)))] if lengths else overhead + 1
+        lengths = [overhead + len(ids) for ids in self.tokenizer(sample, add_special_tokens=False).input_ids]
+        wanted = length_quantile(lengths, overhead + 1)
         return max(overhead + 1, min(wanted, context, cap or context))
 
     def shot_pairs(self, examples) -> list[tuple[str, str]]:
