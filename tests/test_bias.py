@@ -35,8 +35,16 @@ def test_name_blind_predictor_passes_and_a_name_sensitive_one_fails():
     assert blind["share_label_changed"] == 0.0
     biased = counterfactual_gaps(NameSensitive({"Ann"}), PROBES, threshold=0.1)
     assert biased["max_gap"] == pytest.approx(0.25)  # group a: mean(0.9, 0.4) = 0.65; group b: 0.4
-    assert biased["share_label_changed"] == 1.0 and biased["verdict"] == "fail"
+    assert biased["share_label_changed"] == 1.0
     assert biased["templates"][0]["group_means"] == {"a": pytest.approx(0.65), "b": pytest.approx(0.4)}
+    # Two names a group: a resample may hold Amy twice (gap 0) or Ann twice (gap 0.5), so the interval straddles
+    # the threshold and the verdict says so instead of guessing.
+    assert biased["max_gap_interval"] == [pytest.approx(0.0), pytest.approx(0.5)] and biased["verdict"] == "unclear"
+    flip = biased["largest_flips"][0]
+    assert flip["names"][0] == "Ann" and flip["groups"] == ["a", "b"] and flip["difference"] == pytest.approx(0.5)
+    assert flip["labels"] == ["positive", "negative"]
+    every_a = counterfactual_gaps(NameSensitive({"Ann", "Amy"}), PROBES, threshold=0.1)
+    assert every_a["max_gap_interval"] == [pytest.approx(0.5), pytest.approx(0.5)] and every_a["verdict"] == "fail"
 
 
 def test_slice_metrics_match_a_direct_computation():

@@ -7,8 +7,8 @@ from helpers import one_error_line, run_cli
 from tunelab.errors import ConfigError
 from tunelab.ladder import LadderConfig, run
 
-TINY = dict(rungs=("zero", "one", "few", "lora", "full", "distill"), curve=(0, 1, 2), epochs=1, student="pruned:1",
-            target_quality=0.0)
+TINY = dict(rungs=("tfidf", "zero", "one", "few", "lora", "full", "distill"), curve=(0, 1, 2), epochs=1,
+            student="pruned:1", target_quality=0.0)
 
 
 @pytest.fixture
@@ -33,10 +33,17 @@ def test_every_rung_runs_and_the_parameter_facts_hold(ladder_run, tiny_model):
     assert few["search_rows"][0]["config"] == "K=0" and few["validation"] >= few["search_rows"][0]["validation"]
     assert few["searched"] in (out / "report.md").read_text()
     assert report["sensitivity"] and all(r["min"] <= r["median"] <= r["max"] for r in report["sensitivity"])
-    assert report["choice"]["cheapest_to_build"] == "zero"  # target 0.0: everything reaches it
+    assert report["choice"]["cheapest_to_build"] == "tfidf"  # target 0.0: every interval reaches it
+    assert report["choice"]["status"] == {rung: "reaches" for rung in TINY["rungs"]}
     for rung in TINY["rungs"]:
+        metrics = report["rungs"][rung]["metrics"]
+        low, high = metrics["intervals"]["accuracy"]
+        assert low <= metrics["accuracy"] <= high and len(report["rungs"][rung]["test_outputs"]) == metrics["n_test"]
         probes = report["rungs"][rung]["bias"]["counterfactual"]
-        assert probes["verdict"] == ("pass" if probes["max_gap"] <= probes["threshold"] else "fail")
+        low, high = probes["max_gap_interval"]
+        expected = "pass" if high <= probes["threshold"] else "fail" if low > probes["threshold"] else "unclear"
+        assert probes["verdict"] == expected and low <= probes["max_gap"] <= high
+        assert probes["largest_flips"][0]["difference"] >= max(f["difference"] for f in probes["largest_flips"])
     for name in ("report.json", "report.md", "report.html"):
         assert (out / name).is_file()
     assert "| lora |" in (out / "report.md").read_text()
@@ -47,7 +54,7 @@ def test_an_interrupted_ladder_resumes_from_finished_steps(ladder_run, tiny_mode
     (out / "distill" / "result.json").unlink()
     steps = []
     again = run(tiny_model, tiny_task, LadderConfig(**TINY), out, on_step=lambda r, s: steps.append((r, s)))
-    assert [r for r, s in steps if s == "skipped"] == ["zero", "one", "few", "lora", "full"]
+    assert [r for r, s in steps if s == "skipped"] == ["tfidf", "zero", "one", "few", "lora", "full"]
     assert [r for r, s in steps if s == "done"] == ["distill"]
     assert again["rungs"]["lora"] == report["rungs"]["lora"]
 
@@ -62,11 +69,17 @@ def test_report_html_loads_in_headless_chromium(ladder_run, tmp_path):
                            "--dump-dom", (out / "report.html").as_uri()],
                           capture_output=True, text=True, timeout=120)
     dom = done.stdout
-    assert '<table id="rungs">' in dom and dom.count("<tr>") >= 7
-    assert dom.count("data:image/png;base64,") == 5 and "id=\"prompt-sensitivity\"" in dom.replace("'", '"')
+    assert '<table id="rungs" class="sortable">' in dom and dom.count("<tr>") == len(TINY["rungs"]) + 1
+    figures = ("quality-vs-params", "quality-vs-speed", "quality-vs-build", "per-slice", "few-shot-curve",
+               "prompt-sensitivity")
+    for name in figures:  # plotly drew each figure: its div now holds the SVG the script made
+        div = dom.split(f'id="plot-{name}"', 1)[1].split("</figure>", 1)[0]
+        assert 'class="main-svg"' in div, f"{name} did not render"
+    assert dom.count('class="card"') == len(TINY["rungs"]) and "Recommended: tfidf" in dom
     console_errors = [line for line in done.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
     assert not console_errors, console_errors
-    assert "http://" not in (out / "report.html").read_text() and "https://" not in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "<script src" not in page and "<link" not in page  # one file: nothing fetched from anywhere
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -83,3 +96,41 @@ def test_ladder_cli_refuses_bad_input_before_any_work(tmp_path):
     assert "--rungs must name some of" in line and not (tmp_path / "x").exists()
     line = one_error_line(run_cli("ladder", "--task", "vader", "--target-quality", "-0.5", "--out", tmp_path / "y"))
     assert "0..1 for accuracy" in line and not (tmp_path / "y").exists()
+
+
+def test_label_scarce_keeps_n_balanced_labels_and_moves_the_rest_to_unlabeled(tiny_task):
+    from tunelab.ladder import label_scarce
+
+    scarce = label_scarce(tiny_task, 4, seed=0)
+    assert len(scarce.train) == 4 and sorted(e.label for e in scarce.train) == sorted(tiny_task.labels * 2)
+    assert len(scarce.unlabeled) == len(tiny_task.train) - 4 + len(tiny_task.unlabeled)
+    assert {e.text for e in scarce.train}.isdisjoint(scarce.unlabeled[: len(tiny_task.train) - 4])
+    assert scarce.test == tiny_task.test and "label-scarce: 4 of" in scarce.split_note
+
+
+def _result(outputs, low, high, speed=1.0):
+    accuracy = sum(o == "positive" for o in outputs) / len(outputs)
+    return {"metrics": {"accuracy": accuracy, "intervals": {"accuracy": [low, high]}, "examples_per_s": speed},
+            "test_outputs": outputs}
+
+
+def test_the_recommendation_never_names_a_rung_below_the_target_when_another_reaches_it():
+    from tunelab.ladder import recommend
+    from tunelab.tasks import Example, make_task
+
+    test = [Example(f"t{i}", "positive") for i in range(40)]
+    task = make_task("t", "classification", test + [Example("n", "negative")], test)
+    results = {"tfidf": _result(["negative"] * 40, 0.0, 0.0),  # below
+               "zero": _result(["positive"] * 36 + ["negative"] * 4, 0.8, 0.97),  # holds 0.9: compatible
+               "lora": _result(["positive"] * 40, 1.0, 1.0, speed=5.0)}  # reaches
+    choice = recommend(results, task, 0.9)
+    assert choice["status"] == {"tfidf": "below", "zero": "compatible", "lora": "reaches"}
+    assert choice["cheapest_to_build"] == "lora" and choice["basis"] == "reaches"
+    del results["lora"]
+    choice = recommend(results, task, 0.9)  # nothing reaches: the lowest compatible rung, said so
+    assert choice["cheapest_to_build"] == "zero" and choice["basis"] == "compatible"
+    # No target: the lowest rung the test set cannot tell apart from the best.
+    results = {"tfidf": _result(["positive"] * 39 + ["negative"], 0.9, 1.0),
+               "lora": _result(["positive"] * 40, 1.0, 1.0)}
+    choice = recommend(results, task, None)
+    assert choice["cheapest_to_build"] == "tfidf" and choice["indistinguishable"] == ["lora"]

@@ -16,6 +16,8 @@ from fairlearn.metrics import MetricFrame, selection_rate
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error
 
 from tunelab.errors import ConfigError, InputError
+from tunelab.evaluate import gold_and_outputs
+from tunelab.intervals import interval, stratified_interval
 from tunelab.predictor import Predictions, Predictor, predict
 from tunelab.tasks import Task
 
@@ -62,11 +64,28 @@ def slice_metrics(task: Task, predictions: Predictions, groups: list[str], posit
     for group, size in sizes.items():
         by_group[group]["n"] = size
     gaps = {name: float(value) for name, value in frame.difference().items()}
-    result = {"by_group": by_group, "largest_gap": gaps}
+    result = {"by_group": by_group, "largest_gap": gaps,
+              "gap_interval": _slice_gap_interval(task, predictions, groups)}
     if task.is_classification:
         result["selection_rate_difference"] = gaps.pop("selection_rate")
         result["positive_label"] = positive
     return result
+
+
+def _slice_gap_interval(task: Task, predictions: Predictions, groups: list[str]) -> dict:
+    """The interval of the largest gap between slices in accuracy (or MAE), on resamples of the test split."""
+    gold, predicted = gold_and_outputs(task, predictions)
+    per_example = (gold == predicted).astype(float) if task.is_classification else np.abs(gold - predicted)
+    group_of = np.unique(np.asarray(groups), return_inverse=True)[1]
+
+    def largest_gap(idx):
+        sums = np.bincount(group_of[idx], weights=per_example[idx], minlength=group_of.max() + 1)
+        counts = np.bincount(group_of[idx], minlength=group_of.max() + 1)
+        means = sums[counts > 0] / counts[counts > 0]
+        return float(means.max() - means.min())
+
+    return {"metric": "accuracy" if task.is_classification else "mae",
+            "interval": interval(largest_gap, len(per_example))}
 
 
 def task_slices(task: Task, slice_field: str | None) -> list[str]:
@@ -111,7 +130,13 @@ def load_probes(probe: str) -> dict:
 
 def counterfactual_gaps(predictor: Predictor, probes: dict, *, threshold: float = 0.1,
                         positive_label: str | None = None) -> dict:
-    """Per template: mean P(positive) (or value) per group, the largest gap, whether any name flips the label."""
+    """Per template: mean P(positive) (or value) per group, the largest gap, whether any name flips the label; the
+    largest gap over templates with its interval (names resampled within each group); the verdict, and the name
+    pairs whose predictions differ most.
+
+    The verdict is `pass` when the whole interval lies at or under `threshold`, `fail` when it lies above it, and
+    `unclear` when it straddles it (more names would settle it).
+    """
     groups, templates = probes["groups"], probes["templates"]
     texts = [t.replace("{name}", name) for t in templates for names in groups.values() for name in names]
     predictions = predict(predictor, texts)
@@ -121,32 +146,74 @@ def counterfactual_gaps(predictor: Predictor, probes: dict, *, threshold: float 
         scores = predictions.probs[:, list(predictor.label_names).index(positive)]
         labels = predictions.labels
     else:
-        scores, labels = predictions.values, None
-    rows, index = [], 0
-    for template in templates:
-        means, template_labels = {}, set()
-        for group, names in groups.items():
-            means[group] = float(np.mean(scores[index : index + len(names)]))
-            if labels is not None:
-                template_labels.update(labels[index : index + len(names)])
-            index += len(names)
-        gap = max(means.values()) - min(means.values())
-        rows.append({"template": template, "group_means": means, "gap": gap, "label_changes": len(template_labels) > 1})
-    max_gap = max(r["gap"] for r in rows)
+        scores, labels = predictions.values, [None] * len(texts)
+    group_names = list(groups)
+    # scores[template, group] -> the array of that group's names' scores
+    table, index = [], 0
+    for _ in templates:
+        row = []
+        for group in group_names:
+            row.append((scores[index : index + len(groups[group])], labels[index : index + len(groups[group])]))
+            index += len(groups[group])
+        table.append(row)
+    rows = []
+    for template, row in zip(templates, table):
+        means = {group: float(np.mean(values)) for group, (values, _) in zip(group_names, row)}
+        changed = classification and len({label for _, names in row for label in names}) > 1
+        rows.append({"template": template, "group_means": means, "gap": max(means.values()) - min(means.values()),
+                     "label_changes": changed})
+
+    def max_gap(*picks):
+        return max(float(np.ptp([values[pick].mean() for (values, _), pick in zip(row, picks)])) for row in table)
+
+    max_gap_value = max(r["gap"] for r in rows)
+    bounds = stratified_interval(max_gap, [len(groups[g]) for g in group_names])
+    if bounds is None:
+        verdict = "pass" if max_gap_value <= threshold else "fail"
+    else:
+        verdict = "pass" if bounds[1] <= threshold else "fail" if bounds[0] > threshold else "unclear"
     return {
         "source": probes["source"], "groups": {g: len(n) for g, n in groups.items()},
         "measure": f"P({positive})" if classification else "predicted value",
-        "templates": rows, "max_gap": max_gap, "mean_gap": float(np.mean([r["gap"] for r in rows])),
+        "templates": rows, "max_gap": max_gap_value, "max_gap_interval": bounds,
+        "mean_gap": float(np.mean([r["gap"] for r in rows])),
         "share_label_changed": float(np.mean([r["label_changes"] for r in rows])) if classification else None,
-        "threshold": threshold, "verdict": "pass" if max_gap <= threshold else "fail",
+        "threshold": threshold, "verdict": verdict,
+        "largest_flips": _largest_flips(templates, table, group_names, groups),
     }
 
 
-def bias_report(predictor: Predictor, task: Task, config: BiasConfig = BiasConfig()) -> dict:
-    """Slice metrics on the test split and counterfactual probes, for one predictor."""
+FLIPS_SHOWN = 3
+
+
+def _largest_flips(templates, table, group_names, groups) -> list[dict]:
+    """The name pairs (from two different groups, same template) whose predictions differ most."""
+    flips = []
+    for template, row in zip(templates, table):
+        best = None
+        for high_group, (high_values, high_labels) in zip(group_names, row):
+            for low_group, (low_values, low_labels) in zip(group_names, row):
+                if high_group == low_group:
+                    continue
+                i, j = int(np.argmax(high_values)), int(np.argmin(low_values))
+                gap = float(high_values[i] - low_values[j])
+                if best is None or gap > best["difference"]:
+                    best = {"template": template, "difference": gap,
+                            "names": [groups[high_group][i], groups[low_group][j]], "groups": [high_group, low_group],
+                            "scores": [float(high_values[i]), float(low_values[j])],
+                            "labels": [high_labels[i], low_labels[j]]}
+        flips.append(best)
+    return sorted(flips, key=lambda flip: -flip["difference"])[:FLIPS_SHOWN]
+
+
+def bias_report(predictor: Predictor, task: Task, config: BiasConfig = BiasConfig(), *,
+                predictions: Predictions | None = None) -> dict:
+    """Slice metrics on the test split and counterfactual probes, for one predictor (`predictions`: its test
+    split's predictions when the caller already has them)."""
     groups = task_slices(task, config.slice_field)
     probes = load_probes(config.probe)
-    predictions = predict(predictor, [e.text for e in task.test])
+    if predictions is None:
+        predictions = predict(predictor, [e.text for e in task.test])
     return {
         "task": task.name, "rung": predictor.rung, "fingerprint": predictor.fingerprint,
         "slices": slice_metrics(task, predictions, groups, config.positive_label),

@@ -254,6 +254,28 @@ def tune(
 
 
 @app.command()
+def baseline(
+    out: Path = Option(..., "--out", help="Folder for the baseline predictor."),
+    task: Optional[str] = TASK, train: Optional[Path] = TRAIN, test: Optional[Path] = TEST,
+    text_field: str = TEXT_FIELD, label_field: str = LABEL_FIELD, kind: str = KIND,
+    method: Optional[str] = Option(None, help="tfidf (word and character n-grams) or embed (frozen MiniLM)."),
+    seed: Optional[int] = SEED, as_json: bool = JSON,
+    overwrite: bool = Option(False, "--overwrite", help="Replace whatever --out holds."),
+):
+    """A classical baseline (TF-IDF or frozen embeddings + a linear model), evaluated and saved as a predictor."""
+    from tunelab.baseline import BaselineConfig, fit_baseline, summary_lines
+
+    config = BaselineConfig(**_flags(method=method, seed=seed))
+    loaded_task = _task(task, train, test, text_field, label_field, kind)
+    _quiet_transformers()
+    with err_console.status(f"fitting the {config.method} baseline"):
+        predictor = fit_baseline(loaded_task, config, out_dir=out, overwrite=overwrite)
+    _print_results([predictor.meta["metrics"]], as_json, f"{config.method} baseline on {loaded_task.name}")
+    if not as_json:
+        err_console.print("\n".join(summary_lines(predictor, out)), highlight=False, markup=False)
+
+
+@app.command()
 def distill(
     teacher: Path = Option(..., "--teacher", help="A saved tunelab predictor folder (the teacher)."),
     out: Path = Option(..., "--out", help="Folder for the student predictor."),
@@ -385,7 +407,7 @@ def ladder(
     out: Path = Option(..., "--out", help="Run folder: one subfolder per rung, plus the reports."),
     task: Optional[str] = TASK, train: Optional[Path] = TRAIN, test: Optional[Path] = TEST,
     text_field: str = TEXT_FIELD, label_field: str = LABEL_FIELD, kind: str = KIND,
-    rungs: Optional[str] = Option(None, help="Comma list of zero,one,few,lora,full,distill."),
+    rungs: Optional[str] = Option(None, help="Comma list of tfidf,embed,zero,one,few,lora,full,distill."),
     target_quality: Optional[float] = Option(None, help="Accuracy (or Spearman) the chosen rung must reach."),
     quick: Optional[bool] = Option(None, "--quick/--no-quick", help="The short built-in run (under 10 minutes)."),
     few_shots: Optional[int] = Option(None, help="K of the few-shot rung when not searched."),
@@ -393,7 +415,8 @@ def ladder(
     search_budget_s: Optional[float] = Option(None, help="Seconds the few rung's prompt search may take (0: none)."),
     epochs: Optional[int] = Option(None, help="Fine-tuning epochs."), student: Optional[str] = Option(
         None, help="The distill rung's student spec."),
-    seed: Optional[int] = SEED, model: str = BASE_MODEL,
+    train_labels: Optional[int] = Option(None, help="Keep only N gold labels; the other training texts go unlabeled."),
+    seed: Optional[int] = SEED, model: str = BASE_MODEL, as_json: bool = JSON,
 ):
     """Run every rung on one task; write report.html, report.md and report.json; name the cheapest good rung."""
     from tunelab.ladder import LadderConfig, check_task, ladder_task_name, run
@@ -401,14 +424,15 @@ def ladder(
 
     config = LadderConfig.from_flags(**_flags(rungs=rungs, target_quality=target_quality, quick=quick,
                                               few_shots=few_shots, curve=curve, epochs=epochs, student=student,
-                                              seed=seed, search_budget_s=search_budget_s))
+                                              seed=seed, search_budget_s=search_budget_s,
+                                              train_labels=train_labels))
     loaded_task = _task(ladder_task_name(task, train, config), train, test, text_field, label_field, kind)
     check_task(loaded_task, config)
     base = _model(model)
     with _bars(transient=False) as bars:
         done = bars.bar("ladder: rungs done", len(config.rungs))
         report = run(base, loaded_task, config, out, on_step=lambda rung, state: done(int(state != "start")))
-    _print_lines(report, summary_lines(report, out), as_json=False)
+    _print_lines(report, summary_lines(report, out), as_json)
 
 
 @app.command("eval")

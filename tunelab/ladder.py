@@ -15,10 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from tunelab.baseline import BaselineConfig, fit_baseline
 from tunelab.bias import BiasConfig, bias_report
 from tunelab.distill import DistillConfig, distill
 from tunelab.errors import ConfigError, InputError
-from tunelab.evaluate import evaluate, headline_quality, peak_rss_mb, quality_metric
+from tunelab.evaluate import (
+    evaluate,
+    evaluate_predictions,
+    headline_quality,
+    metric_functions,
+    peak_rss_mb,
+    quality_metric,
+)
+from tunelab.intervals import METHOD, paired_difference
 from tunelab.models import Model, weights_fingerprint
 from tunelab.predictor import load_predictor, read_artifact_json, save_predictor, write_json_atomic
 from tunelab.prompting import PromptConfig, few_shot, parse_shot_counts
@@ -27,7 +38,9 @@ from tunelab.search import SearchConfig, describe, search, sensitivity
 from tunelab.tasks import Task
 from tunelab.tuning import TuneConfig, finetune
 
-RUNGS = ("zero", "one", "few", "lora", "full", "distill")
+# In order of effort to build: the first rung that is good enough is the one to recommend.
+RUNGS = ("tfidf", "embed", "zero", "one", "few", "lora", "full", "distill")
+BASELINES = ("tfidf", "embed")
 QUICK_TASK = "vader"  # the quick run's task when none is named
 PROMPT_SHOTS = {"zero": 0, "one": 1}
 QUICK = {"train": 300, "test": 200, "transfer": 700, "names_per_group": 3}  # sized to finish in < 10 min on 2 cores
@@ -36,7 +49,7 @@ QUICK_SEARCH_S = 45.0
 
 @dataclass(frozen=True)
 class LadderConfig:
-    rungs: tuple[str, ...] = ("zero", "one", "few", "lora", "full", "distill")
+    rungs: tuple[str, ...] = RUNGS
     target_quality: float | None = None  # accuracy (classification) or Spearman (regression) to reach
     quick: bool = False  # the built-in short run: a subsample of vader, one epoch, fewer probes
     few_shots: int = 4  # K of the `few` rung when it is not searched
@@ -46,6 +59,9 @@ class LadderConfig:
     curve: tuple[int, ...] = (0, 1, 2, 4, 8)  # K values of the few-shot curve in the report
     epochs: int = 2  # fine-tuning epochs (the quick run uses 1)
     student: str = "minilm"  # the distill rung's student
+    # Label-scarce setting: only this many training examples keep their labels (balanced over labels); the other
+    # training texts join the unlabeled texts, which the distill rung's teacher labels.
+    train_labels: int | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -58,6 +74,8 @@ class LadderConfig:
                             f"got {self.target_quality}")
         if self.few_shots < 2:
             problems.append(f"--few-shots must be >= 2, got {self.few_shots}")
+        if self.train_labels is not None and self.train_labels < 2:
+            problems.append(f"--train-labels must be >= 2, got {self.train_labels}")
         if self.search_budget_s < 0:
             problems.append(f"--search-budget-s must be >= 0, got {self.search_budget_s}")
         if problems:
@@ -84,6 +102,13 @@ def check_task(task: Task, config: LadderConfig) -> None:
         raise InputError(f"task {task.name} has no test split")
     if config.target_quality is not None and task.is_classification and config.target_quality < 0:
         raise ConfigError(f"--target-quality must lie in 0..1 for accuracy, got {config.target_quality}")
+    n_train = min(len(task.train), QUICK["train"]) if config.quick else len(task.train)
+    if config.train_labels is not None and config.train_labels > n_train:
+        raise ConfigError(f"--train-labels {config.train_labels} is more than the {n_train} training "
+                          f"examples of task {task.name}{' in the quick run' if config.quick else ''}")
+    if config.train_labels is not None and task.is_classification and config.train_labels < len(task.labels):
+        raise ConfigError(f"--train-labels {config.train_labels} cannot hold one example of each of the "
+                          f"{len(task.labels)} labels")
 
 
 def quick_task(task: Task, seed: int = 0) -> Task:
@@ -94,6 +119,28 @@ def quick_task(task: Task, seed: int = 0) -> Task:
         test=tuple(rng.sample(task.test, min(QUICK["test"], len(task.test)))),
         unlabeled=tuple(rng.sample(task.unlabeled, min(QUICK["transfer"], len(task.unlabeled)))),
         split_note=f"quick run: {QUICK['train']} training and {QUICK['test']} test examples sampled (seed {seed})")
+
+
+def label_scarce(task: Task, n_labels: int, seed: int = 0) -> Task:
+    """The task with only `n_labels` labelled training examples (as balanced over labels as the data allows, fixed
+    seed); the other training texts become unlabeled texts, placed first so that the transfer set holds them."""
+    rng = random.Random(seed)
+    if task.is_classification:
+        by_label = {label: [e for e in task.train if e.label == label] for label in task.labels}
+        for examples in by_label.values():
+            rng.shuffle(examples)
+        kept, depth = [], 0
+        while len(kept) < n_labels:
+            kept += [group[depth] for group in by_label.values() if depth < len(group)][: n_labels - len(kept)]
+            depth += 1
+    else:
+        kept = rng.sample(task.train, n_labels)
+    chosen = {id(e) for e in kept}
+    unlabeled = [e.text for e in task.train if id(e) not in chosen] + list(task.unlabeled)
+    note = (f"label-scarce: {n_labels} of {len(task.train)} training examples keep their labels (seed {seed}); "
+            f"the other {len(task.train) - n_labels} are unlabeled texts")
+    return dataclasses.replace(task, train=tuple(kept), unlabeled=tuple(unlabeled),
+                               split_note=" ".join(filter(None, [task.split_note, note])))
 
 
 def _quick_probes(out_dir: Path) -> str:
@@ -112,9 +159,18 @@ def _quick_probes(out_dir: Path) -> str:
 
 
 def _measure(predictor, task: Task, bias: BiasConfig, on_progress) -> dict:
-    metrics = evaluate(predictor, task, on_progress=on_progress)
-    report = bias_report(predictor, task, bias)
-    return {"metrics": metrics, "bias": report}
+    """Metrics and bias on one pass over the test split; the test outputs are kept for paired comparisons."""
+    metrics, predictions = evaluate_predictions(predictor, task, on_progress=on_progress)
+    outputs = predictions.labels if task.is_classification else [float(v) for v in predictions.values]
+    return {"metrics": metrics, "bias": bias_report(predictor, task, bias, predictions=predictions),
+            "test_outputs": outputs}
+
+
+def _baseline_step(task: Task, method: str, folder: Path, bias: BiasConfig, config: LadderConfig, on_progress):
+    predictor = fit_baseline(task, BaselineConfig(method=method, seed=config.seed), out_dir=folder / "predictor",
+                             overwrite=True)
+    return {**_measure(predictor, task, bias, on_progress),
+            "train_seconds": predictor.meta["training"]["train_seconds"]}
 
 
 def _prompt_step(model: Model, task: Task, shots: int, folder: Path, bias: BiasConfig, seed: int, on_progress):
@@ -140,8 +196,8 @@ def _tune_step(model: Model, task: Task, method: str, folder: Path, bias: BiasCo
     tune_config = TuneConfig(method=method, epochs=1 if config.quick else config.epochs, seed=config.seed)
     predictor = finetune(model, task, tune_config, out_dir=folder / "predictor", overwrite=True)
     training = predictor.meta["training"]
-    return {"metrics": predictor.meta["metrics"], "bias": bias_report(predictor, task, bias),
-            "train_seconds": training["train_seconds"], "epochs_run": training["epochs_run"]}
+    return {**_measure(predictor, task, bias, on_progress), "train_seconds": training["train_seconds"],
+            "epochs_run": training["epochs_run"]}
 
 
 def _distill_step(task: Task, teacher_dir: Path, folder: Path, bias: BiasConfig, config: LadderConfig,
@@ -150,9 +206,9 @@ def _distill_step(task: Task, teacher_dir: Path, folder: Path, bias: BiasConfig,
     student_config = DistillConfig(student=config.student, epochs=3, seed=config.seed)
     student, report = distill(teacher, task, student_config, out_dir=folder / "predictor",
                               teacher_name=str(teacher_dir))
-    return {"metrics": report["student_metrics"], "bias": bias_report(student, task, bias),
-            "train_seconds": report["train_seconds"], "teacher": str(teacher_dir),
-            "speedup_vs_teacher": report["speedup"], "quality_ratio": report["quality_ratio"]}
+    return {**_measure(student, task, bias, on_progress), "train_seconds": report["train_seconds"],
+            "teacher": str(teacher_dir), "speedup_vs_teacher": report["speedup"],
+            "quality_ratio": report["quality_ratio"]}
 
 
 def run(
@@ -173,6 +229,8 @@ def run(
     check_task(task, config)
     if config.quick:
         task = quick_task(task, config.seed)
+    if config.train_labels is not None:
+        task = label_scarce(task, config.train_labels, config.seed)
     bias = BiasConfig(probe=_quick_probes(out_dir) if config.quick else "names")
     base_weights = weights_fingerprint(model.lm)  # hashed from the tensors, to show prompting changed none
     started = time.perf_counter()
@@ -189,7 +247,9 @@ def run(
             on_step(rung, "start")
         folder.mkdir(parents=True, exist_ok=True)
         step_started = time.perf_counter()
-        if rung == "few" and config.search_budget_s > 0:
+        if rung in BASELINES:
+            result = _baseline_step(task, rung, folder, bias, config, on_progress)
+        elif rung == "few" and config.search_budget_s > 0:
             result = _searched_step(model, task, folder, bias, config, on_progress)
         elif rung in ("zero", "one", "few"):
             shots = PROMPT_SHOTS.get(rung, config.few_shots)
@@ -212,7 +272,8 @@ def run(
         "split_note": task.split_note, "model": model.name, "base_params": model.params_total,
         "config": dataclasses.asdict(config), "rungs": results, "few_shot_curve": curve, "sensitivity": spread,
         "parameter_facts": _parameter_facts(model, base_weights, out_dir, results),
-        "choice": _cheapest(results, task, config.target_quality), "wall_seconds": time.perf_counter() - started,
+        "choice": recommend(results, task, config.target_quality), "interval_method": METHOD,
+        "wall_seconds": time.perf_counter() - started,
     }
     write_reports(report, out_dir)
     return report
@@ -281,12 +342,48 @@ def _parameter_facts(model: Model, base_weights: str, out_dir: Path, results: di
     return facts
 
 
-def _cheapest(results: dict, task: Task, target: float | None) -> dict:
-    """The lowest rung on the ladder (least effort to build) and the fastest one that reach the target."""
+def _status(interval: list[float] | None, quality: float, target: float) -> str:
+    """Where a rung stands against the target: its whole interval above (`reaches`), its whole interval below
+    (`below`), or the target inside its interval (`compatible`: this test set cannot tell)."""
+    low, high = interval or (quality, quality)
+    return "reaches" if low >= target else "below" if high < target else "compatible"
+
+
+def _paired(results: dict, task: Task, first: str, second: str) -> dict:
+    """first's quality minus second's, with its interval on paired resamples of the test split."""
     metric = quality_metric(task.kind)
+    encode = (lambda outputs: np.array([task.labels.index(o) if o in task.labels else len(task.labels)
+                                        for o in outputs])) if task.is_classification else np.array
+    gold = encode([e.label for e in task.test])
+    return paired_difference(metric_functions(task)[metric], gold, encode(results[first]["test_outputs"]),
+                             encode(results[second]["test_outputs"]))
+
+
+def recommend(results: dict, task: Task, target: float | None) -> dict:
+    """The rung to build: the lowest on the ladder (least effort) whose interval reaches the target (else one whose
+    interval holds it, said so); without a target, the lowest one that cannot be told apart from the best rung.
+    Also the fastest rung to serve among those, each rung's standing against the target, and the rungs that
+    cannot be told apart from the recommended one (paired bootstrap of the quality difference)."""
+    metric = quality_metric(task.kind)
+    ordered = [r for r in RUNGS if r in results]
+    quality = {r: headline_quality(results[r]["metrics"]) for r in ordered}
+    intervals = {r: results[r]["metrics"].get("intervals", {}).get(metric) for r in ordered}
+    comparable = [r for r in ordered if "test_outputs" in results[r]]
+    best = max(ordered, key=quality.get)
     if target is None:
-        return {"metric": metric, "target": None, "cheapest_to_build": None, "fastest_to_serve": None}
-    reaching = [r for r in RUNGS if r in results and headline_quality(results[r]["metrics"]) >= target]
-    fastest = max(reaching, key=lambda r: results[r]["metrics"]["examples_per_s"]) if reaching else None
-    return {"metric": metric, "target": target, "cheapest_to_build": reaching[0] if reaching else None,
-            "fastest_to_serve": fastest, "reaching": reaching}
+        status = {r: "tied with the best" if r == best or (r in comparable and best in comparable and not _paired(
+            results, task, best, r)["distinguishable"]) else "below the best" for r in ordered}
+        candidates, basis = [r for r in ordered if status[r] == "tied with the best"], "tied"
+    else:
+        status = {r: _status(intervals[r], quality[r], target) for r in ordered}
+        candidates = [r for r in ordered if status[r] == "reaches"]
+        basis = "reaches"
+        if not candidates:
+            candidates, basis = [r for r in ordered if status[r] == "compatible"], "compatible"
+    chosen = candidates[0] if candidates else None
+    fastest = max(candidates, key=lambda r: results[r]["metrics"]["examples_per_s"]) if candidates else None
+    against_chosen = {r: _paired(results, task, r, chosen) for r in comparable if chosen in comparable and r != chosen}
+    return {"metric": metric, "target": target, "best": best, "cheapest_to_build": chosen,
+            "fastest_to_serve": fastest, "basis": basis, "status": status, "candidates": candidates,
+            "versus_recommended": against_chosen,
+            "indistinguishable": [r for r, d in against_chosen.items() if not d["distinguishable"]]}

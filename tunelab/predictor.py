@@ -31,6 +31,7 @@ _RUNG_LOADERS = {
     "prompt": "tunelab.prompting:PromptPredictor.load",
     "tune": "tunelab.verbalizer:CausalLMPredictor.load",
     "distill": "tunelab.distill:load_student",
+    "baseline": "tunelab.baseline:BaselinePredictor.load",
 }
 
 
@@ -193,13 +194,13 @@ class ArtifactFile(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)
     format_version: Literal[1]
-    rung: Literal["prompt", "tune", "distill"]
+    rung: Literal["prompt", "tune", "distill", "baseline"]
     kind: Literal["classification", "regression"]
     labels: list[Annotated[str, Field(min_length=1)]]
     fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
     params_total: Annotated[int, Field(ge=1)]
     params_trainable: Annotated[int, Field(ge=0)]
-    value_range: tuple[float, float] | None = None
+    value_range: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None  # JSON has no tuples
     format: _PromptFormatFields | None = None
     config: dict = {}
 

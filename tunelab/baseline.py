@@ -1,0 +1,273 @@
+"""Classical baselines: the rung every LLM rung has to beat, on the same split.
+
+- `tfidf`: word 1-2-gram TF-IDF (plus character 2-5-grams when the texts are short) and a linear model;
+- `embed`: frozen all-MiniLM-L6-v2 sentence embeddings and the same linear model.
+The linear model is logistic regression for classification and ridge regression for regression, its strength
+chosen by scikit-learn's own cross-validation on the training split. Everything is a scikit-learn `Pipeline`.
+
+A saved baseline is a normal predictor folder: tunelab.json, the fitted numbers in `baseline.safetensors` and the
+vocabularies in `vocabulary.json` (never a pickle); loading rebuilds the same pipeline from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from tunelab.errors import ConfigError, ModelError
+from tunelab.evaluate import evaluate
+from tunelab.models import MiniLMEmbedder
+from tunelab.predictor import Predictions, save_predictor, write_artifact_json
+from tunelab.tasks import Task
+from tunelab.verbalizer import fit_texts
+
+METHODS = ("tfidf", "embed")
+SHORT_TEXT_CHARS = 200  # median training text at most this long: add character n-grams (words alone are too few)
+EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces; longer texts keep head + tail
+STRENGTHS = np.logspace(-2, 3, 11)  # C of logistic regression (and 1/alpha of ridge) tried by cross-validation
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    method: Literal["tfidf", "embed"] = "tfidf"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+
+
+class _Embed:
+    """The frozen embedder as a scikit-learn step (a FunctionTransformer): texts -> L2-normalised vectors."""
+
+    def __init__(self):
+        self.embedder = MiniLMEmbedder(max_length=EMBED_MAX_TOKENS)
+
+    def fit(self, texts: list[str]) -> list[tuple[str, bool]]:
+        # Special tokens [CLS] and [SEP] take 2 of the budget.
+        return fit_texts(self.embedder.tokenizer, texts, EMBED_MAX_TOKENS - 2)
+
+    def __call__(self, texts) -> np.ndarray:
+        return self.embedder.encode([text for text, _ in self.fit(list(texts))])
+
+
+class BaselinePredictor:
+    """A fitted scikit-learn pipeline: features (TF-IDF or frozen embeddings), then a linear model."""
+
+    rung = "baseline"
+
+    def __init__(self, pipeline: Pipeline, *, method: str, kind: str, label_names: tuple[str, ...],
+                 value_range: tuple[float, float] | None, embed: _Embed | None, meta: dict):
+        self.pipeline, self.method, self.kind, self.label_names = pipeline, method, kind, tuple(label_names)
+        self.value_range, self.embed, self.meta = value_range, embed, meta
+
+    @property
+    def linear(self):
+        return self.pipeline.named_steps["model"]
+
+    @property
+    def params_trainable(self) -> int:
+        """The fitted coefficients and intercepts (the TF-IDF vocabulary and weights are counted, not learned)."""
+        return int(self.linear.coef_.size + np.size(self.linear.intercept_))
+
+    @property
+    def params_total(self) -> int:
+        return self.params_trainable + (self.embed.embedder.params_total if self.embed else 0)
+
+    def _vectorizers(self) -> dict[str, TfidfVectorizer]:
+        if self.embed:
+            return {}
+        return dict(self.pipeline.named_steps["features"].transformer_list)
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        tensors = {"coef": np.ascontiguousarray(self.linear.coef_, dtype=np.float64),
+                   "intercept": np.atleast_1d(np.asarray(self.linear.intercept_, dtype=np.float64))}
+        for name, vectorizer in self._vectorizers().items():
+            tensors[f"idf_{name}"] = np.asarray(vectorizer.idf_, dtype=np.float64)
+        return tensors
+
+    def _vocabularies(self) -> dict[str, dict[str, int]]:
+        return {name: {term: int(i) for term, i in v.vocabulary_.items()} for name, v in self._vectorizers().items()}
+
+    @property
+    def fingerprint(self) -> str:
+        """Covers what decides a prediction: the fitted numbers, the vocabularies, the method, kind and labels."""
+        digest = hashlib.sha256(json.dumps([self.method, self.kind, list(self.label_names), self.value_range,
+                                            self._vocabularies(), _feature_settings(self.pipeline)],
+                                           sort_keys=True).encode())
+        for name, array in sorted(self._tensors().items()):
+            digest.update(name.encode() + array.tobytes())
+        return digest.hexdigest()[:16]
+
+    def describe_model(self) -> dict:
+        features = "all-MiniLM-L6-v2 embeddings (frozen)" if self.embed else " + ".join(
+            f"{name} TF-IDF ({len(v.vocabulary_):,} terms)" for name, v in self._vectorizers().items())
+        return {"model": f"{features} -> {type(self.linear).__name__}"}
+
+    @property
+    def max_length(self) -> int | None:
+        return EMBED_MAX_TOKENS if self.embed else None
+
+    def count_truncated(self, texts: list[str]) -> int:
+        return sum(cut for _, cut in self.embed.fit(texts)) if self.embed else 0  # TF-IDF reads every word
+
+    def predict_batch(self, texts: list[str]) -> Predictions:
+        if self.kind == "classification":
+            probs = self.pipeline.predict_proba(texts)
+            order = [list(self.linear.classes_).index(label) for label in self.label_names]
+            return Predictions("classification", self.label_names, probs=probs[:, order])
+        return Predictions("regression", values=np.clip(self.pipeline.predict(texts), *self.value_range))
+
+    def save(self, directory: Path) -> None:
+        save_file(self._tensors(), str(directory / "baseline.safetensors"))
+        (directory / "vocabulary.json").write_text(json.dumps(self._vocabularies()), encoding="utf-8")
+        write_artifact_json(directory, {
+            "rung": self.rung, "method": self.method, "kind": self.kind, "labels": list(self.label_names),
+            "value_range": self.value_range, "features": _feature_settings(self.pipeline),
+            "linear_model": type(self.linear).__name__, **self.meta, "params_total": self.params_total,
+            "params_trainable": self.params_trainable, "fingerprint": self.fingerprint})
+
+    @classmethod
+    def load(cls, directory: Path, payload: dict) -> BaselinePredictor:
+        """Rebuild the pipeline from the saved numbers and vocabularies."""
+        tensors = load_file(str(directory / "baseline.safetensors"))
+        vocabularies = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
+        kind, labels = payload["kind"], tuple(payload["labels"])
+        embed = _Embed() if payload["method"] == "embed" else None
+        features = _features(payload["features"], embed, vocabularies)
+        for name, vectorizer in ([] if embed else features.transformer_list):
+            if len(vectorizer.vocabulary) != len(tensors[f"idf_{name}"]):
+                raise ModelError(f"{directory}: vocabulary.json and baseline.safetensors disagree on {name} terms")
+            vectorizer.idf_ = tensors[f"idf_{name}"]
+        if kind == "classification":
+            linear = LogisticRegression()
+            linear.classes_ = np.array(payload["classes"], dtype=object)
+            linear.coef_, linear.intercept_ = tensors["coef"], tensors["intercept"]
+        else:
+            linear = Ridge()
+            linear.coef_, linear.intercept_ = tensors["coef"], float(tensors["intercept"][0])
+        linear.n_features_in_ = tensors["coef"].shape[-1]
+        value_range = tuple(payload["value_range"]) if payload.get("value_range") else None
+        meta = {key: payload[key] for key in ("config", "training", "classes", "metrics") if key in payload}
+        return cls(Pipeline([("features", features), ("model", linear)]), method=payload["method"], kind=kind,
+                   label_names=labels, value_range=value_range, embed=embed, meta=meta)
+
+
+def _feature_settings(pipeline: Pipeline) -> dict:
+    """What a saved pipeline needs to rebuild its feature step."""
+    features = pipeline.named_steps["features"]
+    if isinstance(features, FunctionTransformer):
+        return {"embed": "all-MiniLM-L6-v2", "max_tokens": EMBED_MAX_TOKENS}
+    return {name: {"analyzer": v.analyzer, "ngram_range": list(v.ngram_range), "sublinear_tf": v.sublinear_tf}
+            for name, v in features.transformer_list}
+
+
+def _features(settings: dict, embed: _Embed | None, vocabularies: dict | None = None):
+    """The feature step: a FunctionTransformer over the embedder, or a union of TF-IDF vectorizers."""
+    if embed is not None:
+        return FunctionTransformer(embed)
+    return FeatureUnion([(name, TfidfVectorizer(analyzer=s["analyzer"], ngram_range=tuple(s["ngram_range"]),
+                                                sublinear_tf=s["sublinear_tf"],
+                                                vocabulary=(vocabularies or {}).get(name)))
+                         for name, s in settings.items()])
+
+
+def _tfidf_settings(texts: list[str]) -> dict:
+    settings = {"word": {"analyzer": "word", "ngram_range": [1, 2], "sublinear_tf": True}}
+    if statistics.median(len(t) for t in texts) <= SHORT_TEXT_CHARS:
+        settings["char"] = {"analyzer": "char_wb", "ngram_range": [2, 5], "sublinear_tf": True}
+    return settings
+
+
+def _linear_model(task: Task, seed: int):
+    """Logistic regression or ridge, strength chosen by cross-validation on the training split (fewer folds when a
+    label has few examples; a fixed strength when a label has a single one)."""
+    if not task.is_classification:
+        return RidgeCV(alphas=1.0 / STRENGTHS)
+    smallest = min(sum(e.label == label for e in task.train) for label in task.labels)
+    if smallest < 2:
+        return LogisticRegression(C=1.0, max_iter=2000)
+    folds = StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=seed)
+    return LogisticRegressionCV(Cs=STRENGTHS, l1_ratios=(0.0,), cv=folds, scoring="neg_log_loss",
+                                use_legacy_attributes=False, max_iter=2000, random_state=seed)
+
+
+def check_training_set(task: Task) -> None:
+    """Raises ConfigError when the training split cannot fit a baseline (too few examples or labels)."""
+    labels_seen = {e.label for e in task.train}
+    if len(task.train) < 2 or (task.is_classification and labels_seen != set(task.labels)):
+        raise ConfigError(f"a baseline needs training examples of every label of task {task.name}; the training "
+                          f"split has {len(task.train)} examples of {sorted(map(str, labels_seen))}")
+
+
+def fit_baseline(task: Task, config: BaselineConfig = BaselineConfig(), *, out_dir: str | Path | None = None,
+                 overwrite: bool = False) -> BaselinePredictor:
+    """Fit the baseline on the task's training split, evaluate it on the test split (when there is one) and save it
+    to `out_dir` (when given). Its meta records the training seconds and the test metrics."""
+    check_training_set(task)
+    if out_dir is not None and Path(out_dir).exists() and not overwrite:
+        raise ConfigError(f"{out_dir} exists; pass --overwrite to replace it")
+    texts = [e.text for e in task.train]
+    embed = _Embed() if config.method == "embed" else None
+    features = _features({} if embed else _tfidf_settings(texts), embed)
+    linear = _linear_model(task, config.seed)
+    started = time.perf_counter()
+    pipeline = Pipeline([("features", features), ("model", linear)])
+    labels = [e.label for e in task.train]
+    pipeline.fit(texts, labels if task.is_classification else np.array(labels, dtype=float))
+    seconds = time.perf_counter() - started
+    fitted = pipeline.named_steps["model"]
+    strength = getattr(fitted, "C_", getattr(fitted, "alpha_", None))
+    meta = {"config": asdict(config), "training": {
+        "train_seconds": seconds, "n_train": len(texts),
+        "strength": float(np.atleast_1d(strength)[0]) if strength is not None else 1.0,
+        "n_truncated": sum(cut for _, cut in embed.fit(texts)) if embed else 0}}
+    value_range = None
+    if task.is_classification:
+        meta["classes"] = [str(c) for c in fitted.classes_]
+    else:
+        value_range = (float(min(labels)), float(max(labels)))
+    predictor = BaselinePredictor(_plain(pipeline, task), method=config.method, kind=task.kind,
+                                  label_names=task.labels, value_range=value_range, embed=embed, meta=meta)
+    if task.test:
+        predictor.meta["metrics"] = evaluate(predictor, task)
+    if out_dir is not None:
+        save_predictor(predictor, out_dir)
+    return predictor
+
+
+def _plain(pipeline: Pipeline, task: Task) -> Pipeline:
+    """The cross-validated model as the plain estimator a saved baseline loads back (same numbers), so a fitted
+    and a loaded baseline are the same object and have the same fingerprint."""
+    fitted = pipeline.named_steps["model"]
+    plain = LogisticRegression() if task.is_classification else Ridge()
+    plain.coef_, plain.intercept_, plain.n_features_in_ = fitted.coef_, fitted.intercept_, fitted.n_features_in_
+    if task.is_classification:
+        plain.classes_ = np.array([str(c) for c in fitted.classes_], dtype=object)
+    else:
+        plain.intercept_ = float(fitted.intercept_)
+    return Pipeline([("features", pipeline.named_steps["features"]), ("model", plain)])
+
+
+def summary_lines(predictor: BaselinePredictor, out_dir: str | Path | None) -> list[str]:
+    training = predictor.meta["training"]
+    lines = [f"baseline {predictor.method}: {predictor.describe_model()['model']}",
+             f"fitted on {training['n_train']} examples in {training['train_seconds']:.1f} s "
+             f"(strength {training['strength']:.3g} by cross-validation); {predictor.params_trainable:,} trainable "
+             f"of {predictor.params_total:,} parameters"]
+    if out_dir is not None:
+        lines.append(f"saved to {out_dir}")
+    return lines
