@@ -280,11 +280,12 @@ def run(
 
 
 def _best_teacher(out_dir: Path, results: dict) -> Path:
+    """The teacher: the most trained LLM rung of this run (full, else lora, else the prompts), fixed in advance;
+    choosing it by test quality would let the test split pick the student's teacher."""
     tuned = [r for r in ("full", "lora", "few", "one", "zero") if r in results]
     if not tuned:
         raise ConfigError("the distill rung needs a teacher: include lora, full or a prompt rung in --rungs")
-    best = max(tuned, key=lambda r: headline_quality(results[r]["metrics"]))
-    return out_dir / best / "predictor"
+    return out_dir / tuned[0] / "predictor"
 
 
 def _few_shot_curve(model, task, config: LadderConfig, out_dir: Path, results: dict) -> list[dict]:

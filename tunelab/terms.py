@@ -1,0 +1,223 @@
+"""Term lists: generated names of concepts stored with their provenance, and the matcher that finds them in live text.
+
+The term store is its own SQLite file (WAL, one transaction per batch, like the prediction store): one row per
+(concept, language, normalised term), recording the generator's fingerprint, the prompt's hash and the score, and
+one `done` row per (concept, language) a generator has finished, so an interrupted `expand` resumes where it stopped
+and never generates a pair twice.
+
+Matching is on Unicode NFC, case-folded text. A term in a script written with spaces between words must sit at word
+boundaries ("Peru" is not found in "Perugia"); a term in a script written without them (Han, kana, Thai, ...) is
+found as a substring.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import ahocorasick
+
+from tunelab.errors import InputError
+
+# Scripts written without spaces between words: a term in them matches anywhere (Unicode blocks, inclusive).
+NO_SPACE_BLOCKS = ((0x0E00, 0x0EFF), (0x0F00, 0x0FFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x3040, 0x30FF),
+                   (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
+_EDGE_PUNCTUATION = " \t\"'`.,;:!?()[]{}«»“”„‘’‚‹›「」『』。、・-–—*_"
+MATCHER_CHECK_S = 1.0  # how often a serving matcher looks for terms added since it was built
+
+
+def normalise_term(text: str) -> str:
+    """A generated candidate as stored: NFC, whitespace collapsed, quotes and punctuation trimmed off its ends."""
+    return " ".join(unicodedata.normalize("NFC", text).split()).strip(_EDGE_PUNCTUATION)
+
+
+def match_key(text: str) -> str:
+    """What matching compares: NFC, then case-folded (so "STRASSE" finds "Straße")."""
+    return unicodedata.normalize("NFC", text).casefold()
+
+
+def written_without_spaces(term: str) -> bool:
+    return any(low <= ord(char) <= high for char in term for low, high in NO_SPACE_BLOCKS)
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE terms (
+            concept TEXT NOT NULL,
+            language TEXT NOT NULL,
+            key TEXT NOT NULL,             -- match_key(text): one row per distinct term of a concept and language
+            text TEXT NOT NULL,            -- the term as generated (normalised)
+            score REAL NOT NULL,           -- the generator's mean log-probability per token
+            verifier_score REAL,           -- P(yes) from --verify, when one was used
+            fingerprint TEXT NOT NULL,     -- the generator model
+            prompt_hash TEXT NOT NULL,     -- the prompt format, shots and decoding settings
+            created_at REAL NOT NULL,
+            PRIMARY KEY (concept, language, key)
+        ) WITHOUT ROWID""")
+    db.execute("""
+        CREATE TABLE done (
+            concept TEXT NOT NULL, language TEXT NOT NULL, fingerprint TEXT NOT NULL, prompt_hash TEXT NOT NULL,
+            candidates INTEGER NOT NULL, kept INTEGER NOT NULL,
+            PRIMARY KEY (concept, language, fingerprint, prompt_hash)
+        ) WITHOUT ROWID""")
+
+
+MIGRATIONS = [_migration_1]
+
+
+@dataclass(frozen=True)
+class Term:
+    concept: str
+    language: str
+    text: str
+    score: float
+    verifier_score: float | None = None
+
+
+class TermStore:
+    """The SQLite term store. Safe to read from several processes while one writes."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False):
+        self.path = Path(path)
+        if read_only and not self.path.is_file():
+            raise InputError("no such term store", path=self.path)
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            uri = self.path.resolve().as_uri() + "?mode=ro" if read_only else str(self.path)
+            self.db = sqlite3.connect(uri, uri=read_only, check_same_thread=False, isolation_level=None)
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                version = self.db.execute("PRAGMA user_version").fetchone()[0]
+                for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                    self.db.execute("BEGIN IMMEDIATE")
+                    migration(self.db)
+                    self.db.execute(f"PRAGMA user_version = {number}")
+                    self.db.execute("COMMIT")
+            self.db.execute("SELECT count(*) FROM terms LIMIT 1")
+        except sqlite3.DatabaseError as err:
+            raise InputError(f"not a tunelab term store ({err})", path=self.path) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def data_version(self) -> int:
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    def generators(self) -> list[str]:
+        """The fingerprints of the models whose terms the store holds."""
+        rows = self.db.execute("SELECT DISTINCT fingerprint FROM done UNION SELECT DISTINCT fingerprint FROM terms")
+        return sorted(row[0] for row in rows)
+
+    def check_generator(self, fingerprint: str, append: bool) -> None:
+        """Raises InputError when the store holds another model's terms and mixing was not asked for."""
+        others = [f for f in self.generators() if f != fingerprint]
+        if others and not append:
+            raise InputError(f"holds terms of another model ({', '.join(others)}); this generator is {fingerprint}. "
+                             "Pass --append to add its terms to the same list, or use another --store", path=self.path)
+
+    def done_pairs(self, fingerprint: str, prompt_hash: str) -> set[tuple[str, str]]:
+        rows = self.db.execute("SELECT concept, language FROM done WHERE fingerprint = ? AND prompt_hash = ?",
+                               (fingerprint, prompt_hash))
+        return {(concept, language) for concept, language in rows}
+
+    def put_batch(self, terms: list[Term], finished: list[tuple[str, str, int, int]], fingerprint: str,
+                  prompt_hash: str) -> int:
+        """Write the terms of a batch and mark its (concept, language, candidates, kept) pairs done, in one
+        transaction; a term already stored for its concept and language keeps its first row. Returns rows added."""
+        now = time.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            before = self.db.total_changes
+            self.db.executemany(
+                "INSERT OR IGNORE INTO terms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(t.concept, t.language, match_key(t.text), t.text, t.score, t.verifier_score, fingerprint,
+                  prompt_hash, now) for t in terms])
+            added = self.db.total_changes - before
+            self.db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?, ?)",
+                                [(c, lang, fingerprint, prompt_hash, n, kept) for c, lang, n, kept in finished])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return added
+
+    def terms(self, fingerprint: str | None = None) -> list[Term]:
+        query = "SELECT concept, language, text, score, verifier_score FROM terms"
+        rows = self.db.execute(query + (" WHERE fingerprint = ?" if fingerprint else ""),
+                               (fingerprint,) if fingerprint else ())
+        return [Term(*row) for row in rows]
+
+    def count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM terms").fetchone()[0]
+
+
+def build_automaton(terms: list[Term]) -> ahocorasick.Automaton:
+    """One Aho-Corasick automaton over every term's match key; a key shared by several concepts lists them all."""
+    by_key: dict[str, list[dict]] = {}
+    for term in terms:
+        key = match_key(term.text)
+        if key:
+            by_key.setdefault(key, []).append({"concept": term.concept, "language": term.language,
+                                               "term": term.text})
+    automaton = ahocorasick.Automaton()
+    for key, found in by_key.items():
+        automaton.add_word(key, (key, not written_without_spaces(key), found))
+    if len(automaton) > 0:
+        automaton.make_automaton()
+    return automaton
+
+
+def _at_word_boundaries(text: str, start: int, end: int) -> bool:
+    return (start == 0 or not text[start - 1].isalnum()) and (end == len(text) or not text[end].isalnum())
+
+
+def find_terms(automaton: ahocorasick.Automaton, text: str, limit: int) -> tuple[list[dict], bool]:
+    """Up to `limit` matches of stored terms in `text`, and whether there were more. Spans index the NFC form
+    of `text` (the same string for the NFC text most clients send)."""
+    text = unicodedata.normalize("NFC", text)
+    folded = text.casefold()
+    origin = None
+    if len(folded) != len(text):  # a character folds to several ("ß" -> "ss"): map folded offsets back
+        origin = [i for i, char in enumerate(text) for _ in char.casefold()] + [len(text)]
+    matches = []
+    if len(automaton) == 0:
+        return matches, False
+    for end, (key, needs_boundaries, found) in automaton.iter(folded):
+        start, stop = end - len(key) + 1, end + 1
+        if origin is not None:
+            start, stop = origin[start], origin[stop - 1] + 1
+        if needs_boundaries and not _at_word_boundaries(text, start, stop):
+            continue
+        for entry in found:
+            if len(matches) == limit:
+                return matches, True
+            matches.append({**entry, "start": start, "end": stop, "matched": text[start:stop]})
+    return matches, False
+
+
+class TermMatcher:
+    """The serving side: the automaton over a term store, rebuilt when the store has changed (checked at most once
+    a second), and `find` for a live text."""
+
+    def __init__(self, store: TermStore):
+        self.store, self.lock = store, threading.Lock()
+        self.version, self.checked = store.data_version(), time.monotonic()
+        self.automaton = build_automaton(store.terms())
+
+    def current(self) -> ahocorasick.Automaton:
+        if time.monotonic() - self.checked > MATCHER_CHECK_S:
+            with self.lock:
+                self.checked = time.monotonic()
+                version = self.store.data_version()
+                if version != self.version:
+                    self.automaton, self.version = build_automaton(self.store.terms()), version
+        return self.automaton
+
+    def find(self, text: str, limit: int) -> tuple[list[dict], bool]:
+        return find_terms(self.current(), text, limit)
