@@ -6,10 +6,13 @@ import pytest
 import typer.main
 from helpers import DATA, one_error_line, run_cli, task_args
 
+from tunelab.baseline import BaselineConfig
 from tunelab.bias import BiasConfig
 from tunelab.bulk import BulkConfig
 from tunelab.cli import app
 from tunelab.distill import DistillConfig
+from tunelab.expand import ExpandConfig
+from tunelab.generation_tuning import GeneratorTuneConfig
 from tunelab.ladder import LadderConfig
 from tunelab.prompting import PromptConfig
 from tunelab.serve import ServeConfig
@@ -53,7 +56,8 @@ def test_every_command_has_its_own_help():
 @pytest.mark.parametrize("command, config", [("prompt", PromptConfig), ("tune", TuneConfig),
                                              ("distill", DistillConfig), ("predict", BulkConfig),
                                              ("bias", BiasConfig), ("ladder", LadderConfig),
-                                             ("serve", ServeConfig)])
+                                             ("serve", ServeConfig), ("baseline", BaselineConfig),
+                                             ("expand", ExpandConfig), ("expand-tune", GeneratorTuneConfig)])
 def test_every_config_field_has_a_flag(command, config):
     params = typer.main.get_command(app).commands[command].params
     flags = {opt for param in params for opt in param.opts}

@@ -4,7 +4,7 @@ import time
 import httpx
 import pytest
 import schemathesis
-import uvicorn
+from helpers import LoopbackServer
 from hypothesis import HealthCheck, given, settings
 
 from tunelab.bulk import BulkConfig, predict_all
@@ -30,29 +30,6 @@ def store_path(predictor_dirs, tmp_path):
     predict_all(load_predictor(predictor_dirs[0]), STORED, store, BulkConfig())
     store.close()
     return tmp_path / "s.sqlite"
-
-
-class LoopbackServer:
-    """A real uvicorn server on a free loopback port, in a thread."""
-
-    def __init__(self, app):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-        return self.client
-
-    def __exit__(self, *exc):
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def test_lookups_batches_and_matches_over_http(store_path, predictor_dirs):

@@ -276,6 +276,61 @@ def baseline(
 
 
 @app.command()
+def expand(
+    concepts: str = Option(..., "--concepts", help='Concepts JSONL ({"id": ..., "names": [...]} a line) or countries.'),
+    store: Path = Option(..., "--store", help="The SQLite term store to fill (resumable)."),
+    languages: Optional[str] = Option(None, help="Comma list of CLDR codes (default: 50 languages)."),
+    model: str = BASE_MODEL, examples: Optional[Path] = Option(None, help="Few-shot JSONL: source, language, name."),
+    per_language: Optional[int] = Option(None, help="Candidates per concept and language."),
+    decoding: Optional[str] = Option(None, help="beam (deterministic) or sample."),
+    temperature: Optional[float] = Option(None, help="Sampling temperature."), batch_size: Optional[int] = BATCH,
+    max_new_tokens: Optional[int] = Option(None, help="Longest candidate, in tokens."),
+    min_score: Optional[float] = Option(None, help="Drop candidates under this mean token log-probability."),
+    verify: Optional[Path] = Option(None, help="A saved yes/no predictor judging each candidate."),
+    append: Optional[bool] = Option(None, "--append/--no-append", help="Add to a store of another model's terms."),
+    limit: Optional[int] = Option(None, help="Only the first N concepts."),
+    evaluate: Optional[str] = Option(None, "--evaluate", help="Reference JSONL (id, language, names) or countries."),
+    seed: Optional[int] = SEED, as_json: bool = JSON,
+):
+    """Generate names of concepts in many languages offline into a term store (then: serve --terms)."""
+    from tunelab.expand import COUNTRY_LANGUAGES, ExpandConfig, language_codes, run_expand, summary_lines
+
+    config = ExpandConfig(languages=language_codes(languages or COUNTRY_LANGUAGES), **_flags(
+        per_language=per_language, decoding=decoding, temperature=temperature, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, min_score=min_score, append=append, seed=seed))
+    with _bars() as bars:
+        report = run_expand(lambda: _model(model), concepts, store, config, model_spec=model, examples=examples,
+                            verify=verify, limit=limit, reference=evaluate,
+                            on_total=bars.total("generating"), on_progress=bars.bar("generating"))
+    _print_lines(report, summary_lines(report), as_json)
+
+
+@app.command("expand-tune")
+def expand_tune(
+    pairs: str = Option(..., "--pairs", help="Training pairs JSONL (source, language, name) or countries-train."),
+    out: Path = Option(..., "--out", help="Folder for the tuned generator (LoRA merged)."),
+    languages: Optional[str] = Option(None, help="Languages of the countries-train pairs (default: 50)."),
+    epochs: Optional[int] = Option(None, help="Passes over the pairs."), lr: Optional[float] = Option(
+        None, help="Learning rate."),
+    lora_r: Optional[int] = Option(None, help="LoRA rank."), lora_alpha: Optional[int] = Option(None, help="alpha."),
+    batch_size: Optional[int] = BATCH, seed: Optional[int] = SEED, model: str = BASE_MODEL, as_json: bool = JSON,
+    overwrite: bool = Option(False, "--overwrite", help="Replace whatever --out holds."),
+):
+    """LoRA-tune the generator on (name, language) -> name pairs, loss on the name only; use it with expand."""
+    from tunelab.expand import COUNTRY_LANGUAGES, language_codes, read_pairs
+    from tunelab.generation_tuning import GeneratorTuneConfig, tune_generator
+    from tunelab.report import fact_lines
+
+    config = GeneratorTuneConfig(**_flags(epochs=epochs, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
+                                          batch_size=batch_size, seed=seed))
+    training = read_pairs(pairs, language_codes(languages or COUNTRY_LANGUAGES))
+    with _bars() as bars:
+        facts = tune_generator(_model(model), training, out, config, overwrite=overwrite,
+                               on_step=bars.bar("LoRA: training the generator", len(training) * config.epochs))
+    _print_lines(facts, fact_lines(facts), as_json)
+
+
+@app.command()
 def distill(
     teacher: Path = Option(..., "--teacher", help="A saved tunelab predictor folder (the teacher)."),
     out: Path = Option(..., "--out", help="Folder for the student predictor."),
@@ -334,7 +389,8 @@ def predict_command(
 
 @app.command("serve")
 def serve_command(
-    store: Path = Option(..., "--store", help="The prediction store to answer from."),
+    store: Optional[Path] = Option(None, "--store", help="The prediction store to answer from."),
+    terms: Optional[Path] = Option(None, "--terms", help="A term store (tunelab expand) for POST /match."),
     model: Optional[Path] = Option(None, help="The predictor whose rows answer (and, live, misses)."),
     fingerprint: Optional[str] = Option(None, help="Which stored model answers, if several."),
     on_miss: Optional[str] = Option(None, "--on-miss", help="404, or live (needs --model)."),
@@ -350,8 +406,8 @@ def serve_command(
     """Serve stored predictions over HTTP (FastAPI + uvicorn): /predict, /match, /healthz, /metrics, /docs."""
     from tunelab.serve import ServeConfig, serve
 
-    config = ServeConfig(store=store, **_flags(model=model, fingerprint=fingerprint, on_miss=on_miss, host=host,
-                                               port=port, max_text_chars=max_text_chars, max_batch=max_batch,
+    config = ServeConfig(**_flags(store=store, terms=terms, model=model, fingerprint=fingerprint, on_miss=on_miss,
+                                  host=host, port=port, max_text_chars=max_text_chars, max_batch=max_batch,
                                                max_body_bytes=max_body_bytes, max_matches=max_matches,
                                                live_batch=live_batch, max_live_pending=max_live_pending))
     _quiet_transformers()

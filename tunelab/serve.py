@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,7 @@ from tunelab.bulk import normalise, text_key
 from tunelab.errors import ConfigError
 from tunelab.predictor import load_predictor, read_artifact_json
 from tunelab.store import Store
+from tunelab.terms import TermMatcher, TermStore
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 MATCHER_CHECK_S = 1.0  # how often /match looks for rows added to the store since its term list was built
@@ -34,7 +36,8 @@ MATCHER_CHECK_S = 1.0  # how often /match looks for rows added to the store sinc
 
 @dataclass(frozen=True)
 class ServeConfig:
-    store: Path
+    store: Path | None = None  # the prediction store: /predict, and /match over its stored inputs
+    terms: Path | None = None  # a term store (`tunelab expand`): /match finds its terms instead
     model: Path | None = None  # a saved predictor: selects the fingerprint and answers misses live
     fingerprint: str | None = None  # which stored model answers; needed when a store holds several
     on_miss: Literal["404", "live"] = "404"
@@ -49,6 +52,10 @@ class ServeConfig:
 
     def __post_init__(self):
         problems = []
+        if self.store is None and self.terms is None:
+            problems.append("give --store (stored predictions), --terms (a term list), or both")
+        if self.store is None and self.on_miss == "live":
+            problems.append("--on-miss live needs --store")
         if self.on_miss not in ("404", "live"):
             problems.append(f"--on-miss must be 404 or live, got {self.on_miss!r}")
         if self.on_miss == "live" and self.model is None:
@@ -261,14 +268,41 @@ def _checked(text: str, config: ServeConfig) -> str:
     return text
 
 
+def _predict_routes(app: FastAPI, config: ServeConfig, stored, answer_misses, live, casefold, fingerprint) -> None:
+    """GET and POST /predict: lookups in the prediction store (and live answers to misses)."""
+    @app.get("/predict", summary="The stored prediction for one text")
+    async def predict_one(request: Request, text: str = Query(..., min_length=1)):
+        answer = stored(text)
+        if answer is None and live is not None:
+            answer = (await answer_misses([text], request))[0]
+        if answer is None:
+            raise HTTPException(404, {"message": "not in the store", "input": normalise(text, casefold),
+                                      "fingerprint": fingerprint})
+        return JSONResponse(answer)  # already plain JSON data: skip FastAPI's encoder on the hot path
+
+    @app.post("/predict", summary="Stored predictions for a batch of texts")
+    async def predict_batch(body: BatchRequest, request: Request):
+        if len(body.texts) > config.max_batch:
+            raise HTTPException(413, f"batch over {config.max_batch} texts")
+        results = [stored(text) for text in body.texts]
+        missing = [i for i, answer in enumerate(results) if answer is None]
+        if missing and live is not None:
+            for i, answer in zip(missing, await answer_misses([body.texts[i] for i in missing], request)):
+                results[i] = answer
+        return {"results": [answer if answer is not None else
+                            {"input": normalise(body.texts[i], casefold), "found": False, "fingerprint": fingerprint}
+                            for i, answer in enumerate(results)]}
+
+
 def create_app(config: ServeConfig) -> FastAPI:
-    """The FastAPI app answering from `config.store` (opened read-only)."""
-    store = Store(config.store, read_only=True)
-    fingerprint = _answering_fingerprint(store, config)
-    casefold = bool(store.description(fingerprint).get("casefold", False))  # as the store was written
+    """The FastAPI app answering from `config.store` and/or `config.terms` (opened read-only)."""
+    store = Store(config.store, read_only=True) if config.store is not None else None
+    fingerprint = _answering_fingerprint(store, config) if store is not None else None
+    casefold = bool(store.description(fingerprint).get("casefold", False)) if store else False  # as it was written
     live = (_LiveModel(load_predictor(config.model), config.live_batch, config.max_live_pending)
             if config.on_miss == "live" else None)
-    matcher = _Matcher(store, fingerprint)
+    terms = TermMatcher(TermStore(config.terms, read_only=True)) if config.terms is not None else None
+    matcher = terms or _Matcher(store, fingerprint)
 
     registry = CollectorRegistry()
     requests = Counter("tunelab_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
@@ -303,31 +337,16 @@ def create_app(config: ServeConfig) -> FastAPI:
         return [{"input": text, **row, "fingerprint": live.predictor.fingerprint, "source": "live"}
                 for text, row in zip(normalised, rows)]
 
-    @app.get("/predict", summary="The stored prediction for one text")
-    async def predict_one(request: Request, text: str = Query(..., min_length=1)):
-        answer = stored(text)
-        if answer is None and live is not None:
-            answer = (await answer_misses([text], request))[0]
-        if answer is None:
-            raise HTTPException(404, {"message": "not in the store", "input": normalise(text, casefold),
-                                      "fingerprint": fingerprint})
-        return JSONResponse(answer)  # already plain JSON data: skip FastAPI's encoder on the hot path
+    if store is not None:
+        _predict_routes(app, config, stored, answer_misses, live, casefold, fingerprint)
 
-    @app.post("/predict", summary="Stored predictions for a batch of texts")
-    async def predict_batch(body: BatchRequest, request: Request):
-        if len(body.texts) > config.max_batch:
-            raise HTTPException(413, f"batch over {config.max_batch} texts")
-        results = [stored(text) for text in body.texts]
-        missing = [i for i, answer in enumerate(results) if answer is None]
-        if missing and live is not None:
-            for i, answer in zip(missing, await answer_misses([body.texts[i] for i in missing], request)):
-                results[i] = answer
-        return {"results": [answer if answer is not None else
-                            {"input": normalise(body.texts[i], casefold), "found": False, "fingerprint": fingerprint}
-                            for i, answer in enumerate(results)]}
-
-    @app.post("/match", summary="Stored terms found in a live text (at most --max-matches), with their predictions")
+    @app.post("/match", summary="Stored terms found in a live text (at most --max-matches), with their predictions "
+                                "or, with --terms, their concept and language")
     def match(body: MatchRequest):  # a plain def: FastAPI runs it in its thread pool, off the event loop
+        if terms is not None:
+            text = unicodedata.normalize("NFC", _checked(body.text, config))  # the spans index this form
+            matches, truncated = terms.find(text, config.max_matches)
+            return JSONResponse({"text": text, "matches": matches, "truncated": truncated, "terms": str(config.terms)})
         text = normalise(_checked(body.text, config), casefold)
         matches, truncated = matcher.find(text, config.max_matches)
         # plain JSON data: JSONResponse skips FastAPI's encoder, which walks every match (a third of the cost)
@@ -362,5 +381,6 @@ def serve(config: ServeConfig, say=print) -> None:
     if not loopback:
         say(f"warning: --host {config.host} is not a loopback address; anyone who can reach this machine on port "
             f"{config.port} can query the service")
-    say(f"serving {config.store} on http://{config.host}:{config.port} (docs at /docs)")
+    sources = " and ".join(str(path) for path in (config.store, config.terms) if path)
+    say(f"serving {sources} on http://{config.host}:{config.port} (docs at /docs)")
     uvicorn.run(application, host=config.host, port=config.port, log_level="warning", access_log=False)

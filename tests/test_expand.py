@@ -1,0 +1,164 @@
+"""Offline term generation (expand), the term store, term matching in live text, and the tuned generator."""
+
+import json
+import unicodedata
+
+import pytest
+from helpers import LoopbackServer, one_error_line, run_cli
+
+from tunelab.errors import ConfigError, InputError
+from tunelab.expand import (
+    COUNTRY_LANGUAGES,
+    Concept,
+    ExpandConfig,
+    Shot,
+    country_concepts,
+    country_reference,
+    evaluate_terms,
+    expand,
+    language_codes,
+    read_concepts,
+)
+from tunelab.generation_tuning import GENERATOR_FILE, generator_shots, tune_generator
+from tunelab.models import load_model
+from tunelab.serve import ServeConfig, create_app
+from tunelab.terms import Term, TermStore, build_automaton, find_terms, normalise_term
+
+SHOTS = [Shot("good", "fr", "bon")]
+
+
+def automaton(*texts):
+    return build_automaton([Term(f"c{i}", "xx", text, 0.0) for i, text in enumerate(texts)])
+
+
+def found(text, *terms):
+    return [(m["term"], m["start"], m["end"]) for m in find_terms(automaton(*terms), text, 100)[0]]
+
+
+def test_terms_match_at_word_boundaries_in_spaced_scripts_and_anywhere_in_unspaced_ones():
+    assert found("Perugia is not Peru.", "Peru") == [("Peru", 15, 19)]
+    assert found("I flew to peru's capital", "Peru") == [("Peru", 10, 14)]  # case-folded; "'" is a boundary
+    assert found("日本語を話します", "日本") == [("日本", 0, 2)]  # Japanese: no spaces, substring match
+    assert found("ประเทศไทยสวย", "ไทย") == [("ไทย", 6, 9)]
+
+
+def test_case_folding_and_nfc_keep_spans_on_the_original_text():
+    text = "Die STRASSE und die Straße"
+    assert found(text, "Straße") == [("Straße", 4, 11), ("Straße", 20, 26)]  # "ß" folds to "ss"
+    decomposed = unicodedata.normalize("NFD", "Café Zürich")
+    matches, _ = find_terms(automaton("café"), decomposed, 10)
+    assert matches[0]["matched"] == "Café"  # spans index the NFC form of the text
+
+
+def test_match_lists_every_concept_of_a_shared_term_and_respects_the_limit():
+    shared = build_automaton([Term("A", "en", "Georgia", 0.0), Term("B", "en", "Georgia", 0.0)])
+    matches, truncated = find_terms(shared, "Georgia and Georgia", 3)
+    assert [m["concept"] for m in matches] == ["A", "B", "A"] and truncated
+
+
+def test_normalise_term_trims_quotes_and_collapses_spaces():
+    assert normalise_term(' "Estados   Unidos". ') == "Estados Unidos"
+    assert normalise_term("«Allemagne»") == "Allemagne"
+    assert normalise_term(" . ") == ""
+
+
+def test_expand_stores_terms_with_provenance_and_resumes_without_generating_twice(tiny_model, tmp_path):
+    concepts = [Concept("P", ("good",)), Concept("N", ("bad",))]
+    config = ExpandConfig(languages=("fr", "de"), per_language=2, max_new_tokens=3, batch_size=3)
+    first = expand(tiny_model, concepts, tmp_path / "t.sqlite", config, shots=SHOTS)
+    assert first["generated"] == 4 and first["candidates"] == 8 and first["already_done"] == 0
+    store = TermStore(tmp_path / "t.sqlite")
+    rows = store.db.execute("SELECT concept, language, fingerprint, prompt_hash FROM terms").fetchall()
+    assert rows and {r[2] for r in rows} == {tiny_model.fingerprint} and {r[3] for r in rows} == {first["prompt_hash"]}
+    assert store.db.execute("SELECT count(*) FROM done").fetchone()[0] == 4
+    again = expand(tiny_model, concepts, tmp_path / "t.sqlite", config, shots=SHOTS)
+    assert again["generated"] == 0 and again["already_done"] == 4 and again["terms_in_store"] == first["kept"]
+    more = expand(tiny_model, concepts, tmp_path / "t.sqlite", ExpandConfig(languages=("fr", "de", "it"),
+                  per_language=2, max_new_tokens=3, batch_size=3), shots=SHOTS)
+    assert more["generated"] == 2  # only the new language
+
+
+def test_a_store_of_another_generator_is_refused_without_append(tiny_model, tiny_bpe_model, tmp_path):
+    config = ExpandConfig(languages=("fr",), per_language=1, max_new_tokens=2)
+    expand(tiny_model, [Concept("P", ("good",))], tmp_path / "t.sqlite", config, shots=SHOTS)
+    with pytest.raises(InputError, match="holds terms of another model"):
+        expand(tiny_bpe_model, [Concept("P", ("good",))], tmp_path / "t.sqlite", config, shots=SHOTS)
+    mixed = expand(tiny_bpe_model, [Concept("P", ("good",))], tmp_path / "t.sqlite",
+                   ExpandConfig(languages=("fr",), per_language=1, max_new_tokens=2, append=True), shots=SHOTS)
+    assert mixed["generated"] == 1
+
+
+def test_precision_and_recall_against_a_reference(tmp_path):
+    store = TermStore(tmp_path / "t.sqlite")
+    terms = [Term("DE", "fr", "Allemagne", -0.1), Term("DE", "fr", "Germanie", -0.9), Term("JP", "fr", "Nippon", -1),
+             Term("DE", "es", "Alemania", -0.2)]
+    store.put_batch(terms, [("DE", "fr", 2, 2), ("JP", "fr", 1, 1), ("DE", "es", 1, 1)], "f" * 16, "h" * 16)
+    reference = {("DE", "fr"): {"allemagne"}, ("JP", "fr"): {"japon"}, ("DE", "es"): {"alemania"},
+                 ("JP", "es"): {"japón"}}
+    result = evaluate_terms(tmp_path / "t.sqlite", reference, "f" * 16, [Concept("DE", ("Germany",)),
+                                                                         Concept("JP", ("Japan",))], ("fr", "es"))
+    assert result["per_language"]["fr"] == {"recall": 0.5, "precision": pytest.approx(1 / 3), "concepts": 2,
+                                            "terms": 3}
+    assert result["per_language"]["es"] == {"recall": 0.5, "precision": 1.0, "concepts": 2, "terms": 1}
+    assert result["recall"] == 0.5 and result["precision"] == pytest.approx((1 / 3 + 1) / 2)
+
+
+def test_countries_come_from_cldr_in_two_disjoint_halves():
+    evaluated, training = country_concepts("countries"), country_concepts("countries-train")
+    assert len(evaluated) > 100 and not {c.id for c in evaluated} & {c.id for c in training}
+    assert not {"DE", "JP", "BR", "EU", "ZZ"} & {c.id for c in evaluated + training}  # shots and groupings left out
+    reference = country_reference(["FR"], COUNTRY_LANGUAGES)
+    assert len(COUNTRY_LANGUAGES) == 50 and reference[("FR", "de")] == {"frankreich"}
+    assert reference[("FR", "ja")] == {"フランス"}
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"id": "A", "names": ["a"]}', '{"id": "A", "names": ["b"]}'], "c.jsonl:2: field \"id\" duplicate concept id"),
+    (['{"id": "A", "names": []}'], 'c.jsonl:1: field "names" must be a non-empty list'),
+    (['{"id": "", "names": ["x"]}'], 'c.jsonl:1: field "id" must be a non-empty string'),
+])
+def test_bad_concept_files_name_the_line_and_field(tmp_path, lines, message):
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=message):
+        read_concepts(path)
+
+
+def test_unknown_language_codes_are_refused_with_the_accepted_list():
+    assert language_codes("pt,de,ja,pt-BR") == ("pt", "de", "ja", "pt_BR")
+    with pytest.raises(ConfigError, match=r"unknown language code 'klingon'; accepted \(CLDR\): .*\bde\b.*\bja\b"):
+        language_codes("de,klingon")
+
+
+def test_the_tuned_generator_learns_its_pairs_and_keeps_the_parameter_count(tiny_model, tmp_path):
+    pairs = [Shot("good", "fr", "bon"), Shot("bad", "fr", "mal")] * 8
+    facts = tune_generator(tiny_model, pairs, tmp_path / "g", shots=[])
+    assert facts["epoch_losses"][-1] < facts["epoch_losses"][0]
+    assert facts["params_total"] == tiny_model.params_total and 0 < facts["params_trainable"] < facts["params_total"]
+    loaded = load_model(tmp_path / "g")
+    assert loaded.params_total == tiny_model.params_total and loaded.fingerprint != tiny_model.fingerprint
+    assert generator_shots(tmp_path / "g") == [] and json.loads((tmp_path / "g" / GENERATOR_FILE).read_text())
+    with pytest.raises(ConfigError, match="exists; pass --overwrite"):
+        tune_generator(tiny_model, pairs, tmp_path / "g")
+
+
+def test_serve_terms_answers_match_with_concept_language_and_span(tmp_path):
+    store = TermStore(tmp_path / "t.sqlite")
+    store.put_batch([Term("JP", "ja", "日本", -0.1), Term("PE", "es", "Perú", -0.2)],
+                    [("JP", "ja", 1, 1), ("PE", "es", 1, 1)], "f" * 16, "h" * 16)
+    with LoopbackServer(create_app(ServeConfig(terms=tmp_path / "t.sqlite"))) as client:
+        answer = client.post("/match", json={"text": "Vuelo de PERÚ a 日本です"}).json()
+        assert [(m["concept"], m["language"], m["start"], m["end"]) for m in answer["matches"]] == [
+            ("PE", "es", 9, 13), ("JP", "ja", 16, 18)]
+        assert client.get("/predict", params={"text": "x"}).status_code == 404  # no prediction store given
+    with pytest.raises(ConfigError, match="give --store"):
+        ServeConfig()
+
+
+def test_expand_command_refuses_bad_input_before_loading_a_model(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"id": "A", "names": ["a"]}\n{"id": "A", "names": ["b"]}\n')
+    line = one_error_line(run_cli("expand", "--concepts", path, "--languages", "de", "--store", tmp_path / "t"))
+    assert 'c.jsonl:2: field "id" duplicate concept id' in line and not (tmp_path / "t").exists()
+    line = one_error_line(run_cli("expand", "--concepts", path, "--languages", "xx1", "--store", tmp_path / "t"))
+    assert "unknown language code 'xx1'" in line

@@ -1,0 +1,478 @@
+"""Offline generation of term lists: for each concept and language the model proposes names, which are normalised,
+de-duplicated, optionally verified, and written to a term store with their provenance (terms.py); `serve --terms`
+then finds them in live text. This is the generation half of offline inference: the seed's search engine that had
+an LLM list 800+ names of "Covid vaccine" in 50+ languages once, and matched live queries against the list.
+
+Generation is transformers' `generate()` on the rungs' own `Model`: prompts batched and left-padded, several
+candidates per prompt (beam search, or sampling), scored by the mean log-probability of their tokens. The instruct
+chat template is used when the tokenizer has one. The few-shot prefix is not served from a shared key/value cache
+here: with left padding the shared prefix sits at a different position in every row of a batch.
+
+The built-in evaluation `countries` measures it on real public data: the Unicode CLDR names of territories
+(shipped in babel), concept = a country, seed = its English name, reference = its names in each language.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+import weakref
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from tunelab.errors import ConfigError, InputError
+from tunelab.models import Model
+from tunelab.tasks import read_rows
+from tunelab.terms import Term, TermStore, match_key, normalise_term
+
+COUNTRIES = "countries"  # the built-in concepts and reference (its held-out half; `countries-train` the other)
+# 50 languages of the built-in evaluation, chosen for breadth of script and family.
+COUNTRY_LANGUAGES = ("af", "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "es", "et", "eu", "fa", "fi", "fr",
+                     "gl", "he", "hi", "hr", "hu", "id", "is", "it", "ja", "ka", "kk", "ko", "lt", "lv", "mk", "ms",
+                     "nb", "nl", "pl", "pt", "ro", "ru", "sk", "sl", "sr", "sv", "sw", "ta", "th", "tr", "uk", "ur",
+                     "vi", "zh")
+# The default shots: real CLDR names of three countries, which the built-in evaluation leaves out.
+SHOT_COUNTRIES = (("DE", "fr"), ("JP", "es"), ("BR", "de"))
+NOT_COUNTRIES = {"EU", "EZ", "UN", "ZZ", "QO", "XA", "XB"}  # CLDR territory codes that are groupings or pseudo
+
+
+@dataclass(frozen=True)
+class Concept:
+    id: str
+    names: tuple[str, ...]  # the seed names (the first one is the prompt's)
+
+
+@dataclass(frozen=True)
+class Shot:
+    source: str
+    language: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ExpandConfig:
+    languages: tuple[str, ...] = ()
+    per_language: int = 3  # candidates generated per concept and language
+    decoding: Literal["beam", "sample"] = "beam"
+    temperature: float = 0.7  # sampling only
+    max_new_tokens: int = 16
+    batch_size: int = 16  # prompts per generate() call
+    min_score: float | None = None  # drop candidates whose mean token log-probability is lower
+    append: bool = False  # add to a store that holds another generator's terms
+    seed: int = 0
+
+    def __post_init__(self):
+        problems = []
+        if self.decoding not in ("beam", "sample"):
+            problems.append(f"--decoding must be beam or sample, got {self.decoding!r}")
+        for flag, value in (("--per-language", self.per_language), ("--max-new-tokens", self.max_new_tokens),
+                            ("--batch-size", self.batch_size)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if self.temperature <= 0:
+            problems.append(f"--temperature must be > 0, got {self.temperature}")
+        if problems:
+            raise ConfigError(problems)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def language_codes(text: str | tuple[str, ...]) -> tuple[str, ...]:
+    """Checked CLDR language codes (pt, de, ja, zh_Hant, pt-BR); an unknown one is refused with the accepted list."""
+    from babel import Locale, UnknownLocaleError
+    from babel.localedata import locale_identifiers
+
+    codes = [c.strip().replace("-", "_") for c in (text.split(",") if isinstance(text, str) else text) if c.strip()]
+    if not codes:
+        raise ConfigError("--languages needs at least one language code")
+    for code in codes:
+        try:
+            Locale.parse(code)
+        except (ValueError, UnknownLocaleError):
+            accepted = ", ".join(sorted({c.split("_")[0] for c in locale_identifiers()}))
+            raise ConfigError(f"--languages: unknown language code {code!r}; accepted (CLDR): {accepted}") from None
+    if len(set(codes)) != len(codes):
+        raise ConfigError(f"--languages lists a code twice: {','.join(codes)}")
+    return tuple(codes)
+
+
+def language_name(code: str) -> str:
+    from babel import Locale
+
+    return Locale.parse(code).get_display_name("en")
+
+
+def read_concepts(path: str | Path) -> list[Concept]:
+    """Concepts from JSONL, one `{"id": ..., "names": [...]}` a line; or the built-in `countries`.
+
+    Raises:
+        InputError: a missing or empty id or names field, or an id used twice (file and line named).
+    """
+    if str(path) in (COUNTRIES, f"{COUNTRIES}-train"):
+        return country_concepts(str(path))
+    concepts, seen = [], {}
+    for line, row in read_rows(path, ("id", "--concepts"), ("names", "--concepts")):
+        concept_id, names = row.get("id"), row.get("names")
+        if not isinstance(concept_id, str) or not concept_id.strip():
+            raise InputError("must be a non-empty string", path=path, line=line, field="id")
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise InputError("must be a non-empty list of names", path=path, line=line, field="names")
+        if concept_id in seen:
+            raise InputError(f"duplicate concept id {concept_id!r} (first on line {seen[concept_id]})", path=path,
+                             line=line, field="id")
+        seen[concept_id] = line
+        concepts.append(Concept(concept_id, tuple(n.strip() for n in names)))
+    if not concepts:
+        raise InputError("holds no concepts", path=path)
+    return concepts
+
+
+def read_shots(path: str | Path | None) -> list[Shot]:
+    """Few-shot examples from JSONL, one `{"source": "Germany", "language": "fr", "name": "Allemagne"}` a line;
+    without a file, three real CLDR country names."""
+    if path is None:
+        from babel import Locale
+
+        english = Locale("en").territories
+        return [Shot(english[code], lang, Locale.parse(lang).territories[code]) for code, lang in SHOT_COUNTRIES]
+    shots = []
+    for line, row in read_rows(path, ("source", "--examples"), ("language", "--examples"), ("name", "--examples")):
+        for field in ("source", "language", "name"):
+            if not isinstance(row.get(field), str) or not row[field].strip():
+                raise InputError("must be a non-empty string", path=path, line=line, field=field)
+        shots.append(Shot(row["source"].strip(), language_codes(row["language"])[0], row["name"].strip()))
+    return shots
+
+
+def read_reference(path: str | Path, languages: tuple[str, ...]) -> dict[tuple[str, str], set[str]]:
+    """(concept, language) -> the match keys of its reference names; from JSONL lines
+    `{"id": ..., "language": ..., "names": [...]}`, or the built-in `countries` (CLDR)."""
+    if str(path) in (COUNTRIES, f"{COUNTRIES}-train"):
+        return country_reference([c.id for c in country_concepts(str(path))], languages)
+    reference: dict[tuple[str, str], set[str]] = {}
+    for line, row in read_rows(path, ("id", "--evaluate"), ("language", "--evaluate"), ("names", "--evaluate")):
+        names = row.get("names")
+        if not isinstance(row.get("id"), str) or not isinstance(row.get("language"), str):
+            raise InputError("needs string fields id and language", path=path, line=line, field="id")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise InputError("must be a list of names", path=path, line=line, field="names")
+        key = (row["id"], row["language"].replace("-", "_"))
+        reference.setdefault(key, set()).update(match_key(normalise_term(n)) for n in names)
+    return reference
+
+
+def country_concepts(which: str = COUNTRIES) -> list[Concept]:
+    """The CLDR countries (two-letter territory codes, groupings left out, the shots' countries left out), split
+    in two halves by a fixed seed: `countries` to evaluate, `countries-train` to tune a generator on."""
+    from babel import Locale
+
+    english = Locale("en").territories
+    shot_codes = {code for code, _ in SHOT_COUNTRIES}
+    codes = sorted(c for c in english if len(c) == 2 and c.isalpha() and c not in NOT_COUNTRIES | shot_codes)
+    random.Random(0).shuffle(codes)
+    half = codes[: len(codes) // 2] if which == COUNTRIES else codes[len(codes) // 2 :]
+    return [Concept(code, (english[code],)) for code in sorted(half)]
+
+
+def country_pairs(which: str, languages: tuple[str, ...]) -> list[Shot]:
+    """(English name, language, CLDR name) for the countries of `which` in each language: a generator's training
+    pairs (from `countries-train`, which the evaluation leaves alone)."""
+    from babel import Locale
+
+    concepts = country_concepts(which)
+    pairs = []
+    for language in languages:
+        names = Locale.parse(language).territories
+        pairs += [Shot(c.names[0], language, names[c.id]) for c in concepts if c.id in names]
+    return pairs
+
+
+def read_pairs(path: str | Path, languages: tuple[str, ...]) -> list[Shot]:
+    """Training pairs: the built-in `countries-train`, or a JSONL file in the --examples format."""
+    return country_pairs(str(path), languages) if str(path) in (COUNTRIES, f"{COUNTRIES}-train") else read_shots(path)
+
+
+def country_reference(codes: list[str], languages: tuple[str, ...]) -> dict[tuple[str, str], set[str]]:
+    from babel import Locale
+
+    reference = {}
+    for language in languages:
+        names = Locale.parse(language).territories
+        for code in codes:
+            if code in names:
+                reference[(code, language)] = {match_key(normalise_term(names[code]))}
+    return reference
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompts and generation
+
+
+def render_prompt(tokenizer, shots: list[Shot], source: str, language: str) -> tuple[str, bool]:
+    """The prompt for one (seed name, language), and whether it is in the chat template (which then holds the
+    special tokens itself)."""
+    def ask(name: str, code: str) -> str:
+        return f"{name} in {language_name(code)}:"
+
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": "Give the name the user asks for, in that language. Answer with "
+                                                  "the name only."}]
+        for shot in shots:
+            messages += [{"role": "user", "content": ask(shot.source, shot.language)},
+                         {"role": "assistant", "content": shot.name}]
+        messages.append({"role": "user", "content": ask(source, language)})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
+    lines = [f"{ask(shot.source, shot.language)} {shot.name}" for shot in shots]
+    return "\n".join([*lines, ask(source, language)]), False
+
+
+def prompt_hash(shots: list[Shot], config: ExpandConfig, chat: bool) -> str:
+    """Names the prompt format, shots and decoding settings: a store resumes only work done the same way."""
+    decided_by = {"shots": [asdict(s) for s in shots], "chat": chat, "per_language": config.per_language,
+                  "decoding": config.decoding, "temperature": config.temperature if config.decoding == "sample"
+                  else None, "max_new_tokens": config.max_new_tokens, "min_score": config.min_score,
+                  "seed": config.seed}
+    return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_STOP_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its stop ids, found once
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """The end-of-sequence token and every token that holds a line break: a name ends at either. (generate()'s
+    `stop_strings` would do it, but it cannot read every tokenizer's vocabulary; these ids work for all.)"""
+    key = tokenizer
+    if key not in _STOP_IDS:
+        ids = list(range(len(tokenizer)))
+        texts = tokenizer.batch_decode([[i] for i in ids])
+        stops = {i for i, text in zip(ids, texts) if "\n" in text}
+        if tokenizer.eos_token_id is not None:
+            stops.add(tokenizer.eos_token_id)
+        _STOP_IDS[key] = sorted(stops)
+    return _STOP_IDS[key]
+
+
+@torch.no_grad()
+def generate_candidates(model: Model, prompts: list[str], config: ExpandConfig, *, chat: bool,
+                        batch_size: int | None = None) -> list[list[tuple[str, float]]]:
+    """`config.per_language` (text, mean token log-probability) candidates per prompt, by generate() on batches
+    of left-padded prompts; the text is cut at the first line break."""
+    tokenizer, lm = model.tokenizer, model.lm
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    n = config.per_language
+    options = dict(max_new_tokens=config.max_new_tokens, num_return_sequences=n, pad_token_id=pad_id,
+                   return_dict_in_generate=True, output_scores=True, eos_token_id=stop_token_ids(tokenizer))
+    beams = config.decoding == "beam" and n > 1  # one beam is greedy decoding
+    if config.decoding == "beam":
+        options.update(num_beams=n, do_sample=False, **({"early_stopping": True} if beams else {}))
+    else:
+        options.update(do_sample=True, temperature=config.temperature, top_p=0.95)
+    results = []
+    try:
+        torch.manual_seed(config.seed)
+        size = batch_size or config.batch_size
+        for start in range(0, len(prompts), size):
+            batch = tokenizer(prompts[start : start + size], return_tensors="pt", padding=True,
+                              add_special_tokens=not chat).to(model.device)
+            out = lm.generate(**batch, **options)
+            new = out.sequences[:, batch["input_ids"].shape[1] :]
+            if beams:
+                scores = out.sequences_scores.float().tolist()  # the beam's log-probability over its length
+            else:
+                steps = lm.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).float()
+                real = (new != pad_id) & torch.isfinite(steps)
+                scores = (torch.where(real, steps, 0).sum(1) / real.sum(1).clamp(min=1)).tolist()
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            candidates = [(text.split("\n")[0], score) for text, score in zip(texts, scores)]
+            results += [candidates[i : i + n] for i in range(0, len(candidates), n)]
+    finally:
+        tokenizer.padding_side = side
+    return results
+
+
+def _positive_probability(verifier, texts: list[str]) -> list[float]:
+    from tunelab.predictor import predict
+
+    labels = list(verifier.label_names)
+    positive = next((name for name in ("yes", "true", "positive") if name in labels), labels[-1])
+    return predict(verifier, texts).probs[:, labels.index(positive)].tolist()
+
+
+VERIFY_FORMAT = "{source} in {language}: {candidate}"  # what a --verify predictor is asked to judge
+
+
+def expand(
+    model: Model,
+    concepts: list[Concept],
+    store_path: str | Path,
+    config: ExpandConfig,
+    *,
+    shots: list[Shot] | None = None,
+    verifier=None,
+    on_total: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Generate terms for every (concept, language) pair not yet done by this generator and prompt, and store them
+    batch by batch (one transaction each: a kill loses at most the batch in flight).
+
+    Returns counts: pairs, already done, generated now, candidates, kept (new distinct terms), dropped by the
+    score or the verifier, seconds and terms per second.
+    """
+    if not config.languages:
+        raise ConfigError("--languages needs at least one language code")
+    shots = read_shots(None) if shots is None else shots
+    store = TermStore(store_path)
+    try:
+        store.check_generator(model.fingerprint, config.append)
+        chat = bool(getattr(model.tokenizer, "chat_template", None))
+        hashed = prompt_hash(shots, config, chat)
+        done = store.done_pairs(model.fingerprint, hashed)
+        pairs = [(c, lang) for c in concepts for lang in config.languages if (c.id, lang) not in done]
+        if on_total:
+            on_total(len(pairs))
+        counts = {"pairs": len(concepts) * len(config.languages), "already_done": len(concepts) *
+                  len(config.languages) - len(pairs), "generated": 0, "candidates": 0, "kept": 0,
+                  "dropped_score": 0, "dropped_verifier": 0, "empty": 0}
+        started = time.perf_counter()
+        for start in range(0, len(pairs), config.batch_size):
+            batch = pairs[start : start + config.batch_size]
+            prompts = [render_prompt(model.tokenizer, shots, c.names[0], lang)[0] for c, lang in batch]
+            generated = generate_candidates(model, prompts, config, chat=chat)
+            terms, finished = _select(batch, generated, config, verifier, counts)
+            counts["kept"] += store.put_batch(terms, finished, model.fingerprint, hashed)
+            counts["generated"] += len(batch)
+            if on_progress:
+                on_progress(len(batch))
+        seconds = time.perf_counter() - started
+        return {**counts, "seconds": seconds, "terms_per_s": counts["candidates"] / seconds if seconds else 0.0,
+                "fingerprint": model.fingerprint, "prompt_hash": hashed, "store": str(store_path),
+                "terms_in_store": store.count()}
+    finally:
+        store.close()
+
+
+def _select(batch, generated, config: ExpandConfig, verifier, counts: dict):
+    """Normalise, de-duplicate within each pair, drop by score and verifier; the terms and the finished pairs."""
+    terms, finished, verify_texts = [], [], []
+    for (concept, language), candidates in zip(batch, generated):
+        seen, kept = set(), []
+        for text, score in candidates:
+            counts["candidates"] += 1
+            term = normalise_term(text)
+            if not term:
+                counts["empty"] += 1
+                continue
+            if match_key(term) in seen:
+                continue
+            seen.add(match_key(term))
+            if config.min_score is not None and score < config.min_score:
+                counts["dropped_score"] += 1
+                continue
+            kept.append(Term(concept.id, language, term, float(score)))
+        terms += kept
+        finished.append([concept.id, language, len(candidates), len(kept)])
+        verify_texts += [VERIFY_FORMAT.format(source=concept.names[0], language=language_name(language),
+                                              candidate=t.text) for t in kept]
+    if verifier is not None and terms:
+        probabilities = _positive_probability(verifier, verify_texts)
+        judged = [Term(t.concept, t.language, t.text, t.score, p) for t, p in zip(terms, probabilities)]
+        terms = [t for t in judged if t.verifier_score >= 0.5]
+        counts["dropped_verifier"] += len(judged) - len(terms)
+        kept_per_pair: dict = {}
+        for t in terms:
+            kept_per_pair[(t.concept, t.language)] = kept_per_pair.get((t.concept, t.language), 0) + 1
+        for row in finished:
+            row[3] = kept_per_pair.get((row[0], row[1]), 0)
+    return terms, [tuple(row) for row in finished]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate_terms(store_path: str | Path, reference: dict[tuple[str, str], set[str]], fingerprint: str,
+                   concepts: list[Concept], languages: tuple[str, ...]) -> dict:
+    """Per language: recall (share of the concepts with a reference name whose list holds one of its names) and
+    precision (share of generated terms that are a reference name of their concept); means over languages."""
+    store = TermStore(store_path, read_only=True)
+    try:
+        generated: dict[tuple[str, str], set[str]] = {}
+        for term in store.terms(fingerprint):
+            generated.setdefault((term.concept, term.language), set()).add(match_key(term.text))
+    finally:
+        store.close()
+    wanted = {c.id for c in concepts}
+    per_language = {}
+    for language in languages:
+        pairs = [(c, language) for c in sorted(wanted) if (c, language) in reference]
+        if not pairs:
+            continue
+        hits = sum(bool(generated.get(p, set()) & reference[p]) for p in pairs)
+        produced = sum(len(generated.get(p, ())) for p in pairs)
+        correct = sum(len(generated.get(p, set()) & reference[p]) for p in pairs)
+        per_language[language] = {"recall": hits / len(pairs), "precision": correct / produced if produced else 0.0,
+                                  "concepts": len(pairs), "terms": produced}
+    if not per_language:
+        raise InputError("the reference has no names for these concepts and languages", path=str(store_path))
+    mean = lambda key: sum(v[key] for v in per_language.values()) / len(per_language)  # noqa: E731
+    return {"recall": mean("recall"), "precision": mean("precision"), "per_language": per_language}
+
+
+def summary_lines(report: dict) -> list[str]:
+    lines = [f"{report['generated']:,} of {report['pairs']:,} (concept, language) pairs generated now "
+             f"({report['already_done']:,} were done); {report['candidates']:,} candidates at "
+             f"{report['terms_per_s']:.1f}/s, {report['kept']:,} new terms kept "
+             f"({report['dropped_score']:,} under --min-score, {report['dropped_verifier']:,} refused by the "
+             f"verifier, {report['empty']:,} empty); {report['terms_in_store']:,} terms in {report['store']}"]
+    if "evaluation" in report:
+        evaluation = report["evaluation"]
+        lines.append(f"against the reference: recall {evaluation['recall']:.3f}, precision "
+                     f"{evaluation['precision']:.3f} (means over {len(evaluation['per_language'])} languages)")
+        lines.append(f"{'language':<10}{'recall':>8}{'precision':>11}{'concepts':>10}{'terms':>8}")
+        for language, row in evaluation["per_language"].items():
+            lines.append(f"{language:<10}{row['recall']:>8.3f}{row['precision']:>11.3f}{row['concepts']:>10}"
+                         f"{row['terms']:>8}")
+    return lines
+
+
+def run_expand(load: Callable[[], Model], concepts_path: str, store_path: str | Path, config: ExpandConfig, *,
+               model_spec: str | Path | None = None, examples: str | Path | None = None,
+               verify: str | Path | None = None, limit: int | None = None, reference: str | Path | None = None,
+               on_total=None, on_progress=None) -> dict:
+    """`tunelab expand`: read and check every input before the model loads, generate, then evaluate when a
+    reference is given (the built-in `countries` evaluates the `countries` concepts in COUNTRY_LANGUAGES)."""
+    from tunelab.generation_tuning import generator_shots
+
+    concepts = read_concepts(concepts_path)
+    if limit is not None:
+        if limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {limit}")
+        concepts = concepts[:limit]
+    trained_shots = generator_shots(model_spec) if model_spec is not None else None
+    shots = read_shots(examples) if examples is not None else trained_shots
+    verifier = None
+    if verify is not None:
+        from tunelab.predictor import load_predictor
+
+        verifier = load_predictor(verify)
+        if verifier.kind != "classification":
+            raise ConfigError(f"--verify {verify}: a verifier must be a classifier (yes/no), not {verifier.kind}")
+    gold = read_reference(reference, config.languages) if reference is not None else None
+    model = load()
+    report = expand(model, concepts, store_path, config, shots=shots, verifier=verifier, on_total=on_total,
+                    on_progress=on_progress)
+    if gold is not None:
+        report["evaluation"] = evaluate_terms(store_path, gold, model.fingerprint, concepts, config.languages)
+        report.update(precision=report["evaluation"]["precision"], recall=report["evaluation"]["recall"],
+                      per_language=report["evaluation"]["per_language"])
+    return report

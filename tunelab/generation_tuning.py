@@ -1,0 +1,122 @@
+"""The tune rung for generation: LoRA (PEFT) on (seed name, language) -> name pairs, the loss on the name's tokens
+only, so that `expand` can run a tuned generator against the prompted one on the same evaluation.
+
+The tuned generator is saved as a plain Hugging Face folder (LoRA merged: exactly as many parameters as its base)
+plus `tunelab-generator.json` recording its base, its training pairs, its parameter counts and the shots its prompt
+was trained with; `expand --model DIR` reads that file and prompts it the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tunelab.errors import ConfigError
+from tunelab.expand import Shot, render_prompt
+from tunelab.models import Model, adamw, count_parameters
+
+GENERATOR_FILE = "tunelab-generator.json"
+
+
+@dataclass(frozen=True)
+class GeneratorTuneConfig:
+    epochs: int = 2
+    lr: float = 1e-3
+    lora_r: int = 8
+    lora_alpha: int = 16
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.lora_r < 1 or self.lr <= 0:
+            raise ConfigError(f"--epochs, --batch-size and --lora-r must be >= 1 and --lr > 0, got {asdict(self)}")
+
+
+def generator_shots(model_spec: str | Path) -> list[Shot] | None:
+    """The shots a tuned generator was trained with (None for a model that is not one)."""
+    path = Path(model_spec) / GENERATOR_FILE
+    if not path.is_file():
+        return None
+    return [Shot(**shot) for shot in json.loads(path.read_text(encoding="utf-8"))["shots"]]
+
+
+def _examples(model: Model, pairs: list[Shot], shots: list[Shot]) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per pair: the prompt's tokens masked with -100, then the name and the end of the turn."""
+    tokenizer, examples = model.tokenizer, []
+    for pair in pairs:
+        prompt, chat = render_prompt(tokenizer, shots, pair.source, pair.language)
+        end = "<|im_end|>" if chat and "<|im_end|>" in tokenizer.get_vocab() else (
+            tokenizer.eos_token if chat else "\n")
+        prompt_ids = tokenizer(prompt, add_special_tokens=not chat).input_ids
+        target_ids = tokenizer(pair.name + end, add_special_tokens=False).input_ids
+        examples.append((prompt_ids + target_ids, [-100] * len(prompt_ids) + target_ids))
+    return examples
+
+
+def tune_generator(model: Model, pairs: list[Shot], out_dir: str | Path, config: GeneratorTuneConfig = (
+        GeneratorTuneConfig()), *, shots: list[Shot] = (), overwrite: bool = False,
+        on_step: Callable[[int, float], None] | None = None) -> dict:
+    """LoRA-tune a copy of `model` on `pairs` and save it, merged, to `out_dir` (atomically: the folder appears
+    complete or not at all). Returns the training facts."""
+    from peft import LoraConfig, get_peft_model
+
+    if not pairs:
+        raise ConfigError("no training pairs: the generator needs (source, language, name) pairs")
+    if Path(out_dir).exists() and not overwrite:
+        raise ConfigError(f"{out_dir} exists; pass --overwrite to replace it")
+    examples = _examples(model, pairs, list(shots))
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        lm = get_peft_model(copy.deepcopy(model.lm), LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                                                               target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainable = [p for p in lm.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    optimizer = adamw(trainable, lr=config.lr, weight_decay=0.0)
+    started, losses, rng = time.perf_counter(), [], random.Random(config.seed)
+    lm.train()
+    for epoch in range(config.epochs):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        total = 0.0
+        for start in range(0, len(order), config.batch_size):
+            batch = [examples[i] for i in order[start : start + config.batch_size]]
+            width = max(len(ids) for ids, _ in batch)
+            ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in batch], device=model.device)
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=model.device)
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=model.device)
+            loss = lm(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += loss.item() * len(batch)
+            if on_step:
+                on_step(len(batch), loss.item())
+        losses.append(total / len(examples))
+    lm.eval()
+    seconds = time.perf_counter() - started
+    merged = lm.merge_and_unload()
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    merged.save_pretrained(staging, safe_serialization=True)
+    model.tokenizer.save_pretrained(staging)
+    facts = {"base_model": model.name, "base_fingerprint": model.fingerprint, "pairs": len(pairs),
+             "languages": sorted({p.language for p in pairs}), "config": asdict(config), "epoch_losses": losses,
+             "train_seconds": seconds, "params_total": count_parameters(merged)[0], "params_trainable": n_trainable,
+             "shots": [asdict(s) for s in shots]}
+    (staging / GENERATOR_FILE).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    return facts
