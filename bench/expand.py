@@ -1,0 +1,180 @@
+"""Offline term generation end to end: generation throughput, prompted vs LoRA-tuned recall, /match latency.
+
+1. Throughput: the same prompts through generate_candidates() in batches of --batch vs one prompt at a time.
+2. Quality on the built-in `countries` evaluation (CLDR names): the prompted generator (3 real shots) vs a generator
+   LoRA-tuned on the `countries-train` half (which the evaluation leaves alone), same concepts and languages,
+   recall@N and precision per language.
+3. /match: find_terms over a 100k-term list built from CLDR names (territories and languages in every locale)
+   against a naive loop that tests every term, per text of a few hundred characters; server time, in process.
+
+    python bench/expand.py [--concepts 40] [--languages de,fr,es,...] [--per-language 3] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+from harness import run_tunelab
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.expand import ExpandConfig, generate_candidates, read_concepts, read_shots, render_prompt
+from tunelab.models import load_model
+from tunelab.terms import Term, _at_word_boundaries, build_automaton, find_terms, match_key, written_without_spaces
+
+LANGUAGES = "de,fr,es,it,pt,nl,pl,ru,ja,zh"
+
+
+def throughput(prompts: int, batch: int) -> list[tuple]:
+    model = load_model("smollm2")
+    concepts = read_concepts("countries")[:prompts]
+    shots = read_shots(None)
+    texts = [render_prompt(model.tokenizer, shots, c.names[0], "de")[0] for c in concepts]
+    rows = []
+    for per_language in (1, 3):
+        config = ExpandConfig(languages=("de",), per_language=per_language)
+        timings = {}
+        for size in (1, batch):
+            generate_candidates(model, texts[:2], config, chat=True, batch_size=size)  # warm-up
+            started = time.perf_counter()
+            generate_candidates(model, texts, config, chat=True, batch_size=size)
+            timings[size] = len(texts) * per_language / (time.perf_counter() - started)
+        rows.append((f"{'greedy' if per_language == 1 else 'beam'}, {per_language} per prompt",
+                     f"{timings[1]:.2f}", f"{timings[batch]:.2f}", f"{timings[batch] / timings[1]:.1f}x"))
+    return rows
+
+
+def quality(args) -> list[dict]:
+    out = args.out
+    reports = {}
+    common = ["--concepts", "countries", "--limit", str(args.concepts), "--languages", args.languages,
+              "--per-language", str(args.per_language), "--evaluate", "countries"]
+    reports["prompted (3 shots)"] = run_tunelab("expand", *common, "--store", str(out / "prompted.sqlite"))
+    if not (out / "generator" / "tunelab-generator.json").is_file():
+        run_tunelab("expand-tune", "--pairs", "countries-train", "--languages", args.languages, "--epochs",
+                    str(args.epochs), "--out", str(out / "generator"), "--overwrite")
+    facts = json.loads((out / "generator" / "tunelab-generator.json").read_text())
+    reports[f"LoRA-tuned ({facts['pairs']} pairs, {facts['train_seconds']:.0f} s)"] = run_tunelab(
+        "expand", *common, "--model", str(out / "generator"), "--store", str(out / "tuned.sqlite"))
+    return reports
+
+
+def cldr_terms(n: int) -> list[Term]:
+    """Up to n distinct real names: territories and languages in every CLDR locale."""
+    from babel import Locale
+    from babel.localedata import locale_identifiers
+
+    terms, seen = [], set()
+    for locale in sorted(locale_identifiers()):
+        try:
+            loaded = Locale.parse(locale)
+        except ValueError:
+            continue
+        for kind, names in (("territory", loaded.territories), ("language", loaded.languages),
+                            ("currency", loaded.currencies)):
+            for code, name in names.items():
+                if (key := match_key(name)) not in seen:
+                    seen.add(key)
+                    terms.append(Term(f"{kind}:{code}", locale, name, 0.0))
+    return random.Random(0).sample(terms, min(n, len(terms)))
+
+
+def naive_find(terms: list[Term], text: str) -> list[tuple]:
+    """The baseline: test every term against the case-folded text."""
+    folded, found = text.casefold(), []
+    for term in terms:
+        key = match_key(term.text)
+        start = folded.find(key)
+        while start != -1:
+            if written_without_spaces(key) or _at_word_boundaries(folded, start, start + len(key)):
+                found.append((term.concept, start))
+            start = folded.find(key, start + 1)
+    return found
+
+
+def match_latency(n_terms: int, n_texts: int) -> tuple[list[tuple], int]:
+    terms = cldr_terms(n_terms)
+    automaton = build_automaton(terms)
+    rng = random.Random(1)
+    words = [t.text for t in rng.sample(terms, 2000)] + "the of and to in flights from with for news".split() * 100
+    texts = []
+    for _ in range(n_texts):
+        text = ""
+        while len(text) < 300:
+            text += rng.choice(words) + " "
+        texts.append(text.strip())
+    fast, slow = [], []
+    for text in texts:
+        started = time.perf_counter()
+        find_terms(automaton, text, 100)
+        fast.append(time.perf_counter() - started)
+    for text in texts[: max(5, n_texts // 50)]:
+        started = time.perf_counter()
+        naive_find(terms, text)
+        slow.append(time.perf_counter() - started)
+
+    def p(values, q):
+        return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) >= 2 else values[0] * 1000
+
+    rows = [("Aho-Corasick (find_terms)", len(fast), f"{p(fast, 50):.3f}", f"{p(fast, 99):.3f}", "-"),
+            ("naive loop over every term", len(slow), f"{p(slow, 50):.3f}", f"{p(slow, 99):.3f}",
+             f"{statistics.median(slow) / statistics.median(fast):.0f}x")]
+    return rows, len(terms)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concepts", type=int, default=40)
+    parser.add_argument("--languages", default=LANGUAGES)
+    parser.add_argument("--per-language", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=32, help="prompts in the throughput comparison")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--terms", type=int, default=100_000)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-expand"))
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: throughput,quality,match")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    skip = set(args.skip.split(","))
+    console = Console(width=150)
+    if "throughput" not in skip:
+        table = Table(title=f"generation throughput: {args.prompts} prompts (3-shot chat prompt, SmolLM2), "
+                            f"candidates per second")
+        for column in ("decoding", "one prompt at a time", f"batches of {args.batch}", "batched / one at a time"):
+            table.add_column(column, justify="left" if column == "decoding" else "right")
+        for row in throughput(args.prompts, args.batch):
+            table.add_row(*row)
+        console.print(table)
+    if "quality" not in skip:
+        reports = quality(args)
+        languages = args.languages.split(",")
+        table = Table(title=f"countries (CLDR): {args.concepts} held-out countries x {len(languages)} languages, "
+                            f"recall@{args.per_language} / precision")
+        table.add_column("generator")
+        for language in languages:
+            table.add_column(language, justify="right")
+        table.add_column("mean", justify="right")
+        table.add_column("terms/s", justify="right")
+        for name, report in reports.items():
+            cells = [f"{report['per_language'][lang]['recall']:.2f}/{report['per_language'][lang]['precision']:.2f}"
+                     if lang in report["per_language"] else "-" for lang in languages]
+            table.add_row(name, *cells, f"{report['recall']:.3f}/{report['precision']:.3f}",
+                          f"{report['terms_per_s']:.1f}")
+        console.print(table)
+    if "match" not in skip:
+        rows, n_terms = match_latency(args.terms, 2000)
+        table = Table(title=f"/match server time: {n_terms:,} CLDR terms, texts of ~300 characters")
+        for column in ("matcher", "texts", "p50 ms", "p99 ms", "naive / fast (median)"):
+            table.add_column(column, justify="left" if column == "matcher" else "right")
+        for row in rows:
+            table.add_row(*map(str, row))
+        console.print(table)
+
+
+if __name__ == "__main__":
+    main()
