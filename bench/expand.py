@@ -23,7 +23,14 @@ from harness import run_tunelab
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.expand import ExpandConfig, generate_candidates, read_concepts, read_shots, render_prompt
+from tunelab.expand import (
+    ExpandConfig,
+    generate_candidates,
+    read_concepts,
+    read_shots,
+    render_prompt,
+    shared_prefix,
+)
 from tunelab.models import load_model
 from tunelab.terms import Term, _at_word_boundaries, build_automaton, find_terms, match_key, written_without_spaces
 
@@ -35,17 +42,19 @@ def throughput(prompts: int, batch: int) -> list[tuple]:
     concepts = read_concepts("countries")[:prompts]
     shots = read_shots(None)
     texts = [render_prompt(model.tokenizer, shots, c.names[0], "de")[0] for c in concepts]
+    prefix = shared_prefix(model.tokenizer, shots)
     rows = []
     for per_language in (1, 3):
         config = ExpandConfig(languages=("de",), per_language=per_language)
         timings = {}
-        for size in (1, batch):
-            generate_candidates(model, texts[:2], config, chat=True, batch_size=size)  # warm-up
+        for name, size, shared in (("one", 1, ""), ("batched", batch, ""), ("cached", batch, prefix)):
+            generate_candidates(model, texts[:2], config, chat=True, batch_size=size, prefix=shared)  # warm-up
             started = time.perf_counter()
-            generate_candidates(model, texts, config, chat=True, batch_size=size)
-            timings[size] = len(texts) * per_language / (time.perf_counter() - started)
+            generate_candidates(model, texts, config, chat=True, batch_size=size, prefix=shared)
+            timings[name] = len(texts) * per_language / (time.perf_counter() - started)
         rows.append((f"{'greedy' if per_language == 1 else 'beam'}, {per_language} per prompt",
-                     f"{timings[1]:.2f}", f"{timings[batch]:.2f}", f"{timings[batch] / timings[1]:.1f}x"))
+                     f"{timings['one']:.2f}", f"{timings['batched']:.2f}", f"{timings['cached']:.2f}",
+                     f"{timings['cached'] / timings['one']:.1f}x"))
     return rows
 
 
@@ -133,8 +142,8 @@ def main():
     parser.add_argument("--languages", default=LANGUAGES)
     parser.add_argument("--per-language", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--prompts", type=int, default=32, help="prompts in the throughput comparison")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=64, help="prompts in the throughput comparison")
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--terms", type=int, default=100_000)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-expand"))
     parser.add_argument("--skip", default="", help="comma list of parts to skip: throughput,quality,match")
@@ -145,7 +154,8 @@ def main():
     if "throughput" not in skip:
         table = Table(title=f"generation throughput: {args.prompts} prompts (3-shot chat prompt, SmolLM2), "
                             f"candidates per second")
-        for column in ("decoding", "one prompt at a time", f"batches of {args.batch}", "batched / one at a time"):
+        for column in ("decoding", "one prompt at a time", f"batches of {args.batch}",
+                       f"batches of {args.batch} + prefix cache (expand's path)", "expand / one at a time"):
             table.add_column(column, justify="left" if column == "decoding" else "right")
         for row in throughput(args.prompts, args.batch):
             table.add_row(*row)

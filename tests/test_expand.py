@@ -162,3 +162,19 @@ def test_expand_command_refuses_bad_input_before_loading_a_model(tmp_path):
     assert 'c.jsonl:2: field "id" duplicate concept id' in line and not (tmp_path / "t").exists()
     line = one_error_line(run_cli("expand", "--concepts", path, "--languages", "xx1", "--store", tmp_path / "t"))
     assert "unknown language code 'xx1'" in line
+
+
+def test_the_shared_prefix_cache_changes_no_candidate(tiny_model):
+    from tunelab.expand import generate_candidates, render_prompt, shared_prefix
+
+    shots = [Shot("good", "fr", "bon"), Shot("bad", "de", "schlecht")]
+    prompts = [render_prompt(tiny_model.tokenizer, shots, source, lang)[0]
+               for source in ("good", "bad", "nice day") for lang in ("fr", "de")]
+    prefix = shared_prefix(tiny_model.tokenizer, shots)
+    assert prefix and all(p.startswith(prefix) for p in prompts)
+    for per_language in (1, 3):  # greedy, and beam search over 3 beams
+        config = ExpandConfig(languages=("fr",), per_language=per_language, max_new_tokens=4, batch_size=4)
+        plain = generate_candidates(tiny_model, prompts, config, chat=False)
+        cached = generate_candidates(tiny_model, prompts, config, chat=False, prefix=prefix)
+        assert [[text for text, _ in row] for row in cached] == [[text for text, _ in row] for row in plain]
+        assert [s for row in cached for _, s in row] == pytest.approx([s for row in plain for _, s in row], abs=1e-4)

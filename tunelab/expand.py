@@ -5,8 +5,9 @@ an LLM list 800+ names of "Covid vaccine" in 50+ languages once, and matched liv
 
 Generation is transformers' `generate()` on the rungs' own `Model`: prompts batched and left-padded, several
 candidates per prompt (beam search, or sampling), scored by the mean log-probability of their tokens. The instruct
-chat template is used when the tokenizer has one. The few-shot prefix is not served from a shared key/value cache
-here: with left padding the shared prefix sits at a different position in every row of a batch.
+chat template is used when the tokenizer has one. The shared start of the prompts (instruction and shots) is
+encoded once: each batch is laid out as [prefix | padding | rest], the padding masked, so the prefix's key/value
+cache serves every row.
 
 The built-in evaluation `countries` measures it on real public data: the Unicode CLDR names of territories
 (shipped in babel), concept = a country, seed = its English name, reference = its names in each language.
@@ -14,6 +15,7 @@ The built-in evaluation `countries` measures it on real public data: the Unicode
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -61,7 +63,7 @@ class ExpandConfig:
     decoding: Literal["beam", "sample"] = "beam"
     temperature: float = 0.7  # sampling only
     max_new_tokens: int = 16
-    batch_size: int = 16  # prompts per generate() call
+    batch_size: int = 32  # prompts per generate() call (32 measured best on 2 cores; see docs/BENCHMARKS.md)
     min_score: float | None = None  # drop candidates whose mean token log-probability is lower
     append: bool = False  # add to a store that holds another generator's terms
     seed: int = 0
@@ -220,6 +222,17 @@ def country_reference(codes: list[str], languages: tuple[str, ...]) -> dict[tupl
 def render_prompt(tokenizer, shots: list[Shot], source: str, language: str) -> tuple[str, bool]:
     """The prompt for one (seed name, language), and whether it is in the chat template (which then holds the
     special tokens itself)."""
+    prompt, _, chat = _render(tokenizer, shots, source, language)
+    return prompt, chat
+
+
+def shared_prefix(tokenizer, shots: list[Shot]) -> str:
+    """The start every prompt with these shots shares (instruction and shots): encoded once, its key/value cache
+    serves every prompt of a batch."""
+    return _render(tokenizer, shots, "", "en")[1]
+
+
+def _render(tokenizer, shots: list[Shot], source: str, language: str) -> tuple[str, str, bool]:
     def ask(name: str, code: str) -> str:
         return f"{name} in {language_name(code)}:"
 
@@ -229,10 +242,12 @@ def render_prompt(tokenizer, shots: list[Shot], source: str, language: str) -> t
         for shot in shots:
             messages += [{"role": "user", "content": ask(shot.source, shot.language)},
                          {"role": "assistant", "content": shot.name}]
+        prefix = tokenizer.apply_chat_template(messages, tokenize=False)
         messages.append({"role": "user", "content": ask(source, language)})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
-    lines = [f"{ask(shot.source, shot.language)} {shot.name}" for shot in shots]
-    return "\n".join([*lines, ask(source, language)]), False
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt, prefix if prompt.startswith(prefix) else "", True
+    prefix = "".join(f"{ask(shot.source, shot.language)} {shot.name}\n" for shot in shots)
+    return prefix + ask(source, language), prefix, False
 
 
 def prompt_hash(shots: list[Shot], config: ExpandConfig, chat: bool) -> str:
@@ -261,13 +276,36 @@ def stop_token_ids(tokenizer) -> list[int]:
     return _STOP_IDS[key]
 
 
+def _batch_inputs(tokenizer, prompts: list[str], prefix: str, chat: bool, pad_id: int):
+    """Token ids and attention mask of a batch, and the length of the shared prefix they start with: [prefix |
+    left-padded rest] when every prompt starts with `prefix` and tokenizes as the prefix's tokens followed by the
+    rest's (the padding sits between them, masked: positions still count only real tokens); otherwise plain left
+    padding and a prefix length of 0."""
+    special = not chat
+    whole = tokenizer(prompts, add_special_tokens=special).input_ids
+    if prefix and all(p.startswith(prefix) for p in prompts):
+        prefix_ids = tokenizer(prefix, add_special_tokens=special).input_ids
+        rests = tokenizer([p[len(prefix) :] for p in prompts], add_special_tokens=False).input_ids
+        if all(w == prefix_ids + r for w, r in zip(whole, rests)):
+            width = max(map(len, rests))
+            ids = [prefix_ids + [pad_id] * (width - len(r)) + r for r in rests]
+            mask = [[1] * len(prefix_ids) + [0] * (width - len(r)) + [1] * len(r) for r in rests]
+            return torch.tensor(ids), torch.tensor(mask), len(prefix_ids)
+    width = max(map(len, whole))
+    ids = [[pad_id] * (width - len(w)) + w for w in whole]
+    mask = [[0] * (width - len(w)) + [1] * len(w) for w in whole]
+    return torch.tensor(ids), torch.tensor(mask), 0
+
+
 @torch.no_grad()
 def generate_candidates(model: Model, prompts: list[str], config: ExpandConfig, *, chat: bool,
-                        batch_size: int | None = None) -> list[list[tuple[str, float]]]:
+                        batch_size: int | None = None, prefix: str = "") -> list[list[tuple[str, float]]]:
     """`config.per_language` (text, mean token log-probability) candidates per prompt, by generate() on batches
-    of left-padded prompts; the text is cut at the first line break."""
+    of left-padded prompts; the text is cut at the first line break. With `prefix` (the start all prompts share),
+    the prefix is encoded once and its key/value cache reused by every batch."""
+    from tunelab.verbalizer import cache_argument_name, returned_cache
+
     tokenizer, lm = model.tokenizer, model.lm
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     n = config.per_language
     options = dict(max_new_tokens=config.max_new_tokens, num_return_sequences=n, pad_token_id=pad_id,
@@ -277,26 +315,31 @@ def generate_candidates(model: Model, prompts: list[str], config: ExpandConfig, 
         options.update(num_beams=n, do_sample=False, **({"early_stopping": True} if beams else {}))
     else:
         options.update(do_sample=True, temperature=config.temperature, top_p=0.95)
-    results = []
-    try:
-        torch.manual_seed(config.seed)
-        size = batch_size or config.batch_size
-        for start in range(0, len(prompts), size):
-            batch = tokenizer(prompts[start : start + size], return_tensors="pt", padding=True,
-                              add_special_tokens=not chat).to(model.device)
-            out = lm.generate(**batch, **options)
-            new = out.sequences[:, batch["input_ids"].shape[1] :]
-            if beams:
-                scores = out.sequences_scores.float().tolist()  # the beam's log-probability over its length
-            else:
-                steps = lm.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).float()
-                real = (new != pad_id) & torch.isfinite(steps)
-                scores = (torch.where(real, steps, 0).sum(1) / real.sum(1).clamp(min=1)).tolist()
-            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-            candidates = [(text.split("\n")[0], score) for text, score in zip(texts, scores)]
-            results += [candidates[i : i + n] for i in range(0, len(candidates), n)]
-    finally:
-        tokenizer.padding_side = side
+    prefix_cache, results = {}, []
+    torch.manual_seed(config.seed)
+    size = batch_size or config.batch_size
+    for start in range(0, len(prompts), size):
+        ids, mask, cached = _batch_inputs(tokenizer, prompts[start : start + size], prefix, chat, pad_id)
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        if cached:
+            if cached not in prefix_cache:
+                prefix_cache[cached] = returned_cache(lm(input_ids=ids[:1, :cached], use_cache=True))
+            cache = copy.deepcopy(prefix_cache[cached])
+            cache.batch_repeat_interleave(len(ids) * n)  # generate() expands rows by n but not a given cache
+            options[cache_argument_name(lm)] = cache
+        else:
+            options.pop(cache_argument_name(lm), None)
+        out = lm.generate(input_ids=ids, attention_mask=mask, **options)
+        new = out.sequences[:, ids.shape[1] :]
+        if beams:
+            scores = out.sequences_scores.float().tolist()  # the beam's log-probability over its length
+        else:
+            steps = lm.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).float()
+            real = (new != pad_id) & torch.isfinite(steps)
+            scores = (torch.where(real, steps, 0).sum(1) / real.sum(1).clamp(min=1)).tolist()
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        candidates = [(text.split("\n")[0], score) for text, score in zip(texts, scores)]
+        results += [candidates[i : i + n] for i in range(0, len(candidates), n)]
     return results
 
 
@@ -335,6 +378,7 @@ def expand(
     try:
         store.check_generator(model.fingerprint, config.append)
         chat = bool(getattr(model.tokenizer, "chat_template", None))
+        prefix = shared_prefix(model.tokenizer, shots)
         hashed = prompt_hash(shots, config, chat)
         done = store.done_pairs(model.fingerprint, hashed)
         pairs = [(c, lang) for c in concepts for lang in config.languages if (c.id, lang) not in done]
@@ -347,7 +391,7 @@ def expand(
         for start in range(0, len(pairs), config.batch_size):
             batch = pairs[start : start + config.batch_size]
             prompts = [render_prompt(model.tokenizer, shots, c.names[0], lang)[0] for c, lang in batch]
-            generated = generate_candidates(model, prompts, config, chat=chat)
+            generated = generate_candidates(model, prompts, config, chat=chat, prefix=prefix)
             terms, finished = _select(batch, generated, config, verifier, counts)
             counts["kept"] += store.put_batch(terms, finished, model.fingerprint, hashed)
             counts["generated"] += len(batch)

@@ -156,14 +156,14 @@ def length_quantile(lengths: list[int], default: int) -> int:
 # Scoring: one left-padded forward pass over the rows, on top of the shared prefix's key/value cache
 
 
-def _cache_name(lm) -> str:
+def cache_argument_name(lm) -> str:
     """transformers 5 renames the key/value cache argument `past_key_values` -> `cache` (a PEFT wrapper's forward
     takes **kwargs: ask the model it wraps)."""
     model = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _returned_cache(output):
+def returned_cache(output):
     """The key/value cache a forward pass returned (`cache` in transformers 5, `past_key_values` before)."""
     return output["cache"] if "cache" in output else output["past_key_values"]
 
@@ -187,7 +187,7 @@ def encode_prefix(lm: torch.nn.Module, prefix_ids: list[int]) -> PrefixCache:
         return PrefixCache([], None)
     device = next(lm.parameters()).device
     out = lm(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True, logits_to_keep=1)
-    return PrefixCache(list(prefix_ids), _returned_cache(out))
+    return PrefixCache(list(prefix_ids), returned_cache(out))
 
 
 def _common_length(a, b) -> int:
@@ -216,7 +216,7 @@ def _cache_for(lm, prefix: PrefixCache, keep: int, n_rows: int):
     if prefix.kv is None:  # training: encode the usable prefix here, with gradients
         device = next(lm.parameters()).device
         out = lm(input_ids=torch.tensor([prefix.ids[:keep]], device=device), use_cache=True, logits_to_keep=1)
-        cache = _returned_cache(out)
+        cache = returned_cache(out)
     else:  # the forward pass appends to the cache: a shared one is copied first
         cache = copy.deepcopy(prefix.kv)
         if keep < len(prefix.ids):
@@ -257,7 +257,7 @@ def label_log_likelihoods(lm: torch.nn.Module, prefix: PrefixCache, pairs: list[
     cache = _cache_for(lm, prefix, keep, len(row_list))
     out = lm(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
              position_ids=position_ids.to(device), use_cache=cache is not None, logits_to_keep=n_keep,
-             **{_cache_name(lm): cache})
+             **{cache_argument_name(lm): cache})
     log_probs = torch.log_softmax(out.logits.float(), dim=-1)  # (rows, n_keep, vocab)
     row_index, position, token, query_index, label_index = (torch.tensor(c, device=device) for c in zip(*targets))
     column = position - torch.tensor(lengths, device=device)[row_index] + n_keep
