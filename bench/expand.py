@@ -32,7 +32,7 @@ from tunelab.expand import (
     shared_prefix,
 )
 from tunelab.models import load_model
-from tunelab.terms import Term, _at_word_boundaries, build_automaton, find_terms, match_key, written_without_spaces
+from tunelab.terms import Term, at_word_boundaries, build_automaton, find_terms, match_key, written_without_spaces
 
 LANGUAGES = "de,fr,es,it,pt,nl,pl,ru,ja,zh"
 
@@ -100,7 +100,7 @@ def naive_find(terms: list[Term], text: str) -> list[tuple]:
         key = match_key(term.text)
         start = folded.find(key)
         while start != -1:
-            if written_without_spaces(key) or _at_word_boundaries(folded, start, start + len(key)):
+            if written_without_spaces(key) or at_word_boundaries(folded, start, start + len(key)):
                 found.append((term.concept, start))
             start = folded.find(key, start + 1)
     return found

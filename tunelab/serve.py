@@ -9,7 +9,6 @@ bounded in number and dropped when their client goes away.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -27,8 +26,8 @@ from pydantic import BaseModel, Field
 from tunelab.bulk import normalise, text_key
 from tunelab.errors import ConfigError
 from tunelab.predictor import load_predictor, read_artifact_json
-from tunelab.store import Store
-from tunelab.terms import TermMatcher, TermStore
+from tunelab.store import FreshView, Store
+from tunelab.terms import TermMatcher, TermStore, at_word_boundaries
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 MATCHER_CHECK_S = 1.0  # how often /match looks for rows added to the store since its term list was built
@@ -106,35 +105,24 @@ def _term_matcher(store: Store, fingerprint: str) -> ahocorasick.Automaton:
     return automaton
 
 
-def _at_word_boundaries(text: str, start: int, end: int) -> bool:
-    return (start == 0 or not text[start - 1].isalnum()) and (end == len(text) or not text[end].isalnum())
-
-
 class _Matcher:
-    """The term automaton, rebuilt when the store has changed since it was built (checked at most once a second)."""
+    """The automaton over a prediction store's inputs, rebuilt when the store has changed (store.FreshView)."""
 
     def __init__(self, store: Store, fingerprint: str):
-        self.store, self.fingerprint, self.lock = store, fingerprint, threading.Lock()
-        self.version, self.checked = store.data_version(), time.monotonic()
-        self.automaton = _term_matcher(store, fingerprint)
+        self.view = FreshView(store, lambda: _term_matcher(store, fingerprint), MATCHER_CHECK_S)
 
-    def current(self) -> ahocorasick.Automaton:
-        if time.monotonic() - self.checked > MATCHER_CHECK_S:
-            with self.lock:
-                self.checked = time.monotonic()
-                version = self.store.data_version()
-                if version != self.version:
-                    self.automaton, self.version = _term_matcher(self.store, self.fingerprint), version
-        return self.automaton
+    @property
+    def automaton(self) -> ahocorasick.Automaton:
+        return self.view.current()
 
     def find(self, text: str, limit: int) -> tuple[list[dict], bool]:
         """Up to `limit` whole-word matches in `text`, and whether there were more."""
-        automaton, matches = self.current(), []
+        automaton, matches = self.view.current(), []
         if len(automaton) == 0:
             return matches, False
         for end, (term, stored) in automaton.iter(text):
             start = end - len(term) + 1
-            if _at_word_boundaries(text, start, end + 1):
+            if at_word_boundaries(text, start, end + 1):
                 if len(matches) == limit:
                     return matches, True
                 matches.append({"term": term, "start": start, "end": end + 1, **stored})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,55 @@ MIGRATIONS = [_migration_1]  # numbered by position; PRAGMA user_version records
 DECISIVE_FIELDS = ("rung", "kind", "labels")  # what a store trusts a fingerprint to mean
 
 
+def connect(path: Path, *, read_only: bool, migrations: list, table: str, what: str) -> sqlite3.Connection:
+    """Open one of tunelab's SQLite files: read-only, or in WAL mode with its numbered migrations applied (PRAGMA
+    user_version records how many have run). Shared by the prediction store and the term store.
+
+    Raises:
+        InputError: a missing file (read-only), or a file that is not this kind of store.
+    """
+    if read_only and not path.is_file():
+        raise InputError(f"no such {what}", path=path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # as_uri() percent-escapes '#', '?' and '%', which SQLite would otherwise read as URI syntax
+        uri = path.resolve().as_uri() + "?mode=ro" if read_only else str(path)
+        db = sqlite3.connect(uri, uri=read_only, check_same_thread=False, isolation_level=None)
+        if not read_only:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at each checkpoint, never torn
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for number, migration in enumerate(migrations[version:], start=version + 1):
+                db.execute("BEGIN IMMEDIATE")
+                migration(db)
+                db.execute(f"PRAGMA user_version = {number}")
+                db.execute("COMMIT")
+        db.execute(f"SELECT count(*) FROM {table} LIMIT 1")
+    except sqlite3.DatabaseError as err:
+        raise InputError(f"not a tunelab {what} ({err})", path=path) from None
+    return db
+
+
+class FreshView:
+    """A value built from a store (a term automaton), rebuilt when another connection has committed to the file
+    since it was built; checked at most once every `every_s` seconds, so serving pays nothing in between."""
+
+    def __init__(self, store, build, every_s: float = 1.0):
+        self.store, self.build, self.every_s, self.lock = store, build, every_s, threading.Lock()
+        self.version, self.checked = store.data_version(), time.monotonic()
+        self.value = build()
+
+    def current(self):
+        if time.monotonic() - self.checked > self.every_s:
+            with self.lock:
+                self.checked = time.monotonic()
+                version = self.store.data_version()
+                if version != self.version:
+                    self.value, self.version = self.build(), version
+        return self.value
+
+
 @dataclass(frozen=True)
 class StoredPrediction:
     input: str
@@ -54,29 +104,8 @@ class Store:
 
     def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path)
-        if read_only and not self.path.is_file():
-            raise InputError("no such prediction store", path=self.path)
-        if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # as_uri() percent-escapes '#', '?' and '%', which SQLite would otherwise read as URI syntax
-            uri = self.path.resolve().as_uri() + "?mode=ro" if read_only else str(self.path)
-            self.db = sqlite3.connect(uri, uri=read_only, check_same_thread=False, isolation_level=None)
-            if not read_only:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at each checkpoint, never torn
-                self._migrate()
-            self.db.execute("SELECT count(*) FROM predictions LIMIT 1")
-        except sqlite3.DatabaseError as err:
-            raise InputError(f"not a tunelab prediction store ({err})", path=self.path) from None
-
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-            self.db.execute("BEGIN IMMEDIATE")
-            migration(self.db)
-            self.db.execute(f"PRAGMA user_version = {number}")
-            self.db.execute("COMMIT")
+        self.db = connect(self.path, read_only=read_only, migrations=MIGRATIONS, table="predictions",
+                          what="prediction store")
 
     def close(self) -> None:
         self.db.close()

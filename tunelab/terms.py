@@ -13,7 +13,6 @@ found as a substring.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import ahocorasick
 
 from tunelab.errors import InputError
+from tunelab.store import FreshView, connect
 
 # Scripts written without spaces between words: a term in them matches anywhere (Unicode blocks, inclusive).
 NO_SPACE_BLOCKS = ((0x0E00, 0x0EFF), (0x0F00, 0x0FFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x3040, 0x30FF),
@@ -83,25 +83,7 @@ class TermStore:
 
     def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path)
-        if read_only and not self.path.is_file():
-            raise InputError("no such term store", path=self.path)
-        if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            uri = self.path.resolve().as_uri() + "?mode=ro" if read_only else str(self.path)
-            self.db = sqlite3.connect(uri, uri=read_only, check_same_thread=False, isolation_level=None)
-            if not read_only:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=NORMAL")
-                version = self.db.execute("PRAGMA user_version").fetchone()[0]
-                for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-                    self.db.execute("BEGIN IMMEDIATE")
-                    migration(self.db)
-                    self.db.execute(f"PRAGMA user_version = {number}")
-                    self.db.execute("COMMIT")
-            self.db.execute("SELECT count(*) FROM terms LIMIT 1")
-        except sqlite3.DatabaseError as err:
-            raise InputError(f"not a tunelab term store ({err})", path=self.path) from None
+        self.db = connect(self.path, read_only=read_only, migrations=MIGRATIONS, table="terms", what="term store")
 
     def close(self) -> None:
         self.db.close()
@@ -173,7 +155,7 @@ def build_automaton(terms: list[Term]) -> ahocorasick.Automaton:
     return automaton
 
 
-def _at_word_boundaries(text: str, start: int, end: int) -> bool:
+def at_word_boundaries(text: str, start: int, end: int) -> bool:
     return (start == 0 or not text[start - 1].isalnum()) and (end == len(text) or not text[end].isalnum())
 
 
@@ -192,7 +174,7 @@ def find_terms(automaton: ahocorasick.Automaton, text: str, limit: int) -> tuple
         start, stop = end - len(key) + 1, end + 1
         if origin is not None:
             start, stop = origin[start], origin[stop - 1] + 1
-        if needs_boundaries and not _at_word_boundaries(text, start, stop):
+        if needs_boundaries and not at_word_boundaries(text, start, stop):
             continue
         for entry in found:
             if len(matches) == limit:
@@ -202,22 +184,14 @@ def find_terms(automaton: ahocorasick.Automaton, text: str, limit: int) -> tuple
 
 
 class TermMatcher:
-    """The serving side: the automaton over a term store, rebuilt when the store has changed (checked at most once
-    a second), and `find` for a live text."""
+    """The serving side: the automaton over a term store, rebuilt when the store has changed, and `find`."""
 
     def __init__(self, store: TermStore):
-        self.store, self.lock = store, threading.Lock()
-        self.version, self.checked = store.data_version(), time.monotonic()
-        self.automaton = build_automaton(store.terms())
+        self.view = FreshView(store, lambda: build_automaton(store.terms()), MATCHER_CHECK_S)
 
-    def current(self) -> ahocorasick.Automaton:
-        if time.monotonic() - self.checked > MATCHER_CHECK_S:
-            with self.lock:
-                self.checked = time.monotonic()
-                version = self.store.data_version()
-                if version != self.version:
-                    self.automaton, self.version = build_automaton(self.store.terms()), version
-        return self.automaton
+    @property
+    def automaton(self) -> ahocorasick.Automaton:
+        return self.view.current()
 
     def find(self, text: str, limit: int) -> tuple[list[dict], bool]:
-        return find_terms(self.current(), text, limit)
+        return find_terms(self.view.current(), text, limit)
