@@ -16,6 +16,7 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -102,7 +103,7 @@ class BaselinePredictor:
     def _vocabularies(self) -> dict[str, dict[str, int]]:
         return {name: {term: int(i) for term, i in v.vocabulary_.items()} for name, v in self._vectorizers().items()}
 
-    @property
+    @cached_property  # a fitted baseline never changes; its vocabularies can hold 100k+ terms to hash
     def fingerprint(self) -> str:
         """Covers what decides a prediction: the fitted numbers, the vocabularies, the method, kind and labels."""
         digest = hashlib.sha256(json.dumps([self.method, self.kind, list(self.label_names), self.value_range,
