@@ -1,5 +1,6 @@
 """Offline term generation (expand), the term store, term matching in live text, and the tuned generator."""
 
+import dataclasses
 import json
 import unicodedata
 
@@ -62,9 +63,13 @@ def test_normalise_term_trims_quotes_and_collapses_spaces():
     assert normalise_term(" . ") == ""
 
 
-def test_expand_stores_terms_with_provenance_and_resumes_without_generating_twice(tiny_model, tmp_path):
+def test_expand_stores_terms_with_provenance_and_resumes_without_generating_twice(tiny_model, tmp_path,
+                                                                                   monkeypatch):
+    # A random model seldom ends a line: let every token end a candidate, so that each one is finished and stored.
+    monkeypatch.setattr("tunelab.expand.stop_token_ids", lambda tokenizer: list(range(len(tokenizer))))
     concepts = [Concept("P", ("good",)), Concept("N", ("bad",))]
-    config = ExpandConfig(languages=("fr", "de"), per_language=2, max_new_tokens=3, batch_size=3)
+    config = ExpandConfig(languages=("fr", "de"), per_language=2, max_new_tokens=3, batch_size=3,
+                          decoding="sample")
     first = expand(tiny_model, concepts, tmp_path / "t.sqlite", config, shots=SHOTS)
     assert first["generated"] == 4 and first["candidates"] == 8 and first["already_done"] == 0
     store = TermStore(tmp_path / "t.sqlite")
@@ -73,9 +78,20 @@ def test_expand_stores_terms_with_provenance_and_resumes_without_generating_twic
     assert store.db.execute("SELECT count(*) FROM done").fetchone()[0] == 4
     again = expand(tiny_model, concepts, tmp_path / "t.sqlite", config, shots=SHOTS)
     assert again["generated"] == 0 and again["already_done"] == 4 and again["terms_in_store"] == first["kept"]
-    more = expand(tiny_model, concepts, tmp_path / "t.sqlite", ExpandConfig(languages=("fr", "de", "it"),
-                  per_language=2, max_new_tokens=3, batch_size=3), shots=SHOTS)
+    wider = dataclasses.replace(config, languages=("fr", "de", "it"))
+    more = expand(tiny_model, concepts, tmp_path / "t.sqlite", wider, shots=SHOTS)
     assert more["generated"] == 2  # only the new language
+
+
+def test_candidates_cut_at_max_new_tokens_are_counted_not_stored():
+    from tunelab.expand import _select
+
+    counts = dict.fromkeys(("candidates", "unfinished", "empty", "dropped_score", "dropped_verifier"), 0)
+    generated = [[("Allem", -0.2, False), ("Allemagne", -0.5, True), ("allemagne", -0.6, True), (" . ", -1.0, True)]]
+    terms, finished = _select([(Concept("DE", ("Germany",)), "fr")], generated, ExpandConfig(languages=("fr",)),
+                              None, counts)
+    assert [t.text for t in terms] == ["Allemagne"] and finished == [("DE", "fr", 4, 1)]
+    assert counts == {"candidates": 4, "unfinished": 1, "empty": 1, "dropped_score": 0, "dropped_verifier": 0}
 
 
 def test_a_store_of_another_generator_is_refused_without_append(tiny_model, tiny_bpe_model, tmp_path):
@@ -176,5 +192,5 @@ def test_the_shared_prefix_cache_changes_no_candidate(tiny_model):
         config = ExpandConfig(languages=("fr",), per_language=per_language, max_new_tokens=4, batch_size=4)
         plain = generate_candidates(tiny_model, prompts, config, chat=False)
         cached = generate_candidates(tiny_model, prompts, config, chat=False, prefix=prefix)
-        assert [[text for text, _ in row] for row in cached] == [[text for text, _ in row] for row in plain]
-        assert [s for row in cached for _, s in row] == pytest.approx([s for row in plain for _, s in row], abs=1e-4)
+        assert [[c[0] for c in row] for row in cached] == [[c[0] for c in row] for row in plain]
+        assert [c[1] for row in cached for c in row] == pytest.approx([c[1] for row in plain for c in row], abs=1e-4)

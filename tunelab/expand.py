@@ -299,17 +299,19 @@ def _batch_inputs(tokenizer, prompts: list[str], prefix: str, chat: bool, pad_id
 
 @torch.no_grad()
 def generate_candidates(model: Model, prompts: list[str], config: ExpandConfig, *, chat: bool,
-                        batch_size: int | None = None, prefix: str = "") -> list[list[tuple[str, float]]]:
-    """`config.per_language` (text, mean token log-probability) candidates per prompt, by generate() on batches
-    of left-padded prompts; the text is cut at the first line break. With `prefix` (the start all prompts share),
-    the prefix is encoded once and its key/value cache reused by every batch."""
+                        batch_size: int | None = None, prefix: str = "") -> list[list[tuple[str, float, bool]]]:
+    """`config.per_language` (text, mean token log-probability, whether it ended) candidates per prompt, by
+    generate() on batches of left-padded prompts; the text is cut at the first line break, and a candidate that ran
+    to max_new_tokens without a line break or end token says so (it may be a cut name). With `prefix` (the start
+    all prompts share), the prefix is encoded once and its key/value cache reused by every batch."""
     from tunelab.verbalizer import cache_argument_name, returned_cache
 
     tokenizer, lm = model.tokenizer, model.lm
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     n = config.per_language
+    stops = stop_token_ids(tokenizer)
     options = dict(max_new_tokens=config.max_new_tokens, num_return_sequences=n, pad_token_id=pad_id,
-                   return_dict_in_generate=True, output_scores=True, eos_token_id=stop_token_ids(tokenizer))
+                   return_dict_in_generate=True, output_scores=True, eos_token_id=stops)
     beams = config.decoding == "beam" and n > 1  # one beam is greedy decoding
     if config.decoding == "beam":
         options.update(num_beams=n, do_sample=False, **({"early_stopping": True} if beams else {}))
@@ -338,7 +340,8 @@ def generate_candidates(model: Model, prompts: list[str], config: ExpandConfig, 
             real = (new != pad_id) & torch.isfinite(steps)
             scores = (torch.where(real, steps, 0).sum(1) / real.sum(1).clamp(min=1)).tolist()
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        candidates = [(text.split("\n")[0], score) for text, score in zip(texts, scores)]
+        ended = torch.isin(new, torch.tensor(stops, device=new.device)).any(1).tolist()
+        candidates = [(text.split("\n")[0], score, end) for text, score, end in zip(texts, scores, ended)]
         results += [candidates[i : i + n] for i in range(0, len(candidates), n)]
     return results
 
@@ -386,7 +389,7 @@ def expand(
             on_total(len(pairs))
         counts = {"pairs": len(concepts) * len(config.languages), "already_done": len(concepts) *
                   len(config.languages) - len(pairs), "generated": 0, "candidates": 0, "kept": 0,
-                  "dropped_score": 0, "dropped_verifier": 0, "empty": 0}
+                  "dropped_score": 0, "dropped_verifier": 0, "empty": 0, "unfinished": 0}
         started = time.perf_counter()
         for start in range(0, len(pairs), config.batch_size):
             batch = pairs[start : start + config.batch_size]
@@ -410,8 +413,11 @@ def _select(batch, generated, config: ExpandConfig, verifier, counts: dict):
     terms, finished, verify_texts = [], [], []
     for (concept, language), candidates in zip(batch, generated):
         seen, kept = set(), []
-        for text, score in candidates:
+        for text, score, ended in candidates:
             counts["candidates"] += 1
+            if not ended:  # ran out of --max-new-tokens: possibly half a name; counted, not stored
+                counts["unfinished"] += 1
+                continue
             term = normalise_term(text)
             if not term:
                 counts["empty"] += 1
@@ -477,7 +483,8 @@ def summary_lines(report: dict) -> list[str]:
              f"({report['already_done']:,} were done); {report['candidates']:,} candidates at "
              f"{report['terms_per_s']:.1f}/s, {report['kept']:,} new terms kept "
              f"({report['dropped_score']:,} under --min-score, {report['dropped_verifier']:,} refused by the "
-             f"verifier, {report['empty']:,} empty); {report['terms_in_store']:,} terms in {report['store']}"]
+             f"verifier, {report['empty']:,} empty, {report['unfinished']:,} unfinished at --max-new-tokens); "
+             f"{report['terms_in_store']:,} terms in {report['store']}"]
     if "evaluation" in report:
         evaluation = report["evaluation"]
         lines.append(f"against the reference: recall {evaluation['recall']:.3f}, precision "
