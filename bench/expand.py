@@ -150,7 +150,7 @@ def main():
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     skip = set(args.skip.split(","))
-    console = Console(width=150)
+    console = Console(width=220)
     if "throughput" not in skip:
         table = Table(title=f"generation throughput: {args.prompts} prompts (3-shot chat prompt, SmolLM2), "
                             f"candidates per second")
