@@ -32,7 +32,7 @@ from tunelab.evaluate import (
 from tunelab.intervals import METHOD, paired_difference
 from tunelab.models import Model, weights_fingerprint
 from tunelab.predictor import load_predictor, read_artifact_json, save_predictor, write_json_atomic
-from tunelab.prompting import PromptConfig, few_shot, parse_shot_counts, select_shots
+from tunelab.prompting import PromptConfig, few_shot, parse_shot_counts
 from tunelab.report import write_reports
 from tunelab.search import SearchConfig, describe, search, sensitivity
 from tunelab.tasks import Task
@@ -125,7 +125,16 @@ def label_scarce(task: Task, n_labels: int, seed: int = 0) -> Task:
     """The task with only `n_labels` labelled training examples (as balanced over labels as the data allows, fixed
     seed); the other training texts become unlabeled texts, placed first so that the transfer set holds them."""
     rng = random.Random(seed)
-    kept = select_shots(list(task.train), n_labels, "balanced" if task.is_classification else "random", rng)
+    if task.is_classification:
+        by_label = {label: [e for e in task.train if e.label == label] for label in task.labels}
+        for examples in by_label.values():
+            rng.shuffle(examples)
+        kept, depth = [], 0
+        while len(kept) < n_labels:
+            kept += [group[depth] for group in by_label.values() if depth < len(group)][: n_labels - len(kept)]
+            depth += 1
+    else:
+        kept = rng.sample(task.train, n_labels)
     chosen = {id(e) for e in kept}
     unlabeled = [e.text for e in task.train if id(e) not in chosen] + list(task.unlabeled)
     note = (f"label-scarce: {n_labels} of {len(task.train)} training examples keep their labels (seed {seed}); "
