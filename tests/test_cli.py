@@ -1,6 +1,8 @@
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import typer.main
@@ -63,6 +65,24 @@ def test_every_config_field_has_a_flag(command, config):
     flags = {opt for param in params for opt in param.opts}
     for field in dataclasses.fields(config):
         assert "--" + field.name.replace("_", "-") in flags, field.name
+
+
+def test_a_flag_shows_its_fields_help_and_default_and_reaches_the_config():
+    shown = _words(run_cli("tune", "--help").output)
+    assert "LoRA rank. [default: 8]" in shown and "--merge" in shown and "--no-merge" in shown
+    assert "Built-in task:" in shown  # the task flags come from TaskSource
+    shown = _words(run_cli("ladder", "--help").output)
+    assert "[default: 0,1,2,4,8]" in shown  # a tuple field is a comma list on the command line
+    line = one_error_line(run_cli("ladder", "--out", "x", "--quick", "--curve", "1,x"))
+    assert "--curve must be an integer or a comma list" in line
+
+
+def test_the_command_line_is_built_without_importing_torch():
+    """The flags come from config.py (standard library only): `tunelab --help` must not wait ~8 s for torch."""
+    code = ("import sys, typer.main; from tunelab.cli import app; typer.main.get_command(app); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'sklearn') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_tune_json_then_eval_and_info_on_the_result(model_dir, tmp_path):

@@ -7,19 +7,9 @@ import unicodedata
 import pytest
 from helpers import LoopbackServer, one_error_line, run_cli
 
+from tunelab.config import COUNTRY_LANGUAGES, ExpandConfig, language_codes
 from tunelab.errors import ConfigError, InputError
-from tunelab.expand import (
-    COUNTRY_LANGUAGES,
-    Concept,
-    ExpandConfig,
-    Shot,
-    country_concepts,
-    country_reference,
-    evaluate_terms,
-    expand,
-    language_codes,
-    read_concepts,
-)
+from tunelab.expand import Concept, Shot, country_concepts, country_reference, evaluate_terms, expand, read_concepts
 from tunelab.generation_tuning import GENERATOR_FILE, generator_shots, tune_generator
 from tunelab.models import load_model
 from tunelab.serve import ServeConfig, create_app

@@ -15,10 +15,9 @@ import hashlib
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -28,6 +27,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
+from tunelab.config import BaselineConfig
 from tunelab.errors import ConfigError, ModelError
 from tunelab.evaluate import evaluate
 from tunelab.models import MiniLMEmbedder
@@ -35,20 +35,9 @@ from tunelab.predictor import Predictions, save_predictor, write_artifact_json
 from tunelab.tasks import Task
 from tunelab.verbalizer import fit_texts
 
-METHODS = ("tfidf", "embed")
 SHORT_TEXT_CHARS = 200  # median training text at most this long: add character n-grams (words alone are too few)
 EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces; longer texts keep head + tail
 STRENGTHS = np.logspace(-2, 3, 11)  # C of logistic regression (and 1/alpha of ridge) tried by cross-validation
-
-
-@dataclass(frozen=True)
-class BaselineConfig:
-    method: Literal["tfidf", "embed"] = "tfidf"
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
 
 
 class _Embed:

@@ -7,7 +7,6 @@ design, Kiritchenko and Mohammad 2018) and checks that the prediction does not m
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 from fairlearn.metrics import MetricFrame, selection_rate
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error
 
+from tunelab.config import BiasConfig
 from tunelab.errors import ConfigError, InputError
 from tunelab.evaluate import gold_and_outputs
 from tunelab.intervals import interval, stratified_interval
@@ -22,18 +22,6 @@ from tunelab.predictor import Predictions, Predictor, predict
 from tunelab.tasks import Task
 
 NAMES_FILE = Path(__file__).parent / "data" / "names.json"
-
-
-@dataclass(frozen=True)
-class BiasConfig:
-    slice_field: str | None = None  # None: the task's own slices (built-in tasks slice by word length)
-    probe: str = "names"  # "names" (shipped EEC names and templates) or a JSON file of the same shape
-    threshold: float = 0.1  # largest allowed gap between groups in mean P(positive label) (or value), per template
-    positive_label: str | None = None  # None: "positive" when the task has it, else its last label
-
-    def __post_init__(self):
-        if self.threshold < 0:
-            raise ConfigError(f"--threshold must be >= 0, got {self.threshold}")
 
 
 def positive_label_of(labels: tuple[str, ...], wanted: str | None) -> str:

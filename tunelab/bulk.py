@@ -10,35 +10,15 @@ import hashlib
 import json
 import time
 import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable
 
+from tunelab.config import BulkConfig
 from tunelab.errors import ConfigError, InputError
 from tunelab.evaluate import truncation
 from tunelab.predictor import Predictions, Predictor, length_batches, load_predictor
 from tunelab.store import Store
 from tunelab.tasks import read_rows
-
-
-@dataclass(frozen=True)
-class BulkConfig:
-    batch_size: int = 64  # texts per forward pass and per store transaction
-    engine: Literal["local", "ray"] = "local"
-    casefold: bool = False  # off by default: a model may answer "Good" and "good" differently
-    ray_address: str | None = None  # None: a local Ray instance
-    ray_actors: int = 1  # model replicas in the Ray actor pool; one per 2 cores is plenty on a CPU
-
-    def __post_init__(self):
-        problems = []
-        if self.batch_size < 1:
-            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.engine not in ("local", "ray"):
-            problems.append(f"--engine must be local or ray, got {self.engine!r}")
-        if self.ray_actors < 1:
-            problems.append(f"--ray-actors must be >= 1, got {self.ray_actors}")
-        if problems:
-            raise ConfigError(problems)
 
 
 def normalise(text: str, casefold: bool = False) -> str:

@@ -6,9 +6,14 @@ code 2. It is also the one place that sets process-wide switches (offline hub, l
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 import os
 import sys
+import types
+import typing
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -18,7 +23,9 @@ from rich.console import Console
 from typer import Option
 from typer.core import TyperGroup
 
+from tunelab import config as configs
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.tasks import TaskSource
 
 
 class _OneErrorLine(TyperGroup):
@@ -69,25 +76,66 @@ def _flags(**given) -> dict:
     return {name: value for name, value in given.items() if value is not None}
 
 
-# -- options several commands share -------------------------------------------------------------------------------
-TASK = Option(None, "--task", help="Built-in task: vader, vader-valence, subjectivity, fruit.")
-TRAIN = Option(None, "--train", help="Training examples, JSONL or CSV.")
-TEST = Option(None, "--test", help="Test examples; without it a fixed-seed stratified split of --train is made.")
-TEXT_FIELD = Option("text", "--text-field", help="Field holding the input text.")
-LABEL_FIELD = Option("label", "--label-field", help="Field holding the label or value.")
-KIND = Option("classification", "--kind", help="classification or regression (for --train files).")
+def _flag_type(annotation):
+    """What typer parses for a config field: its own type, or text for a Literal's choices (the config names the
+    flag when a value is wrong) and for tuples (a comma list the config's `from_flags` splits)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return _flag_type(next(arg for arg in typing.get_args(annotation) if arg is not type(None)))
+    return str if origin in (typing.Literal, tuple) else annotation
+
+
+def _with_config_flags(*config_classes):
+    """Give a command one flag per field of each config class, typed and helped by the field's own annotation
+    (`Annotated[type, "help"]`), so a field and its flag are declared once. The command receives the flags the user
+    gave as `given`; its own parameters of the same name win (e.g. prompt's --shots, a comma list)."""
+    def decorate(command):
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "given"]
+        added = {}
+        for config_class in config_classes:
+            hints = typing.get_type_hints(config_class, include_extras=True)
+            for field in dataclasses.fields(config_class):
+                if field.name in added or any(p.name == field.name for p in own):
+                    continue
+                kind, help_text = typing.get_args(hints[field.name])  # a field without help text fails here
+                if field.default not in (None, dataclasses.MISSING):
+                    default = field.default
+                    help_text += f" \\[default: {','.join(map(str, default)) if type(default) is tuple else default}]"
+                name = "--" + field.name.replace("_", "-")
+                decls = (f"{name}/--no-{name[2:]}",) if kind is bool else (name,)
+                added[field.name] = inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY,
+                                                      default=Option(None, *decls, help=help_text),
+                                                      annotation=Optional[_flag_type(kind)])
+
+        @functools.wraps(command)
+        def run(**flags):
+            return command(**{n: v for n, v in flags.items() if n not in added},
+                           given=_flags(**{n: v for n, v in flags.items() if n in added}))
+        run.__signature__ = inspect.Signature([*own, *added.values()])
+        run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}
+        return run
+    return decorate
+
+
+def _fields(config_class, given: dict) -> dict:
+    """The given flags that are fields of `config_class`."""
+    return {field.name: given[field.name] for field in dataclasses.fields(config_class) if field.name in given}
+
+
+def _config(config_class, given: dict):
+    """`config_class` from the given flags (`from_flags` where a field is a comma list on the command line)."""
+    return getattr(config_class, "from_flags", config_class)(**_fields(config_class, given))
+
+
 BASE_MODEL = Option("smollm2", "--model", help="'smollm2' (bundled GGUF), an HF folder or a .gguf file.")
 PREDICTOR = Option(..., "--model", help="A saved tunelab predictor folder.")
 JSON = Option(False, "--json", help="Print one JSON object per result instead of a table.")
-SEED = Option(None, help="Seed for initialisation, data order and selection.")
-BATCH = Option(None, help="Examples per step or forward pass.")
+OVERWRITE = Option(False, "--overwrite", help="Replace whatever --out holds.")
 
 
-def _task(task, train, test, text_field, label_field, kind):
-    from tunelab.tasks import load_task
-
-    return load_task(task, train_path=train, test_path=test, text_field=text_field, label_field=label_field,
-                     kind=kind)
+def _task(given: dict):
+    return _config(TaskSource, given).load()
 
 
 def _model(spec: str):
@@ -150,41 +198,25 @@ def info(model: str = BASE_MODEL, as_json: bool = JSON):
 
 
 @app.command()
+@_with_config_flags(TaskSource, configs.PromptConfig, configs.SearchConfig)
 def prompt(
-    task: Optional[str] = TASK, train: Optional[Path] = TRAIN, test: Optional[Path] = TEST,
-    text_field: str = TEXT_FIELD, label_field: str = LABEL_FIELD, kind: str = KIND,
     shots: str = Option("0", help="K, or a comma list to compare (0 zero-shot, 1 one-shot, K few-shot)."),
-    select: Optional[str] = Option(None, help="Shot selection: random, balanced or similar."),
-    calibrate: Optional[bool] = Option(None, "--calibrate/--no-calibrate",
-                                       help="Divide out the prompt's label bias (see --calibration)."),
-    calibration: Optional[str] = Option(None, help="contextual (content-free inputs) or batch (training texts)."),
-    template: Optional[str] = Option(None, help=r"Example format with {text} and a final {label}, "
-                                                r"e.g. 'Word: {text}\nSentiment: {label}'."),
-    instruction: Optional[str] = Option(None, help="Text placed before the shots."),
-    label_words: Optional[str] = Option(None, help="Words the prompt uses for the labels, comma list in label order."),
-    length_normalize: Optional[bool] = Option(None, "--length-normalize/--no-length-normalize",
-                                              help="Divide label log-likelihoods by token count."),
-    batch_size: Optional[int] = BATCH, seed: Optional[int] = SEED, model: str = BASE_MODEL, as_json: bool = JSON,
-    max_length: Optional[int] = Option(None, help="Tokens per prompt, shots included (default: the context window)."),
     save: Optional[Path] = Option(None, help="Write the prompt predictor to this folder."),
     search: bool = Option(False, "--search", help="Try prompt configurations on held-out training examples."),
-    budget_s: Optional[float] = Option(None, help="--search: seconds to spend."),
-    max_configs: Optional[int] = Option(None, help="--search: most configurations to try."),
-    validation_size: Optional[int] = Option(None, help="--search: training examples held out to judge them."),
     sensitivity: bool = Option(False, "--sensitivity", help="Quality spread over shot sets, orders, templates, K."),
+    model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """Zero-, one- or few-shot prompting, scored by label log-likelihood on the test split."""
     from tunelab.prompting import prompt_configs, run_prompts
 
+    flags = _fields(configs.PromptConfig, given)
+    variants = prompt_configs("0" if search or sensitivity else shots, save=save, **flags)
+    loaded_task = _task(given)
     if search or sensitivity:
-        return _prompt_search(locals())
-    configs = prompt_configs(shots, save=save, **_flags(
-        select=select, calibrate=calibrate, calibration=calibration, template=template, instruction=instruction,
-        label_words=label_words, length_normalize=length_normalize, batch_size=batch_size, seed=seed,
-        max_length=max_length))
-    loaded_task = _task(task, train, test, text_field, label_field, kind)
+        search_config = _config(configs.SearchConfig, given)
+        return _prompt_search(variants[0], loaded_task, search_config, model, save, sensitivity, as_json)
     with _bars() as bars:
-        results = run_prompts(lambda: _model(model), loaded_task, configs, save=save, on_progress=lambda config: (
+        results = run_prompts(lambda: _model(model), loaded_task, variants, save=save, on_progress=lambda config: (
             bars.bar(f"K={config.shots}: scoring {loaded_task.name}", len(loaded_task.test))))
     _print_results(results, as_json, f"prompting on {loaded_task.name} ({len(loaded_task.test)} test examples)")
     for note in [loaded_task.split_note, *(f"K={r['shots']}: {n}" for r in results for n in r["notes"])]:
@@ -192,57 +224,34 @@ def prompt(
             err_console.print(note)
 
 
-def _prompt_search(flags: dict) -> None:
-    """`prompt --search` (or --sensitivity): the search's own flags; the prompt flags are the base configuration."""
-    from tunelab.prompting import prompt_configs
-    from tunelab.search import SearchConfig, run_search, search_lines, sensitivity, sensitivity_lines
+def _prompt_search(base, loaded_task, config, model: str, save, sensitivity: bool, as_json: bool) -> None:
+    """`prompt --search` (or --sensitivity): the prompt flags are the base configuration."""
+    from tunelab.search import run_search, search_lines, sensitivity_lines
+    from tunelab.search import sensitivity as measure_sensitivity
 
-    config = SearchConfig(**_flags(budget_s=flags["budget_s"], max_configs=flags["max_configs"],
-                                   validation_size=flags["validation_size"], seed=flags["seed"]))
-    names = ("select", "calibrate", "calibration", "template", "instruction", "label_words", "length_normalize",
-             "batch_size", "seed", "max_length")
-    (base,) = prompt_configs("0", **_flags(**{name: flags[name] for name in names}))
-    loaded_task = _task(flags["task"], flags["train"], flags["test"], flags["text_field"], flags["label_field"],
-                        flags["kind"])
-    if flags["sensitivity"]:
+    if sensitivity:
         with err_console.status("scoring prompt variants"):
-            rows = sensitivity(_model(flags["model"]), loaded_task, base, config)
+            rows = measure_sensitivity(_model(model), loaded_task, base, config)
         return _print_lines({"task": loaded_task.name, "sensitivity": rows}, sensitivity_lines(rows, loaded_task.name),
-                            flags["as_json"])
+                            as_json)
     with _bars() as bars:
         tried = bars.bar("configurations tried")
-        result, test_result = run_search(lambda: _model(flags["model"]), loaded_task, base, config,
-                                         save=flags["save"], on_config=lambda row: tried(1))
-    _print_lines(test_result, search_lines(result, test_result), flags["as_json"])
+        result, test_result = run_search(lambda: _model(model), loaded_task, base, config, save=save,
+                                         on_config=lambda row: tried(1))
+    _print_lines(test_result, search_lines(result, test_result), as_json)
 
 
 @app.command()
+@_with_config_flags(TaskSource, configs.TuneConfig)
 def tune(
     out: Path = Option(..., "--out", help="Folder for the tuned predictor (and its checkpoints)."),
-    task: Optional[str] = TASK, train: Optional[Path] = TRAIN, test: Optional[Path] = TEST,
-    text_field: str = TEXT_FIELD, label_field: str = LABEL_FIELD, kind: str = KIND,
-    method: Optional[str] = Option(None, help="full (every parameter) or lora (PEFT adapters)."),
-    epochs: Optional[int] = Option(None, help="Maximum epochs (early stopping may end sooner)."),
-    lr: Optional[float] = Option(None, help="Learning rate (default: 1e-3 LoRA, 3e-5 full)."),
-    batch_size: Optional[int] = BATCH,
-    max_length: Optional[int] = Option(None, help="Tokens per prompt (default: derived from the training texts)."),
-    lora_r: Optional[int] = Option(None, help="LoRA rank."), lora_alpha: Optional[int] = Option(None, help="alpha."),
-    lora_targets: Optional[str] = Option(None, help="'all-linear' or module names (q_proj,v_proj,...)."),
-    lora_dropout: Optional[float] = Option(None, help="Dropout on the LoRA path."),
-    val_fraction: Optional[float] = Option(None, help="Share of training held out."), seed: Optional[int] = SEED,
-    patience: Optional[int] = Option(None, help="Epochs without improvement before stopping."),
-    merge: Optional[bool] = Option(None, "--merge/--no-merge", help="LoRA: also write the merged model."),
-    resume: bool = Option(False, "--resume", help="Continue an interrupted run in --out."), as_json: bool = JSON,
-    overwrite: bool = Option(False, "--overwrite", help="Replace whatever --out holds."), model: str = BASE_MODEL,
+    resume: bool = Option(False, "--resume", help="Continue an interrupted run in --out."),
+    overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """Fine-tune the base model (full or LoRA) on a task, evaluate it and save it."""
-    from tunelab.tuning import TuneConfig, finetune, run_summary, training_examples
+    from tunelab.tuning import finetune, run_summary, training_examples
 
-    config = TuneConfig(**_flags(method=method, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
-                                 lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
-                                 lora_dropout=lora_dropout, val_fraction=val_fraction, patience=patience, seed=seed,
-                                 merge=merge))
-    loaded_task = _task(task, train, test, text_field, label_field, kind)
+    config, loaded_task = _config(configs.TuneConfig, given), _task(given)
     base = _model(model)
     with _bars() as bars:
         predictor = finetune(base, loaded_task, config, out_dir=out, resume=resume, overwrite=overwrite,
@@ -254,19 +263,15 @@ def tune(
 
 
 @app.command()
+@_with_config_flags(TaskSource, configs.BaselineConfig)
 def baseline(
     out: Path = Option(..., "--out", help="Folder for the baseline predictor."),
-    task: Optional[str] = TASK, train: Optional[Path] = TRAIN, test: Optional[Path] = TEST,
-    text_field: str = TEXT_FIELD, label_field: str = LABEL_FIELD, kind: str = KIND,
-    method: Optional[str] = Option(None, help="tfidf (word and character n-grams) or embed (frozen MiniLM)."),
-    seed: Optional[int] = SEED, as_json: bool = JSON,
-    overwrite: bool = Option(False, "--overwrite", help="Replace whatever --out holds."),
+    overwrite: bool = OVERWRITE, as_json: bool = JSON, *, given: dict,
 ):
     """A classical baseline (TF-IDF or frozen embeddings + a linear model), evaluated and saved as a predictor."""
-    from tunelab.baseline import BaselineConfig, fit_baseline, summary_lines
+    from tunelab.baseline import fit_baseline, summary_lines
 
-    config = BaselineConfig(**_flags(method=method, seed=seed))
-    loaded_task = _task(task, train, test, text_field, label_field, kind)
+    config, loaded_task = _config(configs.BaselineConfig, given), _task(given)
     _quiet_transformers()
     with err_console.status(f"fitting the {config.method} baseline"):
         predictor = fit_baseline(loaded_task, config, out_dir=out, overwrite=overwrite)
@@ -276,28 +281,20 @@ def baseline(
 
 
 @app.command()
+@_with_config_flags(configs.ExpandConfig)
 def expand(
     concepts: str = Option(..., "--concepts", help='Concepts JSONL ({"id": ..., "names": [...]} a line) or countries.'),
     store: Path = Option(..., "--store", help="The SQLite term store to fill (resumable)."),
-    languages: Optional[str] = Option(None, help="Comma list of CLDR codes (default: 50 languages)."),
-    model: str = BASE_MODEL, examples: Optional[Path] = Option(None, help="Few-shot JSONL: source, language, name."),
-    per_language: Optional[int] = Option(None, help="Candidates per concept and language."),
-    decoding: Optional[str] = Option(None, help="beam (deterministic) or sample."),
-    temperature: Optional[float] = Option(None, help="Sampling temperature."), batch_size: Optional[int] = BATCH,
-    max_new_tokens: Optional[int] = Option(None, help="Longest candidate, in tokens."),
-    min_score: Optional[float] = Option(None, help="Drop candidates under this mean token log-probability."),
+    examples: Optional[Path] = Option(None, help="Few-shot JSONL: source, language, name."),
     verify: Optional[Path] = Option(None, help="A saved yes/no predictor judging each candidate."),
-    append: Optional[bool] = Option(None, "--append/--no-append", help="Add to a store of another model's terms."),
     limit: Optional[int] = Option(None, help="Only the first N concepts."),
     evaluate: Optional[str] = Option(None, "--evaluate", help="Reference JSONL (id, language, names) or countries."),
-    seed: Optional[int] = SEED, as_json: bool = JSON,
+    model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """Generate names of concepts in many languages offline into a term store (then: serve --terms)."""
-    from tunelab.expand import COUNTRY_LANGUAGES, ExpandConfig, language_codes, run_expand, summary_lines
+    from tunelab.expand import run_expand, summary_lines
 
-    config = ExpandConfig(languages=language_codes(languages or COUNTRY_LANGUAGES), **_flags(
-        per_language=per_language, decoding=decoding, temperature=temperature, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, min_score=min_score, append=append, seed=seed))
+    config = _config(configs.ExpandConfig, given)
     with _bars() as bars:
         report = run_expand(lambda: _model(model), concepts, store, config, model_spec=model, examples=examples,
                             verify=verify, limit=limit, reference=evaluate,
@@ -306,24 +303,20 @@ def expand(
 
 
 @app.command("expand-tune")
+@_with_config_flags(configs.GeneratorTuneConfig)
 def expand_tune(
     pairs: str = Option(..., "--pairs", help="Training pairs JSONL (source, language, name) or countries-train."),
     out: Path = Option(..., "--out", help="Folder for the tuned generator (LoRA merged)."),
     languages: Optional[str] = Option(None, help="Languages of the countries-train pairs (default: 50)."),
-    epochs: Optional[int] = Option(None, help="Passes over the pairs."), lr: Optional[float] = Option(
-        None, help="Learning rate."),
-    lora_r: Optional[int] = Option(None, help="LoRA rank."), lora_alpha: Optional[int] = Option(None, help="alpha."),
-    batch_size: Optional[int] = BATCH, seed: Optional[int] = SEED, model: str = BASE_MODEL, as_json: bool = JSON,
-    overwrite: bool = Option(False, "--overwrite", help="Replace whatever --out holds."),
+    overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """LoRA-tune the generator on (name, language) -> name pairs, loss on the name only; use it with expand."""
-    from tunelab.expand import COUNTRY_LANGUAGES, language_codes, read_pairs
-    from tunelab.generation_tuning import GeneratorTuneConfig, tune_generator
+    from tunelab.expand import read_pairs
+    from tunelab.generation_tuning import tune_generator
     from tunelab.report import fact_lines
 
-    config = GeneratorTuneConfig(**_flags(epochs=epochs, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
-                                          batch_size=batch_size, seed=seed))
-    training = read_pairs(pairs, language_codes(languages or COUNTRY_LANGUAGES))
+    config = _config(configs.GeneratorTuneConfig, given)
+    training = read_pairs(pairs, configs.language_codes(languages or configs.COUNTRY_LANGUAGES))
     with _bars() as bars:
         facts = tune_generator(_model(model), training, out, config, overwrite=overwrite,
                                on_step=bars.bar("LoRA: training the generator", len(training) * config.epochs))
@@ -331,28 +324,18 @@ def expand_tune(
 
 
 @app.command()
+@_with_config_flags(TaskSource, configs.DistillConfig)
 def distill(
     teacher: Path = Option(..., "--teacher", help="A saved tunelab predictor folder (the teacher)."),
     out: Path = Option(..., "--out", help="Folder for the student predictor."),
-    task: Optional[str] = TASK, train: Optional[Path] = TRAIN, test: Optional[Path] = TEST,
-    text_field: str = TEXT_FIELD, label_field: str = LABEL_FIELD, kind: str = KIND,
-    student: Optional[str] = Option(None, help="pruned:N (the teacher with N layers), encoder:PATH, or minilm."),
     transfer: Optional[Path] = Option(None, help="Unlabeled texts for the teacher to label (lines, JSONL, CSV)."),
-    temperature: Optional[float] = Option(None, help="KD temperature."), alpha: Optional[float] = Option(
-        None, help="Weight of the gold-label loss."),
-    epochs: Optional[int] = Option(None, help="Passes over the transfer set."),
-    lr: Optional[float] = Option(None, help="Learning rate (default: 5e-5 pruned, 1e-4 encoder)."),
-    batch_size: Optional[int] = BATCH,
-    max_length: Optional[int] = Option(None, help="Tokens per student input (default: derived from the texts)."),
-    seed: Optional[int] = SEED, as_json: bool = JSON,
+    as_json: bool = JSON, *, given: dict,
 ):
     """Distil a teacher into a smaller, faster student; report how much faster and how much worse."""
-    from tunelab.distill import DistillConfig, read_transfer_texts, summary_lines
     from tunelab.distill import distill as run_distill
+    from tunelab.distill import read_transfer_texts, summary_lines
 
-    config = DistillConfig(**_flags(student=student, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
-                                    batch_size=batch_size, max_length=max_length, seed=seed))
-    loaded_task = _task(task, train, test, text_field, label_field, kind)
+    config, loaded_task = _config(configs.DistillConfig, given), _task(given)
     transfer_texts = read_transfer_texts(transfer) if transfer is not None else None
     teacher_predictor = _predictor(teacher)
     with _bars() as bars:
@@ -364,52 +347,32 @@ def distill(
 
 
 @app.command("predict")
+@_with_config_flags(configs.BulkConfig)
 def predict_command(
     model: Path = PREDICTOR, input: Path = Option(..., "--input", help="Texts: one per line, JSONL, or CSV."),
     store: Path = Option(..., "--store", help="The SQLite prediction store to fill."),
-    text_field: str = TEXT_FIELD, batch_size: Optional[int] = BATCH,
-    engine: Optional[str] = Option(None, help="local, or ray (Ray Data actor pool)."),
-    casefold: Optional[bool] = Option(None, "--casefold/--no-casefold", help="Case-fold inputs before keying."),
-    ray_address: Optional[str] = Option(None, help="Ray cluster address (default: local)."),
-    ray_actors: Optional[int] = Option(None, help="Model replicas in the Ray actor pool."), as_json: bool = JSON,
+    text_field: str = Option("text", help="Field holding the input text (JSONL or CSV)."),
+    as_json: bool = JSON, *, given: dict,
 ):
     """Offline inference: predict every new distinct input into a store; reruns compute only what is missing."""
-    from tunelab.bulk import BulkConfig, predict_file
+    from tunelab.bulk import predict_file
     from tunelab.report import fact_lines
 
-    config = BulkConfig(**_flags(batch_size=batch_size, engine=engine, casefold=casefold, ray_address=ray_address,
-                                 ray_actors=ray_actors))
     _quiet_transformers()
     with _bars() as bars:
-        counts = predict_file(model, input, store, config, text_field=text_field,
+        counts = predict_file(model, input, store, _config(configs.BulkConfig, given), text_field=text_field,
                               on_total=bars.total("predicting new inputs"),
                               on_progress=bars.bar("predicting new inputs"))
     _print_lines(counts, fact_lines(counts), as_json)
 
 
 @app.command("serve")
-def serve_command(
-    store: Optional[Path] = Option(None, "--store", help="The prediction store to answer from."),
-    terms: Optional[Path] = Option(None, "--terms", help="A term store (tunelab expand) for POST /match."),
-    model: Optional[Path] = Option(None, help="The predictor whose rows answer (and, live, misses)."),
-    fingerprint: Optional[str] = Option(None, help="Which stored model answers, if several."),
-    on_miss: Optional[str] = Option(None, "--on-miss", help="404, or live (needs --model)."),
-    host: Optional[str] = Option(None, help="Address to bind; loopback by default."), port: Optional[int] = Option(
-        None, help="Port to listen on."),
-    max_text_chars: Optional[int] = Option(None, help="Longest text accepted."), max_batch: Optional[int] = Option(
-        None, help="Most texts in one POST /predict."),
-    max_body_bytes: Optional[int] = Option(None, help="Largest request body accepted."),
-    max_matches: Optional[int] = Option(None, help="Most terms one /match answer lists."),
-    live_batch: Optional[int] = Option(None, help="Misses the live model predicts together."),
-    max_live_pending: Optional[int] = Option(None, help="Misses waiting for the live model before 503."),
-):
+@_with_config_flags(configs.ServeConfig)
+def serve_command(*, given: dict):
     """Serve stored predictions over HTTP (FastAPI + uvicorn): /predict, /match, /healthz, /metrics, /docs."""
-    from tunelab.serve import ServeConfig, serve
+    from tunelab.serve import serve
 
-    config = ServeConfig(**_flags(store=store, terms=terms, model=model, fingerprint=fingerprint, on_miss=on_miss,
-                                  host=host, port=port, max_text_chars=max_text_chars, max_batch=max_batch,
-                                               max_body_bytes=max_body_bytes, max_matches=max_matches,
-                                               live_batch=live_batch, max_live_pending=max_live_pending))
+    config = _config(configs.ServeConfig, given)
     _quiet_transformers()
     serve(config, say=err_console.print)
 
@@ -436,21 +399,12 @@ def store_export(
 
 
 @app.command()
-def bias(
-    model: Path = PREDICTOR, task: Optional[str] = TASK, train: Optional[Path] = TRAIN, test: Optional[Path] = TEST,
-    text_field: str = TEXT_FIELD, label_field: str = LABEL_FIELD, kind: str = KIND,
-    slice_field: Optional[str] = Option(None, help="Test-file field to slice by (default: word length)."),
-    probe: Optional[str] = Option(None, help="'names' (EEC names, shipped) or a JSON file of groups."),
-    threshold: Optional[float] = Option(None, help="Largest allowed gap between groups per template."),
-    positive_label: Optional[str] = Option(None, help="Label whose probability and rate are compared."),
-    as_json: bool = JSON,
-):
+@_with_config_flags(TaskSource, configs.BiasConfig)
+def bias(model: Path = PREDICTOR, as_json: bool = JSON, *, given: dict):
     """Quality per data slice (fairlearn) and counterfactual name probes, with a verdict."""
-    from tunelab.bias import BiasConfig, bias_report, check_inputs, summary_lines
+    from tunelab.bias import bias_report, check_inputs, summary_lines
 
-    config = BiasConfig(**_flags(slice_field=slice_field, probe=probe, threshold=threshold,
-                                 positive_label=positive_label))
-    loaded_task = _task(task, train, test, text_field, label_field, kind)
+    config, loaded_task = _config(configs.BiasConfig, given), _task(given)
     check_inputs(loaded_task, config)  # a bad slice field or probe file fails before the model loads
     predictor = _predictor(model)
     with err_console.status("scoring slices and probes"):
@@ -459,31 +413,17 @@ def bias(
 
 
 @app.command()
+@_with_config_flags(TaskSource, configs.LadderConfig)
 def ladder(
     out: Path = Option(..., "--out", help="Run folder: one subfolder per rung, plus the reports."),
-    task: Optional[str] = TASK, train: Optional[Path] = TRAIN, test: Optional[Path] = TEST,
-    text_field: str = TEXT_FIELD, label_field: str = LABEL_FIELD, kind: str = KIND,
-    rungs: Optional[str] = Option(None, help="Comma list of tfidf,embed,zero,one,few,lora,full,distill."),
-    target_quality: Optional[float] = Option(None, help="Accuracy (or Spearman) the chosen rung must reach."),
-    quick: Optional[bool] = Option(None, "--quick/--no-quick", help="The short built-in run (under 10 minutes)."),
-    few_shots: Optional[int] = Option(None, help="K of the few-shot rung when not searched."),
-    curve: Optional[str] = Option(None, help="K values of the few-shot curve, comma list."),
-    search_budget_s: Optional[float] = Option(None, help="Seconds the few rung's prompt search may take (0: none)."),
-    epochs: Optional[int] = Option(None, help="Fine-tuning epochs."), student: Optional[str] = Option(
-        None, help="The distill rung's student spec."),
-    train_labels: Optional[int] = Option(None, help="Keep only N gold labels; the other training texts go unlabeled."),
-    seed: Optional[int] = SEED, model: str = BASE_MODEL, as_json: bool = JSON,
+    model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """Run every rung on one task; write report.html, report.md and report.json; name the cheapest good rung."""
-    from tunelab.ladder import LadderConfig, check_task, ladder_task_name, run
+    from tunelab.ladder import ladder_task, run
     from tunelab.report import summary_lines
 
-    config = LadderConfig.from_flags(**_flags(rungs=rungs, target_quality=target_quality, quick=quick,
-                                              few_shots=few_shots, curve=curve, epochs=epochs, student=student,
-                                              seed=seed, search_budget_s=search_budget_s,
-                                              train_labels=train_labels))
-    loaded_task = _task(ladder_task_name(task, train, config), train, test, text_field, label_field, kind)
-    check_task(loaded_task, config)
+    config = _config(configs.LadderConfig, given)
+    loaded_task = ladder_task(_config(TaskSource, given), config)
     base = _model(model)
     with _bars(transient=False) as bars:
         done = bars.bar("ladder: rungs done", len(config.rungs))
@@ -492,16 +432,16 @@ def ladder(
 
 
 @app.command("eval")
+@_with_config_flags(TaskSource)
 def eval_command(
-    model: Path = PREDICTOR, task: Optional[str] = TASK, train: Optional[Path] = TRAIN, test: Optional[Path] = TEST,
-    text_field: str = TEXT_FIELD, label_field: str = LABEL_FIELD, kind: str = KIND,
-    batch_size: Optional[int] = BATCH, as_json: bool = JSON,
+    model: Path = PREDICTOR, batch_size: Optional[int] = Option(None, help="Examples per forward pass."),
+    as_json: bool = JSON, *, given: dict,
 ):
     """Evaluate any saved predictor on a task's test split."""
     from tunelab.evaluate import evaluate
     from tunelab.predictor import check_fits_task
 
-    loaded_task = _task(task, train, test, text_field, label_field, kind)
+    loaded_task = _task(given)
     predictor = _predictor(model)
     check_fits_task(predictor, loaded_task, str(model))
     with _bars() as bars:

@@ -12,7 +12,7 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
+from tunelab.config import DistillConfig
 from tunelab.errors import ConfigError, InputError, ModelError
 from tunelab.evaluate import evaluate, headline_quality, quality_metric
 from tunelab.models import (
@@ -48,48 +49,6 @@ from tunelab.verbalizer import (
     rating_to_value,
     resolve_max_length,
 )
-
-DEFAULT_LR = {"pruned": 5e-5, "encoder": 1e-4}  # an encoder head starts from scratch and needs the larger step
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    student: str = "minilm"  # pruned:N | encoder:PATH | minilm
-    temperature: float = 2.0  # softens the teacher's distribution so the student sees its second choices
-    alpha: float = 0.5  # weight of the gold-label loss, where gold labels exist
-    epochs: int = 3
-    lr: float | None = None  # None: DEFAULT_LR by student type
-    batch_size: int = 32
-    max_length: int | None = None  # tokens per student input; None: derived from the texts (verbalizer.py)
-    seed: int = 0
-
-    def __post_init__(self):
-        problems = []
-        kind, _, argument = self.student.partition(":")
-        if self.student != "minilm" and (kind not in ("pruned", "encoder") or not argument):
-            problems.append(f"--student must be pruned:N, encoder:PATH or minilm, got {self.student!r}")
-        if kind == "pruned" and not (argument.isdigit() and int(argument) >= 1):
-            problems.append(f"--student pruned:N needs a whole number of layers N >= 1, got {self.student!r}")
-        if self.temperature <= 0:
-            problems.append(f"--temperature must be > 0, got {self.temperature}")
-        if self.alpha < 0:
-            problems.append(f"--alpha must be >= 0, got {self.alpha}")
-        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
-        if self.lr is not None and not 0 < self.lr < 1:
-            problems.append(f"--lr must be in (0, 1), got {self.lr}")
-        if problems:
-            raise ConfigError(problems)
-
-    @property
-    def student_type(self) -> str:
-        return "pruned" if self.student.startswith("pruned:") else "encoder"
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.student_type]
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Losses

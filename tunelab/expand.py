@@ -23,21 +23,17 @@ import time
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 
+from tunelab.config import ExpandConfig, language_codes
 from tunelab.errors import ConfigError, InputError
 from tunelab.models import Model
 from tunelab.tasks import read_rows
 from tunelab.terms import Term, TermStore, match_key, normalise_term
 
 COUNTRIES = "countries"  # the built-in concepts and reference (its held-out half; `countries-train` the other)
-# 50 languages of the built-in evaluation, chosen for breadth of script and family.
-COUNTRY_LANGUAGES = ("af", "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "es", "et", "eu", "fa", "fi", "fr",
-                     "gl", "he", "hi", "hr", "hu", "id", "is", "it", "ja", "ka", "kk", "ko", "lt", "lv", "mk", "ms",
-                     "nb", "nl", "pl", "pt", "ro", "ru", "sk", "sl", "sr", "sv", "sw", "ta", "th", "tr", "uk", "ur",
-                     "vi", "zh")
 # The default shots: real CLDR names of three countries, which the built-in evaluation leaves out.
 SHOT_COUNTRIES = (("DE", "fr"), ("JP", "es"), ("BR", "de"))
 NOT_COUNTRIES = {"EU", "EZ", "UN", "ZZ", "QO", "XA", "XB"}  # CLDR territory codes that are groupings or pseudo
@@ -56,53 +52,8 @@ class Shot:
     name: str
 
 
-@dataclass(frozen=True)
-class ExpandConfig:
-    languages: tuple[str, ...] = ()
-    per_language: int = 3  # candidates generated per concept and language
-    decoding: Literal["beam", "sample"] = "beam"
-    temperature: float = 0.7  # sampling only
-    max_new_tokens: int = 16
-    batch_size: int = 32  # prompts per generate() call (32 measured best on 2 cores; see docs/BENCHMARKS.md)
-    min_score: float | None = None  # drop candidates whose mean token log-probability is lower
-    append: bool = False  # add to a store that holds another generator's terms
-    seed: int = 0
-
-    def __post_init__(self):
-        problems = []
-        if self.decoding not in ("beam", "sample"):
-            problems.append(f"--decoding must be beam or sample, got {self.decoding!r}")
-        for flag, value in (("--per-language", self.per_language), ("--max-new-tokens", self.max_new_tokens),
-                            ("--batch-size", self.batch_size)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
-        if self.temperature <= 0:
-            problems.append(f"--temperature must be > 0, got {self.temperature}")
-        if problems:
-            raise ConfigError(problems)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs
-
-
-def language_codes(text: str | tuple[str, ...]) -> tuple[str, ...]:
-    """Checked CLDR language codes (pt, de, ja, zh_Hant, pt-BR); an unknown one is refused with the accepted list."""
-    from babel import Locale, UnknownLocaleError
-    from babel.localedata import locale_identifiers
-
-    codes = [c.strip().replace("-", "_") for c in (text.split(",") if isinstance(text, str) else text) if c.strip()]
-    if not codes:
-        raise ConfigError("--languages needs at least one language code")
-    for code in codes:
-        try:
-            Locale.parse(code)
-        except (ValueError, UnknownLocaleError):
-            accepted = ", ".join(sorted({c.split("_")[0] for c in locale_identifiers()}))
-            raise ConfigError(f"--languages: unknown language code {code!r}; accepted (CLDR): {accepted}") from None
-    if len(set(codes)) != len(codes):
-        raise ConfigError(f"--languages lists a code twice: {','.join(codes)}")
-    return tuple(codes)
 
 
 def language_name(code: str) -> str:

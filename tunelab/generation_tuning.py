@@ -15,31 +15,18 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from tunelab.config import GeneratorTuneConfig
 from tunelab.errors import ConfigError
 from tunelab.expand import Shot, render_prompt
 from tunelab.models import Model, adamw, count_parameters
 
 GENERATOR_FILE = "tunelab-generator.json"
-
-
-@dataclass(frozen=True)
-class GeneratorTuneConfig:
-    epochs: int = 2
-    lr: float = 1e-3
-    lora_r: int = 8
-    lora_alpha: int = 16
-    batch_size: int = 16
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.lora_r < 1 or self.lr <= 0:
-            raise ConfigError(f"--epochs, --batch-size and --lora-r must be >= 1 and --lr > 0, got {asdict(self)}")
 
 
 def generator_shots(model_spec: str | Path) -> list[Shot] | None:

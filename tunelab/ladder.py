@@ -11,7 +11,6 @@ import dataclasses
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from tunelab.baseline import BaselineConfig, fit_baseline
 from tunelab.bias import BiasConfig, bias_report
+from tunelab.config import RUNGS, LadderConfig
 from tunelab.distill import DistillConfig, distill
 from tunelab.errors import ConfigError, InputError
 from tunelab.evaluate import (
@@ -32,14 +32,13 @@ from tunelab.evaluate import (
 from tunelab.intervals import METHOD, paired_difference
 from tunelab.models import Model, weights_fingerprint
 from tunelab.predictor import load_predictor, read_artifact_json, save_predictor, write_json_atomic
-from tunelab.prompting import PromptConfig, few_shot, parse_shot_counts
+from tunelab.prompting import PromptConfig, few_shot
 from tunelab.report import write_reports
 from tunelab.search import SearchConfig, describe, search, sensitivity
-from tunelab.tasks import Task
+from tunelab.tasks import Task, TaskSource
 from tunelab.tuning import TuneConfig, finetune
 
 # In order of effort to build: the first rung that is good enough is the one to recommend.
-RUNGS = ("tfidf", "embed", "zero", "one", "few", "lora", "full", "distill")
 BASELINES = ("tfidf", "embed")
 QUICK_TASK = "vader"  # the quick run's task when none is named
 PROMPT_SHOTS = {"zero": 0, "one": 1}
@@ -47,53 +46,14 @@ QUICK = {"train": 300, "test": 200, "transfer": 700, "names_per_group": 3}  # si
 QUICK_SEARCH_S = 45.0
 
 
-@dataclass(frozen=True)
-class LadderConfig:
-    rungs: tuple[str, ...] = RUNGS
-    target_quality: float | None = None  # accuracy (classification) or Spearman (regression) to reach
-    quick: bool = False  # the built-in short run: a subsample of vader, one epoch, fewer probes
-    few_shots: int = 4  # K of the `few` rung when it is not searched
-    # The `few` rung's prompt is searched on held-out training examples (search.py) for this long; 0: plain K-shot.
-    # The quick run spends at most QUICK_SEARCH_S.
-    search_budget_s: float = 120.0
-    curve: tuple[int, ...] = (0, 1, 2, 4, 8)  # K values of the few-shot curve in the report
-    epochs: int = 2  # fine-tuning epochs (the quick run uses 1)
-    student: str = "minilm"  # the distill rung's student
-    # Label-scarce setting: only this many training examples keep their labels (balanced over labels); the other
-    # training texts join the unlabeled texts, which the distill rung's teacher labels.
-    train_labels: int | None = None
-    seed: int = 0
-
-    def __post_init__(self):
-        problems = []
-        unknown = [r for r in self.rungs if r not in RUNGS]
-        if unknown or not self.rungs:
-            problems.append(f"--rungs must name some of {','.join(RUNGS)}, got {','.join(self.rungs) or 'nothing'}")
-        if self.target_quality is not None and not -1.0 <= self.target_quality <= 1.0:
-            problems.append(f"--target-quality must lie in the metric's range (accuracy 0..1, Spearman -1..1), "
-                            f"got {self.target_quality}")
-        if self.few_shots < 2:
-            problems.append(f"--few-shots must be >= 2, got {self.few_shots}")
-        if self.train_labels is not None and self.train_labels < 2:
-            problems.append(f"--train-labels must be >= 2, got {self.train_labels}")
-        if self.search_budget_s < 0:
-            problems.append(f"--search-budget-s must be >= 0, got {self.search_budget_s}")
-        if problems:
-            raise ConfigError(problems)
-
-    @classmethod
-    def from_flags(cls, *, rungs: str | None = None, curve: str | None = None, **fields) -> LadderConfig:
-        """A config from command-line text: `rungs` and `curve` as comma lists."""
-        if rungs is not None:
-            fields["rungs"] = tuple(r.strip() for r in rungs.split(","))
-        if curve is not None:
-            fields["curve"] = tuple(parse_shot_counts(curve, "--curve"))
-        return cls(**fields)
-
-
-def ladder_task_name(task: str | None, train_path, config: LadderConfig) -> str | None:
-    """The task to run: the one named, else (with --quick and no --train) the quick run's built-in task."""
-    return QUICK_TASK if task is None and train_path is None and config.quick else task
+def ladder_task(source: TaskSource, config: LadderConfig) -> Task:
+    """The task to run, checked before any model loads: the one named, else (with --quick and no --train) the quick
+    run's built-in task."""
+    if source.task is None and source.train is None and config.quick:
+        source = dataclasses.replace(source, task=QUICK_TASK)
+    task = source.load()
+    check_task(task, config)
+    return task
 
 
 def check_task(task: Task, config: LadderConfig) -> None:

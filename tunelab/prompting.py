@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from tunelab.config import PromptConfig, parse_shot_counts, template_problems
 from tunelab.errors import ConfigError
 from tunelab.evaluate import evaluate
 from tunelab.models import MiniLMEmbedder, Model
@@ -36,44 +37,9 @@ from tunelab.verbalizer import (
     encode_prefix,
     label_log_likelihoods,
     rating_label,
-    template_problems,
 )
 
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # Zhao et al. 2021, "Calibrate Before Use", section 5
-
-
-@dataclass(frozen=True)
-class PromptConfig:
-    shots: int = 0  # K: 0 zero-shot, 1 one-shot, more few-shot
-    # Balanced by default: on vader with SmolLM2, 4 random shots fell to ~47% from label bias (issue #2).
-    select: Literal["random", "balanced", "similar"] = "balanced"
-    calibrate: bool = False  # divide out the label bias of the prompt (see `calibration`)
-    # contextual: measured on content-free inputs ("N/A", "", "[MASK]"); batch: on real training texts, labels unused
-    calibration: Literal["contextual", "batch"] = "contextual"
-    template: str | None = None  # None: the task's own; must hold {text} and end with {label}
-    instruction: str | None = None  # None: the task's own
-    length_normalize: bool = False  # divide a label's log-likelihood by its token count
-    batch_size: int = 32  # queries per forward pass; on 2 CPU cores larger batches gain little
-    seed: int = 0
-    max_length: int | None = None  # tokens per prompt, shots included; None: the model's context window
-    label_words: str | None = None  # comma list, one word per label in the task's label order; None: the labels
-
-    def __post_init__(self):
-        problems = []
-        if self.max_length is not None and self.max_length < 4:
-            problems.append(f"--max-length must be >= 4, got {self.max_length}")
-        if self.shots < 0:
-            problems.append(f"--shots must be >= 0, got {self.shots}")
-        if self.calibration not in ("contextual", "batch"):
-            problems.append(f"--calibration must be contextual or batch, got {self.calibration!r}")
-        if self.select not in ("random", "balanced", "similar"):
-            problems.append(f"--select must be random, balanced or similar, got {self.select!r}")
-        if self.batch_size < 1:
-            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.template is not None:
-            problems += template_problems(self.template)
-        if problems:
-            raise ConfigError(problems)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -335,17 +301,6 @@ def prompt_configs(shots: str, *, save: Path | None = None, **fields) -> list[Pr
     if save is not None and len(counts) > 1:
         raise ConfigError("--save needs a single --shots value")
     return [PromptConfig(shots=k, **fields) for k in counts]
-
-
-def parse_shot_counts(text: str, flag: str) -> list[int]:
-    """K values from "4" or "0,1,4"."""
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} must be an integer or a comma list of integers, got {text!r}") from None
-    if not counts:
-        raise ConfigError(f"{flag} must name at least one K, got {text!r}")
-    return counts
 
 
 def run_prompts(load_model, task: Task, configs: list[PromptConfig], *, save: Path | None = None,

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from tunelab.errors import ConfigError
+from tunelab.config import SearchConfig
 from tunelab.evaluate import evaluate
 from tunelab.models import Model
 from tunelab.prompting import PromptConfig, PromptPredictor, few_shot
@@ -23,25 +23,6 @@ from tunelab.tasks import Task, split_examples
 
 SHOT_COUNTS = (1, 2, 4, 8, 16)
 RANDOM_SEEDS = (0, 1, 2)  # random shot sets tried per K: prompts are sensitive to which shots they hold
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    budget_s: float = 300.0  # stop trying new configurations after this long (the one running finishes)
-    max_configs: int = 40
-    validation_size: int = 100  # training examples held out to judge configurations (stratified); the rest are shots
-    seed: int = 0
-
-    def __post_init__(self):
-        problems = []
-        if self.budget_s <= 0:
-            problems.append(f"--budget-s must be > 0, got {self.budget_s}")
-        if self.max_configs < 1:
-            problems.append(f"--max-configs must be >= 1, got {self.max_configs}")
-        if self.validation_size < 2:
-            problems.append(f"--validation-size must be >= 2, got {self.validation_size}")
-        if problems:
-            raise ConfigError(problems)
 
 
 def search_quality(metrics: dict) -> float:

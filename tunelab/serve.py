@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 import unicodedata
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import ahocorasick
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -24,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from tunelab.bulk import normalise, text_key
+from tunelab.config import ServeConfig
 from tunelab.errors import ConfigError
 from tunelab.predictor import load_predictor, read_artifact_json
 from tunelab.store import FreshView, Store
@@ -31,43 +29,6 @@ from tunelab.terms import TermMatcher, TermStore, at_word_boundaries
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 MATCHER_CHECK_S = 1.0  # how often /match looks for rows added to the store since its term list was built
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    store: Path | None = None  # the prediction store: /predict, and /match over its stored inputs
-    terms: Path | None = None  # a term store (`tunelab expand`): /match finds its terms instead
-    model: Path | None = None  # a saved predictor: selects the fingerprint and answers misses live
-    fingerprint: str | None = None  # which stored model answers; needed when a store holds several
-    on_miss: Literal["404", "live"] = "404"
-    host: str = "127.0.0.1"  # loopback unless told otherwise
-    port: int = 8000
-    max_text_chars: int = 10_000
-    max_batch: int = 1_000
-    max_body_bytes: int = 1_000_000
-    max_matches: int = 100  # /match answers at most this many terms and says when it cut the list
-    live_batch: int = 32  # misses the live model predicts together
-    max_live_pending: int = 256  # misses waiting for the live model; past it a request gets 503 at once
-
-    def __post_init__(self):
-        problems = []
-        if self.store is None and self.terms is None:
-            problems.append("give --store (stored predictions), --terms (a term list), or both")
-        if self.store is None and self.on_miss == "live":
-            problems.append("--on-miss live needs --store")
-        if self.on_miss not in ("404", "live"):
-            problems.append(f"--on-miss must be 404 or live, got {self.on_miss!r}")
-        if self.on_miss == "live" and self.model is None:
-            problems.append("--on-miss live needs --model DIR to answer misses with")
-        if not 0 < self.port < 65536:
-            problems.append(f"--port must be in 1..65535, got {self.port}")
-        for flag, value in (("--max-text-chars", self.max_text_chars), ("--max-batch", self.max_batch),
-                            ("--max-body-bytes", self.max_body_bytes), ("--max-matches", self.max_matches),
-                            ("--live-batch", self.live_batch), ("--max-live-pending", self.max_live_pending)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
-        if problems:
-            raise ConfigError(problems)
 
 
 class BatchRequest(BaseModel):

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ElementTree  # reads only a data file shipped in
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from tunelab.errors import InputError
 
@@ -248,6 +248,22 @@ def split_examples(examples: list[Example], kind: Kind, test_fraction: float, se
     if not test:
         raise InputError(f"too few examples ({len(examples)}) to hold out a test or validation split", path=path)
     return train, test
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """Where a command's task comes from: the flags every task-reading command shares (help beside each type)."""
+    task: Annotated[str | None, "Built-in task: vader, vader-valence, subjectivity, fruit, sotu-party, sotu-year."] = (
+        None)
+    train: Annotated[Path | None, "Training examples, JSONL or CSV."] = None
+    test: Annotated[Path | None, "Test examples; without it a fixed-seed stratified split of --train is made."] = None
+    text_field: Annotated[str, "Field holding the input text."] = "text"
+    label_field: Annotated[str, "Field holding the label or value."] = "label"
+    kind: Annotated[Kind, "classification or regression (for --train files)."] = "classification"
+
+    def load(self) -> Task:
+        return load_task(self.task, train_path=self.train, test_path=self.test, text_field=self.text_field,
+                         label_field=self.label_field, kind=self.kind)
 
 
 def load_task(

@@ -22,13 +22,14 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import get_linear_schedule_with_warmup
 
+from tunelab.config import TuneConfig
 from tunelab.errors import ConfigError, TrainingError
 from tunelab.evaluate import evaluate, peak_rss_mb
 from tunelab.models import Model, adamw, count_parameters, make_model
@@ -45,7 +46,6 @@ from tunelab.verbalizer import (
     resolve_max_length,
 )
 
-DEFAULT_LR = {"lora": 1e-3, "full": 3e-5}  # LoRA's few weights need a larger step (Hu et al. 2021 used 2e-4..1e-3)
 WARMUP_FRACTION = 0.1
 MICRO_BATCH_TOKENS = 512  # row tokens per forward/backward pass; a batch of long texts is accumulated over several.
 # Measured on 24 sotu passages (~280 tokens), LoRA peak: 4,096 (counting both labels) -> 5.3 GB, 47 s; 1,024 -> 3.2 GB
@@ -53,48 +53,6 @@ MICRO_BATCH_TOKENS = 512  # row tokens per forward/backward pass; a batch of lon
 CHECKPOINTING_FROM = 128  # tokens per prompt from which gradient checkpointing is on (activations dominate memory)
 MAX_GRAD_NORM = 1.0
 CHECKPOINTS = "checkpoints"
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    method: Literal["lora", "full"] = "lora"
-    epochs: int = 2  # measured while planning: LoRA r=8 reached ~94% on vader after 2 epochs
-    lr: float | None = None  # None: DEFAULT_LR[method]
-    batch_size: int = 16
-    max_length: int | None = None  # tokens per prompt; None: derived from the training texts (verbalizer.py)
-    lora_r: int = 8
-    lora_alpha: int = 16  # alpha = 2r, the usual scaling
-    lora_targets: str = "all-linear"  # PEFT's shorthand for every linear projection except the output head
-    lora_dropout: float = 0.0  # a few hundred examples for 2 epochs do not overfit enough to need it
-    val_fraction: float = 0.1  # held out of the training set for early stopping
-    patience: int = 2  # epochs without a better validation loss before stopping
-    seed: int = 0
-    merge: bool = False  # LoRA: also write the merged model
-
-    def __post_init__(self):
-        problems = []
-        if self.method not in ("lora", "full"):
-            problems.append(f"--method must be lora or full, got {self.method!r}")
-        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--lora-r", self.lora_r),
-                            ("--lora-alpha", self.lora_alpha), ("--patience", self.patience)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
-        if self.max_length is not None and self.max_length < 4:
-            problems.append(f"--max-length must be >= 4, got {self.max_length}")
-        if self.lr is not None and not (0 < self.lr < 1):
-            problems.append(f"--lr must be in (0, 1), got {self.lr}")
-        if not 0 < self.val_fraction < 1:
-            problems.append(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        if not 0 <= self.lora_dropout < 1:
-            problems.append(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.merge and self.method != "lora":
-            problems.append("--merge applies to --method lora only")
-        if problems:
-            raise ConfigError(problems)
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -30,15 +30,6 @@ TRAIN_MAX_TOKENS = 512  # memory cap of a derived training max_length: with grad
 FALLBACK_CONTEXT = 2048  # when a config names no context window
 
 
-def template_problems(template: str) -> list[str]:
-    problems = []
-    if template.count("{text}") != 1:
-        problems.append(f"--template must contain {{text}} exactly once, got {template!r}")
-    if not template.rstrip().endswith("{label}") or template.count("{label}") != 1:
-        problems.append(f"--template must end with {{label}} (the label is scored after it), got {template!r}")
-    return problems
-
-
 @dataclass(frozen=True)
 class PromptFormat:
     """How examples become text: `query(text) + label_text(label)` is one shot."""

@@ -1,0 +1,402 @@
+"""Every stage's configuration: one frozen dataclass per command, each field `Annotated[type, "help"]`.
+
+The `tunelab` command builds one flag per field from these annotations (cli.py), so a setting, its default, its
+help and its check are written once. They live together in this light module (standard library only) so that the
+command line is built without importing torch, transformers and peft (8.6 s on 2 cores): each rung module imports
+its config from here, the way litgpt keeps its argument dataclasses in `args.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from tunelab.errors import ConfigError
+
+RUNGS = ("tfidf", "embed", "zero", "one", "few", "lora", "full", "distill")
+BASELINE_METHODS = ("tfidf", "embed")
+TUNE_LR = {"lora": 1e-3, "full": 3e-5}  # LoRA's few weights need a larger step (Hu et al. 2021 used 2e-4..1e-3)
+DISTILL_LR = {"pruned": 5e-5, "encoder": 1e-4}  # an encoder head starts from scratch and needs the larger step
+# 50 languages of the built-in evaluation, chosen for breadth of script and family.
+COUNTRY_LANGUAGES = ("af", "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "es", "et", "eu", "fa", "fi", "fr",
+                     "gl", "he", "hi", "hr", "hu", "id", "is", "it", "ja", "ka", "kk", "ko", "lt", "lv", "mk", "ms",
+                     "nb", "nl", "pl", "pt", "ro", "ru", "sk", "sl", "sr", "sv", "sw", "ta", "th", "tr", "uk", "ur",
+                     "vi", "zh")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """The flags of `tunelab prompt`."""
+    shots: Annotated[int, "K: 0 zero-shot, 1 one-shot, more few-shot."] = 0
+    # Balanced by default: on vader with SmolLM2, 4 random shots fell to ~47% from label bias (issue #2).
+    select: Annotated[Literal["random", "balanced", "similar"], "Shot selection (random, balanced, similar)."] = (
+        "balanced")
+    calibrate: Annotated[bool, "Divide out the prompt's label bias (see --calibration)."] = False
+    # contextual: measured on content-free inputs ("N/A", "", "[MASK]"); batch: on real training texts, labels unused
+    calibration: Annotated[Literal["contextual", "batch"],
+                           "contextual (content-free inputs) or batch (training texts)."] = "contextual"
+    # None: the task's own
+    template: Annotated[str | None, r"Example format with {text} and a final {label}, "
+                                    r"e.g. 'Word: {text}\nSentiment: {label}'."] = None
+    instruction: Annotated[str | None, "Text placed before the shots (default: the task's own)."] = None
+    length_normalize: Annotated[bool, "Divide label log-likelihoods by token count."] = False
+    # on 2 CPU cores larger batches gain little
+    batch_size: Annotated[int, "Queries per forward pass."] = 32
+    seed: Annotated[int, "Seed for shot selection."] = 0
+    max_length: Annotated[int | None, "Tokens per prompt, shots included (default: the context window)."] = None
+    label_words: Annotated[str | None, "Words the prompt uses for the labels, comma list in label order."] = None
+
+    def __post_init__(self):
+        problems = []
+        if self.max_length is not None and self.max_length < 4:
+            problems.append(f"--max-length must be >= 4, got {self.max_length}")
+        if self.shots < 0:
+            problems.append(f"--shots must be >= 0, got {self.shots}")
+        if self.calibration not in ("contextual", "batch"):
+            problems.append(f"--calibration must be contextual or batch, got {self.calibration!r}")
+        if self.select not in ("random", "balanced", "similar"):
+            problems.append(f"--select must be random, balanced or similar, got {self.select!r}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.template is not None:
+            problems += template_problems(self.template)
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The flags of `tunelab prompt --search` (and --sensitivity)."""
+    # the configuration running when the budget ends finishes
+    budget_s: Annotated[float, "--search: seconds to spend trying configurations."] = 300.0
+    max_configs: Annotated[int, "--search: most configurations to try."] = 40
+    # held out stratified; the rest of the training set is the shot pool
+    validation_size: Annotated[int, "--search: training examples held out to judge configurations."] = 100
+    seed: Annotated[int, "Seed for the validation split and shot selection."] = 0
+
+    def __post_init__(self):
+        problems = []
+        if self.budget_s <= 0:
+            problems.append(f"--budget-s must be > 0, got {self.budget_s}")
+        if self.max_configs < 1:
+            problems.append(f"--max-configs must be >= 1, got {self.max_configs}")
+        if self.validation_size < 2:
+            problems.append(f"--validation-size must be >= 2, got {self.validation_size}")
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The flags of `tunelab tune`."""
+    method: Annotated[Literal["lora", "full"], "full (every parameter) or lora (PEFT adapters)."] = "lora"
+    # measured while planning: LoRA r=8 reached ~94% on vader after 2 epochs
+    epochs: Annotated[int, "Maximum epochs (early stopping may end sooner)."] = 2
+    lr: Annotated[float | None, "Learning rate (default: 1e-3 LoRA, 3e-5 full)."] = None  # None: DEFAULT_LR[method]
+    batch_size: Annotated[int, "Examples per optimizer step."] = 16
+    max_length: Annotated[int | None, "Tokens per prompt (default: derived from the training texts)."] = None
+    lora_r: Annotated[int, "LoRA rank."] = 8
+    lora_alpha: Annotated[int, "LoRA alpha (scaling alpha / r)."] = 16  # alpha = 2r, the usual scaling
+    # PEFT's shorthand for every linear projection except the output head
+    lora_targets: Annotated[str, "'all-linear' or module names (q_proj,v_proj,...)."] = "all-linear"
+    # a few hundred examples for 2 epochs do not overfit enough to need it
+    lora_dropout: Annotated[float, "Dropout on the LoRA path."] = 0.0
+    val_fraction: Annotated[float, "Share of training held out for early stopping."] = 0.1
+    patience: Annotated[int, "Epochs without a better validation loss before stopping."] = 2
+    seed: Annotated[int, "Seed for initialisation and data order."] = 0
+    merge: Annotated[bool, "LoRA: also write the merged model."] = False
+
+    def __post_init__(self):
+        problems = []
+        if self.method not in ("lora", "full"):
+            problems.append(f"--method must be lora or full, got {self.method!r}")
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--lora-r", self.lora_r),
+                            ("--lora-alpha", self.lora_alpha), ("--patience", self.patience)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if self.max_length is not None and self.max_length < 4:
+            problems.append(f"--max-length must be >= 4, got {self.max_length}")
+        if self.lr is not None and not (0 < self.lr < 1):
+            problems.append(f"--lr must be in (0, 1), got {self.lr}")
+        if not 0 < self.val_fraction < 1:
+            problems.append(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.merge and self.method != "lora":
+            problems.append("--merge applies to --method lora only")
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else TUNE_LR[self.method]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The flags of `tunelab distill`."""
+    student: Annotated[str, "pruned:N (the teacher with N layers), encoder:PATH, or minilm."] = "minilm"
+    # softens the teacher's distribution so the student sees its second choices
+    temperature: Annotated[float, "KD temperature."] = 2.0
+    alpha: Annotated[float, "Weight of the gold-label loss, where gold labels exist."] = 0.5
+    epochs: Annotated[int, "Passes over the transfer set."] = 3
+    lr: Annotated[float | None, "Learning rate (default: 5e-5 pruned, 1e-4 encoder)."] = None
+    batch_size: Annotated[int, "Examples per optimizer step."] = 32
+    max_length: Annotated[int | None, "Tokens per student input (default: derived from the texts)."] = None
+    seed: Annotated[int, "Seed for initialisation and data order."] = 0
+
+    def __post_init__(self):
+        problems = []
+        kind, _, argument = self.student.partition(":")
+        if self.student != "minilm" and (kind not in ("pruned", "encoder") or not argument):
+            problems.append(f"--student must be pruned:N, encoder:PATH or minilm, got {self.student!r}")
+        if kind == "pruned" and not (argument.isdigit() and int(argument) >= 1):
+            problems.append(f"--student pruned:N needs a whole number of layers N >= 1, got {self.student!r}")
+        if self.temperature <= 0:
+            problems.append(f"--temperature must be > 0, got {self.temperature}")
+        if self.alpha < 0:
+            problems.append(f"--alpha must be >= 0, got {self.alpha}")
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if self.lr is not None and not 0 < self.lr < 1:
+            problems.append(f"--lr must be in (0, 1), got {self.lr}")
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def student_type(self) -> str:
+        return "pruned" if self.student.startswith("pruned:") else "encoder"
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DISTILL_LR[self.student_type]
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """The flags of `tunelab baseline`."""
+    method: Annotated[Literal["tfidf", "embed"], "tfidf (word and character n-grams) or embed (frozen MiniLM)."] = (
+        "tfidf")
+    seed: Annotated[int, "Seed for the cross-validation folds."] = 0
+
+    def __post_init__(self):
+        if self.method not in BASELINE_METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(BASELINE_METHODS)}, got {self.method!r}")
+
+
+@dataclass(frozen=True)
+class BulkConfig:
+    """The flags of `tunelab predict`."""
+    batch_size: Annotated[int, "Texts per forward pass and per store transaction."] = 64
+    engine: Annotated[Literal["local", "ray"], "local, or ray (Ray Data actor pool)."] = "local"
+    # off by default: a model may answer "Good" and "good" differently
+    casefold: Annotated[bool, "Case-fold inputs before keying."] = False
+    ray_address: Annotated[str | None, "Ray cluster address (default: a local Ray instance)."] = None
+    # one per 2 cores is plenty on a CPU
+    ray_actors: Annotated[int, "Model replicas in the Ray actor pool."] = 1
+
+    def __post_init__(self):
+        problems = []
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.engine not in ("local", "ray"):
+            problems.append(f"--engine must be local or ray, got {self.engine!r}")
+        if self.ray_actors < 1:
+            problems.append(f"--ray-actors must be >= 1, got {self.ray_actors}")
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The flags of `tunelab serve`."""
+    store: Annotated[Path | None, "The prediction store: /predict, and /match over its inputs."] = None
+    terms: Annotated[Path | None, "A term store (tunelab expand): /match finds its terms instead."] = None
+    model: Annotated[Path | None, "The predictor whose rows answer (and, live, misses)."] = None
+    fingerprint: Annotated[str | None, "Which stored model answers, if several."] = None
+    on_miss: Annotated[Literal["404", "live"], "404, or live (needs --model)."] = "404"
+    host: Annotated[str, "Address to bind; loopback by default."] = "127.0.0.1"
+    port: Annotated[int, "Port to listen on."] = 8000
+    max_text_chars: Annotated[int, "Longest text accepted."] = 10_000
+    max_batch: Annotated[int, "Most texts in one POST /predict."] = 1_000
+    max_body_bytes: Annotated[int, "Largest request body accepted."] = 1_000_000
+    # /match says when it cut the list
+    max_matches: Annotated[int, "Most terms one /match answer lists."] = 100
+    live_batch: Annotated[int, "Misses the live model predicts together."] = 32
+    # past it a request gets 503 at once
+    max_live_pending: Annotated[int, "Misses waiting for the live model before 503."] = 256
+
+    def __post_init__(self):
+        problems = []
+        if self.store is None and self.terms is None:
+            problems.append("give --store (stored predictions), --terms (a term list), or both")
+        if self.store is None and self.on_miss == "live":
+            problems.append("--on-miss live needs --store")
+        if self.on_miss not in ("404", "live"):
+            problems.append(f"--on-miss must be 404 or live, got {self.on_miss!r}")
+        if self.on_miss == "live" and self.model is None:
+            problems.append("--on-miss live needs --model DIR to answer misses with")
+        if not 0 < self.port < 65536:
+            problems.append(f"--port must be in 1..65535, got {self.port}")
+        for flag, value in (("--max-text-chars", self.max_text_chars), ("--max-batch", self.max_batch),
+                            ("--max-body-bytes", self.max_body_bytes), ("--max-matches", self.max_matches),
+                            ("--live-batch", self.live_batch), ("--max-live-pending", self.max_live_pending)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
+class BiasConfig:
+    """The flags of `tunelab bias`."""
+    # None: the task's own slices (built-in tasks slice by word length)
+    slice_field: Annotated[str | None, "Test-file field to slice by (default: the task's own slices)."] = None
+    probe: Annotated[str, "'names' (EEC names, shipped) or a JSON file of groups."] = "names"
+    # in mean P(positive label) (or value)
+    threshold: Annotated[float, "Largest allowed gap between groups per template."] = 0.1
+    # None: "positive" when the task has it, else its last label
+    positive_label: Annotated[str | None, "Label whose probability and rate are compared."] = None
+
+    def __post_init__(self):
+        if self.threshold < 0:
+            raise ConfigError(f"--threshold must be >= 0, got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class LadderConfig:
+    """The flags of `tunelab ladder`."""
+    rungs: Annotated[tuple[str, ...], "Comma list of tfidf,embed,zero,one,few,lora,full,distill."] = RUNGS
+    target_quality: Annotated[float | None, "Accuracy (or Spearman) the chosen rung must reach."] = None
+    # a subsample of vader, one epoch, fewer probes
+    quick: Annotated[bool, "The short built-in run (under 10 minutes)."] = False
+    few_shots: Annotated[int, "K of the few-shot rung when not searched."] = 4
+    # The `few` rung's prompt is searched on held-out training examples (search.py) for this long; 0: plain K-shot.
+    # The quick run spends at most QUICK_SEARCH_S.
+    search_budget_s: Annotated[float, "Seconds the few rung's prompt search may take (0: none)."] = 120.0
+    curve: Annotated[tuple[int, ...], "K values of the few-shot curve, comma list."] = (0, 1, 2, 4, 8)
+    epochs: Annotated[int, "Fine-tuning epochs (the quick run uses 1)."] = 2
+    student: Annotated[str, "The distill rung's student spec."] = "minilm"
+    # Label-scarce setting: only this many training examples keep their labels (balanced over labels); the other
+    # training texts join the unlabeled texts, which the distill rung's teacher labels.
+    train_labels: Annotated[int | None, "Keep only N gold labels; the other training texts go unlabeled."] = None
+    seed: Annotated[int, "Seed for every rung."] = 0
+
+    def __post_init__(self):
+        problems = []
+        unknown = [r for r in self.rungs if r not in RUNGS]
+        if unknown or not self.rungs:
+            problems.append(f"--rungs must name some of {','.join(RUNGS)}, got {','.join(self.rungs) or 'nothing'}")
+        if self.target_quality is not None and not -1.0 <= self.target_quality <= 1.0:
+            problems.append(f"--target-quality must lie in the metric's range (accuracy 0..1, Spearman -1..1), "
+                            f"got {self.target_quality}")
+        if self.few_shots < 2:
+            problems.append(f"--few-shots must be >= 2, got {self.few_shots}")
+        if self.train_labels is not None and self.train_labels < 2:
+            problems.append(f"--train-labels must be >= 2, got {self.train_labels}")
+        if self.search_budget_s < 0:
+            problems.append(f"--search-budget-s must be >= 0, got {self.search_budget_s}")
+        if problems:
+            raise ConfigError(problems)
+
+    @classmethod
+    def from_flags(cls, *, rungs: str | None = None, curve: str | None = None, **fields) -> LadderConfig:
+        """A config from command-line text: `rungs` and `curve` as comma lists."""
+        if rungs is not None:
+            fields["rungs"] = tuple(r.strip() for r in rungs.split(","))
+        if curve is not None:
+            fields["curve"] = tuple(parse_shot_counts(curve, "--curve"))
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class ExpandConfig:
+    """The flags of `tunelab expand`."""
+    languages: Annotated[tuple[str, ...], "Comma list of CLDR codes (default: 50 languages)."] = COUNTRY_LANGUAGES
+    per_language: Annotated[int, "Candidates per concept and language."] = 3
+    decoding: Annotated[Literal["beam", "sample"], "beam (deterministic) or sample."] = "beam"
+    temperature: Annotated[float, "Sampling temperature."] = 0.7
+    max_new_tokens: Annotated[int, "Longest candidate, in tokens."] = 16
+    # 32 measured best on 2 cores; see docs/BENCHMARKS.md
+    batch_size: Annotated[int, "Prompts per generate() call."] = 32
+    min_score: Annotated[float | None, "Drop candidates under this mean token log-probability."] = None
+    append: Annotated[bool, "Add to a store that holds another generator's terms."] = False
+    seed: Annotated[int, "Seed for sampling."] = 0
+
+    def __post_init__(self):
+        problems = []
+        if self.decoding not in ("beam", "sample"):
+            problems.append(f"--decoding must be beam or sample, got {self.decoding!r}")
+        for flag, value in (("--per-language", self.per_language), ("--max-new-tokens", self.max_new_tokens),
+                            ("--batch-size", self.batch_size)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if self.temperature <= 0:
+            problems.append(f"--temperature must be > 0, got {self.temperature}")
+        if problems:
+            raise ConfigError(problems)
+
+    @classmethod
+    def from_flags(cls, *, languages: str | None = None, **fields) -> ExpandConfig:
+        """A config from command-line text: `languages` as a comma list of CLDR codes, each checked."""
+        return cls(**fields) if languages is None else cls(languages=language_codes(languages), **fields)
+
+
+@dataclass(frozen=True)
+class GeneratorTuneConfig:
+    """The flags of `tunelab expand-tune`."""
+    epochs: Annotated[int, "Passes over the pairs."] = 2
+    lr: Annotated[float, "Learning rate."] = 1e-3
+    lora_r: Annotated[int, "LoRA rank."] = 8
+    lora_alpha: Annotated[int, "LoRA alpha."] = 16
+    batch_size: Annotated[int, "Pairs per optimizer step."] = 16
+    seed: Annotated[int, "Seed for initialisation and data order."] = 0
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.lora_r < 1 or self.lr <= 0:
+            raise ConfigError(f"--epochs, --batch-size and --lora-r must be >= 1 and --lr > 0, got {asdict(self)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks of command-line values
+
+
+def template_problems(template: str) -> list[str]:
+    problems = []
+    if template.count("{text}") != 1:
+        problems.append(f"--template must contain {{text}} exactly once, got {template!r}")
+    if not template.rstrip().endswith("{label}") or template.count("{label}") != 1:
+        problems.append(f"--template must end with {{label}} (the label is scored after it), got {template!r}")
+    return problems
+
+
+def parse_shot_counts(text: str, flag: str) -> list[int]:
+    """K values from "4" or "0,1,4"."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} must be an integer or a comma list of integers, got {text!r}") from None
+    if not counts:
+        raise ConfigError(f"{flag} must name at least one K, got {text!r}")
+    return counts
+
+
+def language_codes(text: str | tuple[str, ...]) -> tuple[str, ...]:
+    """Checked CLDR language codes (pt, de, ja, zh_Hant, pt-BR); an unknown one is refused with the accepted list."""
+    from babel import Locale, UnknownLocaleError
+    from babel.localedata import locale_identifiers
+
+    codes = [c.strip().replace("-", "_") for c in (text.split(",") if isinstance(text, str) else text) if c.strip()]
+    if not codes:
+        raise ConfigError("--languages needs at least one language code")
+    for code in codes:
+        try:
+            Locale.parse(code)
+        except (ValueError, UnknownLocaleError):
+            accepted = ", ".join(sorted({c.split("_")[0] for c in locale_identifiers()}))
+            raise ConfigError(f"--languages: unknown language code {code!r}; accepted (CLDR): {accepted}") from None
+    if len(set(codes)) != len(codes):
+        raise ConfigError(f"--languages lists a code twice: {','.join(codes)}")
+    return tuple(codes)
