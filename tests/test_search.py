@@ -22,14 +22,18 @@ def word_task():
                      instruction="Classify each word .\n", template="Word: {text}\nSentiment: {label}")
 
 
-def test_search_starts_from_zero_shot_and_keeps_the_best_on_validation(tiny_model, word_task, letter_embedder):
+def test_search_starts_from_zero_shot_and_keeps_the_best_clear_gain_on_validation(tiny_model, word_task,
+                                                                                  letter_embedder):
     config = SearchConfig(max_configs=12, validation_size=4)
     result = search(tiny_model, word_task, PromptConfig(), config, embedder=letter_embedder)
     assert len(result.rows) == 12 and result.stopped_by == "max_configs"
     assert result.rows[0]["config"] == "K=0"  # the task's own zero-shot prompt comes first
-    assert max(r["validation"] for r in result.rows) >= result.rows[0]["validation"]
-    kept = [r for r in result.rows if r["validation"] == max(r["validation"] for r in result.rows)][0]
-    assert kept["config"].startswith(f"K={result.config.shots}")
+    for row in result.rows:  # a clear gain: the paired interval against zero-shot lies above 0
+        assert row["clear_gain"] == (row["vs_zero_interval"][0] > 0)
+    eligible = [result.rows[0]] + [r for r in result.rows if r["clear_gain"]]
+    kept = max(eligible, key=lambda r: r["validation"])  # the first of equals: the cheaper one
+    assert kept["config"].startswith(f"K={result.config.shots}") and result.validation == kept["validation"]
+    assert result.validation >= result.rows[0]["validation"]
     again = search(tiny_model, word_task, PromptConfig(), config, embedder=letter_embedder)
     assert [(r["config"], r["validation"]) for r in again.rows] == [(r["config"], r["validation"]) for r in result.rows]
 

@@ -147,7 +147,7 @@ def _searched_step(model: Model, task: Task, folder: Path, bias: BiasConfig, con
     save_predictor(found.predictor, folder / "predictor")
     return {**_measure(found.predictor, task, bias, on_progress), "train_seconds": time.perf_counter() - started,
             "searched": describe(found.config, PromptConfig(seed=config.seed)),
-            "validation": max(row["validation"] for row in found.rows), "configs_tried": len(found.rows),
+            "validation": found.validation, "configs_tried": len(found.rows),
             "search_rows": found.rows}
 
 

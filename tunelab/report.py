@@ -121,7 +121,8 @@ def _search_lines(report: dict) -> list[str]:
         return []
     return [f"The few rung is the prompt kept by a search over {few['configs_tried']} configurations on held-out "
             f"training examples: {few['searched']} (validation {few['validation']:.3f}; the zero-shot prompt is "
-            "the search's first candidate, so on validation the few rung is never below it)."]
+            "the search's first candidate and stays unless another beats it by more than the validation split's "
+            "noise, a paired 95% interval above 0)."]
 
 
 def recommendation_lines(report: dict) -> list[str]:
