@@ -183,6 +183,9 @@ def test_bulk_batches_long_texts_by_size_and_counts_the_cut_ones(saved_predictor
     long_texts = [("good bad " * 3_000) + str(i) for i in range(4)]  # 27,000 characters each
     counts = predict_all(predictor, WORDS + long_texts, Store(tmp_path / "s.sqlite"), BulkConfig(batch_size=64))
     assert counts["predicted"] == len(WORDS) + 4 and counts["n_truncated"] == 4 and counts["max_length"] == 40
-    assert counts["chars_per_s"] > counts["examples_per_s"]
+    assert counts["chars_per_s"] > counts["examples_per_s"] and counts["tokens_per_s"] > counts["examples_per_s"]
+    tokenizer = predictor.inner.model.tokenizer
+    assert predictor.inner.count_tokens(["good bad"]) == len(tokenizer("good bad", add_special_tokens=False).input_ids)
+    assert 4 <= predictor.inner.count_tokens(long_texts) <= 4 * 40  # as read: each cut to fit its 40-token prompt
     assert set(predictor.seen[: len(WORDS)]) == set(WORDS)  # shortest first
     assert [len(batch) for batch in length_batches(WORDS + long_texts, 64)] == [len(WORDS), 1, 1, 1, 1]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tunelab import tuning
 from tunelab.errors import ConfigError, TrainingError
 from tunelab.models import load_model
 from tunelab.predictor import load_predictor, predict
@@ -16,6 +17,7 @@ from tunelab.tasks import Example, load_task, make_task
 from tunelab.tuning import (
     TuneConfig,
     _batches,
+    _checkpointing,
     _loss_step,
     _with_adapter,
     finetune,
@@ -253,3 +255,30 @@ def test_micro_batches_accumulate_to_the_whole_batch_gradient(tiny_model, tiny_t
     parts = [torch.autograd.grad(_loss_step(lm, verbalizer, m, pad) * len(m.pairs) / len(batch.pairs), trainable)
              for m in micro]
     assert all(torch.allclose(sum(g), w, atol=1e-5) for g, w in zip(zip(*parts), whole))
+
+
+def test_checkpointing_turns_on_from_its_prompt_length_and_changes_no_gradient(tiny_model, tiny_bpe_model, tiny_task,
+                                                                              tmp_path, monkeypatch):
+    verbalizer = Verbalizer.for_task(tiny_model.tokenizer, tiny_task)
+    examples = list(tiny_task.train)
+    (batch,) = _batches(verbalizer, examples, TuneConfig(batch_size=len(examples)), range(len(examples)), 64)
+    lm, pad = tiny_model.lm, tiny_model.tokenizer.pad_token_id
+    lm.train()
+    plain = torch.autograd.grad(_loss_step(lm, verbalizer, batch, pad, cache_prefix=False), list(lm.parameters()))
+    _checkpointing(lm, True)
+    try:
+        recomputed = torch.autograd.grad(_loss_step(lm, verbalizer, batch, pad, cache_prefix=False),
+                                         list(lm.parameters()))
+    finally:
+        _checkpointing(lm, False)
+        lm.eval()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, recomputed))
+
+    train = [Example(LONG + f" {i}", "positive" if i % 2 else "negative") for i in range(4)]
+    task = make_task("tickets", "classification", train, train[:2], template="Ticket: {text}\nLabel: {label}")
+    config = TuneConfig(method="lora", epochs=1, batch_size=2, max_length=48, val_fraction=0.5)
+    checkpointed = lambda out: finetune(tiny_bpe_model, task, config, out_dir=tmp_path / out).meta["training"][  # noqa: E731
+        "gradient_checkpointing"]
+    assert not checkpointed("off")  # 48-token prompts are far below CHECKPOINTING_FROM
+    monkeypatch.setattr(tuning, "CHECKPOINTING_FROM", 48)
+    assert checkpointed("on")

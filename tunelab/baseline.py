@@ -33,7 +33,7 @@ from tunelab.evaluate import evaluate
 from tunelab.models import MiniLMEmbedder
 from tunelab.predictor import Predictions, save_predictor, write_artifact_json
 from tunelab.tasks import Task
-from tunelab.verbalizer import fit_texts
+from tunelab.verbalizer import fit_texts, text_tokens
 
 SHORT_TEXT_CHARS = 200  # median training text at most this long: add character n-grams (words alone are too few)
 EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces; longer texts keep head + tail
@@ -113,6 +113,11 @@ class BaselinePredictor:
 
     def count_truncated(self, texts: list[str]) -> int:
         return sum(cut for _, cut in self.embed.fit(texts)) if self.embed else 0  # TF-IDF reads every word
+
+    def count_tokens(self, texts: list[str]) -> int | None:
+        """Tokens the frozen encoder reads, after the cut; None for TF-IDF, which has no tokens."""
+        fitted = [text for text, _ in self.embed.fit(texts)] if self.embed else None
+        return text_tokens(self.embed.embedder.tokenizer, fitted) if self.embed else None
 
     def predict_batch(self, texts: list[str]) -> Predictions:
         if self.kind == "classification":

@@ -98,9 +98,11 @@ def predict_all(
                 on_progress(len(keys))
     seconds = time.perf_counter() - started
     texts = [distinct[key] for key in todo]
+    tokens = predictor.count_tokens(texts) if hasattr(predictor, "count_tokens") else None
+    rate = (lambda amount: amount / seconds if todo and seconds > 0 else 0.0)  # noqa: E731
     return {"read": read, "distinct": len(distinct), "already_stored": len(already), "predicted": len(todo),
-            "examples_per_s": len(todo) / seconds if todo and seconds > 0 else 0.0,
-            "chars_per_s": sum(map(len, texts)) / seconds if todo and seconds > 0 else 0.0,
+            "examples_per_s": rate(len(todo)), "chars_per_s": rate(sum(map(len, texts))),
+            "tokens_per_s": rate(tokens) if tokens is not None else None,  # None: TF-IDF reads words
             **truncation(predictor, texts), "store": str(store.path), "fingerprint": fingerprint}
 
 

@@ -48,6 +48,7 @@ from tunelab.verbalizer import (
     length_quantile,
     rating_to_value,
     resolve_max_length,
+    text_tokens,
 )
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -159,6 +160,10 @@ class EncoderStudent:
 
     def count_truncated(self, texts: list[str]) -> int:
         return sum(cut for _, cut in self._fit(texts))
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens of `texts` as the encoder reads them, after the length policy's cut."""
+        return text_tokens(self.tokenizer, [text for text, _ in self._fit(texts)])
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         device = next(self.encoder.parameters()).device

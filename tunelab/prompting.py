@@ -37,6 +37,7 @@ from tunelab.verbalizer import (
     encode_prefix,
     label_log_likelihoods,
     rating_label,
+    text_tokens,
 )
 
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # Zhao et al. 2021, "Calibrate Before Use", section 5
@@ -136,6 +137,10 @@ class PromptPredictor:
 
     def count_truncated(self, texts: list[str]) -> int:
         return self._fitted(texts, self._query_prefixes(texts))[1]
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens of `texts` as the model reads them, after the length policy's cut (shots not counted)."""
+        return text_tokens(self.model.tokenizer, self._fitted(texts, self._query_prefixes(texts))[0])
 
     @property
     def fingerprint(self) -> str:
