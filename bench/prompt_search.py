@@ -2,7 +2,8 @@
 
 For each task: the zero-shot prompt, the old default few-shot prompt and the searched prompt (`tunelab prompt
 --search`: configurations tried on held-out training examples, the best kept) are all evaluated on the test split
-that the search never saw; the table gives validation and test quality and the search's time. Then, on vader,
+that the search never saw; the table gives validation and test quality and the search's time (a configuration
+replaces zero-shot only when its paired interval against it on validation lies above 0). Then, on vader,
 balanced and similar shot selection at K=8 are timed on the same test words (similar embeds the pool once).
 
     python bench/prompt_search.py [--tasks vader,vader-valence,subjectivity,fruit] [--budget-s 120]
@@ -41,7 +42,7 @@ def main():
         validation = {row["config"]: row["validation"] for row in found.rows}
         arms = {"zero-shot": (few_shot(model, task, PromptConfig()), validation.get("K=0")),
                 "old default: balanced K=4": (few_shot(model, task, PromptConfig(shots=4)), None),
-                f"searched: {describe(found.config, PromptConfig())}": (found.predictor, max(validation.values()))}
+                f"searched: {describe(found.config, PromptConfig())}": (found.predictor, found.validation)}
         for arm, (predictor, on_validation) in arms.items():
             test = search_quality(evaluate(predictor, task))
             table.add_row(name, arm, "-" if on_validation is None else f"{on_validation:.3f}", f"{test:.3f}",
