@@ -27,7 +27,7 @@ from tunelab.tuning import (
 from tunelab.verbalizer import PrefixCache, Verbalizer, label_log_likelihoods, tokenize_pairs
 
 DATA = Path(__file__).parent / "data"
-FAST = dict(epochs=2, batch_size=4, val_fraction=0.25)
+FAST = dict(epochs=2, batch_size=4, val_fraction=0.25, min_steps=0)  # min_steps: only the steps asked for
 
 
 def _texts(task):
@@ -94,7 +94,7 @@ def test_lora_trains_only_adapters_and_merges_to_the_base_count(tiny_model, tiny
 
 
 def test_training_lowers_the_training_loss(tiny_model, tiny_task, tmp_path):
-    config = TuneConfig(method="full", lr=1e-2, epochs=4, batch_size=4, val_fraction=0.25, patience=4)
+    config = TuneConfig(method="full", lr=1e-2, epochs=4, batch_size=4, val_fraction=0.25, patience=4, min_steps=0)
     history = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "t").meta["training"]["history"]
     assert len(history) == 4 and history[-1]["train_loss"] < history[0]["train_loss"]
 
@@ -164,7 +164,7 @@ KILLED_RUN = textwrap.dedent("""
         if epoch == 2:
             os.kill(os.getpid(), signal.SIGKILL)
     finetune(load_model(model_dir), load_task(train_path=train, test_path=test),
-             TuneConfig(method="lora", epochs=4, lr=1e-2, batch_size=2, val_fraction=0.25, patience=4),
+             TuneConfig(method="lora", epochs=4, lr=1e-2, batch_size=2, val_fraction=0.25, patience=4, min_steps=0),
              out_dir=out, on_epoch_end=die_after_epoch_2)
 """)
 
@@ -181,7 +181,7 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tiny_model, tmp_pat
     assert not (tmp_path / "resumed" / "tunelab.json").exists()
 
     model, task = load_model(tmp_path / "base"), load_task(train_path=train, test_path=test)
-    config = TuneConfig(method="lora", epochs=4, lr=1e-2, batch_size=2, val_fraction=0.25, patience=4)
+    config = TuneConfig(method="lora", epochs=4, lr=1e-2, batch_size=2, val_fraction=0.25, patience=4, min_steps=0)
     resumed = finetune(model, task, config, out_dir=tmp_path / "resumed", resume=True)
     straight = finetune(model, task, config, out_dir=tmp_path / "straight")
     assert resumed.meta["training"]["history"] == straight.meta["training"]["history"]
@@ -212,7 +212,7 @@ def test_long_texts_are_cut_head_and_tail_and_counted_the_same_way_in_training_a
     train = [Example(LONG + f" {i}", "positive" if i % 2 else "negative") for i in range(8)]
     test = [Example(LONG, "positive"), Example("short one", "negative")]
     task = make_task("tickets", "classification", train, test, template="Ticket: {text}\nLabel: {label}")
-    config = TuneConfig(method="lora", epochs=1, batch_size=4, max_length=48, val_fraction=0.25)
+    config = TuneConfig(method="lora", epochs=1, batch_size=4, max_length=48, val_fraction=0.25, min_steps=0)
     predictor = finetune(tiny_bpe_model, task, config, out_dir=tmp_path / "t")
     metrics = predictor.meta["metrics"]
     assert (metrics["n_truncated"], metrics["max_length"]) == (1, 48)
@@ -276,9 +276,21 @@ def test_checkpointing_turns_on_from_its_prompt_length_and_changes_no_gradient(t
 
     train = [Example(LONG + f" {i}", "positive" if i % 2 else "negative") for i in range(4)]
     task = make_task("tickets", "classification", train, train[:2], template="Ticket: {text}\nLabel: {label}")
-    config = TuneConfig(method="lora", epochs=1, batch_size=2, max_length=48, val_fraction=0.5)
+    config = TuneConfig(method="lora", epochs=1, batch_size=2, max_length=48, val_fraction=0.5, min_steps=0)
     checkpointed = lambda out: finetune(tiny_bpe_model, task, config, out_dir=tmp_path / out).meta["training"][  # noqa: E731
         "gradient_checkpointing"]
     assert not checkpointed("off")  # 48-token prompts are far below CHECKPOINTING_FROM
     monkeypatch.setattr(tuning, "CHECKPOINTING_FROM", 48)
     assert checkpointed("on")
+
+
+def test_a_small_training_set_is_repeated_to_reach_min_steps(tiny_model, tiny_task, tmp_path):
+    steps = []
+    config = TuneConfig(method="lora", epochs=2, batch_size=4, min_steps=12, val_fraction=0.25)
+    predictor = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "t",
+                         on_step=lambda n, loss: steps.append(n))
+    n_train = predictor.meta["training"]["n_train"]
+    passes = tuning.passes_per_epoch(n_train, config)
+    assert passes > 1 and len(steps) >= 12 and sum(steps) == 2 * passes * n_train
+    assert tuning.passes_per_epoch(600, config) == 1  # a large set is never repeated
+    assert sorted(tuning._epoch_order(n_train, passes, 0, 1)) == sorted(list(range(n_train)) * passes)

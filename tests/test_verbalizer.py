@@ -164,7 +164,7 @@ def test_lora_merge_keeps_the_count_changes_the_scores_and_loads_with_plain_tran
     model = _model(architecture, "byte-level")
     texts = [e.text for e in sentence_task.test]
     zero_shot = few_shot(model, sentence_task).log_likelihoods(texts)
-    config = TuneConfig(method="lora", epochs=1, batch_size=3, lr=5e-2, merge=True, val_fraction=0.34)
+    config = TuneConfig(method="lora", epochs=1, batch_size=3, lr=5e-2, merge=True, val_fraction=0.34, min_steps=0)
     tuned = finetune(model, sentence_task, config, out_dir=tmp_path / "lora")
     assert tuned.params_total == model.params_total
     scores = tuned.label_scores(texts)

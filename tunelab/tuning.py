@@ -260,7 +260,21 @@ def run_summary(predictor: CausalLMPredictor, out_dir: Path | None = None) -> di
 def training_examples(task: Task, config: TuneConfig) -> int:
     """How many examples training visits at most (epochs x the training part of the split): a progress total."""
     train, _ = split_examples(list(task.train), task.kind, config.val_fraction, config.seed)
-    return len(train) * config.epochs
+    return len(train) * passes_per_epoch(len(train), config) * config.epochs
+
+
+def passes_per_epoch(n_train: int, config: TuneConfig) -> int:
+    """How many times an epoch goes through the training set: once, or more for a set too small to give
+    `config.min_steps` optimizer steps in `config.epochs` epochs."""
+    examples_per_epoch = math.ceil(config.min_steps / config.epochs) * config.batch_size
+    return max(1, math.ceil(examples_per_epoch / n_train))
+
+
+def _epoch_order(n_train: int, passes: int, seed: int, epoch: int) -> list[int]:
+    """The examples of one epoch: `passes` shuffles of the training set, one after the other; the same for a seed
+    and an epoch whether or not the run was resumed."""
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return [i for _ in range(passes) for i in torch.randperm(n_train, generator=generator).tolist()]
 
 
 def finetune(
@@ -311,7 +325,8 @@ def finetune(
             params_total -= params_trainable  # the adapter merges into existing weights
         trainable = [p for p in lm.parameters() if p.requires_grad]
         optimizer = adamw(trainable, lr=config.learning_rate, weight_decay=0.0)
-        steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        passes = passes_per_epoch(len(train), config)
+        steps_per_epoch = math.ceil(passes * len(train) / config.batch_size)
         total_steps = steps_per_epoch * config.epochs
         scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_FRACTION * total_steps), total_steps)
         validation_batches = _batches(verbalizer, validation, config, range(len(validation)), max_length)
@@ -325,11 +340,11 @@ def finetune(
             if progress["stale_epochs"] >= config.patience:
                 break
             torch.manual_seed(config.seed * 1000 + epoch)  # dropout masks depend on the epoch, not on resuming
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+            order = _epoch_order(len(train), passes, config.seed, epoch)
             started = time.perf_counter()
             lm.train()
             losses, n_truncated = [], 0
-            for batch in _batches(verbalizer, train, config, order.tolist(), max_length):
+            for batch in _batches(verbalizer, train, config, order, max_length):
                 loss, n_truncated = 0.0, n_truncated + batch.n_truncated
                 for micro in batch.micro_batches(MICRO_BATCH_TOKENS):
                     part = _loss_step(lm, verbalizer, micro, pad_id, not checkpointing) * (
@@ -350,7 +365,7 @@ def finetune(
             progress["train_seconds"] += time.perf_counter() - started
             progress["history"].append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
                                         "val_loss": val_loss})
-            progress["n_truncated"] = n_truncated
+            progress["n_truncated"] = n_truncated // passes  # each training text is visited `passes` times
             if progress["best_val_loss"] is None or val_loss < progress["best_val_loss"]:
                 progress.update(best_epoch=epoch + 1, best_val_loss=val_loss, stale_epochs=0)
             else:
