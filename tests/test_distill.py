@@ -8,6 +8,7 @@ from transformers import BertConfig, BertModel
 
 from tunelab.distill import (
     DistillConfig,
+    _student_loss,
     distill,
     kd_loss,
     make_student,
@@ -86,8 +87,32 @@ def test_students_have_fewer_parameters_or_are_refused(tiny_model, tiny_task, ti
 @pytest.fixture
 def sharp_teacher(tiny_model, tiny_task, tmp_path):
     """A tiny model fine-tuned hard, so that its label distributions are far from uniform."""
-    config = TuneConfig(method="full", lr=5e-2, epochs=3, batch_size=4, val_fraction=0.25, patience=3)
+    config = TuneConfig(method="full", lr=5e-2, epochs=3, batch_size=4, val_fraction=0.25, patience=3, min_steps=0)
     return finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "teacher")
+
+
+@pytest.mark.parametrize("spec", ["pruned:1", "encoder"])
+def test_student_micro_batches_add_up_to_the_whole_batch_gradient(tiny_model, tiny_task, tiny_encoder_dir, spec):
+    teacher = few_shot(tiny_model, tiny_task, PromptConfig(shots=0))
+    config = DistillConfig(student=f"encoder:{tiny_encoder_dir}" if spec == "encoder" else spec, alpha=0.5)
+    student = make_student(teacher, tiny_task, config, {"config": {"max_length": 64}})
+    module = student.encoder if spec == "encoder" else student.model.lm
+    module.eval()  # no dropout: the same function of the weights in every pass
+    for parameter in module.parameters():
+        parameter.requires_grad_(True)
+    texts = [e.text for e in tiny_task.train]
+    soft = predict(teacher, texts).probs  # (n, labels)
+    gold = torch.tensor([tiny_task.labels.index(e.label) for e in tiny_task.train])
+    has_gold = torch.arange(len(texts)) % 3 != 0  # some rows without a gold label
+    targets, rows = (torch.tensor(soft, dtype=torch.float32), gold, has_gold), torch.arange(len(texts))
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    n_gold = int(has_gold.sum())
+    whole = torch.autograd.grad(_student_loss(student, tiny_task, config, texts, rows, targets, len(rows), n_gold),
+                                trainable)
+    parts = [torch.autograd.grad(_student_loss(student, tiny_task, config, texts, rows[i : i + 5], targets,
+                                               len(rows), n_gold), trainable) for i in range(0, len(rows), 5)]
+    assert len(parts) > 1
+    assert all(torch.allclose(sum(g), w, atol=1e-5) for g, w in zip(zip(*parts), whole))
 
 
 @pytest.mark.parametrize("spec", ["pruned:1", "encoder"])

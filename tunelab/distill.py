@@ -35,7 +35,14 @@ from tunelab.models import (
     module_facts,
     tunelab_home,
 )
-from tunelab.predictor import Predictions, Predictor, check_fits_task, save_predictor, write_artifact_json
+from tunelab.predictor import (
+    Predictions,
+    Predictor,
+    check_fits_task,
+    length_batches,
+    save_predictor,
+    write_artifact_json,
+)
 from tunelab.store import Store
 from tunelab.tasks import Task
 from tunelab.verbalizer import (
@@ -51,6 +58,12 @@ from tunelab.verbalizer import (
     text_tokens,
 )
 
+# Characters per student forward/backward pass (about 1,000 tokens; a proxy that needs no tokenizer): a batch of
+# long texts accumulates its gradient over several, so a student's peak memory follows this budget, not the batch
+# (the MiniLM student of 32 State of the Union passages a step peaked at 6.7 GB).
+MICRO_BATCH_CHARS = 4_000
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Losses
 
@@ -61,24 +74,33 @@ def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(log_probs, dim=-1)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(teacher_T || student_T), batch mean (Hinton et al. 2015; T^2 keeps gradients comparable across T)."""
+def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float,
+            rows: int | None = None) -> torch.Tensor:
+    """T^2 * KL(teacher_T || student_T), batch mean (Hinton et al. 2015; T^2 keeps gradients comparable across T).
+    `rows`: the whole batch's size when these rows are one micro-batch of it (the sum is divided by it)."""
     student_log_probs = torch.log_softmax(student_logits / temperature, dim=-1)
-    return F.kl_div(student_log_probs, soften(teacher_probs, temperature), reduction="batchmean") * temperature**2
+    divergence = F.kl_div(student_log_probs, soften(teacher_probs, temperature), reduction="sum")
+    return divergence * temperature**2 / (rows or len(student_logits))
 
 
-def distillation_loss(student_logits, teacher_probs, gold, has_gold, temperature: float, alpha: float):
-    """KD loss plus alpha * cross-entropy on the rows that have a gold label (has_gold: (batch,) bool)."""
-    loss = kd_loss(student_logits, teacher_probs, temperature)
+def distillation_loss(student_logits, teacher_probs, gold, has_gold, temperature: float, alpha: float, *,
+                      rows: int | None = None, gold_rows: int | None = None):
+    """KD loss plus alpha * cross-entropy on the rows that have a gold label (has_gold: (batch,) bool). For one
+    micro-batch of a batch, `rows` and `gold_rows` are the batch's counts, so the micro-batches' losses add up to
+    the batch's."""
+    loss = kd_loss(student_logits, teacher_probs, temperature, rows)
     if alpha > 0 and has_gold.any():
-        loss = loss + alpha * F.cross_entropy(student_logits[has_gold], gold[has_gold])
+        gold_loss = F.cross_entropy(student_logits[has_gold], gold[has_gold], reduction="sum")
+        loss = loss + alpha * gold_loss / (gold_rows or int(has_gold.sum()))
     return loss
 
 
-def regression_distillation_loss(student_values, teacher_values, gold, has_gold, alpha: float):
-    loss = F.mse_loss(student_values, teacher_values)
+def regression_distillation_loss(student_values, teacher_values, gold, has_gold, alpha: float, *,
+                                 rows: int | None = None, gold_rows: int | None = None):
+    loss = F.mse_loss(student_values, teacher_values, reduction="sum") / (rows or len(student_values))
     if alpha > 0 and has_gold.any():
-        loss = loss + alpha * F.mse_loss(student_values[has_gold], gold[has_gold])
+        gold_loss = F.mse_loss(student_values[has_gold], gold[has_gold], reduction="sum")
+        loss = loss + alpha * gold_loss / (gold_rows or int(has_gold.sum()))
     return loss
 
 
@@ -297,6 +319,24 @@ def _teacher_targets(teacher: Predictor, texts: list[str], gold: dict, task: Tas
     return soft, gold_index, has_gold
 
 
+def _student_loss(student, task: Task, config: DistillConfig, texts: list[str], rows: torch.Tensor, targets,
+                  batch_rows: int, batch_gold_rows: int) -> torch.Tensor:
+    """The distillation loss of `rows` (a micro-batch of a batch of `batch_rows`, `batch_gold_rows` with gold).
+    `targets`: (teacher's soft targets, gold labels or values, has-gold flags) for every transfer text."""
+    module = student.model.lm if isinstance(student, CausalLMPredictor) else student.encoder
+    device = next(module.parameters()).device
+    soft, gold, has_gold = (t[rows].to(device) for t in targets)
+    batch_texts = [texts[i] for i in rows.tolist()]
+    logits = (student.label_scores(batch_texts, train=True) if isinstance(student, CausalLMPredictor)
+              else student.logits(batch_texts))
+    counts = dict(rows=batch_rows, gold_rows=batch_gold_rows)
+    if task.is_classification:
+        return distillation_loss(logits, soft, gold, has_gold, config.temperature, config.alpha, **counts)
+    values = logits if isinstance(student, EncoderStudent) else rating_to_value(expected_rating(logits),
+                                                                                  task.value_range)
+    return regression_distillation_loss(values.reshape(-1), soft, gold, has_gold, config.alpha, **counts)
+
+
 def distill(
     teacher: Predictor,
     task: Task,
@@ -340,29 +380,21 @@ def distill(
         for parameter in trainable:
             parameter.requires_grad_(True)
         optimizer = adamw(trainable, lr=config.learning_rate, weight_decay=0.01)
-        device = next(module.parameters()).device
         for epoch in range(config.epochs):
             order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
             for start in range(0, len(texts), config.batch_size):
                 rows = order[start : start + config.batch_size]
-                batch_texts = [texts[i] for i in rows]
-                logits = (student.label_scores(batch_texts, train=True) if isinstance(student, CausalLMPredictor)
-                          else student.logits(batch_texts))
-                if task.is_classification:
-                    loss = distillation_loss(logits, soft[rows].to(device), gold[rows].to(device),
-                                             has_gold[rows].to(device), config.temperature, config.alpha)
-                else:
-                    values = logits if isinstance(student, EncoderStudent) else rating_to_value(
-                        expected_rating(logits), task.value_range)
-                    loss = regression_distillation_loss(values.reshape(-1), soft[rows].to(device),
-                                                        gold[rows].to(device), has_gold[rows].to(device),
-                                                        config.alpha)
-                loss.backward()
+                batch_rows, batch_gold_rows, loss = len(rows), int(has_gold[rows].sum()), 0.0
+                for part in length_batches([texts[i] for i in rows.tolist()], batch_rows, MICRO_BATCH_CHARS):
+                    part_loss = _student_loss(student, task, config, texts, rows[part], (soft, gold, has_gold),
+                                              batch_rows, batch_gold_rows)
+                    part_loss.backward()
+                    loss += part_loss.item()
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 if on_step:
-                    on_step(len(rows), loss.item())
+                    on_step(len(rows), loss)
         module.eval()
         for parameter in trainable:
             parameter.requires_grad_(False)
