@@ -148,8 +148,13 @@ class SlowPredictor:
         return self.inner.predict_batch(texts)
 
 
+def _held(client) -> float:
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith("tunelab_live_misses_held")]
+    return float(lines[0].split()[-1])
+
+
 def test_live_misses_are_batched_bounded_and_leave_the_service_responsive(store_path, predictor_dirs, monkeypatch):
-    slow = SlowPredictor(load_predictor(predictor_dirs[0]), 0.5)
+    slow = SlowPredictor(load_predictor(predictor_dirs[0]), 2.0)
     monkeypatch.setattr("tunelab.serve.load_predictor", lambda _: slow)
     app = create_app(ServeConfig(store=store_path, model=predictor_dirs[0], on_miss="live", live_batch=8,
                                  max_live_pending=20))
@@ -164,7 +169,10 @@ def test_live_misses_are_batched_bounded_and_leave_the_service_responsive(store_
         threads = [threading.Thread(target=miss, args=(i,)) for i in range(12)]
         for thread in threads:
             thread.start()
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while _held(client) < 12:  # every miss arrived (in flight or queued: the first batch takes 2 s)
+            assert time.monotonic() < deadline, "the misses did not all arrive"
+            time.sleep(0.02)
         started = time.perf_counter()
         assert client.get("/healthz").status_code == 200
         assert time.perf_counter() - started < 0.25  # answered while the model works in its thread

@@ -16,7 +16,7 @@ import ahocorasick
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
@@ -93,16 +93,22 @@ class _Matcher:
 # -- live misses ----------------------------------------------------------------------------------------------------
 class _LiveModel:
     """Misses answered by the live model: queued, predicted in batches in a worker thread (the event loop stays
-    free), at most `max_pending` waiting, and dropped from the queue when their client has gone."""
+    free), at most `max_pending` held (queued or being predicted), and dropped from the queue when their client has
+    gone."""
 
     def __init__(self, predictor, batch_size: int, max_pending: int):
         self.predictor, self.batch_size, self.max_pending = predictor, batch_size, max_pending
         self.queue: list[tuple[str, asyncio.Future]] = []
+        self.running: list[tuple[str, asyncio.Future]] = []  # the batch the worker thread is predicting
         self.wakeup: asyncio.Event | None = None
         self.worker: asyncio.Task | None = None
 
+    def held(self) -> int:
+        """Misses queued or being predicted whose client still waits."""
+        return sum(not future.done() for _, future in self.queue + self.running)
+
     async def predict(self, texts: list[str], request: Request) -> list[dict]:
-        if sum(not future.done() for _, future in self.queue) + len(texts) > self.max_pending:
+        if self.held() + len(texts) > self.max_pending:
             raise HTTPException(503, f"the live model has {self.max_pending} misses waiting; retry later")
         loop = asyncio.get_running_loop()
         if self.worker is None or self.worker.done():
@@ -131,6 +137,7 @@ class _LiveModel:
                 waiting = [(text, future) for text, future in batch if not future.done()]
                 if not waiting:
                     continue
+                self.running = waiting
                 try:
                     predictions = await asyncio.to_thread(self.predictor.predict_batch, [t for t, _ in waiting])
                 except Exception as err:  # noqa: BLE001 - handed to the waiting requests, which answer 500
@@ -138,6 +145,8 @@ class _LiveModel:
                         if not future.done():
                             future.set_exception(err)
                     continue
+                finally:
+                    self.running = []
                 for i, (_, future) in enumerate(waiting):
                     if not future.done():
                         future.set_result(predictions.row(i))
@@ -259,6 +268,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     misses = Counter("tunelab_store_misses", "Lookups not in the store", registry=registry)
     latency = Histogram("tunelab_request_seconds", "Request latency", ["endpoint"], buckets=LATENCY_BUCKETS_S,
                         registry=registry)
+    if live is not None:
+        Gauge("tunelab_live_misses_held", "Misses the live model holds (queued or being predicted)",
+              registry=registry).set_function(live.held)
 
     app = FastAPI(title="tunelab prediction service",
                   description="Predictions computed offline by `tunelab predict`, answered from a SQLite store.")
