@@ -116,8 +116,9 @@ class BaselinePredictor:
 
     def count_tokens(self, texts: list[str]) -> int | None:
         """Tokens the frozen encoder reads, after the cut; None for TF-IDF, which has no tokens."""
-        fitted = [text for text, _ in self.embed.fit(texts)] if self.embed else None
-        return text_tokens(self.embed.embedder.tokenizer, fitted) if self.embed else None
+        if self.embed is None:
+            return None
+        return text_tokens(self.embed.embedder.tokenizer, [text for text, _ in self.embed.fit(texts)])
 
     def predict_batch(self, texts: list[str]) -> Predictions:
         if self.kind == "classification":
