@@ -5,6 +5,7 @@ import json
 import unicodedata
 
 import pytest
+import torch
 from helpers import LoopbackServer, one_error_line, run_cli
 
 from tunelab.config import COUNTRY_LANGUAGES, ExpandConfig, language_codes
@@ -171,16 +172,33 @@ def test_expand_command_refuses_bad_input_before_loading_a_model(tmp_path):
 
 
 def test_the_shared_prefix_cache_changes_no_candidate(tiny_model):
-    from tunelab.expand import generate_candidates, render_prompt, shared_prefix
+    from tunelab.expand import generate_candidates, render_prompt, shared_prefix, stop_token_ids
 
     shots = [Shot("good", "fr", "bon"), Shot("bad", "de", "schlecht")]
     prompts = [render_prompt(tiny_model.tokenizer, shots, source, lang)[0]
                for source in ("good", "bad", "nice day") for lang in ("fr", "de")]
     prefix = shared_prefix(tiny_model.tokenizer, shots)
     assert prefix and all(p.startswith(prefix) for p in prompts)
-    for per_language in (1, 3):  # greedy, and beam search over 3 beams
-        config = ExpandConfig(languages=("fr",), per_language=per_language, max_new_tokens=4, batch_size=4)
+    with torch.no_grad():  # sharp attention: a token at a wrong position would change the scores
+        for name, weight in tiny_model.lm.named_parameters():
+            if "q_proj" in name or "k_proj" in name:
+                weight.mul_(30)
+    for per_language in (1, 3):  # greedy, and beam search over 3 beams (each prompt encoded once, not per beam)
+        config = ExpandConfig(languages=("fr",), per_language=per_language, max_new_tokens=4, batch_size=6)
         plain = generate_candidates(tiny_model, prompts, config, chat=False)
         cached = generate_candidates(tiny_model, prompts, config, chat=False, prefix=prefix)
-        assert [[c[0] for c in row] for row in cached] == [[c[0] for c in row] for row in plain]
-        assert [c[1] for row in cached for c in row] == pytest.approx([c[1] for row in plain for c in row], abs=1e-4)
+        one_by_one = generate_candidates(tiny_model, prompts, config, chat=False, batch_size=1)
+        for other in (plain, one_by_one):  # the same candidates whatever the batching and caching
+            assert [[c[0] for c in row] for row in cached] == [[c[0] for c in row] for row in other]
+            assert [c[1] for row in cached for c in row] == pytest.approx([c[1] for row in other for c in row],
+                                                                          abs=1e-4)
+    # and the same as generate()'s own path, which encodes each prompt once per beam
+    for prompt, row in zip(prompts, cached):
+        ids = tiny_model.tokenizer(prompt, return_tensors="pt").input_ids
+        out = tiny_model.lm.generate(input_ids=ids, max_new_tokens=4, num_beams=3, num_return_sequences=3,
+                                     do_sample=False, early_stopping=True, eos_token_id=stop_token_ids(
+                                         tiny_model.tokenizer), pad_token_id=tiny_model.tokenizer.pad_token_id,
+                                     return_dict_in_generate=True, output_scores=True)
+        texts = tiny_model.tokenizer.batch_decode(out.sequences[:, ids.shape[1]:], skip_special_tokens=True)
+        assert [text.split("\n")[0] for text in texts] == [c[0] for c in row]
+        assert out.sequences_scores.tolist() == pytest.approx([c[1] for c in row], abs=1e-4)

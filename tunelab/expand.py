@@ -274,11 +274,22 @@ def generate_candidates(model: Model, prompts: list[str], config: ExpandConfig, 
     for start in range(0, len(prompts), size):
         ids, mask, cached = _batch_inputs(tokenizer, prompts[start : start + size], prefix, chat, pad_id)
         ids, mask = ids.to(model.device), mask.to(model.device)
+        cache = None
         if cached:
             if cached not in prefix_cache:
                 prefix_cache[cached] = returned_cache(lm(input_ids=ids[:1, :cached], use_cache=True))
             cache = copy.deepcopy(prefix_cache[cached])
-            cache.batch_repeat_interleave(len(ids) * n)  # generate() expands rows by n but not a given cache
+            cache.batch_repeat_interleave(len(ids))
+        if n > 1 and ids.shape[1] - cached > 1:
+            # generate() copies each prompt n times before encoding it (one per beam or sample); encode the rest of
+            # each prompt but its last token once here instead, at the positions generate() gives them (real tokens
+            # counted, padding masked), so that generate() only runs the last token n times.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            cache = returned_cache(lm(input_ids=ids[:, cached:-1], attention_mask=mask[:, :-1],
+                                      position_ids=positions[:, cached:-1], use_cache=True,
+                                      **{cache_argument_name(lm): cache}))
+        if cache is not None:
+            cache.batch_repeat_interleave(n)  # generate() expands rows by n but not a given cache
             options[cache_argument_name(lm)] = cache
         else:
             options.pop(cache_argument_name(lm), None)
