@@ -33,6 +33,8 @@ def test_custom_fields_and_regression_values(tmp_path):
     ('{"text": "a", "label": "x"}\n{oops\n', r"b\.jsonl:2: is not valid JSON"),
     ('["a", "x"]\n', r"b\.jsonl:1: is not a JSON object"),
     ('{"text": "", "label": "x"}\n', r'b\.jsonl:1: field "text" must be a non-empty string'),
+    ('{"text": "a", "label": "x"}\n{"text": " \\t\\n ", "label": "x"}\n',  # only whitespace
+     r'b\.jsonl:2: field "text" must be a non-empty'),
     ("", r"b\.jsonl: holds no examples"),
 ])
 def test_bad_jsonl_names_file_line_and_field(tmp_path, content, expected):
