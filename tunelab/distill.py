@@ -59,8 +59,8 @@ from tunelab.verbalizer import (
 )
 
 # Characters per student forward/backward pass (about 1,000 tokens; a proxy that needs no tokenizer): a batch of
-# long texts accumulates its gradient over several, so a student's peak memory follows this budget, not the batch
-# (the MiniLM student of 32 State of the Union passages a step peaked at 6.7 GB).
+# long texts accumulates its gradient over several, so a student's activations follow this budget, not the batch
+# size times the text length.
 MICRO_BATCH_CHARS = 4_000
 
 
