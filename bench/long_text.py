@@ -114,7 +114,7 @@ def main():
     vader_verbalizer = Verbalizer.for_task(model.tokenizer, vader)
     vader_train = [e.text for e in vader.train]
     words_tokens_per_s = (prompt_tokens(vader_verbalizer, vader_train, words["max_length"]) * 0.9  # val_fraction
-                          / words["train_seconds"])
+                          * words["passes_per_epoch"] / words["train_seconds"])
     started = time.perf_counter()
     pipeline = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
                              LogisticRegression(max_iter=2000))
@@ -140,8 +140,10 @@ def main():
                         if result.get("train_seconds") and "minilm" not in arm else None)
         seconds_per_example = 1 / result["examples_per_s"]
         rows[arm] = {"accuracy": result["accuracy"], "peak": peak, "train_seconds": result.get("train_seconds"),
-                     # tokens visited: the training part of the split (val_fraction 0.1 held out), every epoch run
-                     "train_tokens_per_s": (train_tokens * 0.9 * result["epochs_run"] / result["train_seconds"]
+                     # tokens visited: the training part of the split (val_fraction 0.1 held out), every pass of
+                     # every epoch run (--min-steps repeats a small training set within an epoch)
+                     "train_tokens_per_s": (train_tokens * 0.9 * result["epochs_run"] * result["passes_per_epoch"]
+                                            / result["train_seconds"]
                                             if train_tokens else None)}
         low, high = result["intervals"]["accuracy"]
         table.add_row(arm, f"{result['accuracy']:.3f} [{low:.3f}, {high:.3f}]", str(result.get("max_length") or "-"),

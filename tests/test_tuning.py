@@ -292,5 +292,6 @@ def test_a_small_training_set_is_repeated_to_reach_min_steps(tiny_model, tiny_ta
     n_train = predictor.meta["training"]["n_train"]
     passes = tuning.passes_per_epoch(n_train, config)
     assert passes > 1 and len(steps) >= 12 and sum(steps) == 2 * passes * n_train
+    assert predictor.meta["training"]["passes_per_epoch"] == passes  # what a tokens/s figure must count
     assert tuning.passes_per_epoch(600, config) == 1  # a large set is never repeated
     assert sorted(tuning._epoch_order(n_train, passes, 0, 1)) == sorted(list(range(n_train)) * passes)

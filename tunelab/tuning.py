@@ -254,6 +254,7 @@ def run_summary(predictor: CausalLMPredictor, out_dir: Path | None = None) -> di
     return {**predictor.meta["metrics"], "method": predictor.meta["method"],
             "train_seconds": training["train_seconds"], "peak_rss_mb": training["peak_rss_mb"],
             "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"],
+            "passes_per_epoch": training.get("passes_per_epoch", 1),
             **({"out": str(out_dir)} if out_dir is not None else {})}
 
 
@@ -393,7 +394,8 @@ def finetune(
         "config": asdict(config), "max_length": max_length,
         "training": {"epochs_run": progress["epoch"], "best_epoch": progress["best_epoch"],
                      "train_seconds": progress["train_seconds"], "history": progress["history"],
-                     "n_train": len(train), "n_validation": len(validation), "peak_rss_mb": peak_rss_mb(),
+                     "n_train": len(train), "passes_per_epoch": passes, "n_validation": len(validation),
+                     "peak_rss_mb": peak_rss_mb(),
                      "n_truncated": progress.get("n_truncated", 0), "gradient_checkpointing": checkpointing},
         "versions": library_versions(),
     }
