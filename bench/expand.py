@@ -23,7 +23,7 @@ from harness import run_tunelab
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.expand import (
+from tunelab.generation.expand import (
     ExpandConfig,
     generate_candidates,
     read_concepts,
@@ -31,8 +31,15 @@ from tunelab.expand import (
     render_prompt,
     shared_prefix,
 )
+from tunelab.generation.terms import (
+    Term,
+    at_word_boundaries,
+    build_automaton,
+    find_terms,
+    match_key,
+    written_without_spaces,
+)
 from tunelab.models import load_model
-from tunelab.terms import Term, at_word_boundaries, build_automaton, find_terms, match_key, written_without_spaces
 
 LANGUAGES = "de,fr,es,it,pt,nl,pl,ru,ja,zh"
 REPEATS = 3  # each throughput arm runs this many times; the table shows the median (single runs varied by 20%)

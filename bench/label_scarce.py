@@ -18,9 +18,9 @@ from harness import run_tunelab
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.evaluate import metric_functions
-from tunelab.intervals import paired_difference
 from tunelab.ladder import label_scarce
+from tunelab.measure.evaluate import metric_functions
+from tunelab.measure.intervals import paired_difference
 from tunelab.tasks import load_task
 
 

@@ -35,8 +35,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from tunelab.models import load_model
+from tunelab.scoring.verbalizer import Verbalizer
 from tunelab.tasks import load_task
-from tunelab.verbalizer import Verbalizer
 
 OLD_RULE_TOKENS = 64  # the first session's max_length, keeping the last tokens of each prompt
 

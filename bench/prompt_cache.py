@@ -18,9 +18,9 @@ from rich.table import Table
 
 from tunelab.models import load_model
 from tunelab.predictor import predict
-from tunelab.prompting import PromptConfig, few_shot
+from tunelab.rungs.prompting import PromptConfig, few_shot
+from tunelab.scoring.tokens import score_reference
 from tunelab.tasks import load_task
-from tunelab.verbalizer import score_reference
 
 
 def naive_log_likelihoods(predictor, texts):

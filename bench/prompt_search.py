@@ -17,10 +17,10 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.evaluate import evaluate
+from tunelab.measure.evaluate import evaluate
 from tunelab.models import load_model
-from tunelab.prompting import PromptConfig, few_shot
-from tunelab.search import SearchConfig, describe, search, search_quality
+from tunelab.rungs.prompting import PromptConfig, few_shot
+from tunelab.rungs.search import SearchConfig, describe, search, search_quality
 from tunelab.tasks import load_task
 
 

@@ -30,11 +30,11 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.bulk import BulkConfig, normalise, predict_all, text_key
 from tunelab.models import load_model
+from tunelab.offline.bulk import BulkConfig, normalise, predict_all, text_key
+from tunelab.offline.store import Store
 from tunelab.predictor import save_predictor
-from tunelab.prompting import PromptConfig, few_shot
-from tunelab.store import Store
+from tunelab.rungs.prompting import PromptConfig, few_shot
 from tunelab.tasks import load_task, vader_lexicon
 
 WRK_SCRIPT = """

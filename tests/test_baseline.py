@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from helpers import one_error_line, run_cli
 
-from tunelab.baseline import BaselineConfig, fit_baseline
 from tunelab.errors import ConfigError, ModelError
 from tunelab.predictor import load_predictor, predict
+from tunelab.rungs.baseline import BaselineConfig, fit_baseline
 from tunelab.tasks import Example, make_task
 
 

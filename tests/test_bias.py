@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from helpers import DATA, one_error_line, run_cli
 
-from tunelab.bias import counterfactual_gaps, load_probes, slice_metrics, task_slices
 from tunelab.errors import InputError
+from tunelab.measure.bias import counterfactual_gaps, load_probes, slice_metrics, task_slices
 from tunelab.predictor import Predictions, save_predictor
-from tunelab.prompting import PromptConfig, few_shot
+from tunelab.rungs.prompting import PromptConfig, few_shot
 from tunelab.tasks import Example, make_task
 
 

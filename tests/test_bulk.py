@@ -10,11 +10,11 @@ from helpers import one_error_line, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunelab.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
 from tunelab.errors import ConfigError, InputError
+from tunelab.offline.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
+from tunelab.offline.store import Store
 from tunelab.predictor import length_batches, load_predictor, save_predictor
-from tunelab.prompting import PromptConfig, few_shot
-from tunelab.store import Store
+from tunelab.rungs.prompting import PromptConfig, few_shot
 
 WORDS = ["good", "great", "nice", "happy", "lovely", "superb", "fine", "kind", "bad", "awful", "poor", "sad",
          "nasty", "grim", "vile", "cruel"]
@@ -80,9 +80,9 @@ def test_bulk_dedupes_skips_stored_and_counts(saved_predictor, tmp_path):
 
 KILLED_BULK = textwrap.dedent("""
     import os, signal, sys
-    from tunelab.bulk import BulkConfig, predict_all
+    from tunelab.offline.bulk import BulkConfig, predict_all
     from tunelab.predictor import load_predictor
-    from tunelab.store import Store
+    from tunelab.offline.store import Store
     predictor_dir, store_path, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
     texts = sys.argv[4:]
     done = []

@@ -8,17 +8,17 @@ import pytest
 import typer.main
 from helpers import DATA, one_error_line, run_cli, task_args
 
-from tunelab.baseline import BaselineConfig
-from tunelab.bias import BiasConfig
-from tunelab.bulk import BulkConfig
 from tunelab.cli import app
-from tunelab.distill import DistillConfig
-from tunelab.expand import ExpandConfig
-from tunelab.generation_tuning import GeneratorTuneConfig
+from tunelab.generation.expand import ExpandConfig
+from tunelab.generation.tuning import GeneratorTuneConfig
 from tunelab.ladder import LadderConfig
-from tunelab.prompting import PromptConfig
-from tunelab.serve import ServeConfig
-from tunelab.tuning import TuneConfig
+from tunelab.measure.bias import BiasConfig
+from tunelab.offline.bulk import BulkConfig
+from tunelab.offline.serve import ServeConfig
+from tunelab.rungs.baseline import BaselineConfig
+from tunelab.rungs.distill import DistillConfig
+from tunelab.rungs.prompting import PromptConfig
+from tunelab.rungs.tuning import TuneConfig
 
 
 @pytest.fixture

@@ -6,21 +6,13 @@ from conftest import _llama
 from helpers import one_error_line, run_cli, task_args
 from transformers import BertConfig, BertModel
 
-from tunelab.distill import (
-    DistillConfig,
-    _student_loss,
-    distill,
-    kd_loss,
-    make_student,
-    prune_layers,
-    read_transfer_texts,
-    soften,
-)
 from tunelab.errors import ConfigError, InputError
 from tunelab.models import make_model
 from tunelab.predictor import load_predictor, predict, save_predictor
-from tunelab.prompting import PromptConfig, few_shot
-from tunelab.tuning import TuneConfig, finetune
+from tunelab.rungs.distill import _student_loss, distill, DistillConfig, kd_loss, read_transfer_texts, soften
+from tunelab.rungs.students import make_student, prune_layers
+from tunelab.rungs.prompting import PromptConfig, few_shot
+from tunelab.rungs.tuning import TuneConfig, finetune
 
 
 @pytest.fixture

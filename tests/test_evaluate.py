@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from tunelab.evaluate import evaluate, expected_calibration_error, quality
+from tunelab.measure.evaluate import evaluate, expected_calibration_error, quality
 from tunelab.predictor import Predictions, predict
-from tunelab.prompting import PromptConfig, few_shot
+from tunelab.rungs.prompting import PromptConfig, few_shot
 
 
 class CountingPredictor:

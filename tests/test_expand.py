@@ -10,11 +10,19 @@ from helpers import LoopbackServer, one_error_line, run_cli
 
 from tunelab.config import COUNTRY_LANGUAGES, ExpandConfig, language_codes
 from tunelab.errors import ConfigError, InputError
-from tunelab.expand import Concept, Shot, country_concepts, country_reference, evaluate_terms, expand, read_concepts
-from tunelab.generation_tuning import GENERATOR_FILE, generator_shots, tune_generator
+from tunelab.generation.expand import (
+    Concept,
+    Shot,
+    country_concepts,
+    country_reference,
+    evaluate_terms,
+    expand,
+    read_concepts,
+)
+from tunelab.generation.terms import Term, TermStore, build_automaton, find_terms, normalise_term
+from tunelab.generation.tuning import GENERATOR_FILE, generator_shots, tune_generator
 from tunelab.models import load_model
-from tunelab.serve import ServeConfig, create_app
-from tunelab.terms import Term, TermStore, build_automaton, find_terms, normalise_term
+from tunelab.offline.serve import ServeConfig, create_app
 
 SHOTS = [Shot("good", "fr", "bon")]
 
@@ -57,7 +65,7 @@ def test_normalise_term_trims_quotes_and_collapses_spaces():
 def test_expand_stores_terms_with_provenance_and_resumes_without_generating_twice(tiny_model, tmp_path,
                                                                                    monkeypatch):
     # A random model seldom ends a line: let every token end a candidate, so that each one is finished and stored.
-    monkeypatch.setattr("tunelab.expand.stop_token_ids", lambda tokenizer: list(range(len(tokenizer))))
+    monkeypatch.setattr("tunelab.generation.expand.stop_token_ids", lambda tokenizer: list(range(len(tokenizer))))
     concepts = [Concept("P", ("good",)), Concept("N", ("bad",))]
     config = ExpandConfig(languages=("fr", "de"), per_language=2, max_new_tokens=3, batch_size=3,
                           decoding="sample")
@@ -75,7 +83,7 @@ def test_expand_stores_terms_with_provenance_and_resumes_without_generating_twic
 
 
 def test_candidates_cut_at_max_new_tokens_are_counted_not_stored():
-    from tunelab.expand import _select
+    from tunelab.generation.expand import _select
 
     counts = dict.fromkeys(("candidates", "unfinished", "empty", "dropped_score", "dropped_verifier"), 0)
     generated = [[("Allem", -0.2, False), ("Allemagne", -0.5, True), ("allemagne", -0.6, True), (" . ", -1.0, True)]]
@@ -172,7 +180,7 @@ def test_expand_command_refuses_bad_input_before_loading_a_model(tmp_path):
 
 
 def test_the_shared_prefix_cache_changes_no_candidate(tiny_model):
-    from tunelab.expand import generate_candidates, render_prompt, shared_prefix, stop_token_ids
+    from tunelab.generation.expand import generate_candidates, render_prompt, shared_prefix, stop_token_ids
 
     shots = [Shot("good", "fr", "bon"), Shot("bad", "de", "schlecht")]
     prompts = [render_prompt(tiny_model.tokenizer, shots, source, lang)[0]

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import f1_score
 
-from tunelab.evaluate import macro_f1
-from tunelab.intervals import interval, paired_difference, stratified_interval
+from tunelab.measure.evaluate import macro_f1
+from tunelab.measure.intervals import interval, paired_difference, stratified_interval
 
 
 def accuracy(gold, predicted):

@@ -11,16 +11,10 @@ from hypothesis import strategies as st
 
 from tunelab.errors import ConfigError, ModelError
 from tunelab.predictor import load_predictor, predict, save_predictor
-from tunelab.prompting import PromptConfig, few_shot, select_shots, similar_shots
+from tunelab.rungs.prompting import PromptConfig, few_shot, select_shots, similar_shots
+from tunelab.scoring.tokens import PrefixCache, encode_prefix, label_log_likelihoods, score_reference, tokenize_pairs
+from tunelab.scoring.verbalizer import PromptFormat
 from tunelab.tasks import Example
-from tunelab.verbalizer import (
-    PrefixCache,
-    PromptFormat,
-    encode_prefix,
-    label_log_likelihoods,
-    score_reference,
-    tokenize_pairs,
-)
 
 
 def _naive_scores(predictor, texts):

@@ -5,11 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from tunelab.evaluate import evaluate
+from tunelab.measure.evaluate import evaluate
 from tunelab.models import load_model
-from tunelab.prompting import PromptConfig, few_shot
+from tunelab.rungs.prompting import PromptConfig, few_shot
+from tunelab.scoring.tokens import score_reference
 from tunelab.tasks import load_task
-from tunelab.verbalizer import score_reference
 
 pytestmark = pytest.mark.real_model
 

@@ -7,8 +7,8 @@ from helpers import one_error_line, run_cli, task_args
 
 from tunelab.errors import ConfigError
 from tunelab.predictor import load_predictor, predict, save_predictor
-from tunelab.prompting import PromptConfig, few_shot
-from tunelab.search import SearchConfig, candidates, search
+from tunelab.rungs.prompting import PromptConfig, few_shot
+from tunelab.rungs.search import SearchConfig, candidates, search
 from tunelab.tasks import Example, make_task, split_examples
 
 WORDS = {"positive": ["good", "great", "nice", "happy", "lovely", "superb", "fine", "kind"],

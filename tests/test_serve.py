@@ -7,12 +7,12 @@ import schemathesis
 from helpers import LoopbackServer
 from hypothesis import HealthCheck, given, settings
 
-from tunelab.bulk import BulkConfig, predict_all
 from tunelab.errors import ConfigError
+from tunelab.offline.bulk import BulkConfig, predict_all
+from tunelab.offline.serve import ServeConfig, create_app
+from tunelab.offline.store import Store
 from tunelab.predictor import load_predictor, save_predictor
-from tunelab.prompting import PromptConfig, few_shot
-from tunelab.serve import ServeConfig, create_app
-from tunelab.store import Store
+from tunelab.rungs.prompting import PromptConfig, few_shot
 
 STORED = ["good", "bad", "nice", "awful", "kind"]
 
@@ -124,7 +124,7 @@ def test_metrics_are_labelled_by_route_never_by_raw_path(store_path):
 
 
 def test_match_sees_rows_added_after_start_up(store_path, predictor_dirs, monkeypatch):
-    monkeypatch.setattr("tunelab.serve.MATCHER_CHECK_S", 0.0)
+    monkeypatch.setattr("tunelab.offline.serve.MATCHER_CHECK_S", 0.0)
     with LoopbackServer(create_app(ServeConfig(store=store_path))) as client:
         assert client.post("/match", json={"text": "a grim day"}).json()["matches"] == []
         store = Store(store_path)
@@ -155,7 +155,7 @@ def _held(client) -> float:
 
 def test_live_misses_are_batched_bounded_and_leave_the_service_responsive(store_path, predictor_dirs, monkeypatch):
     slow = SlowPredictor(load_predictor(predictor_dirs[0]), 2.0)
-    monkeypatch.setattr("tunelab.serve.load_predictor", lambda _: slow)
+    monkeypatch.setattr("tunelab.offline.serve.load_predictor", lambda _: slow)
     app = create_app(ServeConfig(store=store_path, model=predictor_dirs[0], on_miss="live", live_batch=8,
                                  max_live_pending=20))
     with LoopbackServer(app) as client:

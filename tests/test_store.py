@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from tunelab.errors import InputError
-from tunelab.store import MIGRATIONS, Store
+from tunelab.offline.store import MIGRATIONS, Store
 
 
 def _output(label, p):

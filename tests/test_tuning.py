@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from tunelab import tuning
 from tunelab.errors import ConfigError, TrainingError
 from tunelab.models import load_model
 from tunelab.predictor import load_predictor, predict
-from tunelab.tasks import Example, load_task, make_task
-from tunelab.tuning import (
+from tunelab.rungs import tuning
+from tunelab.rungs.tuning import (
     TuneConfig,
     _batches,
     _checkpointing,
@@ -24,7 +23,9 @@ from tunelab.tuning import (
     rating_loss,
     verbalizer_loss,
 )
-from tunelab.verbalizer import PrefixCache, Verbalizer, label_log_likelihoods, tokenize_pairs
+from tunelab.scoring.tokens import PrefixCache, label_log_likelihoods, tokenize_pairs
+from tunelab.scoring.verbalizer import Verbalizer
+from tunelab.tasks import Example, load_task, make_task
 
 DATA = Path(__file__).parent / "data"
 FAST = dict(epochs=2, batch_size=4, val_fraction=0.25, min_steps=0)  # min_steps: only the steps asked for
@@ -158,7 +159,7 @@ KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
     from tunelab.models import load_model
     from tunelab.tasks import load_task
-    from tunelab.tuning import TuneConfig, finetune
+    from tunelab.rungs.tuning import TuneConfig, finetune
     model_dir, train, test, out = sys.argv[1:5]
     def die_after_epoch_2(epoch, val_loss):
         if epoch == 2:

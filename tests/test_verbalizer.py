@@ -37,13 +37,16 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from tunelab.distill import prune_layers
 from tunelab.models import make_model
 from tunelab.predictor import load_predictor, predict, save_predictor
-from tunelab.prompting import PromptConfig, few_shot
+from tunelab.rungs.causal_lm import CausalLMPredictor
+from tunelab.rungs.students import prune_layers
+from tunelab.rungs.prompting import PromptConfig, few_shot
+from tunelab.rungs.tuning import TuneConfig, finetune
+from tunelab.scoring.length import fit_text
+from tunelab.scoring.tokens import score_reference
+from tunelab.scoring.verbalizer import Verbalizer
 from tunelab.tasks import Example, make_task
-from tunelab.tuning import TuneConfig, finetune
-from tunelab.verbalizer import CausalLMPredictor, Verbalizer, fit_text, score_reference
 
 POSITIVE = ["a good film", "great acting and a kind story", "lovely", "nice, happy ending!", "superb\tcast"]
 NEGATIVE = ["a bad film", "awful acting and a cruel story", "grim", "nasty, sad ending?", "vile  plot"]

@@ -8,10 +8,10 @@ _EXPORTS = {
     "load_model": "tunelab.models", "Model": "tunelab.models",
     "Predictor": "tunelab.predictor", "Predictions": "tunelab.predictor", "predict": "tunelab.predictor",
     "load_predictor": "tunelab.predictor", "save_predictor": "tunelab.predictor",
-    "PromptConfig": "tunelab.prompting", "few_shot": "tunelab.prompting",
-    "SearchConfig": "tunelab.search", "search": "tunelab.search",
-    "TuneConfig": "tunelab.tuning", "finetune": "tunelab.tuning",
-    "evaluate": "tunelab.evaluate",
+    "PromptConfig": "tunelab.rungs.prompting", "few_shot": "tunelab.rungs.prompting",
+    "SearchConfig": "tunelab.rungs.search", "search": "tunelab.rungs.search",
+    "TuneConfig": "tunelab.rungs.tuning", "finetune": "tunelab.rungs.tuning",
+    "evaluate": "tunelab.measure.evaluate",
 }
 __all__ = ["__version__", *_EXPORTS]
 

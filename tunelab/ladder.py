@@ -16,12 +16,11 @@ from typing import Callable
 
 import numpy as np
 
-from tunelab.baseline import BaselineConfig, fit_baseline
-from tunelab.bias import BiasConfig, bias_report
+from tunelab.atomic import write_json
 from tunelab.config import RUNGS, LadderConfig
-from tunelab.distill import DistillConfig, distill
 from tunelab.errors import ConfigError, InputError
-from tunelab.evaluate import (
+from tunelab.measure.bias import BiasConfig, bias_report
+from tunelab.measure.evaluate import (
     evaluate,
     evaluate_predictions,
     headline_quality,
@@ -29,14 +28,16 @@ from tunelab.evaluate import (
     peak_rss_mb,
     quality_metric,
 )
-from tunelab.intervals import METHOD, paired_difference
+from tunelab.measure.intervals import METHOD, paired_difference
 from tunelab.models import Model, weights_fingerprint
-from tunelab.predictor import load_predictor, read_artifact_json, save_predictor, write_json_atomic
-from tunelab.prompting import PromptConfig, few_shot
-from tunelab.report import write_reports
-from tunelab.search import SearchConfig, describe, search, sensitivity
+from tunelab.predictor import load_predictor, read_artifact_json, save_predictor
+from tunelab.report.console import write_reports
+from tunelab.rungs.baseline import BaselineConfig, fit_baseline
+from tunelab.rungs.distill import DistillConfig, distill
+from tunelab.rungs.prompting import PromptConfig, few_shot
+from tunelab.rungs.search import SearchConfig, describe, search, sensitivity
+from tunelab.rungs.tuning import TuneConfig, finetune
 from tunelab.tasks import Task, TaskSource
-from tunelab.tuning import TuneConfig, finetune
 
 # In order of effort to build: the first rung that is good enough is the one to recommend.
 BASELINES = ("tfidf", "embed")
@@ -105,12 +106,12 @@ def label_scarce(task: Task, n_labels: int, seed: int = 0) -> Task:
 
 def _quick_probes(out_dir: Path) -> str:
     """The shipped name lists cut to a few names per group, written into the run folder."""
-    from tunelab.bias import load_probes
+    from tunelab.measure.bias import load_probes
 
     probes = load_probes("names")
     probes["groups"] = {g: names[: QUICK["names_per_group"]] for g, names in probes["groups"].items()}
     path = out_dir / "probes-quick.json"
-    write_json_atomic(path, probes)
+    write_json(path, probes)
     return str(path)
 
 
@@ -221,7 +222,7 @@ def run(
             result = _distill_step(task, teacher, folder, bias, config, on_progress)
         result.update(rung=rung, step_seconds=time.perf_counter() - step_started, peak_rss_mb=peak_rss_mb(),
                       artifact=str(folder / "predictor"))
-        write_json_atomic(done_file, result)
+        write_json(done_file, result)
         results[rung] = result
         if on_step:
             on_step(rung, "done")
@@ -261,7 +262,7 @@ def _few_shot_curve(model, task, config: LadderConfig, out_dir: Path, results: d
             continue
         metrics = known.get(k) or evaluate(few_shot(model, task, PromptConfig(shots=k, seed=config.seed)), task)
         curve[str(k)] = {"quality": headline_quality(metrics), "examples_per_s": metrics["examples_per_s"]}
-        write_json_atomic(path, curve)
+        write_json(path, curve)
     for k, metrics in known.items():
         curve.setdefault(str(k), {"quality": headline_quality(metrics), "examples_per_s": metrics["examples_per_s"]})
     return [{"shots": int(k), **v} for k, v in sorted(curve.items(), key=lambda item: int(item[0]))]
@@ -274,7 +275,7 @@ def _sensitivity(model, task: Task, config: LadderConfig, out_dir: Path) -> list
         return json.loads(path.read_text())
     rows = sensitivity(model, task, PromptConfig(seed=config.seed), SearchConfig(seed=config.seed),
                        k_values=(1, 4) if config.quick else (1, 4, 8), variants=2 if config.quick else 4)
-    write_json_atomic(path, rows)
+    write_json(path, rows)
     return rows
 
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Callable, Literal, Protocol, runtime_checkable
@@ -18,6 +15,7 @@ from typing import Annotated, Callable, Literal, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tunelab.atomic import replace_folder, write_json
 from tunelab.errors import ConfigError, ModelError, TunelabError
 from tunelab.models import Model, load_model
 from tunelab.tasks import Kind, Task
@@ -28,10 +26,10 @@ FORMAT_VERSION = 1
 # rung name in tunelab.json -> "module:attribute.path" of a loader(directory, payload); imported lazily so that
 # this module stays below the rungs.
 _RUNG_LOADERS = {
-    "prompt": "tunelab.prompting:PromptPredictor.load",
-    "tune": "tunelab.verbalizer:CausalLMPredictor.load",
-    "distill": "tunelab.distill:load_student",
-    "baseline": "tunelab.baseline:BaselinePredictor.load",
+    "prompt": "tunelab.rungs.prompting:PromptPredictor.load",
+    "tune": "tunelab.rungs.causal_lm:CausalLMPredictor.load",
+    "distill": "tunelab.rungs.students:load_student",
+    "baseline": "tunelab.rungs.baseline:BaselinePredictor.load",
 }
 
 
@@ -153,33 +151,12 @@ def check_fits_task(predictor: Predictor, task: Task, who: str = "the predictor"
 
 def save_predictor(predictor: Predictor, directory: str | Path) -> Path:
     """Write the artifact folder atomically: a kill leaves the old folder or the new one, never half of one."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
-    try:
-        predictor.save(staging)
-        if directory.exists():
-            retired = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-old-"))
-            os.replace(directory, retired / "old")
-            os.replace(staging, directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    """Temp file then os.replace: a reader sees the old file or the new one, never half of one."""
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(staging, path)
+    return replace_folder(directory, predictor.save)
 
 
 def write_artifact_json(directory: Path, payload: dict) -> None:
     """tunelab.json, written last: its presence marks a complete artifact."""
-    write_json_atomic(directory / ARTIFACT_FILE, {"format_version": FORMAT_VERSION, **payload})
+    write_json(directory / ARTIFACT_FILE, {"format_version": FORMAT_VERSION, **payload})
 
 
 class _PromptFormatFields(BaseModel):

@@ -157,7 +157,7 @@ def _predictor(directory: Path):
 @contextmanager
 def _bars(transient: bool = True):
     """Progress bars on stderr (report.ProgressBars); each of its methods gives a library function its callback."""
-    from tunelab.report import progress_bars
+    from tunelab.report.console import progress_bars
 
     with progress_bars(err_console, transient) as bars:
         yield bars
@@ -170,7 +170,7 @@ def _out_console() -> Console:
 
 
 def _print_results(results: list[dict], as_json: bool, title: str) -> None:
-    from tunelab.report import results_table
+    from tunelab.report.console import results_table
 
     if as_json:
         for result in results:
@@ -191,7 +191,7 @@ def _print_lines(report: dict, lines: list[str], as_json: bool) -> None:
 def info(model: str = BASE_MODEL, as_json: bool = JSON):
     """Model facts: architecture, layers, hidden size, vocabulary, parameter counts, device, dtype."""
     from tunelab.predictor import describe_artifact, is_artifact
-    from tunelab.report import fact_lines
+    from tunelab.report.console import fact_lines
 
     facts = describe_artifact(_predictor(Path(model))) if is_artifact(model) else _model(model).describe()
     _print_lines(facts, fact_lines(facts), as_json)
@@ -207,7 +207,7 @@ def prompt(
     model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """Zero-, one- or few-shot prompting, scored by label log-likelihood on the test split."""
-    from tunelab.prompting import prompt_configs, run_prompts
+    from tunelab.rungs.prompting import prompt_configs, run_prompts
 
     flags = _fields(configs.PromptConfig, given)
     variants = prompt_configs("0" if search or sensitivity else shots, save=save, **flags)
@@ -226,8 +226,8 @@ def prompt(
 
 def _prompt_search(base, loaded_task, config, model: str, save, sensitivity: bool, as_json: bool) -> None:
     """`prompt --search` (or --sensitivity): the prompt flags are the base configuration."""
-    from tunelab.search import run_search, search_lines, sensitivity_lines
-    from tunelab.search import sensitivity as measure_sensitivity
+    from tunelab.rungs.search import run_search, search_lines, sensitivity_lines
+    from tunelab.rungs.search import sensitivity as measure_sensitivity
 
     if sensitivity:
         with err_console.status("scoring prompt variants"):
@@ -249,7 +249,7 @@ def tune(
     overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """Fine-tune the base model (full or LoRA) on a task, evaluate it and save it."""
-    from tunelab.tuning import finetune, run_summary, training_examples
+    from tunelab.rungs.tuning import finetune, run_summary, training_examples
 
     config, loaded_task = _config(configs.TuneConfig, given), _task(given)
     base = _model(model)
@@ -269,7 +269,7 @@ def baseline(
     overwrite: bool = OVERWRITE, as_json: bool = JSON, *, given: dict,
 ):
     """A classical baseline (TF-IDF or frozen embeddings + a linear model), evaluated and saved as a predictor."""
-    from tunelab.baseline import fit_baseline, summary_lines
+    from tunelab.rungs.baseline import fit_baseline, summary_lines
 
     config, loaded_task = _config(configs.BaselineConfig, given), _task(given)
     _quiet_transformers()
@@ -292,7 +292,7 @@ def expand(
     model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """Generate names of concepts in many languages offline into a term store (then: serve --terms)."""
-    from tunelab.expand import run_expand, summary_lines
+    from tunelab.generation.expand import run_expand, summary_lines
 
     config = _config(configs.ExpandConfig, given)
     with _bars() as bars:
@@ -311,9 +311,9 @@ def expand_tune(
     overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """LoRA-tune the generator on (name, language) -> name pairs, loss on the name only; use it with expand."""
-    from tunelab.expand import read_pairs
-    from tunelab.generation_tuning import tune_generator
-    from tunelab.report import fact_lines
+    from tunelab.generation.expand import read_pairs
+    from tunelab.generation.tuning import tune_generator
+    from tunelab.report.console import fact_lines
 
     config = _config(configs.GeneratorTuneConfig, given)
     training = read_pairs(pairs, configs.language_codes(languages or configs.COUNTRY_LANGUAGES))
@@ -332,8 +332,8 @@ def distill(
     as_json: bool = JSON, *, given: dict,
 ):
     """Distil a teacher into a smaller, faster student; report how much faster and how much worse."""
-    from tunelab.distill import distill as run_distill
-    from tunelab.distill import read_transfer_texts, summary_lines
+    from tunelab.rungs.distill import distill as run_distill
+    from tunelab.rungs.distill import read_transfer_texts, summary_lines
 
     config, loaded_task = _config(configs.DistillConfig, given), _task(given)
     transfer_texts = read_transfer_texts(transfer) if transfer is not None else None
@@ -355,8 +355,8 @@ def predict_command(
     as_json: bool = JSON, *, given: dict,
 ):
     """Offline inference: predict every new distinct input into a store; reruns compute only what is missing."""
-    from tunelab.bulk import predict_file
-    from tunelab.report import fact_lines
+    from tunelab.offline.bulk import predict_file
+    from tunelab.report.console import fact_lines
 
     _quiet_transformers()
     with _bars() as bars:
@@ -370,7 +370,7 @@ def predict_command(
 @_with_config_flags(configs.ServeConfig)
 def serve_command(*, given: dict):
     """Serve stored predictions over HTTP (FastAPI + uvicorn): /predict, /match, /healthz, /metrics, /docs."""
-    from tunelab.serve import serve
+    from tunelab.offline.serve import serve
 
     config = _config(configs.ServeConfig, given)
     _quiet_transformers()
@@ -380,7 +380,7 @@ def serve_command(*, given: dict):
 @store_app.command("info")
 def store_info(store: Path = typer.Argument(..., help="A prediction store."), as_json: bool = JSON):
     """Rows per model fingerprint and per label."""
-    from tunelab.store import read_summary, summary_lines
+    from tunelab.offline.store import read_summary, summary_lines
 
     summary = read_summary(store)
     _print_lines(summary, summary_lines(summary, store), as_json)
@@ -393,7 +393,7 @@ def store_export(
     fingerprint: Optional[str] = Option(None, help="Only this model's rows."),
 ):
     """Export stored predictions as JSONL or CSV."""
-    from tunelab.store import export_store
+    from tunelab.offline.store import export_store
 
     err_console.print(f"wrote {export_store(store, out, fingerprint):,} rows to {out}")
 
@@ -402,7 +402,7 @@ def store_export(
 @_with_config_flags(TaskSource, configs.BiasConfig)
 def bias(model: Path = PREDICTOR, as_json: bool = JSON, *, given: dict):
     """Quality per data slice (fairlearn) and counterfactual name probes, with a verdict."""
-    from tunelab.bias import bias_report, check_inputs, summary_lines
+    from tunelab.measure.bias import bias_report, check_inputs, summary_lines
 
     config, loaded_task = _config(configs.BiasConfig, given), _task(given)
     check_inputs(loaded_task, config)  # a bad slice field or probe file fails before the model loads
@@ -420,7 +420,7 @@ def ladder(
 ):
     """Run every rung on one task; write report.html, report.md and report.json; name the cheapest good rung."""
     from tunelab.ladder import ladder_task, run
-    from tunelab.report import summary_lines
+    from tunelab.report.console import summary_lines
 
     config = _config(configs.LadderConfig, given)
     loaded_task = ladder_task(_config(TaskSource, given), config)
@@ -438,7 +438,7 @@ def eval_command(
     as_json: bool = JSON, *, given: dict,
 ):
     """Evaluate any saved predictor on a task's test split."""
-    from tunelab.evaluate import evaluate
+    from tunelab.measure.evaluate import evaluate
     from tunelab.predictor import check_fits_task
 
     loaded_task = _task(given)

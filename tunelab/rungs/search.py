@@ -20,10 +20,10 @@ from typing import Callable
 import numpy as np
 
 from tunelab.config import SearchConfig
-from tunelab.evaluate import evaluate, evaluate_predictions, gold_and_outputs
-from tunelab.intervals import paired_difference
+from tunelab.measure.evaluate import evaluate, evaluate_predictions, gold_and_outputs
+from tunelab.measure.intervals import paired_difference
 from tunelab.models import Model
-from tunelab.prompting import PromptConfig, PromptPredictor, few_shot
+from tunelab.rungs.prompting import PromptConfig, PromptPredictor, few_shot
 from tunelab.tasks import Task, split_examples
 
 SHOT_COUNTS = (1, 2, 4, 8, 16)
@@ -134,7 +134,7 @@ def run_search(load_model: Callable[[], Model], task: Task, base: PromptConfig, 
     """The `prompt --search` command's work: search, then evaluate the kept prompt once on the test split (and
     save it when asked). Returns the search and the test result, which names the configuration kept."""
     from tunelab.predictor import save_predictor
-    from tunelab.prompting import check_fits
+    from tunelab.rungs.prompting import check_fits
 
     check_fits(base, task)  # before the slow model load
     result = search(load_model(), task, base, config, on_config=on_config)

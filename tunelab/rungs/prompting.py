@@ -19,7 +19,7 @@ import torch
 
 from tunelab.config import PromptConfig, parse_shot_counts, template_problems
 from tunelab.errors import ConfigError
-from tunelab.evaluate import evaluate
+from tunelab.measure.evaluate import evaluate
 from tunelab.models import MiniLMEmbedder, Model
 from tunelab.predictor import (
     Predictions,
@@ -28,17 +28,10 @@ from tunelab.predictor import (
     save_predictor,
     write_artifact_json,
 )
+from tunelab.scoring.length import check_max_length, context_window, text_tokens
+from tunelab.scoring.tokens import PrefixCache, encode_prefix, label_log_likelihoods
+from tunelab.scoring.verbalizer import PromptFormat, Verbalizer, rating_label
 from tunelab.tasks import Example, Task
-from tunelab.verbalizer import (
-    PrefixCache,
-    PromptFormat,
-    Verbalizer,
-    context_window,
-    encode_prefix,
-    label_log_likelihoods,
-    rating_label,
-    text_tokens,
-)
 
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # Zhao et al. 2021, "Calibrate Before Use", section 5
 
@@ -275,10 +268,7 @@ def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
                           f"got {config.label_words!r}")
     verbalizer = Verbalizer.for_task(model.tokenizer, task, template=config.template, instruction=config.instruction,
                                      label_words=words)
-    context = context_window(model.lm)
-    if config.max_length is not None and config.max_length > context:
-        raise ConfigError(f"--max-length {config.max_length} is larger than the model's context window "
-                          f"({context} tokens)")
+    check_max_length(config.max_length, model.lm)
     predictor = PromptPredictor(model, verbalizer, config, shots, embedder=embedder)
     if config.select != "similar":
         _drop_shots_that_do_not_fit(predictor, [e.text for e in train])

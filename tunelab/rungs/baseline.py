@@ -29,11 +29,11 @@ from sklearn.preprocessing import FunctionTransformer
 
 from tunelab.config import BaselineConfig
 from tunelab.errors import ConfigError, ModelError
-from tunelab.evaluate import evaluate
+from tunelab.measure.evaluate import evaluate
 from tunelab.models import MiniLMEmbedder
 from tunelab.predictor import Predictions, save_predictor, write_artifact_json
+from tunelab.scoring.length import fit_texts, text_tokens
 from tunelab.tasks import Task
-from tunelab.verbalizer import fit_texts, text_tokens
 
 SHORT_TEXT_CHARS = 200  # median training text at most this long: add character n-grams (words alone are too few)
 EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces; longer texts keep head + tail

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,10 +18,12 @@ from typing import Callable
 
 import torch
 
+from tunelab.atomic import replace_folder
 from tunelab.config import GeneratorTuneConfig
 from tunelab.errors import ConfigError
-from tunelab.expand import Shot, render_prompt
-from tunelab.models import Model, adamw, count_parameters
+from tunelab.generation.expand import Shot, render_prompt
+from tunelab.models import Model, count_parameters
+from tunelab.training import adamw, training_step
 
 GENERATOR_FILE = "tunelab-generator.json"
 
@@ -82,28 +81,24 @@ def tune_generator(model: Model, pairs: list[Shot], out_dir: str | Path, config:
             ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in batch], device=model.device)
             labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=model.device)
             mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=model.device)
-            loss = lm(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            total += loss.item() * len(batch)
+            loss = training_step(trainable, optimizer, [lm(input_ids=ids, attention_mask=mask, labels=labels).loss],
+                                 where=f"in epoch {epoch + 1} (try a lower --lr)")
+            total += loss * len(batch)
             if on_step:
-                on_step(len(batch), loss.item())
+                on_step(len(batch), loss)
         losses.append(total / len(examples))
     lm.eval()
     seconds = time.perf_counter() - started
     merged = lm.merge_and_unload()
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    merged.save_pretrained(staging, safe_serialization=True)
-    model.tokenizer.save_pretrained(staging)
     facts = {"base_model": model.name, "base_fingerprint": model.fingerprint, "pairs": len(pairs),
              "languages": sorted({p.language for p in pairs}), "config": asdict(config), "epoch_losses": losses,
              "train_seconds": seconds, "params_total": count_parameters(merged)[0], "params_trainable": n_trainable,
              "shots": [asdict(s) for s in shots]}
-    (staging / GENERATOR_FILE).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+
+    def fill(folder: Path) -> None:
+        merged.save_pretrained(folder, safe_serialization=True)
+        model.tokenizer.save_pretrained(folder)
+        (folder / GENERATOR_FILE).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+
+    replace_folder(out_dir, fill)  # the old folder stays until the new one is complete
     return facts

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import mean_absolute_error
 
-from tunelab.intervals import METHOD, metric_intervals
+from tunelab.measure.intervals import METHOD, metric_intervals
 from tunelab.predictor import Predictions, Predictor, predict
 from tunelab.tasks import Task
 

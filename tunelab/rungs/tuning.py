@@ -13,11 +13,8 @@ optimizer state with torch.save, a pickle) and atomic, which resuming after a SI
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -26,24 +23,24 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from transformers import get_linear_schedule_with_warmup
 
 from tunelab.config import TuneConfig
 from tunelab.errors import ConfigError, TrainingError
-from tunelab.evaluate import evaluate, peak_rss_mb
-from tunelab.models import Model, adamw, count_parameters, make_model
-from tunelab.predictor import ARTIFACT_FILE, write_json_atomic
+from tunelab.measure.evaluate import evaluate, peak_rss_mb
+from tunelab.models import Model, count_parameters, make_model
+from tunelab.predictor import ARTIFACT_FILE
+from tunelab.rungs.causal_lm import CausalLMPredictor
+from tunelab.scoring.tokens import PrefixCache, label_log_likelihoods
+from tunelab.scoring.verbalizer import SCALE_POINTS, Verbalizer, expected_rating, rating_value, resolve_max_length
 from tunelab.tasks import Task, split_examples
-from tunelab.verbalizer import (
-    SCALE_POINTS,
-    CausalLMPredictor,
-    PrefixCache,
-    Verbalizer,
-    expected_rating,
-    label_log_likelihoods,
-    rating_value,
-    resolve_max_length,
+from tunelab.training import (
+    adamw,
+    load_trainable,
+    read_checkpoint,
+    restore_checkpoint,
+    training_step,
+    write_checkpoint,
 )
 
 WARMUP_FRACTION = 0.1
@@ -55,7 +52,6 @@ MICRO_BATCH_TOKENS = 512  # row tokens per forward/backward pass; a batch of lon
 # it pays only where one row's activations alone would be several GB (training prompts are capped at 512 tokens
 # unless --max-length asks for more).
 CHECKPOINTING_FROM = 1024
-MAX_GRAD_NORM = 1.0
 CHECKPOINTS = "checkpoints"
 
 
@@ -76,76 +72,6 @@ def rating_loss(rating_scores: torch.Tensor, gold_ratings: torch.Tensor) -> torc
     return (((expected_rating(rating_scores) - gold_ratings) / (SCALE_POINTS - 1)) ** 2).mean()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints: per epoch, safetensors only, atomic (new folder + os.replace, then a pointer file)
-
-
-def _optimizer_to_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split torch's optimizer state into tensors (for safetensors) and plain values (for JSON).
-
-    Written here because torch.save would pickle it, and we never load pickles.
-    """
-    state = optimizer.state_dict()
-    tensors, plain = {}, {}
-    for index, values in state["state"].items():
-        for key, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                plain.setdefault(str(index), {})[key] = value
-    return tensors, {"state": plain, "param_groups": state["param_groups"]}
-
-
-def _optimizer_from_tensors(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for name, tensor in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = tensor
-    for index, values in meta["state"].items():
-        state.setdefault(int(index), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _trainable_state(lm) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().contiguous() for name, p in lm.named_parameters() if p.requires_grad}
-
-
-def _write_checkpoint(out_dir: Path, epoch: int, lm, optimizer, scheduler, progress: dict) -> None:
-    root = out_dir / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".writing-"))
-    save_file(_trainable_state(lm), staging / "weights.safetensors")
-    tensors, meta = _optimizer_to_tensors(optimizer)
-    save_file(tensors, staging / "optimizer.safetensors")
-    (staging / "state.json").write_text(json.dumps({"optimizer": meta, "scheduler": scheduler.state_dict(),
-                                                    **progress}))
-    os.replace(staging, root / f"epoch-{epoch:04d}")
-    write_json_atomic(root / "latest.json", progress)
-    keep = {f"epoch-{epoch:04d}", f"epoch-{progress['best_epoch']:04d}"}
-    for old in root.glob("epoch-*"):
-        if old.name not in keep:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _read_checkpoint(out_dir: Path) -> dict | None:
-    pointer = out_dir / CHECKPOINTS / "latest.json"
-    return json.loads(pointer.read_text()) if pointer.is_file() else None
-
-
-def _load_trainable(lm, path: Path) -> None:
-    result = lm.load_state_dict(load_file(path), strict=False)
-    if result.unexpected_keys:
-        raise TrainingError(f"{path}: weights do not fit this model ({result.unexpected_keys[:3]} ...)")
-
-
-def _restore(out_dir: Path, progress: dict, lm, optimizer, scheduler) -> None:
-    folder = out_dir / CHECKPOINTS / f"epoch-{progress['epoch']:04d}"
-    _load_trainable(lm, folder / "weights.safetensors")
-    state = json.loads((folder / "state.json").read_text())
-    _optimizer_from_tensors(optimizer, load_file(folder / "optimizer.safetensors"), state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-
-
 def _prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> dict | None:
     """Check the output folder; returns the checkpoint progress to resume from, if any.
 
@@ -154,7 +80,7 @@ def _prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> dict | 
     """
     is_run = (out_dir / ARTIFACT_FILE).is_file() or (out_dir / CHECKPOINTS).is_dir()
     if resume:
-        progress = _read_checkpoint(out_dir)
+        progress = read_checkpoint(out_dir / CHECKPOINTS)
         if progress is None:
             finished = (out_dir / ARTIFACT_FILE).is_file()
             raise ConfigError(f"{out_dir}: {'this run already finished' if finished else 'no checkpoint to resume'}"
@@ -335,7 +261,7 @@ def finetune(
             progress = {"config": asdict(config), "epoch": 0, "best_epoch": 0, "best_val_loss": None,
                         "stale_epochs": 0, "history": [], "train_seconds": 0.0}
         else:
-            _restore(out_dir, progress, lm, optimizer, scheduler)
+            restore_checkpoint(out_dir / CHECKPOINTS, progress, lm, optimizer, scheduler)
 
         for epoch in range(progress["epoch"], config.epochs):
             if progress["stale_epochs"] >= config.patience:
@@ -346,22 +272,16 @@ def finetune(
             lm.train()
             losses, n_truncated = [], 0
             for batch in _batches(verbalizer, train, config, order, max_length):
-                loss, n_truncated = 0.0, n_truncated + batch.n_truncated
-                for micro in batch.micro_batches(MICRO_BATCH_TOKENS):
-                    part = _loss_step(lm, verbalizer, micro, pad_id, not checkpointing) * (
-                        len(micro.pairs) / len(batch.pairs))
-                    if not torch.isfinite(part):
-                        raise TrainingError(f"loss became {part.item()} in epoch {epoch + 1}; the last good "
-                                            f"checkpoint is kept in {out_dir / CHECKPOINTS} (try a lower --lr)")
-                    part.backward()
-                    loss = loss + part.detach()
-                torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())
+                n_truncated += batch.n_truncated
+                micro_losses = (_loss_step(lm, verbalizer, micro, pad_id, not checkpointing)
+                                * (len(micro.pairs) / len(batch.pairs))
+                                for micro in batch.micro_batches(MICRO_BATCH_TOKENS))
+                loss = training_step(trainable, optimizer, micro_losses, scheduler=scheduler, where=(
+                    f"in epoch {epoch + 1}; the last good checkpoint is kept in {out_dir / CHECKPOINTS} "
+                    "(try a lower --lr)"))
+                losses.append(loss)
                 if on_step:
-                    on_step(len(batch.pairs), loss.item())
+                    on_step(len(batch.pairs), loss)
             val_loss = _validation_loss(lm, verbalizer, validation_batches, pad_id)
             progress["train_seconds"] += time.perf_counter() - started
             progress["history"].append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
@@ -372,11 +292,11 @@ def finetune(
             else:
                 progress["stale_epochs"] += 1
             progress["epoch"] = epoch + 1
-            _write_checkpoint(out_dir, epoch + 1, lm, optimizer, scheduler, progress)
+            write_checkpoint(out_dir / CHECKPOINTS, epoch + 1, lm, optimizer, scheduler, progress)
             if on_epoch_end:
                 on_epoch_end(epoch + 1, val_loss)
 
-    _load_trainable(lm, out_dir / CHECKPOINTS / f"epoch-{progress['best_epoch']:04d}" / "weights.safetensors")
+    load_trainable(lm, out_dir / CHECKPOINTS / f"epoch-{progress['best_epoch']:04d}" / "weights.safetensors")
     adapter = None
     if lora is not None:
         from peft import get_peft_model_state_dict

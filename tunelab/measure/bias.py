@@ -16,12 +16,12 @@ from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error
 
 from tunelab.config import BiasConfig
 from tunelab.errors import ConfigError, InputError
-from tunelab.evaluate import gold_and_outputs
-from tunelab.intervals import interval, stratified_interval
+from tunelab.measure.evaluate import gold_and_outputs
+from tunelab.measure.intervals import interval, stratified_interval
 from tunelab.predictor import Predictions, Predictor, predict
 from tunelab.tasks import Task
 
-NAMES_FILE = Path(__file__).parent / "data" / "names.json"
+NAMES_FILE = Path(__file__).parents[1] / "data" / "names.json"
 
 
 def positive_label_of(labels: tuple[str, ...], wanted: str | None) -> str:

@@ -15,9 +15,9 @@ from typing import Callable, Iterable
 
 from tunelab.config import BulkConfig
 from tunelab.errors import ConfigError, InputError
-from tunelab.evaluate import truncation
+from tunelab.measure.evaluate import truncation
+from tunelab.offline.store import Store
 from tunelab.predictor import Predictions, Predictor, length_batches, load_predictor
-from tunelab.store import Store
 from tunelab.tasks import read_rows
 
 

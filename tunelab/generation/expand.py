@@ -29,9 +29,9 @@ import torch
 
 from tunelab.config import ExpandConfig, language_codes
 from tunelab.errors import ConfigError, InputError
+from tunelab.generation.terms import Term, TermStore, match_key, normalise_term
 from tunelab.models import Model
 from tunelab.tasks import read_rows
-from tunelab.terms import Term, TermStore, match_key, normalise_term
 
 COUNTRIES = "countries"  # the built-in concepts and reference (its held-out half; `countries-train` the other)
 # The default shots: real CLDR names of three countries, which the built-in evaluation leaves out.
@@ -255,7 +255,7 @@ def generate_candidates(model: Model, prompts: list[str], config: ExpandConfig, 
     generate() on batches of left-padded prompts; the text is cut at the first line break, and a candidate that ran
     to max_new_tokens without a line break or end token says so (it may be a cut name). With `prefix` (the start
     all prompts share), the prefix is encoded once and its key/value cache reused by every batch."""
-    from tunelab.verbalizer import cache_argument_name, returned_cache
+    from tunelab.scoring.tokens import cache_argument_name, returned_cache
 
     tokenizer, lm = model.tokenizer, model.lm
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -464,7 +464,7 @@ def run_expand(load: Callable[[], Model], concepts_path: str, store_path: str | 
                on_total=None, on_progress=None) -> dict:
     """`tunelab expand`: read and check every input before the model loads, generate, then evaluate when a
     reference is given (the built-in `countries` evaluates the `countries` concepts in COUNTRY_LANGUAGES)."""
-    from tunelab.generation_tuning import generator_shots
+    from tunelab.generation.tuning import generator_shots
 
     concepts = read_concepts(concepts_path)
     if limit is not None:

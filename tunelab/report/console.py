@@ -13,8 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from tunelab.evaluate import headline_quality
-from tunelab.predictor import write_json_atomic
+from tunelab.atomic import write_json, write_text
+from tunelab.measure.evaluate import headline_quality
 
 
 class _RateColumn(ProgressColumn):
@@ -349,11 +349,9 @@ given, else against the best rung.</p>
 
 
 def write_reports(report: dict, out_dir: Path) -> None:
-    write_json_atomic(out_dir / "report.json", report)
-    for name, text in (("report.md", _markdown(report)), ("report.html", _html(report))):
-        staging = out_dir / f".{name}.tmp"
-        staging.write_text(text, encoding="utf-8")
-        staging.replace(out_dir / name)
+    write_json(out_dir / "report.json", report)
+    write_text(out_dir / "report.md", _markdown(report))
+    write_text(out_dir / "report.html", _html(report))
 
 
 def summary_lines(report: dict, out_dir: str | Path) -> list[str]:

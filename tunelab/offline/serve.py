@@ -20,12 +20,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
-from tunelab.bulk import normalise, text_key
 from tunelab.config import ServeConfig
 from tunelab.errors import ConfigError
+from tunelab.generation.terms import TermMatcher, TermStore, at_word_boundaries
+from tunelab.offline.bulk import normalise, text_key
+from tunelab.offline.store import FreshView, Store
 from tunelab.predictor import load_predictor, read_artifact_json
-from tunelab.store import FreshView, Store
-from tunelab.terms import TermMatcher, TermStore, at_word_boundaries
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 MATCHER_CHECK_S = 1.0  # how often /match looks for rows added to the store since its term list was built

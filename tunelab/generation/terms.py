@@ -21,7 +21,7 @@ from pathlib import Path
 import ahocorasick
 
 from tunelab.errors import InputError
-from tunelab.store import FreshView, connect
+from tunelab.offline.store import FreshView, connect
 
 # Scripts written without spaces between words: a term in them matches anywhere (Unicode blocks, inclusive).
 NO_SPACE_BLOCKS = ((0x0E00, 0x0EFF), (0x0F00, 0x0FFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x3040, 0x30FF),

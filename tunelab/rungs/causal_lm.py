@@ -1,0 +1,119 @@
+"""The causal-LM predictor of the tune and distill rungs: a (tuned or pruned) causal LM scored through the task's
+zero-shot prompt, saved as an artifact folder (the full model, or a LoRA adapter on its base)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from tunelab.errors import ModelError
+from tunelab.models import Model, load_model, make_model
+from tunelab.predictor import Predictions, load_base_model, save_base_reference, write_artifact_json
+from tunelab.scoring.length import text_tokens
+from tunelab.scoring.tokens import PrefixCache, encode_prefix, label_log_likelihoods
+from tunelab.scoring.verbalizer import Verbalizer
+
+_META_KEYS = ("method", "base_name", "params_trainable", "config", "training", "metrics", "versions", "student_type",
+              "teacher", "teacher_fingerprint", "spec", "params_teacher", "kept_layers", "max_length")
+
+
+class CausalLMPredictor:
+    """A causal LM (fine-tuned, or a pruned student) scored through the task's zero-shot prompt.
+
+    `meta["config"]["max_length"]` bounds every prompt: texts are cut to fit (fit_text), the same rule in training
+    and use. A LoRA run keeps its `adapter` (saved alone, loadable on `base_model`) besides the merged weights.
+    """
+
+    def __init__(self, model: Model, verbalizer: Verbalizer, meta: dict, *, rung: str, adapter: dict | None = None,
+                 base_model: Model | None = None):
+        self.model, self.verbalizer, self.meta, self.rung = model, verbalizer, meta, rung
+        self.kind, self.label_names = verbalizer.kind, verbalizer.label_names
+        self.adapter, self.base_model = adapter, base_model  # LoRA: {"config": LoraConfig, "state": tensors}
+        self._prefix: PrefixCache | None = None
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per prompt (the run's --max-length, or the length derived from its training texts)."""
+        return self.meta.get("max_length") or self.meta["config"]["max_length"]
+
+    def count_truncated(self, texts: list[str]) -> int:
+        return self.verbalizer.fit(texts, self.max_length)[1]
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens of `texts` as the model reads them, after the length policy's cut."""
+        return text_tokens(self.model.tokenizer, self.verbalizer.fit(texts, self.max_length)[0])
+
+    @property
+    def params_total(self) -> int:
+        return self.model.params_total  # a merged LoRA model: exactly the base model's count
+
+    @property
+    def params_trainable(self) -> int:
+        return self.meta.get("params_trainable", self.model.params_total)
+
+    @property
+    def fingerprint(self) -> str:
+        """Covers what decides a prediction: the weights, the label space and kind, the prompt, the length bound."""
+        decided_by = [self.model.fingerprint, self.verbalizer.describe(), self.max_length]
+        return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
+
+    def label_scores(self, texts: list[str], *, train: bool = False) -> torch.Tensor:
+        """(n, n_labels) label log-likelihoods; with `train`, with gradients (the instruction encoded per call)."""
+        verbalizer = self.verbalizer
+        pairs = verbalizer.pairs(verbalizer.fmt.instruction, verbalizer.fit(texts, self.max_length)[0])
+        if train:
+            prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction))
+            return label_log_likelihoods(self.model.lm, prefix, pairs, self.model.tokenizer.pad_token_id)[0]
+        if self._prefix is None:
+            self._prefix = encode_prefix(self.model.lm, verbalizer.prefix_ids(verbalizer.fmt.instruction))
+        with torch.no_grad():
+            return label_log_likelihoods(self.model.lm, self._prefix, pairs, self.model.tokenizer.pad_token_id)[0]
+
+    def predict_batch(self, texts: list[str]) -> Predictions:
+        return self.verbalizer.predictions(self.label_scores(texts).cpu())
+
+    def forget_cache(self) -> None:
+        """Drop the instruction's cached keys and values (after the weights changed)."""
+        self._prefix = None
+
+    def save(self, directory: Path) -> None:
+        directory, weights = Path(directory), []
+        if self.adapter is not None:
+            (directory / "adapter").mkdir(parents=True, exist_ok=True)
+            self.adapter["config"].save_pretrained(directory / "adapter")
+            from safetensors.torch import save_file
+
+            save_file(self.adapter["state"], directory / "adapter" / "adapter_model.safetensors")
+            weights.append("adapter")
+        if self.adapter is None or self.meta["config"].get("merge"):
+            self.model.save(directory / "model")
+            weights.append("model")
+        base = save_base_reference(self.base_model, directory) if self.base_model is not None else {}
+        write_artifact_json(directory, {
+            "rung": self.rung, **self.meta, **base, "weights": weights, **self.verbalizer.describe(),
+            "params_total": self.params_total, "params_trainable": self.params_trainable,
+            "fingerprint": self.fingerprint,
+        })
+
+    @classmethod
+    def load(cls, directory: Path, payload: dict) -> CausalLMPredictor:
+        """From an artifact folder: the full model in `model/`, or the LoRA `adapter/` on the base it names."""
+        if "model" in payload.get("weights", ["model"]):
+            model = load_model(directory / "model")
+        else:
+            from peft import PeftModel
+
+            base = load_base_model(directory, payload)
+            try:
+                adapted = PeftModel.from_pretrained(copy.deepcopy(base.lm), directory / "adapter",
+                                                    local_files_only=True)
+            except (OSError, ValueError, KeyError, RuntimeError) as err:
+                raise ModelError(f"{directory / 'adapter'}: cannot load the LoRA adapter ({err})") from None
+            model = make_model(adapted.merge_and_unload(), base.tokenizer, name=f"{base.name}+lora", device=base.device)
+        meta = {key: payload[key] for key in _META_KEYS if key in payload}
+        return cls(model, Verbalizer.from_description(model.tokenizer, payload), meta, rung=payload["rung"])
+

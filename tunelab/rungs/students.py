@@ -1,0 +1,203 @@
+"""Students for distillation: the teacher with evenly spaced layers kept and initialised from its own weights
+(`pruned:N`, as DistilBERT did), or a small pretrained encoder with a head (`encoder:PATH`, `minilm`)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from tunelab.config import DistillConfig
+from tunelab.errors import ConfigError, ModelError
+from tunelab.models import (
+    LOCAL_ONLY,
+    Model,
+    bundled_minilm_path,
+    check_model_folder,
+    choose_device,
+    count_parameters,
+    make_model,
+    module_facts,
+)
+from tunelab.predictor import Predictions, Predictor, write_artifact_json
+from tunelab.rungs.causal_lm import CausalLMPredictor
+from tunelab.scoring.length import TRAIN_MAX_TOKENS, check_max_length, fit_texts, length_quantile, text_tokens
+from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
+from tunelab.tasks import Task
+
+
+def decoder_layers(lm: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The module holding the decoder's layer list, and the list's attribute name (`layers`, `h`, `blocks`, ...):
+    the ModuleList with one entry per hidden layer.
+
+    Raises:
+        ModelError: no such list (a layout pruning does not know).
+    """
+    n_layers = getattr(lm.config, "num_hidden_layers", None)
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm
+    for owner in (decoder, *decoder.modules()):
+        for name, child in owner.named_children():
+            if isinstance(child, torch.nn.ModuleList) and len(child) == n_layers:
+                return owner, name
+    raise ModelError(f"cannot prune {type(lm).__name__}: no list of its {n_layers} decoder layers was found")
+
+
+def prune_layers(lm: torch.nn.Module, keep: int) -> torch.nn.Module:
+    """A copy of the causal LM with `keep` evenly spaced decoder layers (first and last kept), same weights."""
+    owner, name = decoder_layers(lm)
+    total = len(getattr(owner, name))
+    if keep >= total:
+        raise ConfigError(f"--student pruned:{keep} is not smaller than the teacher ({total} layers)")
+    indices = sorted({round(i * (total - 1) / max(1, keep - 1)) for i in range(keep)}) if keep > 1 else [0]
+    student = copy.deepcopy(lm)
+    owner, name = decoder_layers(student)
+    setattr(owner, name, torch.nn.ModuleList([getattr(owner, name)[i] for i in indices]))
+    for new_index, layer in enumerate(getattr(owner, name)):
+        for module in layer.modules():  # the key/value cache is indexed by position in the new stack
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = new_index
+    student.config.num_hidden_layers = len(indices)
+    if getattr(student.config, "layer_types", None):
+        student.config.layer_types = [student.config.layer_types[i] for i in indices]
+    student.kept_layers = indices
+    return student
+
+
+class EncoderStudent:
+    """A small pretrained encoder with a classification (or one-value regression) head; reads the bare text."""
+
+    rung = "distill"
+
+    def __init__(self, encoder: torch.nn.Module, tokenizer, *, kind: str, label_names: tuple[str, ...], meta: dict):
+        self.encoder, self.tokenizer, self.meta = encoder, tokenizer, meta
+        self.kind, self.label_names = kind, tuple(label_names)
+
+    @property
+    def params_total(self) -> int:
+        return count_parameters(self.encoder)[0]
+
+    @property
+    def params_trainable(self) -> int:
+        return self.params_total  # every weight of the student is trained
+
+    @property
+    def fingerprint(self) -> str:
+        """Covers what decides a prediction: the weights, the kind and the label space."""
+        weights = Model(self.encoder, self.tokenizer, name="student").fingerprint
+        decided_by = json.dumps([weights, self.kind, list(self.label_names)])
+        return hashlib.sha256(decided_by.encode()).hexdigest()[:16]
+
+    def describe_model(self) -> dict:
+        return {"model": self.meta.get("spec", "encoder"), **module_facts(self.encoder)}
+
+    @property
+    def max_length(self) -> int:
+        return self.meta.get("max_length") or self.meta["config"]["max_length"]
+
+    def _fit(self, texts: list[str]) -> list[tuple[str, bool]]:
+        """The one length rule (head and tail kept), within the encoder's budget less its [CLS] and [SEP]."""
+        return fit_texts(self.tokenizer, texts, self.max_length - ENCODER_SPECIAL_TOKENS)
+
+    def count_truncated(self, texts: list[str]) -> int:
+        return sum(cut for _, cut in self._fit(texts))
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens of `texts` as the encoder reads them, after the length policy's cut."""
+        return text_tokens(self.tokenizer, [text for text, _ in self._fit(texts)])
+
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        device = next(self.encoder.parameters()).device
+        fitted = [text for text, _ in self._fit(texts)]
+        batch = self.tokenizer(fitted, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(device)
+        return self.encoder(**batch).logits  # (n, n_labels), or (n, 1) for regression
+
+    @torch.no_grad()
+    def predict_batch(self, texts: list[str]) -> Predictions:
+        self.encoder.eval()
+        logits = self.logits(texts).float().cpu()
+        if self.kind == "classification":
+            return Predictions("classification", self.label_names, probs=torch.softmax(logits, -1).numpy())
+        return Predictions("regression", values=logits[:, 0].numpy())
+
+    def save(self, directory: Path) -> None:
+        self.encoder.save_pretrained(directory / "model", safe_serialization=True)
+        self.tokenizer.save_pretrained(directory / "model")
+        write_artifact_json(directory, {"rung": self.rung, "student_type": "encoder", "kind": self.kind,
+                                        "max_length": self.max_length,
+                                        "labels": list(self.label_names), **self.meta,
+                                        "params_total": self.params_total, "params_trainable": self.params_trainable,
+                                        "fingerprint": self.fingerprint})
+
+
+def load_student(directory: Path, payload: dict):
+    """Load either kind of student from its artifact folder."""
+    if payload.get("student_type") == "pruned":
+        return CausalLMPredictor.load(directory, payload)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics", "max_length")
+            if k in payload}
+    check_model_folder(directory / "model")
+    try:
+        encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model", **LOCAL_ONLY)
+        tokenizer = AutoTokenizer.from_pretrained(directory / "model", **LOCAL_ONLY)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{directory / 'model'}: cannot load the student ({err})") from None
+    encoder = encoder.to(choose_device()).eval()
+    return EncoderStudent(encoder, tokenizer, kind=payload["kind"], label_names=tuple(payload["labels"]), meta=meta)
+
+
+ENCODER_SPECIAL_TOKENS = 2  # [CLS] and [SEP] around the text
+
+
+def _length_sample(task: Task) -> list[str]:
+    """The texts a student's derived max_length is measured on: the training texts and some unlabeled ones."""
+    return [e.text for e in task.train] + list(task.unlabeled[:1000])
+
+
+def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: dict):
+    """An untrained student for `teacher`, per `config.student`.
+
+    Raises:
+        ConfigError: a student that is not smaller than the teacher, or that cannot be built from it.
+    """
+    if config.student_type == "pruned":
+        model = getattr(teacher, "model", None)
+        if not isinstance(model, Model):
+            raise ConfigError(f"--student {config.student} needs a causal-LM teacher; this teacher is a "
+                              f"{teacher.rung} predictor without one")
+        lm = prune_layers(model.lm, int(config.student.split(":")[1]))
+        student_model = make_model(lm, model.tokenizer, name=f"{model.name}-pruned{lm.config.num_hidden_layers}",
+                                   device=model.device)
+        verbalizer = Verbalizer.for_task(model.tokenizer, task)
+        max_length = resolve_max_length(verbalizer, _length_sample(task), config.max_length, lm)
+        meta = {**meta, "student_type": "pruned", "kept_layers": lm.kept_layers, "max_length": max_length,
+                "params_trainable": student_model.params_total}  # every weight of the student is trained
+        student = CausalLMPredictor(student_model, verbalizer, meta, rung="distill")
+    else:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = bundled_minilm_path() if config.student == "minilm" else Path(config.student.split(":", 1)[1])
+        if not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"--student {config.student}: {path} is not a model folder (no config.json)")
+        check_model_folder(Path(path))
+        n_outputs = len(task.labels) if task.is_classification else 1
+        with torch.random.fork_rng(devices=[]):  # the new head's initialisation draws from the global RNG
+            torch.manual_seed(config.seed)
+            encoder = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n_outputs, **LOCAL_ONLY)
+        tokenizer = AutoTokenizer.from_pretrained(path, **LOCAL_ONLY)
+        context = check_max_length(config.max_length, encoder, "the student's")
+        derived = length_quantile([len(ids) for ids in tokenizer(_length_sample(task)).input_ids], context)
+        meta = {**meta, "max_length": config.max_length or min(derived, context, TRAIN_MAX_TOKENS)}
+        student = EncoderStudent(encoder.to(choose_device()), tokenizer, kind=task.kind, label_names=task.labels,
+                                 meta=meta)
+    if student.params_total >= teacher.params_total:
+        raise ConfigError(f"--student {config.student} has {student.params_total:,} parameters, not fewer than the "
+                          f"teacher's {teacher.params_total:,}")
+    return student
+
+

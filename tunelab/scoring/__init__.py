@@ -1,0 +1,1 @@
+"""How a causal LM scores labels: whole-string tokenization, the prefix cache, the length policy, the verbalizer."""

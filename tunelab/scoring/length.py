@@ -1,0 +1,70 @@
+"""The one length policy: how long a prompt may be, and how a text that does not fit is cut (head and tail kept)."""
+
+from __future__ import annotations
+
+import torch
+
+from tunelab.errors import ConfigError
+
+TRUNCATION_MARKER = " [...] "  # stands between the head and the tail of a text cut to fit (see fit_text)
+LENGTH_QUANTILE = 0.99  # a derived max_length holds this share of the training prompts whole
+TRAIN_MAX_TOKENS = 512  # memory cap of a derived training max_length: with gradient checkpointing and token-budget
+# micro-batches, LoRA on SmolLM2 at 512 tokens stays within a few GiB of this 2-core / 24 GiB machine
+FALLBACK_CONTEXT = 2048  # when a config names no context window
+
+
+def context_window(lm: torch.nn.Module) -> int:
+    """The most positions the model was built for (its config's max_position_embeddings or n_positions)."""
+    config = lm.config
+    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+               or FALLBACK_CONTEXT)
+
+
+def check_max_length(wanted: int | None, model: torch.nn.Module, whose: str = "the model's") -> int:
+    """The model's context window, after checking that `wanted` (--max-length, when given) fits in it: the one
+    context-window check of every rung.
+
+    Raises:
+        ConfigError: --max-length larger than the context window.
+    """
+    context = context_window(model)
+    if wanted is not None and wanted > context:
+        raise ConfigError(f"--max-length {wanted} is larger than {whose} context window ({context} tokens)")
+    return context
+
+
+def fit_texts(tokenizer, texts: list[str], max_tokens: int) -> list[tuple[str, bool]]:
+    """Each text cut to at most about `max_tokens` tokens, keeping its head and its tail with a marker between
+    (a subject line and a signature both carry signal); the cut falls on token boundaries of the text's own
+    tokenization, all texts tokenized in one call. Returns (text, whether it was cut) per text."""
+    if not texts:
+        return []
+    marker = len(tokenizer(TRUNCATION_MARKER, add_special_tokens=False).input_ids)
+    head, tail = (max(2, max_tokens - marker) + 1) // 2, max(2, max_tokens - marker) // 2
+    fitted = []
+    for text, offsets in zip(texts, tokenizer(texts, add_special_tokens=False,
+                                              return_offsets_mapping=True)["offset_mapping"]):
+        if len(offsets) <= max_tokens:
+            fitted.append((text, False))
+        else:
+            fitted.append((text[: offsets[head - 1][1]] + TRUNCATION_MARKER + text[offsets[len(offsets) - tail][0]:],
+                           True))
+    return fitted
+
+
+def text_tokens(tokenizer, texts: list[str]) -> int:
+    """How many tokens `texts` hold, tokenized in one call (throughput in tokens/s)."""
+    return sum(map(len, tokenizer(texts, add_special_tokens=False).input_ids)) if texts else 0
+
+
+def fit_text(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
+    """fit_texts for one text."""
+    return fit_texts(tokenizer, [text], max_tokens)[0]
+
+
+def length_quantile(lengths: list[int], default: int) -> int:
+    """The LENGTH_QUANTILE point of `lengths` (`default` when there are none): what a derived max_length holds."""
+    ordered = sorted(lengths)
+    return ordered[int(LENGTH_QUANTILE * (len(ordered) - 1))] if ordered else default
+
+

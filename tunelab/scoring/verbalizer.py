@@ -1,0 +1,178 @@
+"""The verbalizer: how a task's examples become prompt text, and label scores become Predictions.
+
+A prompt is `instruction + shots + query`; a label is scored as the text that follows the query (scoring/tokens.py).
+Regression uses a numeric verbalizer: ratings "1".."9", read as an expected value, so no head is ever added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from tunelab.predictor import Predictions
+from tunelab.scoring.length import TRAIN_MAX_TOKENS, check_max_length, fit_texts, length_quantile
+from tunelab.scoring.tokens import Pair, special_lead, tokenize_pairs
+
+SCALE_POINTS = 9  # regression verbalizer: ratings "1".."9"
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How examples become text: `query(text) + label_text(label)` is one shot."""
+
+    instruction: str
+    query_format: str  # the template up to {label}, trailing whitespace removed
+    label_lead: str  # the whitespace before {label}: it belongs to the label's text, as in lm-eval-harness
+    separator: str
+
+    @classmethod
+    def from_template(cls, template: str, instruction: str) -> PromptFormat:
+        head = template.rstrip()[: -len("{label}")]
+        query_format = head.rstrip()
+        separator = "\n\n" if "\n" in template else "\n"
+        return cls(instruction, query_format, head[len(query_format):], separator)
+
+    def query(self, text: str) -> str:
+        return self.query_format.replace("{text}", text)
+
+    def label_text(self, label: str) -> str:
+        return self.label_lead + label
+
+    def shots_block(self, shots: list[tuple[str, str]]) -> str:
+        return "".join(self.query(text) + self.label_text(label) + self.separator for text, label in shots)
+
+
+
+
+def resolve_max_length(verbalizer: Verbalizer, texts: list[str], wanted: int | None, lm) -> int:
+    """`wanted` (--max-length) checked against the model's context window, or a length derived from `texts`.
+
+    Raises:
+        ConfigError: --max-length larger than the context window.
+    """
+    context = check_max_length(wanted, lm)
+    return wanted or verbalizer.derive_max_length(texts, context=context, cap=TRAIN_MAX_TOKENS)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ratings (regression)
+
+
+def rating_label(value: float, value_range: tuple[float, float]) -> str:
+    """The rating "1".."9" nearest to `value` on the task's scale."""
+    return str(int(min(SCALE_POINTS, max(1, round(rating_value(value, value_range))))))
+
+
+def rating_value(value: float, value_range: tuple[float, float]) -> float:
+    """`value` mapped linearly from the task's scale onto the rating scale 1..9."""
+    low, high = value_range
+    return 1.0 + (float(value) - low) / (high - low) * (SCALE_POINTS - 1)
+
+
+def expected_rating(rating_scores: torch.Tensor) -> torch.Tensor:
+    """The expected rating (1..9) under the softmax of the ratings' scores: (n, 9) -> (n,). Differentiable."""
+    ratings = torch.arange(1, SCALE_POINTS + 1, dtype=rating_scores.dtype, device=rating_scores.device)
+    return torch.softmax(rating_scores, dim=-1) @ ratings
+
+
+def rating_to_value(rating, value_range: tuple[float, float]):
+    """A rating on 1..9 mapped back onto the task's scale (the inverse of rating_value)."""
+    low, high = value_range
+    return low + (rating - 1) / (SCALE_POINTS - 1) * (high - low)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One task's verbalizer
+
+
+class Verbalizer:
+    """Texts to label scores, and label scores to Predictions, for one tokenizer, task and prompt format."""
+
+    def __init__(self, tokenizer, *, kind: str, label_names: tuple[str, ...], fmt: PromptFormat,
+                 value_range: tuple[float, float] | None = None, label_words: tuple[str, ...] | None = None):
+        self.tokenizer, self.kind, self.fmt = tokenizer, kind, fmt
+        self.label_names, self.value_range = tuple(label_names), value_range
+        self.label_words = tuple(label_words) if label_words else None  # words the prompt uses for the labels
+        if kind == "classification":
+            self.words = list(self.label_words or label_names)
+        else:
+            self.words = [str(i) for i in range(1, SCALE_POINTS + 1)]
+        self.label_texts = [fmt.label_text(word) for word in self.words]
+        self._overheads: dict[str, int] = {}  # per prefix: computed once, asked for on every batch
+
+    @classmethod
+    def for_task(cls, tokenizer, task, *, template: str | None = None, instruction: str | None = None,
+                 label_words: tuple[str, ...] | None = None):
+        """The verbalizer of `task` (its template, instruction and label names unless others are given)."""
+        fmt = PromptFormat.from_template(template or task.template,
+                                         task.instruction if instruction is None else instruction)
+        return cls(tokenizer, kind=task.kind, label_names=task.labels, fmt=fmt, value_range=task.value_range,
+                   label_words=label_words)
+
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special).input_ids
+
+    def prefix_ids(self, prefix: str) -> list[int]:
+        """The token ids of a prompt's shared start, as they begin the whole prompt (special tokens first)."""
+        return list(special_lead(self.tokenizer)) + self.encode(prefix)
+
+    def pairs(self, prefix: str, texts: list[str], query_prefixes: list[str] | None = None) -> list[list[Pair]]:
+        """Every (text, label) prompt tokenized whole; `query_prefixes` (per-text shots) go between prefix and query."""
+        queries = [self.fmt.query(text) for text in texts]
+        if query_prefixes is not None:
+            queries = [shots + query for shots, query in zip(query_prefixes, queries)]
+        return tokenize_pairs(self.tokenizer, prefix, queries, self.label_texts)
+
+    def overhead(self, prefix: str | None = None) -> int:
+        """Tokens a prompt holds besides its text: the prefix (default: the instruction), the query's template and
+        the longest label (special tokens included)."""
+        prefix = self.fmt.instruction if prefix is None else prefix
+        if prefix not in self._overheads:
+            if len(self._overheads) >= 64:  # per-query shot prefixes (similar selection) would grow it without end
+                self._overheads.clear()
+            self._overheads[prefix] = max(len(pair.ids) for pair in self.pairs(prefix, [""])[0])
+        return self._overheads[prefix]
+
+    def fit(self, texts: list[str], max_length: int, prefix: str | None = None) -> tuple[list[str], int]:
+        """Texts cut (head and tail, fit_text) so that prefix + query + the longest label fits in `max_length`
+        tokens: the template and the cue before the label always survive. Returns the texts and how many were cut."""
+        fitted = fit_texts(self.tokenizer, texts, max(1, max_length - self.overhead(prefix)))
+        return [text for text, _ in fitted], sum(cut for _, cut in fitted)
+
+    def derive_max_length(self, texts: list[str], *, context: int, cap: int | None = None) -> int:
+        """Enough tokens for LENGTH_QUANTILE of the prompts of `texts` (a fixed sample of at most 1,000), capped by
+        the model's context window and by `cap` (a memory budget); never less than the template itself needs."""
+        sample = texts[:: max(1, len(texts) // 1000)][:1000]
+        overhead = self.overhead()
+        lengths = [overhead + len(ids) for ids in self.tokenizer(sample, add_special_tokens=False).input_ids]
+        wanted = length_quantile(lengths, overhead + 1)
+        return max(overhead + 1, min(wanted, context, cap or context))
+
+    def shot_pairs(self, examples) -> list[tuple[str, str]]:
+        if self.kind == "classification":
+            return [(e.text, self.words[self.label_names.index(e.label)]) for e in examples]
+        return [(e.text, rating_label(e.label, self.value_range)) for e in examples]
+
+    def predictions(self, scores: torch.Tensor, calibration: list[float] | None = None) -> Predictions:
+        """Label probabilities (softmax over labels), optionally with the content-free bias divided out."""
+        if calibration is not None:
+            scores = torch.log_softmax(scores, dim=-1) - torch.tensor(calibration)
+        if self.kind == "classification":
+            return Predictions("classification", self.label_names, probs=torch.softmax(scores, dim=-1).numpy())
+        values = rating_to_value(expected_rating(scores.double()), self.value_range)
+        return Predictions("regression", values=values.numpy())
+
+    def describe(self) -> dict:
+        words = {"label_words": list(self.label_words)} if self.label_words else {}
+        return {"kind": self.kind, "labels": list(self.label_names), "value_range": self.value_range,
+                "format": asdict(self.fmt), **words}
+
+    @classmethod
+    def from_description(cls, tokenizer, description: dict) -> Verbalizer:
+        value_range = tuple(description["value_range"]) if description["value_range"] else None
+        return cls(tokenizer, kind=description["kind"], label_names=tuple(description["labels"]),
+                   fmt=PromptFormat(**description["format"]), value_range=value_range,
+                   label_words=description.get("label_words"))
+
+
