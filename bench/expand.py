@@ -23,23 +23,12 @@ from harness import run_tunelab
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.generation.expand import (
-    ExpandConfig,
-    generate_candidates,
-    read_concepts,
-    read_shots,
-    render_prompt,
-    shared_prefix,
-)
-from tunelab.generation.terms import (
-    Term,
-    at_word_boundaries,
-    build_automaton,
-    find_terms,
-    match_key,
-    written_without_spaces,
-)
+from tunelab.config import ExpandConfig
+from tunelab.generation.concepts import read_concepts, read_shots
+from tunelab.generation.prompts import generate_candidates, render_prompt, shared_prefix
+from tunelab.generation.terms import Term, term_entries
 from tunelab.models import load_model
+from tunelab.offline.matching import at_word_boundaries, build_automaton, find_terms, match_key, written_without_spaces
 
 LANGUAGES = "de,fr,es,it,pt,nl,pl,ru,ja,zh"
 REPEATS = 3  # each throughput arm runs this many times; the table shows the median (single runs varied by 20%)
@@ -119,7 +108,7 @@ def naive_find(terms: list[Term], text: str) -> list[tuple]:
 
 def match_latency(n_terms: int, n_texts: int) -> tuple[list[tuple], int]:
     terms = cldr_terms(n_terms)
-    automaton = build_automaton(terms)
+    automaton = build_automaton(term_entries(terms))
     rng = random.Random(1)
     words = [t.text for t in rng.sample(terms, 2000)] + "the of and to in flights from with for news".split() * 100
     texts = []

@@ -9,9 +9,9 @@ from transformers import BertConfig, BertModel
 from tunelab.errors import ConfigError, InputError
 from tunelab.models import make_model
 from tunelab.predictor import load_predictor, predict, save_predictor
-from tunelab.rungs.distill import _student_loss, distill, DistillConfig, kd_loss, read_transfer_texts, soften
-from tunelab.rungs.students import make_student, prune_layers
+from tunelab.rungs.distill import DistillConfig, _student_loss, distill, kd_loss, read_transfer_texts, soften
 from tunelab.rungs.prompting import PromptConfig, few_shot
+from tunelab.rungs.students import make_student, prune_layers
 from tunelab.rungs.tuning import TuneConfig, finetune
 
 

@@ -10,25 +10,19 @@ from helpers import LoopbackServer, one_error_line, run_cli
 
 from tunelab.config import COUNTRY_LANGUAGES, ExpandConfig, language_codes
 from tunelab.errors import ConfigError, InputError
-from tunelab.generation.expand import (
-    Concept,
-    Shot,
-    country_concepts,
-    country_reference,
-    evaluate_terms,
-    expand,
-    read_concepts,
-)
-from tunelab.generation.terms import Term, TermStore, build_automaton, find_terms, normalise_term
+from tunelab.generation.concepts import Concept, Shot, country_concepts, country_reference, read_concepts
+from tunelab.generation.expand import evaluate_terms, expand
+from tunelab.generation.terms import Term, TermStore, normalise_term, term_entries
 from tunelab.generation.tuning import GENERATOR_FILE, generator_shots, tune_generator
 from tunelab.models import load_model
+from tunelab.offline.matching import build_automaton, find_terms
 from tunelab.offline.serve import ServeConfig, create_app
 
 SHOTS = [Shot("good", "fr", "bon")]
 
 
 def automaton(*texts):
-    return build_automaton([Term(f"c{i}", "xx", text, 0.0) for i, text in enumerate(texts)])
+    return build_automaton(term_entries([Term(f"c{i}", "xx", text, 0.0) for i, text in enumerate(texts)]))
 
 
 def found(text, *terms):
@@ -51,7 +45,7 @@ def test_case_folding_and_nfc_keep_spans_on_the_original_text():
 
 
 def test_match_lists_every_concept_of_a_shared_term_and_respects_the_limit():
-    shared = build_automaton([Term("A", "en", "Georgia", 0.0), Term("B", "en", "Georgia", 0.0)])
+    shared = build_automaton(term_entries([Term("A", "en", "Georgia", 0.0), Term("B", "en", "Georgia", 0.0)]))
     matches, truncated = find_terms(shared, "Georgia and Georgia", 3)
     assert [m["concept"] for m in matches] == ["A", "B", "A"] and truncated
 
@@ -65,7 +59,7 @@ def test_normalise_term_trims_quotes_and_collapses_spaces():
 def test_expand_stores_terms_with_provenance_and_resumes_without_generating_twice(tiny_model, tmp_path,
                                                                                    monkeypatch):
     # A random model seldom ends a line: let every token end a candidate, so that each one is finished and stored.
-    monkeypatch.setattr("tunelab.generation.expand.stop_token_ids", lambda tokenizer: list(range(len(tokenizer))))
+    monkeypatch.setattr("tunelab.generation.prompts.stop_token_ids", lambda tokenizer: list(range(len(tokenizer))))
     concepts = [Concept("P", ("good",)), Concept("N", ("bad",))]
     config = ExpandConfig(languages=("fr", "de"), per_language=2, max_new_tokens=3, batch_size=3,
                           decoding="sample")
@@ -180,7 +174,7 @@ def test_expand_command_refuses_bad_input_before_loading_a_model(tmp_path):
 
 
 def test_the_shared_prefix_cache_changes_no_candidate(tiny_model):
-    from tunelab.generation.expand import generate_candidates, render_prompt, shared_prefix, stop_token_ids
+    from tunelab.generation.prompts import generate_candidates, render_prompt, shared_prefix, stop_token_ids
 
     shots = [Shot("good", "fr", "bon"), Shot("bad", "de", "schlecht")]
     prompts = [render_prompt(tiny_model.tokenizer, shots, source, lang)[0]

@@ -124,7 +124,7 @@ def test_metrics_are_labelled_by_route_never_by_raw_path(store_path):
 
 
 def test_match_sees_rows_added_after_start_up(store_path, predictor_dirs, monkeypatch):
-    monkeypatch.setattr("tunelab.offline.serve.MATCHER_CHECK_S", 0.0)
+    monkeypatch.setattr("tunelab.offline.matching.MATCHER_CHECK_S", 0.0)
     with LoopbackServer(create_app(ServeConfig(store=store_path))) as client:
         assert client.post("/match", json={"text": "a grim day"}).json()["matches"] == []
         store = Store(store_path)

@@ -40,8 +40,8 @@ from transformers import (
 from tunelab.models import make_model
 from tunelab.predictor import load_predictor, predict, save_predictor
 from tunelab.rungs.causal_lm import CausalLMPredictor
-from tunelab.rungs.students import prune_layers
 from tunelab.rungs.prompting import PromptConfig, few_shot
+from tunelab.rungs.students import prune_layers
 from tunelab.rungs.tuning import TuneConfig, finetune
 from tunelab.scoring.length import fit_text
 from tunelab.scoring.tokens import score_reference

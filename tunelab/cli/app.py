@@ -311,7 +311,7 @@ def expand_tune(
     overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """LoRA-tune the generator on (name, language) -> name pairs, loss on the name only; use it with expand."""
-    from tunelab.generation.expand import read_pairs
+    from tunelab.generation.concepts import read_pairs
     from tunelab.generation.tuning import tune_generator
     from tunelab.report.console import fact_lines
 

@@ -5,9 +5,7 @@ The term store is its own SQLite file (WAL, one transaction per batch, like the 
 one `done` row per (concept, language) a generator has finished, so an interrupted `expand` resumes where it stopped
 and never generates a pair twice.
 
-Matching is on Unicode NFC, case-folded text. A term in a script written with spaces between words must sit at word
-boundaries ("Peru" is not found in "Perugia"); a term in a script written without them (Han, kana, Thai, ...) is
-found as a substring.
+Serving finds the terms in live text through offline/matching.py (`term_entries` says what it indexes).
 """
 
 from __future__ import annotations
@@ -18,30 +16,16 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-import ahocorasick
-
 from tunelab.errors import InputError
-from tunelab.offline.store import FreshView, connect
+from tunelab.offline.matching import match_key
+from tunelab.offline.store import connect
 
-# Scripts written without spaces between words: a term in them matches anywhere (Unicode blocks, inclusive).
-NO_SPACE_BLOCKS = ((0x0E00, 0x0EFF), (0x0F00, 0x0FFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x3040, 0x30FF),
-                   (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
 _EDGE_PUNCTUATION = " \t\"'`.,;:!?()[]{}«»“”„‘’‚‹›「」『』。、・-–—*_"
-MATCHER_CHECK_S = 1.0  # how often a serving matcher looks for terms added since it was built
 
 
 def normalise_term(text: str) -> str:
     """A generated candidate as stored: NFC, whitespace collapsed, quotes and punctuation trimmed off its ends."""
     return " ".join(unicodedata.normalize("NFC", text).split()).strip(_EDGE_PUNCTUATION)
-
-
-def match_key(text: str) -> str:
-    """What matching compares: NFC, then case-folded (so "STRASSE" finds "Straße")."""
-    return unicodedata.normalize("NFC", text).casefold()
-
-
-def written_without_spaces(term: str) -> bool:
-    return any(low <= ord(char) <= high for char in term for low, high in NO_SPACE_BLOCKS)
 
 
 def _migration_1(db: sqlite3.Connection) -> None:
@@ -139,59 +123,6 @@ class TermStore:
         return self.db.execute("SELECT count(*) FROM terms").fetchone()[0]
 
 
-def build_automaton(terms: list[Term]) -> ahocorasick.Automaton:
-    """One Aho-Corasick automaton over every term's match key; a key shared by several concepts lists them all."""
-    by_key: dict[str, list[dict]] = {}
-    for term in terms:
-        key = match_key(term.text)
-        if key:
-            by_key.setdefault(key, []).append({"concept": term.concept, "language": term.language,
-                                               "term": term.text})
-    automaton = ahocorasick.Automaton()
-    for key, found in by_key.items():
-        automaton.add_word(key, (key, not written_without_spaces(key), found))
-    if len(automaton) > 0:
-        automaton.make_automaton()
-    return automaton
-
-
-def at_word_boundaries(text: str, start: int, end: int) -> bool:
-    return (start == 0 or not text[start - 1].isalnum()) and (end == len(text) or not text[end].isalnum())
-
-
-def find_terms(automaton: ahocorasick.Automaton, text: str, limit: int) -> tuple[list[dict], bool]:
-    """Up to `limit` matches of stored terms in `text`, and whether there were more. Spans index the NFC form
-    of `text` (the same string for the NFC text most clients send)."""
-    text = unicodedata.normalize("NFC", text)
-    folded = text.casefold()
-    origin = None
-    if len(folded) != len(text):  # a character folds to several ("ß" -> "ss"): map folded offsets back
-        origin = [i for i, char in enumerate(text) for _ in char.casefold()] + [len(text)]
-    matches = []
-    if len(automaton) == 0:
-        return matches, False
-    for end, (key, needs_boundaries, found) in automaton.iter(folded):
-        start, stop = end - len(key) + 1, end + 1
-        if origin is not None:
-            start, stop = origin[start], origin[stop - 1] + 1
-        if needs_boundaries and not at_word_boundaries(text, start, stop):
-            continue
-        for entry in found:
-            if len(matches) == limit:
-                return matches, True
-            matches.append({**entry, "start": start, "end": stop, "matched": text[start:stop]})
-    return matches, False
-
-
-class TermMatcher:
-    """The serving side: the automaton over a term store, rebuilt when the store has changed, and `find`."""
-
-    def __init__(self, store: TermStore):
-        self.view = FreshView(store, lambda: build_automaton(store.terms()), MATCHER_CHECK_S)
-
-    @property
-    def automaton(self) -> ahocorasick.Automaton:
-        return self.view.current()
-
-    def find(self, text: str, limit: int) -> tuple[list[dict], bool]:
-        return find_terms(self.view.current(), text, limit)
+def term_entries(terms: list[Term]) -> list[tuple[str, dict]]:
+    """What the matcher indexes for each stored term: its text, and the concept and language it names."""
+    return [(t.text, {"concept": t.concept, "language": t.language, "term": t.text}) for t in terms]

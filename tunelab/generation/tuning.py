@@ -21,7 +21,8 @@ import torch
 from tunelab.atomic import replace_folder
 from tunelab.config import GeneratorTuneConfig
 from tunelab.errors import ConfigError
-from tunelab.generation.expand import Shot, render_prompt
+from tunelab.generation.concepts import Shot
+from tunelab.generation.prompts import render_prompt
 from tunelab.models import Model, count_parameters
 from tunelab.training import adamw, training_step
 

@@ -12,7 +12,6 @@ import asyncio
 import time
 import unicodedata
 
-import ahocorasick
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -22,13 +21,13 @@ from pydantic import BaseModel, Field
 
 from tunelab.config import ServeConfig
 from tunelab.errors import ConfigError
-from tunelab.generation.terms import TermMatcher, TermStore, at_word_boundaries
+from tunelab.generation.terms import TermStore, term_entries
 from tunelab.offline.bulk import normalise, text_key
-from tunelab.offline.store import FreshView, Store
+from tunelab.offline.matching import Matcher
+from tunelab.offline.store import Store
 from tunelab.predictor import load_predictor, read_artifact_json
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
-MATCHER_CHECK_S = 1.0  # how often /match looks for rows added to the store since its term list was built
 
 
 class BatchRequest(BaseModel):
@@ -53,41 +52,6 @@ def _answering_fingerprint(store: Store, config: ServeConfig) -> str:
     if wanted not in stored and config.on_miss != "live":
         raise ConfigError(f"{config.store} holds no predictions of model {wanted} (it has: {', '.join(stored)})")
     return wanted
-
-
-# -- /match: stored terms found in live text ----------------------------------------------------------------------
-def _term_matcher(store: Store, fingerprint: str) -> ahocorasick.Automaton:
-    """Every stored input of this model as a pattern of an Aho-Corasick automaton (one pass over live text)."""
-    automaton = ahocorasick.Automaton()
-    for stored in store.rows(fingerprint):
-        automaton.add_word(stored.input, (stored.input, stored.as_dict()))
-    if len(automaton) > 0:
-        automaton.make_automaton()
-    return automaton
-
-
-class _Matcher:
-    """The automaton over a prediction store's inputs, rebuilt when the store has changed (store.FreshView)."""
-
-    def __init__(self, store: Store, fingerprint: str):
-        self.view = FreshView(store, lambda: _term_matcher(store, fingerprint), MATCHER_CHECK_S)
-
-    @property
-    def automaton(self) -> ahocorasick.Automaton:
-        return self.view.current()
-
-    def find(self, text: str, limit: int) -> tuple[list[dict], bool]:
-        """Up to `limit` whole-word matches in `text`, and whether there were more."""
-        automaton, matches = self.view.current(), []
-        if len(automaton) == 0:
-            return matches, False
-        for end, (term, stored) in automaton.iter(text):
-            start = end - len(term) + 1
-            if at_word_boundaries(text, start, end + 1):
-                if len(matches) == limit:
-                    return matches, True
-                matches.append({"term": term, "start": start, "end": end + 1, **stored})
-        return matches, False
 
 
 # -- live misses ----------------------------------------------------------------------------------------------------
@@ -259,8 +223,13 @@ def create_app(config: ServeConfig) -> FastAPI:
     casefold = bool(store.description(fingerprint).get("casefold", False)) if store else False  # as it was written
     live = (_LiveModel(load_predictor(config.model), config.live_batch, config.max_live_pending)
             if config.on_miss == "live" else None)
-    terms = TermMatcher(TermStore(config.terms, read_only=True)) if config.terms is not None else None
-    matcher = terms or _Matcher(store, fingerprint)
+    terms = None
+    if config.terms is not None:
+        term_store = TermStore(config.terms, read_only=True)
+        terms = Matcher(term_store, lambda: term_entries(term_store.terms()))
+    # a prediction store's inputs are matched as they were normalised when stored (case-folded only with --casefold)
+    matcher = terms or Matcher(store, lambda: [(row.input, {"term": row.input, **row.as_dict()})
+                                               for row in store.rows(fingerprint)], fold=False)
 
     registry = CollectorRegistry()
     requests = Counter("tunelab_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
