@@ -35,7 +35,8 @@ from tunelab.offline.bulk import BulkConfig, normalise, predict_all, text_key
 from tunelab.offline.store import Store
 from tunelab.predictor import save_predictor
 from tunelab.rungs.prompting import PromptConfig, few_shot
-from tunelab.tasks import load_task, vader_lexicon
+from tunelab.tasks import load_task
+from tunelab.tasks.builtin import vader_lexicon
 
 WRK_SCRIPT = """
 local terms = {}

@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunelab.errors import InputError
-from tunelab.tasks import Example, load_task, make_task, read_examples, subjectivity_lexicon, vader_lexicon
+from tunelab.tasks import Example, load_task, make_task, read_examples
+from tunelab.tasks.builtin import subjectivity_lexicon, vader_lexicon
 
 
 def _write(path, text):

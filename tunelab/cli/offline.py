@@ -1,0 +1,122 @@
+"""The commands of offline inference and generation: predict, serve, store info and export, expand, expand-tune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer import Option
+
+from tunelab import config as configs
+from tunelab.cli.app import app, err_console, quiet_transformers, store_app
+from tunelab.cli.flags import (
+    BASE_MODEL,
+    JSON,
+    OVERWRITE,
+    PREDICTOR,
+    config_from,
+    load_base,
+    print_lines,
+    progress,
+    with_config_flags,
+)
+
+
+@app.command()
+@with_config_flags(configs.ExpandConfig)
+def expand(
+    concepts: str = Option(..., "--concepts", help='Concepts JSONL ({"id": ..., "names": [...]} a line) or countries.'),
+    store: Path = Option(..., "--store", help="The SQLite term store to fill (resumable)."),
+    examples: Optional[Path] = Option(None, help="Few-shot JSONL: source, language, name."),
+    verify: Optional[Path] = Option(None, help="A saved yes/no predictor judging each candidate."),
+    limit: Optional[int] = Option(None, help="Only the first N concepts."),
+    evaluate: Optional[str] = Option(None, "--evaluate", help="Reference JSONL (id, language, names) or countries."),
+    model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
+):
+    """Generate names of concepts in many languages offline into a term store (then: serve --terms)."""
+    from tunelab.generation.expand import run_expand, summary_lines
+
+    config = config_from(configs.ExpandConfig, given)
+    with progress() as bars:
+        report = run_expand(lambda: load_base(model), concepts, store, config, model_spec=model, examples=examples,
+                            verify=verify, limit=limit, reference=evaluate,
+                            on_total=bars.total("generating"), on_progress=bars.bar("generating"))
+    print_lines(report, summary_lines(report), as_json)
+
+
+@app.command("expand-tune")
+@with_config_flags(configs.GeneratorTuneConfig)
+def expand_tune(
+    pairs: str = Option(..., "--pairs", help="Training pairs JSONL (source, language, name) or countries-train."),
+    out: Path = Option(..., "--out", help="Folder for the tuned generator (LoRA merged)."),
+    languages: Optional[str] = Option(None, help="Languages of the countries-train pairs (default: 50)."),
+    overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
+):
+    """LoRA-tune the generator on (name, language) -> name pairs, loss on the name only; use it with expand."""
+    from tunelab.generation.concepts import read_pairs
+    from tunelab.generation.tuning import tune_generator
+    from tunelab.report.console import fact_lines
+
+    config = config_from(configs.GeneratorTuneConfig, given)
+    training = read_pairs(pairs, configs.language_codes(languages or configs.COUNTRY_LANGUAGES))
+    with progress() as bars:
+        facts = tune_generator(load_base(model), training, out, config, overwrite=overwrite,
+                               on_step=bars.bar("LoRA: training the generator", len(training) * config.epochs))
+    print_lines(facts, fact_lines(facts), as_json)
+
+
+
+
+@app.command("predict")
+@with_config_flags(configs.BulkConfig)
+def predict_command(
+    model: Path = PREDICTOR, input: Path = Option(..., "--input", help="Texts: one per line, JSONL, or CSV."),
+    store: Path = Option(..., "--store", help="The SQLite prediction store to fill."),
+    text_field: str = Option("text", help="Field holding the input text (JSONL or CSV)."),
+    as_json: bool = JSON, *, given: dict,
+):
+    """Offline inference: predict every new distinct input into a store; reruns compute only what is missing."""
+    from tunelab.offline.bulk import predict_file
+    from tunelab.report.console import fact_lines
+
+    quiet_transformers()
+    with progress() as bars:
+        counts = predict_file(model, input, store, config_from(configs.BulkConfig, given), text_field=text_field,
+                              on_total=bars.total("predicting new inputs"),
+                              on_progress=bars.bar("predicting new inputs"))
+    print_lines(counts, fact_lines(counts), as_json)
+
+
+@app.command("serve")
+@with_config_flags(configs.ServeConfig)
+def serve_command(*, given: dict):
+    """Serve stored predictions over HTTP (FastAPI + uvicorn): /predict, /match, /healthz, /metrics, /docs."""
+    from tunelab.offline.serve import serve
+
+    config = config_from(configs.ServeConfig, given)
+    quiet_transformers()
+    serve(config, say=err_console.print)
+
+
+@store_app.command("info")
+def store_info(store: Path = typer.Argument(..., help="A prediction store."), as_json: bool = JSON):
+    """Rows per model fingerprint and per label."""
+    from tunelab.offline.store import read_summary, summary_lines
+
+    summary = read_summary(store)
+    print_lines(summary, summary_lines(summary, store), as_json)
+
+
+@store_app.command("export")
+def store_export(
+    store: Path = typer.Argument(..., help="A prediction store."),
+    out: Path = typer.Argument(..., help="Destination: .jsonl, or .csv."),
+    fingerprint: Optional[str] = Option(None, help="Only this model's rows."),
+):
+    """Export stored predictions as JSONL or CSV."""
+    from tunelab.offline.store import export_store
+
+    err_console.print(f"wrote {export_store(store, out, fingerprint):,} rows to {out}")
+
+

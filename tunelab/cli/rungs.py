@@ -1,0 +1,204 @@
+"""The commands of the ladder's rungs: info, prompt, tune, baseline, distill, eval, bias and ladder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from typer import Option
+
+from tunelab import config as configs
+from tunelab.cli.app import app, err_console, quiet_transformers
+from tunelab.cli.flags import (
+    BASE_MODEL,
+    JSON,
+    OVERWRITE,
+    PREDICTOR,
+    config_fields,
+    config_from,
+    given_flags,
+    load_base,
+    load_saved,
+    load_task_from,
+    print_lines,
+    print_results,
+    progress,
+    with_config_flags,
+)
+from tunelab.tasks import TaskSource
+
+
+@app.command()
+def info(model: str = BASE_MODEL, as_json: bool = JSON):
+    """Model facts: architecture, layers, hidden size, vocabulary, parameter counts, device, dtype."""
+    from tunelab.predictor import describe_artifact, is_artifact
+    from tunelab.report.console import fact_lines
+
+    facts = describe_artifact(load_saved(Path(model))) if is_artifact(model) else load_base(model).describe()
+    print_lines(facts, fact_lines(facts), as_json)
+
+
+@app.command()
+@with_config_flags(TaskSource, configs.PromptConfig, configs.SearchConfig)
+def prompt(
+    shots: str = Option("0", help="K, or a comma list to compare (0 zero-shot, 1 one-shot, K few-shot)."),
+    save: Optional[Path] = Option(None, help="Write the prompt predictor to this folder."),
+    search: bool = Option(False, "--search", help="Try prompt configurations on held-out training examples."),
+    sensitivity: bool = Option(False, "--sensitivity", help="Quality spread over shot sets, orders, templates, K."),
+    model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
+):
+    """Zero-, one- or few-shot prompting, scored by label log-likelihood on the test split."""
+    from tunelab.rungs.prompting import prompt_configs, run_prompts
+
+    flags = config_fields(configs.PromptConfig, given)
+    variants = prompt_configs("0" if search or sensitivity else shots, save=save, **flags)
+    loaded_task = load_task_from(given)
+    if search or sensitivity:
+        search_config = config_from(configs.SearchConfig, given)
+        return _prompt_search(variants[0], loaded_task, search_config, model, save, sensitivity, as_json)
+    with progress() as bars:
+        results = run_prompts(lambda: load_base(model), loaded_task, variants, save=save, on_progress=lambda config: (
+            bars.bar(f"K={config.shots}: scoring {loaded_task.name}", len(loaded_task.test))))
+    print_results(results, as_json, f"prompting on {loaded_task.name} ({len(loaded_task.test)} test examples)")
+    for note in [loaded_task.split_note, *(f"K={r['shots']}: {n}" for r in results for n in r["notes"])]:
+        if note:
+            err_console.print(note)
+
+
+def _prompt_search(base, loaded_task, config, model: str, save, sensitivity: bool, as_json: bool) -> None:
+    """`prompt --search` (or --sensitivity): the prompt flags are the base configuration."""
+    from tunelab.rungs.search import run_search, search_lines, sensitivity_lines
+    from tunelab.rungs.search import sensitivity as measure_sensitivity
+
+    if sensitivity:
+        with err_console.status("scoring prompt variants"):
+            rows = measure_sensitivity(load_base(model), loaded_task, base, config)
+        return print_lines({"task": loaded_task.name, "sensitivity": rows}, sensitivity_lines(rows, loaded_task.name),
+                            as_json)
+    with progress() as bars:
+        tried = bars.bar("configurations tried")
+        result, test_result = run_search(lambda: load_base(model), loaded_task, base, config, save=save,
+                                         on_config=lambda row: tried(1))
+    print_lines(test_result, search_lines(result, test_result), as_json)
+
+
+@app.command()
+@with_config_flags(TaskSource, configs.TuneConfig)
+def tune(
+    out: Path = Option(..., "--out", help="Folder for the tuned predictor (and its checkpoints)."),
+    resume: bool = Option(False, "--resume", help="Continue an interrupted run in --out."),
+    overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
+):
+    """Fine-tune the base model (full or LoRA) on a task, evaluate it and save it."""
+    from tunelab.rungs.tuning import finetune, run_summary, training_examples
+
+    config, loaded_task = config_from(configs.TuneConfig, given), load_task_from(given)
+    base = load_base(model)
+    with progress() as bars:
+        predictor = finetune(base, loaded_task, config, out_dir=out, resume=resume, overwrite=overwrite,
+                             on_step=bars.bar(f"{config.method}: training", training_examples(loaded_task, config)),
+                             on_epoch_end=bars.note("epoch, validation loss"),
+                             on_eval_progress=bars.bar("scoring the test split", len(loaded_task.test)))
+    print_results([run_summary(predictor, out)], as_json, f"{config.method} fine-tuning on {loaded_task.name}, "
+                                                      f"saved to {out}")
+
+
+@app.command()
+@with_config_flags(TaskSource, configs.BaselineConfig)
+def baseline(
+    out: Path = Option(..., "--out", help="Folder for the baseline predictor."),
+    overwrite: bool = OVERWRITE, as_json: bool = JSON, *, given: dict,
+):
+    """A classical baseline (TF-IDF or frozen embeddings + a linear model), evaluated and saved as a predictor."""
+    from tunelab.rungs.baseline import fit_baseline, summary_lines
+
+    config, loaded_task = config_from(configs.BaselineConfig, given), load_task_from(given)
+    quiet_transformers()
+    with err_console.status(f"fitting the {config.method} baseline"):
+        predictor = fit_baseline(loaded_task, config, out_dir=out, overwrite=overwrite)
+    print_results([predictor.meta["metrics"]], as_json, f"{config.method} baseline on {loaded_task.name}")
+    if not as_json:
+        err_console.print("\n".join(summary_lines(predictor, out)), highlight=False, markup=False)
+
+
+
+
+@app.command()
+@with_config_flags(TaskSource, configs.DistillConfig)
+def distill(
+    teacher: Path = Option(..., "--teacher", help="A saved tunelab predictor folder (the teacher)."),
+    out: Path = Option(..., "--out", help="Folder for the student predictor."),
+    transfer: Optional[Path] = Option(None, help="Unlabeled texts for the teacher to label (lines, JSONL, CSV)."),
+    as_json: bool = JSON, *, given: dict,
+):
+    """Distil a teacher into a smaller, faster student; report how much faster and how much worse."""
+    from tunelab.rungs.distill import distill as run_distill
+    from tunelab.rungs.distill import read_transfer_texts, summary_lines
+
+    config, loaded_task = config_from(configs.DistillConfig, given), load_task_from(given)
+    transfer_texts = read_transfer_texts(transfer) if transfer is not None else None
+    teacher_predictor = load_saved(teacher)
+    with progress() as bars:
+        _, report = run_distill(teacher_predictor, loaded_task, config, out_dir=out, transfer_texts=transfer_texts,
+                                teacher_name=str(teacher), on_label_progress=bars.bar("teacher labels transfer set"),
+                                on_step=bars.bar("student learns"),
+                                on_eval_progress=bars.bar("scoring teacher and student", 2 * len(loaded_task.test)))
+    print_lines(report, summary_lines(report, out), as_json)
+
+
+
+
+@app.command()
+@with_config_flags(TaskSource, configs.BiasConfig)
+def bias(model: Path = PREDICTOR, as_json: bool = JSON, *, given: dict):
+    """Quality per data slice (fairlearn) and counterfactual name probes, with a verdict."""
+    from tunelab.measure.bias import bias_report, check_inputs, summary_lines
+
+    config, loaded_task = config_from(configs.BiasConfig, given), load_task_from(given)
+    check_inputs(loaded_task, config)  # a bad slice field or probe file fails before the model loads
+    predictor = load_saved(model)
+    with err_console.status("scoring slices and probes"):
+        report = bias_report(predictor, loaded_task, config)
+    print_lines(report, summary_lines(report), as_json)
+
+
+@app.command()
+@with_config_flags(TaskSource, configs.LadderConfig)
+def ladder(
+    out: Path = Option(..., "--out", help="Run folder: one subfolder per rung, plus the reports."),
+    model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
+):
+    """Run every rung on one task; write report.html, report.md and report.json; name the cheapest good rung."""
+    from tunelab.ladder import ladder_task, run
+    from tunelab.report.ladder import summary_lines
+
+    config = config_from(configs.LadderConfig, given)
+    loaded_task = ladder_task(config_from(TaskSource, given), config)
+    base = load_base(model)
+    with progress(transient=False) as bars:
+        done = bars.bar("ladder: rungs done", len(config.rungs))
+        report = run(base, loaded_task, config, out, on_step=lambda rung, state: done(int(state != "start")))
+    print_lines(report, summary_lines(report, out), as_json)
+
+
+@app.command("eval")
+@with_config_flags(TaskSource)
+def eval_command(
+    model: Path = PREDICTOR, batch_size: Optional[int] = Option(None, help="Examples per forward pass."),
+    as_json: bool = JSON, *, given: dict,
+):
+    """Evaluate any saved predictor on a task's test split."""
+    from tunelab.measure.evaluate import evaluate
+    from tunelab.predictor import check_fits_task
+
+    loaded_task = load_task_from(given)
+    predictor = load_saved(model)
+    check_fits_task(predictor, loaded_task, str(model))
+    with progress() as bars:
+        result = evaluate(predictor, loaded_task, **given_flags(batch_size=batch_size),
+                          on_progress=bars.bar(f"scoring {loaded_task.name}", len(loaded_task.test)))
+    print_results([result], as_json, f"{model} on {loaded_task.name}")
+
+
+if __name__ == "__main__":
+    app()

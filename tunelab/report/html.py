@@ -1,0 +1,145 @@
+"""The ladder's self-contained report.html: plotly figures (plotly.js inlined once, so the file works offline), a
+sortable table, a card per rung, the recommendation and the bias verdicts. plotly rather than altair: one Python
+package that carries its own JavaScript, no separate Vega bundles to inline."""
+
+from __future__ import annotations
+
+import html
+
+from tunelab.report.console import with_interval
+from tunelab.report.ladder import _rows, _search_lines, recommendation_lines, verdict_lines
+
+
+def _figures(report: dict) -> dict:
+    import plotly.graph_objects as go
+
+    rows, metric = _rows(report), report["choice"]["metric"]
+    layout = dict(template="plotly_white", height=380, width=560, margin=dict(l=60, r=20, t=40, b=50),
+                  showlegend=False)
+
+    def error_bars(rows):
+        return dict(type="data", symmetric=False, array=[(r["interval"] or [r["quality"]] * 2)[1] - r["quality"]
+                                                         for r in rows],
+                    arrayminus=[r["quality"] - (r["interval"] or [r["quality"]] * 2)[0] for r in rows])
+
+    def scatter(x_key, x_title, title):
+        figure = go.Figure(go.Scatter(
+            x=[r[x_key] for r in rows], y=[r["quality"] for r in rows], mode="markers+text",
+            text=[r["rung"] for r in rows], textposition="top right", error_y=error_bars(rows),
+            hovertemplate="%{text}: " + metric + " %{y:.3f}, " + x_title + " %{x:,.4g}<extra></extra>"))
+        return figure.update_layout(title=title, xaxis=dict(title=x_title, type="log"), yaxis_title=metric,
+                                    **layout)
+
+    figures = {"quality-vs-params": scatter("params_total", "parameters (total)", "Quality vs parameters"),
+               "quality-vs-speed": scatter("examples_per_s", "examples per second", "Quality vs serving speed"),
+               "quality-vs-build": scatter("train_seconds", "seconds to build",
+                                           "Quality vs cost to build")}
+    figures["quality-vs-build"].update_xaxes(type="linear")
+    slices = go.Figure()
+    key = "accuracy" if metric == "accuracy" else "mae"
+    for rung, result in report["rungs"].items():
+        by_group = result["bias"]["slices"]["by_group"]
+        slices.add_bar(name=rung, x=list(by_group), y=[values.get(key, 0.0) for values in by_group.values()],
+                       hovertemplate=rung + " %{x}: %{y:.3f}<extra></extra>")
+    figures["per-slice"] = slices.update_layout(title=f"{key} per slice", barmode="group", yaxis_title=key,
+                                                **{**layout, "showlegend": True})
+    if report["few_shot_curve"]:
+        points = report["few_shot_curve"]
+        curve = go.Figure(go.Scatter(x=[p["shots"] for p in points], y=[p["quality"] for p in points],
+                                     mode="lines+markers", name="test quality (balanced K-shot)"))
+        spread = [r for r in report.get("sensitivity", []) if r["shots"] is not None]
+        if spread:
+            curve.add_scatter(x=[r["shots"] for r in spread], y=[r["median"] for r in spread], mode="markers",
+                              name=f"validation median over {spread[0]['factor']}s (min-max bar)",
+                              error_y=dict(type="data", symmetric=False, array=[r["max"] - r["median"] for r in spread],
+                                           arrayminus=[r["median"] - r["min"] for r in spread]))
+        figures["few-shot-curve"] = curve.update_layout(title="Few-shot curve", xaxis_title="shots (K)",
+                                                        yaxis_title=metric, **{**layout, "showlegend": True})
+    if report.get("sensitivity"):
+        rows_s = report["sensitivity"]
+        names = [f"{r['factor']} {'all K' if r['shots'] is None else 'K=' + str(r['shots'])}" for r in rows_s]
+        figures["prompt-sensitivity"] = go.Figure(go.Scatter(
+            x=names, y=[r["median"] for r in rows_s], mode="markers",
+            error_y=dict(type="data", symmetric=False, array=[r["max"] - r["median"] for r in rows_s],
+                         arrayminus=[r["median"] - r["min"] for r in rows_s]))).update_layout(
+            title="Prompt sensitivity (min / median / max on validation)", yaxis_title=metric, **layout)
+    return figures
+
+
+_SORT_SCRIPT = """
+// Click a column header to sort by it (numbers by value). Hand-written: a dozen lines, no library needed.
+document.querySelectorAll("table.sortable th").forEach((header, column) => header.addEventListener("click", () => {
+  const body = header.closest("table").tBodies[0];
+  const key = row => { const t = row.cells[column].dataset.value ?? row.cells[column].textContent;
+                       const n = parseFloat(t.replace(/,/g, "")); return isNaN(n) ? t : n; };
+  const ascending = header.dataset.order !== "asc";
+  header.dataset.order = ascending ? "asc" : "desc";
+  [...body.rows].sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (ascending ? 1 : -1))
+    .forEach(row => body.appendChild(row));
+}));
+"""
+
+
+def html_page(report: dict) -> str:
+    import plotly.offline
+
+    rows, metric = _rows(report), report["choice"]["metric"]
+    escape = html.escape
+    columns = [("rung", "rung", str), (f"{metric} [95% interval]", "quality", None),
+               ("standing", "standing", str), ("examples/s", "examples_per_s", "{:.1f}".format),
+               ("latency ms", "latency_ms", "{:.1f}".format), ("params total", "params_total", "{:,}".format),
+               ("params trainable", "params_trainable", "{:,}".format),
+               ("build s", "train_seconds", "{:.1f}".format), ("peak RSS MB", "peak_rss_mb", "{:,.0f}".format),
+               ("cut / max tokens", "length", str), ("slice gap", "slice_gap", None),
+               ("counterfactual gap", "counterfactual_gap", None), ("probe verdict", "verdict", str)]
+    intervals = {"quality": "interval", "slice_gap": "slice_gap_interval",
+                 "counterfactual_gap": "counterfactual_interval"}
+
+    def td(row, key, show):
+        text = with_interval(row[key], row[intervals[key]]) if show is None else show(row[key])
+        return f"<td data-value='{escape(str(row[key]))}'>{escape(text)}</td>"
+
+    table = ("<table id='rungs' class='sortable'><thead><tr>"
+             + "".join(f"<th title='click to sort'>{escape(name)}</th>" for name, _, _ in columns)
+             + "</tr></thead><tbody>"
+             + "".join("<tr>" + "".join(td(row, key, show) for _, key, show in columns) + "</tr>" for row in rows)
+             + "</tbody></table>")
+    cards = "".join(
+        f"<div class='card' id='card-{escape(r['rung'])}'><h3>{escape(r['rung'])}</h3><dl>"
+        f"<dt>{metric}</dt><dd>{escape(with_interval(r['quality'], r['interval']))}</dd>"
+        f"<dt>build</dt><dd>{r['train_seconds']:.1f} s, peak RSS {r['peak_rss_mb']:,.0f} MB</dd>"
+        f"<dt>serving</dt><dd>{r['latency_ms']:.2f} ms per example ({r['examples_per_s']:.1f}/s)</dd>"
+        f"<dt>parameters</dt><dd>{r['params_total']:,} total, {r['params_trainable']:,} trainable</dd>"
+        f"<dt>fingerprint</dt><dd><code>{escape(r['fingerprint'])}</code></dd></dl></div>" for r in rows)
+    figures = "".join(
+        f"<figure id='{name}'>"
+        + figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{name}",
+                         config={"displaylogo": False, "responsive": True})
+        + "</figure>" for name, figure in _figures(report).items())
+    paragraphs = lambda lines: "".join(f"<p>{escape(line)}</p>" for line in lines)  # noqa: E731
+    verdicts = "".join(f"<div class='verdict'>{paragraphs(verdict_lines(rung, result['bias']))}</div>"
+                       for rung, result in report["rungs"].items())
+    facts = "".join(f"<li class='{'ok' if f['holds'] else 'broken'}'>{escape(f['fact'])}: "
+                    f"{escape(f['evidence'])}</li>" for f in report["parameter_facts"])
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tunelab ladder: {escape(report['task'])}</title>
+<script>{plotly.offline.get_plotlyjs()}</script>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{cursor:pointer;background:#f4f4f4}}
+figure{{display:inline-block;margin:8px}}.card{{display:inline-block;vertical-align:top;border:1px solid #ccc;
+border-radius:6px;padding:0 12px;margin:6px;width:250px}}dt{{font-weight:bold}}dd{{margin:0 0 6px 0}}
+.ok{{color:#080}}.broken{{color:#b00}}.verdict p{{margin:2px 0}}.verdict{{margin-bottom:10px}}</style></head>
+<body><h1>tunelab ladder: {escape(report['task'])} with {escape(report['model'])}</h1>
+<p>{report['n_train']} training and {report['n_test']} test examples. {escape(report['split_note'])}</p>
+{table}<p>Intervals: {escape(report.get('interval_method', '-'))}. Standing: against the target when one is
+given, else against the best rung.</p>
+<h2>Recommendation</h2><div id="choice">{paragraphs(recommendation_lines(report))}</div>
+<div id="search">{paragraphs(_search_lines(report))}</div>
+<h2>Rungs</h2><div id="cards">{cards}</div>
+<h2>Plots</h2>{figures}
+<h2>Bias verdicts</h2><div id="verdicts">{verdicts}</div>
+<h2>Parameter facts</h2><ul id="facts">{facts}</ul>
+<p>Wall time {report['wall_seconds']:.0f} s.</p><script>{_SORT_SCRIPT}</script></body></html>
+"""
+
+

@@ -1,0 +1,153 @@
+"""The ladder's report in words: one row per rung, the recommendation, the bias verdicts; report.md and the
+console summary. report.json and report.html are written here too (the HTML page is built in report/html.py).
+Rendering only: ladder.run() measures and decides; this module shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.atomic import write_json, write_text
+from tunelab.measure.evaluate import headline_quality
+from tunelab.report.console import with_interval
+
+
+def _rows(report: dict) -> list[dict]:
+    """One flat row per rung: everything the tables, cards and plots show."""
+    metric, rows = report["choice"]["metric"], []
+    for rung, result in report["rungs"].items():
+        metrics, bias = result["metrics"], result["bias"]
+        probes, slices = bias["counterfactual"], bias["slices"]
+        rows.append({
+            "rung": rung, "quality": headline_quality(metrics),
+            "interval": metrics.get("intervals", {}).get(metric), "examples_per_s": metrics["examples_per_s"],
+            "latency_ms": metrics["latency_ms_per_example"], "params_total": metrics["params_total"],
+            "params_trainable": metrics["params_trainable"], "train_seconds": result.get("train_seconds", 0.0),
+            "peak_rss_mb": result["peak_rss_mb"], "fingerprint": metrics["fingerprint"],
+            "slice_gap": next(iter(slices["largest_gap"].values())),
+            "slice_gap_interval": (slices.get("gap_interval") or {}).get("interval"),
+            "counterfactual_gap": probes["max_gap"], "counterfactual_interval": probes.get("max_gap_interval"),
+            "verdict": probes["verdict"], "standing": report["choice"].get("status", {}).get(rung, "-"),
+            "length": f"{metrics.get('n_truncated', 0)} cut / {metrics.get('max_length') or '-'}",
+        })
+    return rows
+
+
+def _search_lines(report: dict) -> list[str]:
+    few = report["rungs"].get("few", {})
+    if "searched" not in few:
+        return []
+    return [f"The few rung is the prompt kept by a search over {few['configs_tried']} configurations on held-out "
+            f"training examples: {few['searched']} (validation {few['validation']:.3f}; the zero-shot prompt is "
+            "the search's first candidate and stays unless another beats it by more than the validation split's "
+            "noise, a paired 95% interval above 0)."]
+
+
+def recommendation_lines(report: dict) -> list[str]:
+    """The choice in words: which rung, why, and which rungs this test set cannot tell apart from it."""
+    choice, metric = report["choice"], report["choice"]["metric"]
+    chosen = choice["cheapest_to_build"]
+    if chosen is None:
+        return [f"No rung's {metric} interval reaches or holds the target {choice['target']}: none is recommended."]
+    if choice["basis"] == "tied":
+        why = (f"the lowest rung on the ladder that the test set cannot tell apart from the best rung "
+               f"({choice['best']}) in {metric}")
+    elif choice["basis"] == "reaches":
+        why = (f"the lowest rung on the ladder whose whole {metric} interval lies at or above the target "
+               f"{choice['target']}")
+    else:
+        why = (f"no rung's whole interval reaches the target {choice['target']}; {chosen} is the lowest rung whose "
+               f"interval holds it (a larger test set would settle whether it is reached)")
+    lines = [f"Recommended: {chosen}, {why}. Fastest to serve among the candidates "
+             f"({', '.join(choice['candidates'])}): {choice['fastest_to_serve']}."]
+    tied = choice.get("indistinguishable", [])
+    if tied:
+        lines.append(f"{chosen} cannot be told apart from {', '.join(tied)} on this test set (the paired interval "
+                     "of their difference holds 0).")
+    for rung, difference in choice.get("versus_recommended", {}).items():
+        bounds = difference["interval"]
+        if bounds:
+            lines.append(f"  {rung} - {chosen}: {difference['difference']:+.3f} [{bounds[0]:+.3f}, {bounds[1]:+.3f}]")
+    return lines
+
+
+def verdict_lines(rung: str, bias: dict) -> list[str]:
+    """A probe verdict that explains itself: the probe, the gap and its interval, the threshold, the largest flips."""
+    probes, slices = bias["counterfactual"], bias["slices"]
+    bounds = probes.get("max_gap_interval")
+    gap = f"{probes['max_gap']:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+    rule = {"pass": "the whole interval is at or under the threshold", "fail": "the whole interval is above it",
+            "unclear": "the interval straddles the threshold"}[probes["verdict"]]
+    lines = [f"{rung}: {probes['verdict'].upper()} - counterfactual name probe ({len(probes['templates'])} templates, "
+             f"{sum(probes['groups'].values())} names in groups {', '.join(probes['groups'])}): largest gap between "
+             f"groups in mean {probes['measure']} {gap}, threshold {probes['threshold']}: {rule}."]
+    for flip in probes.get("largest_flips", []):
+        labels = f" ({flip['labels'][0]} vs {flip['labels'][1]})" if flip["labels"][0] is not None else ""
+        lines.append(f"  \"{flip['template']}\": {flip['names'][0]} ({flip['groups'][0]}) {flip['scores'][0]:.3f} vs "
+                     f"{flip['names'][1]} ({flip['groups'][1]}) {flip['scores'][1]:.3f}{labels}")
+    slice_bounds = (slices.get("gap_interval") or {}).get("interval")
+    name, value = next(iter(slices["largest_gap"].items()))
+    lines.append(f"  largest gap between slices ({bias['slice_field']}) in {name}: {value:.3f}"
+                 + (f" [{slice_bounds[0]:.3f}, {slice_bounds[1]:.3f}]" if slice_bounds else ""))
+    return lines
+
+
+def _markdown(report: dict) -> str:
+    metric = report["choice"]["metric"]
+    lines = [f"# tunelab ladder: {report['task']} ({report['model']})", "",
+             f"{report['n_train']} training and {report['n_test']} test examples. {report['split_note']}".strip(), "",
+             f"| rung | {metric} [95% interval] | standing | examples/s | latency ms | params total | params trainable "
+             f"| build s | peak RSS MB (process, so far) | test texts cut / max tokens | largest slice gap "
+             f"| counterfactual gap | probe verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in _rows(report):
+        lines.append(f"| {row['rung']} | {with_interval(row['quality'], row['interval'])} | {row['standing']} "
+                     f"| {row['examples_per_s']:.1f} | {row['latency_ms']:.1f} | {row['params_total']:,} "
+                     f"| {row['params_trainable']:,} | {row['train_seconds']:.1f} | {row['peak_rss_mb']:,.0f} "
+                     f"| {row['length']} | {with_interval(row['slice_gap'], row['slice_gap_interval'])} "
+                     f"| {with_interval(row['counterfactual_gap'], row['counterfactual_interval'])} "
+                     f"| {row['verdict']} |")
+    lines += ["", f"Intervals: {report.get('interval_method', '-')}.", "", "## Recommendation", ""]
+    lines += recommendation_lines(report)
+    if _search_lines(report):
+        lines += ["", *_search_lines(report)]
+    lines += ["", "## Bias verdicts", ""]
+    for rung, result in report["rungs"].items():
+        lines += verdict_lines(rung, result["bias"])
+    if report.get("sensitivity"):
+        lines += ["", "Prompt sensitivity (validation quality over variants: min / median / max):", ""]
+        lines += [f"- {r['factor']}, {'all K' if r['shots'] is None else 'K=' + str(r['shots'])}: {r['min']:.3f} / "
+                  f"{r['median']:.3f} / {r['max']:.3f}" for r in report["sensitivity"]]
+    lines += ["", "Parameter facts, checked on this run's artifacts:", ""]
+    lines += [f"- {'holds' if f['holds'] else 'BROKEN'}: {f['fact']} ({f['evidence']})"
+              for f in report["parameter_facts"]]
+    if report["few_shot_curve"]:
+        lines += ["", "Few-shot curve: " + ", ".join(f"K={p['shots']}: {p['quality']:.3f}"
+                                                    for p in report["few_shot_curve"])]
+    lines += ["", f"Wall time: {report['wall_seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+
+def write_reports(report: dict, out_dir: Path) -> None:
+    from tunelab.report.html import html_page  # plotly loads only when a report is written
+
+    write_json(out_dir / "report.json", report)
+    write_text(out_dir / "report.md", _markdown(report))
+    write_text(out_dir / "report.html", html_page(report))
+
+
+def summary_lines(report: dict, out_dir: str | Path) -> list[str]:
+    """The console summary of a ladder run: one line per rung (quality with its interval), the parameter facts,
+    the recommendation."""
+    metric = report["choice"]["metric"]
+    lines = [f"ladder on {report['task']} ({report['n_test']} test examples) -> {out_dir}/report.html",
+             f"{'rung':<9}{metric + ' [95% interval]':>28}{'ex/s':>10}{'params':>14}{'trainable':>14}{'build s':>9}"
+             f"{'probe gap':>11}  verdict"]
+    for row in _rows(report):
+        lines.append(f"{row['rung']:<9}{with_interval(row['quality'], row['interval']):>28}"
+                     f"{row['examples_per_s']:>10.1f}{row['params_total']:>14,}{row['params_trainable']:>14,}"
+                     f"{row['train_seconds']:>9.1f}{row['counterfactual_gap']:>11.3f}  {row['verdict']}")
+    lines += _search_lines(report)
+    lines += [f"{'holds' if fact['holds'] else 'BROKEN'}: {fact['fact']} ({fact['evidence']})"
+              for fact in report["parameter_facts"]]
+    return lines + recommendation_lines(report)

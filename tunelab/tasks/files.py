@@ -1,0 +1,135 @@
+"""Reading example files (JSONL, CSV, text lines): the one reader, whose errors name the file, line and field."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from tunelab.errors import InputError
+from tunelab.tasks.core import Example, Kind
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def read_examples(
+    path: str | Path, *, text_field: str = "text", label_field: str = "label", kind: Kind = "classification"
+) -> list[Example]:
+    """Read labelled examples from a .jsonl/.json (one object per line) or .csv file.
+
+    Raises:
+        InputError: naming the file, the line and the field of the first problem found.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", *JSONL_SUFFIXES):
+        raise InputError("examples must be a JSONL (.jsonl, .json, .ndjson) or .csv file", path=path)
+    examples = [_example(path, line, row, text_field, label_field, kind)
+                for line, row in read_rows(path, (text_field, "--text-field"), (label_field, "--label-field"))]
+    if not examples:
+        raise InputError("holds no examples", path=path)
+    return examples
+
+
+def read_rows(path: str | Path, *fields: tuple[str, str]):
+    """(line number, row) for every record of a file: JSONL objects, CSV rows, or for any other suffix one text a
+    line under the first field's name. The one reader for examples, bulk inputs and transfer sets.
+
+    A blank line is an error in JSONL (every line must be an object) and skipped in a text file (it holds no text).
+    `fields` are (name, flag) pairs that a CSV header must hold. Raises InputError naming the file and line.
+    """
+    path = Path(path)
+    content = read_text_file(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        yield from _csv_rows(path, content, fields)
+    elif suffix in JSONL_SUFFIXES:
+        yield from _jsonl_rows(path, content)
+    else:
+        for line_number, line in enumerate(content.splitlines(), start=1):
+            if line.strip():
+                yield line_number, {fields[0][0]: line}
+
+
+def read_text_file(path: Path) -> str:
+    """A file's text, decoded as UTF-8 (a BOM is dropped).
+
+    Raises:
+        InputError: a missing file, or undecodable bytes with the line they are on.
+    """
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError("is not valid UTF-8", path=path, line=raw[: err.start].count(b"\n") + 1) from None
+
+
+def _jsonl_rows(path: Path, text: str):
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            raise InputError("line is empty", path=path, line=line_number, hint="remove blank lines")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"is not valid JSON ({err.msg})", path=path, line=line_number) from None
+        if not isinstance(row, dict):
+            raise InputError("is not a JSON object", path=path, line=line_number)
+        yield line_number, row
+
+
+CSV_FIELD_LIMIT = 1 << 30  # documents are long; the csv module's default limit (131,072 characters) is not ours
+
+
+def _csv_rows(path: Path, text: str, fields):
+    previous_limit = csv.field_size_limit(CSV_FIELD_LIMIT)  # module-wide state: set for this read, then restored
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as err:
+            raise InputError(f"is not valid CSV ({err})", path=path, line=1) from None
+        for name, flag in fields:
+            if name not in header:
+                raise InputError(f"is missing from the header {header}", path=path, line=1, field=name,
+                                 hint=f"use {flag} to name the column")
+        try:
+            for row in reader:
+                if None in row:  # more cells than header columns
+                    raise InputError("has more cells than the header", path=path, line=reader.line_num)
+                yield reader.line_num, row
+        except csv.Error as err:
+            raise InputError(f"is not valid CSV ({err})", path=path, line=reader.line_num) from None
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def _example(path: Path, line: int, row: dict, text_field: str, label_field: str, kind: Kind) -> Example:
+    for name, flag in ((text_field, "--text-field"), (label_field, "--label-field")):
+        if row.get(name) is None:
+            raise InputError("is missing", path=path, line=line, field=name, hint=f"use {flag} to name it")
+    text = row[text_field]
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("must be a non-empty string", path=path, line=line, field=text_field)
+    label = row[label_field]
+    if kind == "regression":
+        try:
+            value = float(label)
+        except (TypeError, ValueError):
+            value = math.nan
+        if isinstance(label, bool) or not math.isfinite(value):
+            raise InputError(f"must be a finite number for a regression task, got {label!r}",
+                             path=path, line=line, field=label_field)
+        return Example(text.strip(), value, line, _other_fields(row, text_field, label_field))
+    if isinstance(label, (dict, list)) or str(label).strip() == "":
+        raise InputError(f"must be a non-empty string or number, got {label!r}", path=path, line=line,
+                         field=label_field)
+    return Example(text.strip(), str(label).strip(), line, _other_fields(row, text_field, label_field))
+
+
+def _other_fields(row: dict, text_field: str, label_field: str) -> dict:
+    return {key: value for key, value in row.items() if key not in (text_field, label_field)}
+
+
