@@ -23,8 +23,8 @@ from harness import run_tunelab
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.config import ExpandConfig
 from tunelab.generation.concepts import read_concepts, read_shots
+from tunelab.generation.config import ExpandConfig
 from tunelab.generation.prompts import generate_candidates, render_prompt, shared_prefix
 from tunelab.generation.terms import Term, term_entries
 from tunelab.models import load_model

@@ -17,10 +17,10 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.measure.evaluate import evaluate
+from tunelab.measure.evaluate import evaluate, headline_quality
 from tunelab.models import load_model
 from tunelab.rungs.prompting import PromptConfig, few_shot
-from tunelab.rungs.search import SearchConfig, describe, search, search_quality
+from tunelab.rungs.search import SearchConfig, describe, search
 from tunelab.tasks import load_task
 
 
@@ -31,7 +31,7 @@ def main():
     args = parser.parse_args()
     model = load_model()
     table = Table(title=f"prompt search, SmolLM2-135M, budget {args.budget_s:.0f} s per task "
-                        "(quality: accuracy, or -MAE for regression)")
+                        "(quality: accuracy, or Spearman for regression: measure.evaluate.quality_metric)")
     for column in ("task", "prompt", "validation", "test", "search s", "configs"):
         table.add_column(column, justify="left" if column in ("task", "prompt") else "right")
     for name in args.tasks.split(","):
@@ -44,7 +44,7 @@ def main():
                 "old default: balanced K=4": (few_shot(model, task, PromptConfig(shots=4)), None),
                 f"searched: {describe(found.config, PromptConfig())}": (found.predictor, found.validation)}
         for arm, (predictor, on_validation) in arms.items():
-            test = search_quality(evaluate(predictor, task))
+            test = headline_quality(evaluate(predictor, task))
             table.add_row(name, arm, "-" if on_validation is None else f"{on_validation:.3f}", f"{test:.3f}",
                           f"{seconds:.0f}" if arm.startswith("searched") else "-",
                           str(len(found.rows)) if arm.startswith("searched") else "-")

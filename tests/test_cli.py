@@ -9,7 +9,7 @@ import typer.main
 from helpers import DATA, one_error_line, run_cli, task_args
 
 from tunelab.cli import app
-from tunelab.config import ExpandConfig
+from tunelab.generation.config import ExpandConfig
 from tunelab.generation.tuning import GeneratorTuneConfig
 from tunelab.ladder import LadderConfig
 from tunelab.measure.bias import BiasConfig

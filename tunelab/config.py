@@ -1,15 +1,15 @@
-"""Every stage's configuration: one frozen dataclass per command, each field `Annotated[type, "help"]`.
+"""The rungs' configuration: one frozen dataclass per command, each field `Annotated[type, "help"]`.
 
-The `tunelab` command builds one flag per field from these annotations (cli.py), so a setting, its default, its
-help and its check are written once. They live together in this light module (standard library only) so that the
-command line is built without importing torch, transformers and peft (8.6 s on 2 cores): each rung module imports
-its config from here, the way litgpt keeps its argument dataclasses in `args.py`.
+The `tunelab` command builds one flag per field from these annotations (cli/flags.py), so a setting, its default,
+its help and its check are written once. They live in light modules (standard library only) so that the command
+line is built without importing torch, transformers and peft (8.6 s on 2 cores): each rung module imports its
+config from here, the way litgpt keeps its argument dataclasses in `args.py`. Offline inference and generation keep
+theirs beside them: offline/config.py and generation/config.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from tunelab.errors import ConfigError
@@ -18,11 +18,7 @@ RUNGS = ("tfidf", "embed", "zero", "one", "few", "lora", "full", "distill")
 BASELINE_METHODS = ("tfidf", "embed")
 TUNE_LR = {"lora": 1e-3, "full": 3e-5}  # LoRA's few weights need a larger step (Hu et al. 2021 used 2e-4..1e-3)
 DISTILL_LR = {"pruned": 5e-5, "encoder": 1e-4}  # an encoder head starts from scratch and needs the larger step
-# 50 languages of the built-in evaluation, chosen for breadth of script and family.
-COUNTRY_LANGUAGES = ("af", "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "es", "et", "eu", "fa", "fi", "fr",
-                     "gl", "he", "hi", "hr", "hu", "id", "is", "it", "ja", "ka", "kk", "ko", "lt", "lv", "mk", "ms",
-                     "nb", "nl", "pl", "pt", "ro", "ru", "sk", "sl", "sr", "sv", "sw", "ta", "th", "tr", "uk", "ur",
-                     "vi", "zh")
+
 
 
 @dataclass(frozen=True)
@@ -194,69 +190,6 @@ class BaselineConfig:
 
 
 @dataclass(frozen=True)
-class BulkConfig:
-    """The flags of `tunelab predict`."""
-    batch_size: Annotated[int, "Texts per forward pass and per store transaction."] = 64
-    engine: Annotated[Literal["local", "ray"], "local, or ray (Ray Data actor pool)."] = "local"
-    # off by default: a model may answer "Good" and "good" differently
-    casefold: Annotated[bool, "Case-fold inputs before keying."] = False
-    ray_address: Annotated[str | None, "Ray cluster address (default: a local Ray instance)."] = None
-    # one per 2 cores is plenty on a CPU
-    ray_actors: Annotated[int, "Model replicas in the Ray actor pool."] = 1
-
-    def __post_init__(self):
-        problems = []
-        if self.batch_size < 1:
-            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.engine not in ("local", "ray"):
-            problems.append(f"--engine must be local or ray, got {self.engine!r}")
-        if self.ray_actors < 1:
-            problems.append(f"--ray-actors must be >= 1, got {self.ray_actors}")
-        if problems:
-            raise ConfigError(problems)
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """The flags of `tunelab serve`."""
-    store: Annotated[Path | None, "The prediction store: /predict, and /match over its inputs."] = None
-    terms: Annotated[Path | None, "A term store (tunelab expand): /match finds its terms instead."] = None
-    model: Annotated[Path | None, "The predictor whose rows answer (and, live, misses)."] = None
-    fingerprint: Annotated[str | None, "Which stored model answers, if several."] = None
-    on_miss: Annotated[Literal["404", "live"], "404, or live (needs --model)."] = "404"
-    host: Annotated[str, "Address to bind; loopback by default."] = "127.0.0.1"
-    port: Annotated[int, "Port to listen on."] = 8000
-    max_text_chars: Annotated[int, "Longest text accepted."] = 10_000
-    max_batch: Annotated[int, "Most texts in one POST /predict."] = 1_000
-    max_body_bytes: Annotated[int, "Largest request body accepted."] = 1_000_000
-    # /match says when it cut the list
-    max_matches: Annotated[int, "Most terms one /match answer lists."] = 100
-    live_batch: Annotated[int, "Misses the live model predicts together."] = 32
-    # past it a request gets 503 at once
-    max_live_pending: Annotated[int, "Misses waiting for the live model before 503."] = 256
-
-    def __post_init__(self):
-        problems = []
-        if self.store is None and self.terms is None:
-            problems.append("give --store (stored predictions), --terms (a term list), or both")
-        if self.store is None and self.on_miss == "live":
-            problems.append("--on-miss live needs --store")
-        if self.on_miss not in ("404", "live"):
-            problems.append(f"--on-miss must be 404 or live, got {self.on_miss!r}")
-        if self.on_miss == "live" and self.model is None:
-            problems.append("--on-miss live needs --model DIR to answer misses with")
-        if not 0 < self.port < 65536:
-            problems.append(f"--port must be in 1..65535, got {self.port}")
-        for flag, value in (("--max-text-chars", self.max_text_chars), ("--max-batch", self.max_batch),
-                            ("--max-body-bytes", self.max_body_bytes), ("--max-matches", self.max_matches),
-                            ("--live-batch", self.live_batch), ("--max-live-pending", self.max_live_pending)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
-        if problems:
-            raise ConfigError(problems)
-
-
-@dataclass(frozen=True)
 class BiasConfig:
     """The flags of `tunelab bias`."""
     # None: the task's own slices (built-in tasks slice by word length)
@@ -277,15 +210,22 @@ class LadderConfig:
     """The flags of `tunelab ladder`."""
     rungs: Annotated[tuple[str, ...], "Comma list of tfidf,embed,zero,one,few,lora,full,distill."] = RUNGS
     target_quality: Annotated[float | None, "Accuracy (or Spearman) the chosen rung must reach."] = None
-    # a subsample of vader, one epoch, fewer probes
-    quick: Annotated[bool, "The short built-in run (under 10 minutes)."] = False
+    # a subsample of the task, fewer epochs and probes, a shorter search: sized for a few minutes on 2 cores
+    quick: Annotated[bool, "The short built-in run (the quick-* settings below)."] = False
     few_shots: Annotated[int, "K of the few-shot rung when not searched."] = 4
     # The `few` rung's prompt is searched on held-out training examples (search.py) for this long; 0: plain K-shot.
     # The quick run spends at most QUICK_SEARCH_S.
     search_budget_s: Annotated[float, "Seconds the few rung's prompt search may take (0: none)."] = 120.0
     curve: Annotated[tuple[int, ...], "K values of the few-shot curve, comma list."] = (0, 1, 2, 4, 8)
-    epochs: Annotated[int, "Fine-tuning epochs (the quick run uses 1)."] = 2
+    epochs: Annotated[int, "Fine-tuning epochs of the lora and full rungs."] = 2
     student: Annotated[str, "The distill rung's student spec."] = "minilm"
+    distill_epochs: Annotated[int, "Epochs of the distill rung's student."] = 3
+    quick_train: Annotated[int, "--quick: training examples sampled."] = 300
+    quick_test: Annotated[int, "--quick: test examples sampled."] = 200
+    quick_transfer: Annotated[int, "--quick: unlabeled texts sampled for the student's transfer set."] = 700
+    quick_epochs: Annotated[int, "--quick: fine-tuning epochs."] = 1
+    quick_search_s: Annotated[float, "--quick: most seconds for the few rung's prompt search."] = 45.0
+    quick_names_per_group: Annotated[int, "--quick: names per group in the counterfactual probe."] = 3
     # Label-scarce setting: only this many training examples keep their labels (balanced over labels); the other
     # training texts join the unlabeled texts, which the distill rung's teacher labels.
     train_labels: Annotated[int | None, "Keep only N gold labels; the other training texts go unlabeled."] = None
@@ -305,6 +245,14 @@ class LadderConfig:
             problems.append(f"--train-labels must be >= 2, got {self.train_labels}")
         if self.search_budget_s < 0:
             problems.append(f"--search-budget-s must be >= 0, got {self.search_budget_s}")
+        for flag, value in (("--epochs", self.epochs), ("--distill-epochs", self.distill_epochs),
+                            ("--quick-train", self.quick_train), ("--quick-test", self.quick_test),
+                            ("--quick-transfer", self.quick_transfer), ("--quick-epochs", self.quick_epochs),
+                            ("--quick-names-per-group", self.quick_names_per_group)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if self.quick_search_s < 0:
+            problems.append(f"--quick-search-s must be >= 0, got {self.quick_search_s}")
         if problems:
             raise ConfigError(problems)
 
@@ -316,54 +264,6 @@ class LadderConfig:
         if curve is not None:
             fields["curve"] = tuple(parse_shot_counts(curve, "--curve"))
         return cls(**fields)
-
-
-@dataclass(frozen=True)
-class ExpandConfig:
-    """The flags of `tunelab expand`."""
-    languages: Annotated[tuple[str, ...], "Comma list of CLDR codes (default: 50 languages)."] = COUNTRY_LANGUAGES
-    per_language: Annotated[int, "Candidates per concept and language."] = 3
-    decoding: Annotated[Literal["beam", "sample"], "beam (deterministic) or sample."] = "beam"
-    temperature: Annotated[float, "Sampling temperature."] = 0.7
-    max_new_tokens: Annotated[int, "Longest candidate, in tokens."] = 16
-    # 32 measured best on 2 cores; see docs/BENCHMARKS.md
-    batch_size: Annotated[int, "Prompts per generate() call."] = 32
-    min_score: Annotated[float | None, "Drop candidates under this mean token log-probability."] = None
-    append: Annotated[bool, "Add to a store that holds another generator's terms."] = False
-    seed: Annotated[int, "Seed for sampling."] = 0
-
-    def __post_init__(self):
-        problems = []
-        if self.decoding not in ("beam", "sample"):
-            problems.append(f"--decoding must be beam or sample, got {self.decoding!r}")
-        for flag, value in (("--per-language", self.per_language), ("--max-new-tokens", self.max_new_tokens),
-                            ("--batch-size", self.batch_size)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
-        if self.temperature <= 0:
-            problems.append(f"--temperature must be > 0, got {self.temperature}")
-        if problems:
-            raise ConfigError(problems)
-
-    @classmethod
-    def from_flags(cls, *, languages: str | None = None, **fields) -> ExpandConfig:
-        """A config from command-line text: `languages` as a comma list of CLDR codes, each checked."""
-        return cls(**fields) if languages is None else cls(languages=language_codes(languages), **fields)
-
-
-@dataclass(frozen=True)
-class GeneratorTuneConfig:
-    """The flags of `tunelab expand-tune`."""
-    epochs: Annotated[int, "Passes over the pairs."] = 2
-    lr: Annotated[float, "Learning rate."] = 1e-3
-    lora_r: Annotated[int, "LoRA rank."] = 8
-    lora_alpha: Annotated[int, "LoRA alpha."] = 16
-    batch_size: Annotated[int, "Pairs per optimizer step."] = 16
-    seed: Annotated[int, "Seed for initialisation and data order."] = 0
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.lora_r < 1 or self.lr <= 0:
-            raise ConfigError(f"--epochs, --batch-size and --lora-r must be >= 1 and --lr > 0, got {asdict(self)}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,20 +290,3 @@ def parse_shot_counts(text: str, flag: str) -> list[int]:
     return counts
 
 
-def language_codes(text: str | tuple[str, ...]) -> tuple[str, ...]:
-    """Checked CLDR language codes (pt, de, ja, zh_Hant, pt-BR); an unknown one is refused with the accepted list."""
-    from babel import Locale, UnknownLocaleError
-    from babel.localedata import locale_identifiers
-
-    codes = [c.strip().replace("-", "_") for c in (text.split(",") if isinstance(text, str) else text) if c.strip()]
-    if not codes:
-        raise ConfigError("--languages needs at least one language code")
-    for code in codes:
-        try:
-            Locale.parse(code)
-        except (ValueError, UnknownLocaleError):
-            accepted = ", ".join(sorted({c.split("_")[0] for c in locale_identifiers()}))
-            raise ConfigError(f"--languages: unknown language code {code!r}; accepted (CLDR): {accepted}") from None
-    if len(set(codes)) != len(codes):
-        raise ConfigError(f"--languages lists a code twice: {','.join(codes)}")
-    return tuple(codes)

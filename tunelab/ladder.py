@@ -21,10 +21,10 @@ from tunelab.config import RUNGS, LadderConfig
 from tunelab.errors import ConfigError, InputError
 from tunelab.measure.bias import BiasConfig, bias_report
 from tunelab.measure.evaluate import (
+    deciding_metric,
     evaluate,
     evaluate_predictions,
     headline_quality,
-    metric_functions,
     peak_rss_mb,
     quality_metric,
 )
@@ -43,8 +43,6 @@ from tunelab.tasks import Task, TaskSource
 BASELINES = ("tfidf", "embed")
 QUICK_TASK = "vader"  # the quick run's task when none is named
 PROMPT_SHOTS = {"zero": 0, "one": 1}
-QUICK = {"train": 300, "test": 200, "transfer": 700, "names_per_group": 3}  # sized to finish in < 10 min on 2 cores
-QUICK_SEARCH_S = 45.0
 
 
 def ladder_task(source: TaskSource, config: LadderConfig) -> Task:
@@ -63,7 +61,7 @@ def check_task(task: Task, config: LadderConfig) -> None:
         raise InputError(f"task {task.name} has no test split")
     if config.target_quality is not None and task.is_classification and config.target_quality < 0:
         raise ConfigError(f"--target-quality must lie in 0..1 for accuracy, got {config.target_quality}")
-    n_train = min(len(task.train), QUICK["train"]) if config.quick else len(task.train)
+    n_train = min(len(task.train), config.quick_train) if config.quick else len(task.train)
     if config.train_labels is not None and config.train_labels > n_train:
         raise ConfigError(f"--train-labels {config.train_labels} is more than the {n_train} training "
                           f"examples of task {task.name}{' in the quick run' if config.quick else ''}")
@@ -72,14 +70,15 @@ def check_task(task: Task, config: LadderConfig) -> None:
                           f"{len(task.labels)} labels")
 
 
-def quick_task(task: Task, seed: int = 0) -> Task:
+def quick_task(task: Task, config: LadderConfig) -> Task:
     """The quick run's subsample: fewer training and test examples and unlabeled texts, fixed seed."""
-    rng = random.Random(seed)
+    rng = random.Random(config.seed)
     return dataclasses.replace(
-        task, train=tuple(rng.sample(task.train, min(QUICK["train"], len(task.train)))),
-        test=tuple(rng.sample(task.test, min(QUICK["test"], len(task.test)))),
-        unlabeled=tuple(rng.sample(task.unlabeled, min(QUICK["transfer"], len(task.unlabeled)))),
-        split_note=f"quick run: {QUICK['train']} training and {QUICK['test']} test examples sampled (seed {seed})")
+        task, train=tuple(rng.sample(task.train, min(config.quick_train, len(task.train)))),
+        test=tuple(rng.sample(task.test, min(config.quick_test, len(task.test)))),
+        unlabeled=tuple(rng.sample(task.unlabeled, min(config.quick_transfer, len(task.unlabeled)))),
+        split_note=f"quick run: {config.quick_train} training and {config.quick_test} test examples sampled "
+                   f"(seed {config.seed})")
 
 
 def label_scarce(task: Task, n_labels: int, seed: int = 0) -> Task:
@@ -104,12 +103,12 @@ def label_scarce(task: Task, n_labels: int, seed: int = 0) -> Task:
                                split_note=" ".join(filter(None, [task.split_note, note])))
 
 
-def _quick_probes(out_dir: Path) -> str:
+def _quick_probes(out_dir: Path, names_per_group: int) -> str:
     """The shipped name lists cut to a few names per group, written into the run folder."""
     from tunelab.measure.bias import load_probes
 
     probes = load_probes("names")
-    probes["groups"] = {g: names[: QUICK["names_per_group"]] for g, names in probes["groups"].items()}
+    probes["groups"] = {g: names[:names_per_group] for g, names in probes["groups"].items()}
     path = out_dir / "probes-quick.json"
     write_json(path, probes)
     return str(path)
@@ -142,7 +141,7 @@ def _prompt_step(model: Model, task: Task, shots: int, folder: Path, bias: BiasC
 
 def _searched_step(model: Model, task: Task, folder: Path, bias: BiasConfig, config: LadderConfig, on_progress):
     """The `few` rung: the prompt that did best on held-out training examples; the report says which it is."""
-    budget = min(config.search_budget_s, QUICK_SEARCH_S) if config.quick else config.search_budget_s
+    budget = min(config.search_budget_s, config.quick_search_s) if config.quick else config.search_budget_s
     started = time.perf_counter()
     found = search(model, task, PromptConfig(seed=config.seed), SearchConfig(budget_s=budget, seed=config.seed))
     save_predictor(found.predictor, folder / "predictor")
@@ -154,7 +153,8 @@ def _searched_step(model: Model, task: Task, folder: Path, bias: BiasConfig, con
 
 def _tune_step(model: Model, task: Task, method: str, folder: Path, bias: BiasConfig, config: LadderConfig,
                on_progress):
-    tune_config = TuneConfig(method=method, epochs=1 if config.quick else config.epochs, seed=config.seed)
+    tune_config = TuneConfig(method=method, epochs=config.quick_epochs if config.quick else config.epochs,
+                             seed=config.seed)
     predictor = finetune(model, task, tune_config, out_dir=folder / "predictor", overwrite=True)
     training = predictor.meta["training"]
     return {**_measure(predictor, task, bias, on_progress), "train_seconds": training["train_seconds"],
@@ -164,7 +164,7 @@ def _tune_step(model: Model, task: Task, method: str, folder: Path, bias: BiasCo
 def _distill_step(task: Task, teacher_dir: Path, folder: Path, bias: BiasConfig, config: LadderConfig,
                   on_progress):
     teacher = load_predictor(teacher_dir)
-    student_config = DistillConfig(student=config.student, epochs=3, seed=config.seed)
+    student_config = DistillConfig(student=config.student, epochs=config.distill_epochs, seed=config.seed)
     student, report = distill(teacher, task, student_config, out_dir=folder / "predictor",
                               teacher_name=str(teacher_dir))
     return {**_measure(student, task, bias, on_progress), "train_seconds": report["train_seconds"],
@@ -189,10 +189,10 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     check_task(task, config)
     if config.quick:
-        task = quick_task(task, config.seed)
+        task = quick_task(task, config)
     if config.train_labels is not None:
         task = label_scarce(task, config.train_labels, config.seed)
-    bias = BiasConfig(probe=_quick_probes(out_dir) if config.quick else "names")
+    bias = BiasConfig(probe=_quick_probes(out_dir, config.quick_names_per_group) if config.quick else "names")
     base_weights = weights_fingerprint(model.lm)  # hashed from the tensors, to show prompting changed none
     started = time.perf_counter()
     results = {}
@@ -313,11 +313,10 @@ def _status(interval: list[float] | None, quality: float, target: float) -> str:
 
 def _paired(results: dict, task: Task, first: str, second: str) -> dict:
     """first's quality minus second's, with its interval on paired resamples of the test split."""
-    metric = quality_metric(task.kind)
     encode = (lambda outputs: np.array([task.labels.index(o) if o in task.labels else len(task.labels)
                                         for o in outputs])) if task.is_classification else np.array
     gold = encode([e.label for e in task.test])
-    return paired_difference(metric_functions(task)[metric], gold, encode(results[first]["test_outputs"]),
+    return paired_difference(deciding_metric(task), gold, encode(results[first]["test_outputs"]),
                              encode(results[second]["test_outputs"]))
 
 

@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 from typer import Option
 
-from tunelab import config as configs
 from tunelab.cli.app import app, err_console, quiet_transformers, store_app
 from tunelab.cli.flags import (
     BASE_MODEL,
@@ -21,10 +20,12 @@ from tunelab.cli.flags import (
     progress,
     with_config_flags,
 )
+from tunelab.generation import config as generation_configs
+from tunelab.offline import config as offline_configs
 
 
 @app.command()
-@with_config_flags(configs.ExpandConfig)
+@with_config_flags(generation_configs.ExpandConfig)
 def expand(
     concepts: str = Option(..., "--concepts", help='Concepts JSONL ({"id": ..., "names": [...]} a line) or countries.'),
     store: Path = Option(..., "--store", help="The SQLite term store to fill (resumable)."),
@@ -37,7 +38,7 @@ def expand(
     """Generate names of concepts in many languages offline into a term store (then: serve --terms)."""
     from tunelab.generation.expand import run_expand, summary_lines
 
-    config = config_from(configs.ExpandConfig, given)
+    config = config_from(generation_configs.ExpandConfig, given)
     with progress() as bars:
         report = run_expand(lambda: load_base(model), concepts, store, config, model_spec=model, examples=examples,
                             verify=verify, limit=limit, reference=evaluate,
@@ -46,7 +47,7 @@ def expand(
 
 
 @app.command("expand-tune")
-@with_config_flags(configs.GeneratorTuneConfig)
+@with_config_flags(generation_configs.GeneratorTuneConfig)
 def expand_tune(
     pairs: str = Option(..., "--pairs", help="Training pairs JSONL (source, language, name) or countries-train."),
     out: Path = Option(..., "--out", help="Folder for the tuned generator (LoRA merged)."),
@@ -58,8 +59,8 @@ def expand_tune(
     from tunelab.generation.tuning import tune_generator
     from tunelab.report.console import fact_lines
 
-    config = config_from(configs.GeneratorTuneConfig, given)
-    training = read_pairs(pairs, configs.language_codes(languages or configs.COUNTRY_LANGUAGES))
+    config = config_from(generation_configs.GeneratorTuneConfig, given)
+    training = read_pairs(pairs, generation_configs.language_codes(languages or generation_configs.COUNTRY_LANGUAGES))
     with progress() as bars:
         facts = tune_generator(load_base(model), training, out, config, overwrite=overwrite,
                                on_step=bars.bar("LoRA: training the generator", len(training) * config.epochs))
@@ -69,7 +70,7 @@ def expand_tune(
 
 
 @app.command("predict")
-@with_config_flags(configs.BulkConfig)
+@with_config_flags(offline_configs.BulkConfig)
 def predict_command(
     model: Path = PREDICTOR, input: Path = Option(..., "--input", help="Texts: one per line, JSONL, or CSV."),
     store: Path = Option(..., "--store", help="The SQLite prediction store to fill."),
@@ -82,19 +83,19 @@ def predict_command(
 
     quiet_transformers()
     with progress() as bars:
-        counts = predict_file(model, input, store, config_from(configs.BulkConfig, given), text_field=text_field,
+        counts = predict_file(model, input, store, config_from(offline_configs.BulkConfig, given), text_field=text_field,
                               on_total=bars.total("predicting new inputs"),
                               on_progress=bars.bar("predicting new inputs"))
     print_lines(counts, fact_lines(counts), as_json)
 
 
 @app.command("serve")
-@with_config_flags(configs.ServeConfig)
+@with_config_flags(offline_configs.ServeConfig)
 def serve_command(*, given: dict):
     """Serve stored predictions over HTTP (FastAPI + uvicorn): /predict, /match, /healthz, /metrics, /docs."""
     from tunelab.offline.serve import serve
 
-    config = config_from(configs.ServeConfig, given)
+    config = config_from(offline_configs.ServeConfig, given)
     quiet_transformers()
     serve(config, say=err_console.print)
 

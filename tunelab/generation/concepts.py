@@ -11,8 +11,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.config import language_codes
 from tunelab.errors import InputError
+from tunelab.generation.config import language_codes
 from tunelab.generation.terms import match_key, normalise_term
 from tunelab.tasks import read_rows
 

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tunelab.config import ExpandConfig
 from tunelab.errors import ConfigError, InputError
 from tunelab.generation.concepts import Concept, Shot, language_name, read_concepts, read_reference, read_shots
+from tunelab.generation.config import ExpandConfig
 from tunelab.generation.prompts import generate_candidates, prompt_hash, render_prompt, shared_prefix
 from tunelab.generation.terms import Term, TermStore, normalise_term
 from tunelab.generation.tuning import generator_shots

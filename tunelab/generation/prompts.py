@@ -17,8 +17,8 @@ from dataclasses import asdict
 
 import torch
 
-from tunelab.config import ExpandConfig
 from tunelab.generation.concepts import Shot, language_name
+from tunelab.generation.config import ExpandConfig
 from tunelab.models import Model
 from tunelab.scoring.tokens import cache_argument_name, returned_cache
 

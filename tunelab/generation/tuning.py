@@ -19,9 +19,9 @@ from typing import Callable
 import torch
 
 from tunelab.atomic import replace_folder
-from tunelab.config import GeneratorTuneConfig
 from tunelab.errors import ConfigError
 from tunelab.generation.concepts import Shot
+from tunelab.generation.config import GeneratorTuneConfig
 from tunelab.generation.prompts import render_prompt
 from tunelab.models import Model, count_parameters
 from tunelab.training import adamw, training_step

@@ -74,14 +74,21 @@ def metric_functions(task: Task) -> dict[str, Callable[[np.ndarray, np.ndarray],
             "spearman": _spearman}
 
 
-def gold_and_outputs(task: Task, predictions: Predictions) -> tuple[np.ndarray, np.ndarray]:
-    """The test split's gold and predicted label codes (indices into task.labels; len(task.labels) for a label
-    outside them), or values, as arrays the metric functions take."""
+def gold_and_outputs(task: Task, predictions: Predictions, examples=None) -> tuple[np.ndarray, np.ndarray]:
+    """The gold and predicted label codes (indices into task.labels; len(task.labels) for a label outside them), or
+    values, of `examples` (default: the test split), as arrays the metric functions take."""
+    examples = task.test if examples is None else examples
     if task.is_classification:
         code = {label: i for i, label in enumerate(task.labels)}
-        return (np.array([code[e.label] for e in task.test]),
+        return (np.array([code[e.label] for e in examples]),
                 np.array([code.get(label, len(code)) for label in predictions.labels]))
-    return np.array([e.label for e in task.test], dtype=float), np.asarray(predictions.values, dtype=float)
+    return np.array([e.label for e in examples], dtype=float), np.asarray(predictions.values, dtype=float)
+
+
+def deciding_metric(task: Task) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The figure that decides quality (quality_metric) as `fn(gold, outputs)`: what prompt search, calibration
+    checks, targets and paired comparisons all use, so that every choice is made on one figure."""
+    return metric_functions(task)[quality_metric(task.kind)]
 
 
 def quality(task: Task, predictions: Predictions) -> dict:

@@ -13,9 +13,9 @@ import unicodedata
 from pathlib import Path
 from typing import Callable, Iterable
 
-from tunelab.config import BulkConfig
 from tunelab.errors import ConfigError, InputError
 from tunelab.measure.evaluate import truncation
+from tunelab.offline.config import BulkConfig
 from tunelab.offline.store import Store
 from tunelab.predictor import Predictions, Predictor, length_batches, load_predictor
 from tunelab.tasks import read_rows

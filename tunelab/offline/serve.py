@@ -19,10 +19,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
-from tunelab.config import ServeConfig
 from tunelab.errors import ConfigError
 from tunelab.generation.terms import TermStore, term_entries
 from tunelab.offline.bulk import normalise, text_key
+from tunelab.offline.config import ServeConfig
 from tunelab.offline.matching import Matcher
 from tunelab.offline.store import Store
 from tunelab.predictor import load_predictor, read_artifact_json

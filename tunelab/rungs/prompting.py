@@ -19,7 +19,7 @@ import torch
 
 from tunelab.config import PromptConfig, parse_shot_counts, template_problems
 from tunelab.errors import ConfigError
-from tunelab.measure.evaluate import evaluate
+from tunelab.measure.evaluate import deciding_metric, evaluate, gold_and_outputs
 from tunelab.models import MiniLMEmbedder, Model
 from tunelab.predictor import (
     Predictions,
@@ -240,9 +240,7 @@ def _calibrate_and_check(predictor: PromptPredictor, held_out: list[Example], ta
 
 def _held_out_quality(predictor: PromptPredictor, examples: list[Example], task: Task) -> float:
     predictions = predictor.predict_batch([e.text for e in examples])
-    if task.is_classification:
-        return float(np.mean([p == e.label for p, e in zip(predictions.labels, examples)]))
-    return -float(np.mean([abs(v - e.label) for v, e in zip(predictions.values, examples)]))  # higher is better
+    return deciding_metric(task)(*gold_and_outputs(task, predictions, examples))
 
 
 def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,

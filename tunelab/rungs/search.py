@@ -17,10 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 from tunelab.config import SearchConfig
-from tunelab.measure.evaluate import evaluate, evaluate_predictions, gold_and_outputs
+from tunelab.measure.evaluate import deciding_metric, evaluate, evaluate_predictions, gold_and_outputs, headline_quality
 from tunelab.measure.intervals import paired_difference
 from tunelab.models import Model
 from tunelab.rungs.prompting import PromptConfig, PromptPredictor, few_shot
@@ -28,18 +26,6 @@ from tunelab.tasks import Task, split_examples
 
 SHOT_COUNTS = (1, 2, 4, 8, 16)
 RANDOM_SEEDS = (0, 1, 2)  # random shot sets tried per K: prompts are sensitive to which shots they hold
-
-
-def search_quality(metrics: dict) -> float:
-    """What the search maximises: accuracy, or minus the mean absolute error for regression."""
-    return metrics["accuracy"] if "accuracy" in metrics else -metrics["mae"]
-
-
-def _example_quality(task: Task):
-    """search_quality() as a function of (gold, outputs) arrays, for paired resamples of the validation split."""
-    if task.is_classification:
-        return lambda gold, predicted: float(np.mean(gold == predicted))
-    return lambda gold, values: -float(np.mean(np.abs(gold - values)))
 
 
 def label_instruction(task: Task) -> str:
@@ -101,7 +87,7 @@ def search(model: Model, task: Task, base: PromptConfig = PromptConfig(), config
     pool, validation = split_examples(list(task.train), task.kind, fraction, config.seed)
     search_task = dataclasses.replace(task, train=tuple(pool), test=tuple(validation))
     started, rows, best, zero = time.perf_counter(), [], None, None
-    example_quality = _example_quality(task)
+    example_quality = deciding_metric(task)
     tried = candidates(task, base, len(pool))
     stopped_by = "exhausted"
     for number, candidate in enumerate(tried):
@@ -117,7 +103,7 @@ def search(model: Model, task: Task, base: PromptConfig = PromptConfig(), config
         gold, outputs = gold_and_outputs(search_task, predictions)
         zero = outputs if zero is None else zero
         versus_zero = paired_difference(example_quality, gold, outputs, zero)
-        row = {"config": describe(candidate, base), "validation": search_quality(metrics),
+        row = {"config": describe(candidate, base), "validation": headline_quality(metrics),
                "vs_zero": versus_zero["difference"], "vs_zero_interval": versus_zero["interval"],
                "clear_gain": versus_zero["distinguishable"] and versus_zero["difference"] > 0,
                "seconds": time.perf_counter() - began, "notes": predictor.notes}
@@ -150,7 +136,7 @@ def run_search(load_model: Callable[[], Model], task: Task, base: PromptConfig, 
 
 def search_lines(result: SearchResult, test_result: dict) -> list[str]:
     """The search table for people: every configuration tried, its validation quality and cost, the one kept."""
-    metric = "accuracy" if "accuracy" in test_result else "-MAE"
+    metric = "accuracy" if "accuracy" in test_result else "spearman"
     lines = [f"prompt search on {test_result['task']}: {len(result.rows)} configurations on {result.n_validation} "
              f"held-out training examples ({metric}; stopped: {result.stopped_by}); a configuration replaces "
              f"zero-shot only when its paired 95% interval against it lies above 0 (marked +)",
@@ -161,8 +147,7 @@ def search_lines(result: SearchResult, test_result: dict) -> list[str]:
         low, high = row["vs_zero_interval"] or (float("nan"), float("nan"))
         lines.append(f"{mark} {row['validation']:>7.3f} {row['vs_zero']:>+8.3f} [{low:+.3f}, {high:+.3f}] "
                      f"{row['seconds']:>7.1f} s  {row['config']}")
-    quality = test_result.get("accuracy", test_result.get("mae"))
-    lines.append(f"kept: {kept}; test {'accuracy' if 'accuracy' in test_result else 'MAE'} {quality:.3f} on "
+    lines.append(f"kept: {kept}; test {metric} {headline_quality(test_result):.3f} on "
                  f"{test_result['n_test']} examples")
     return lines
 
@@ -181,7 +166,7 @@ def sensitivity(model: Model, task: Task, base: PromptConfig = PromptConfig(), c
     search_task = dataclasses.replace(task, train=tuple(pool), test=tuple(validation))
 
     def quality(predictor) -> float:
-        return search_quality(evaluate(predictor, search_task, batch_size=base.batch_size))
+        return headline_quality(evaluate(predictor, search_task, batch_size=base.batch_size))
 
     rows = []
     for k in (k for k in k_values if k <= len(pool)):
