@@ -12,7 +12,7 @@ from tokenizers import Tokenizer  # noqa: E402
 from tokenizers.models import BPE, WordLevel  # noqa: E402
 from tokenizers.pre_tokenizers import Whitespace  # noqa: E402
 from tokenizers.trainers import BpeTrainer  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402,E501
 
 from tunelab.models import make_model  # noqa: E402
 from tunelab.tasks import Example, make_task  # noqa: E402
@@ -68,6 +68,17 @@ def tiny_model(word_tokenizer):
 @pytest.fixture
 def tiny_bpe_model(bpe_tokenizer):
     return make_model(_llama(len(bpe_tokenizer)), bpe_tokenizer, name="tiny-bpe", device=torch.device("cpu"))
+
+
+@pytest.fixture
+def tiny_encoder_dir(word_tokenizer, tmp_path):
+    """A BERT far smaller than the tiny teacher, saved like a pretrained encoder folder."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(word_tokenizer), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=13, max_position_embeddings=32, pad_token_id=1)
+    BertModel(config).save_pretrained(tmp_path / "encoder")
+    word_tokenizer.save_pretrained(tmp_path / "encoder")
+    return tmp_path / "encoder"
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import pytest
 import torch
 from conftest import _llama
 from helpers import one_error_line, run_cli, task_args
-from transformers import BertConfig, BertModel
 
 from tunelab.errors import ConfigError, InputError
 from tunelab.models import make_model
@@ -21,17 +20,6 @@ def four_layer_model(word_tokenizer):
     lm.config.num_hidden_layers = 4
     lm = type(lm)(lm.config)
     return make_model(lm, word_tokenizer, name="tiny-4", device=torch.device("cpu"))
-
-
-@pytest.fixture
-def tiny_encoder_dir(word_tokenizer, tmp_path):
-    """A BERT far smaller than the tiny teacher, saved like a pretrained encoder folder."""
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(word_tokenizer), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=13, max_position_embeddings=32, pad_token_id=1)
-    BertModel(config).save_pretrained(tmp_path / "encoder")
-    word_tokenizer.save_pretrained(tmp_path / "encoder")
-    return tmp_path / "encoder"
 
 
 def _mean_kl(teacher, student, texts):
