@@ -26,9 +26,9 @@ from rich.table import Table
 from tunelab.generation.concepts import read_concepts, read_shots
 from tunelab.generation.config import ExpandConfig
 from tunelab.generation.prompts import generate_candidates, render_prompt, shared_prefix
-from tunelab.generation.terms import Term, term_entries
 from tunelab.models import load_model
 from tunelab.offline.matching import at_word_boundaries, build_automaton, find_terms, match_key, written_without_spaces
+from tunelab.offline.terms import Term, term_entries
 
 LANGUAGES = "de,fr,es,it,pt,nl,pl,ru,ja,zh"
 REPEATS = 3  # each throughput arm runs this many times; the table shows the median (single runs varied by 20%)

@@ -12,11 +12,11 @@ from tunelab.errors import ConfigError, InputError
 from tunelab.generation.concepts import Concept, Shot, country_concepts, country_reference, read_concepts
 from tunelab.generation.config import COUNTRY_LANGUAGES, ExpandConfig, language_codes
 from tunelab.generation.expand import evaluate_terms, expand
-from tunelab.generation.terms import Term, TermStore, normalise_term, term_entries
 from tunelab.generation.tuning import GENERATOR_FILE, generator_shots, tune_generator
 from tunelab.models import load_model
 from tunelab.offline.matching import build_automaton, find_terms
 from tunelab.offline.serve import ServeConfig, create_app
+from tunelab.offline.terms import Term, TermStore, normalise_term, term_entries
 
 SHOTS = [Shot("good", "fr", "bon")]
 

@@ -31,7 +31,7 @@ from tunelab.measure.evaluate import (
 from tunelab.measure.intervals import METHOD, paired_difference
 from tunelab.models import Model, weights_fingerprint
 from tunelab.predictor import load_predictor, read_artifact_json, save_predictor
-from tunelab.report.ladder import write_reports
+from tunelab.report.files import write_reports
 from tunelab.rungs.baseline import BaselineConfig, fit_baseline
 from tunelab.rungs.distill import DistillConfig, distill
 from tunelab.rungs.prompting import PromptConfig, few_shot

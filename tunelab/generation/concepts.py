@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunelab.errors import InputError
 from tunelab.generation.config import language_codes
-from tunelab.generation.terms import match_key, normalise_term
+from tunelab.offline.terms import match_key, normalise_term
 from tunelab.tasks import read_rows
 
 COUNTRIES = "countries"  # the built-in concepts and reference (its held-out half; `countries-train` the other)

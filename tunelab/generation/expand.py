@@ -15,10 +15,10 @@ from tunelab.errors import ConfigError, InputError
 from tunelab.generation.concepts import Concept, Shot, language_name, read_concepts, read_reference, read_shots
 from tunelab.generation.config import ExpandConfig
 from tunelab.generation.prompts import generate_candidates, prompt_hash, render_prompt, shared_prefix
-from tunelab.generation.terms import Term, TermStore, normalise_term
 from tunelab.generation.tuning import generator_shots
 from tunelab.models import Model
 from tunelab.offline.matching import match_key
+from tunelab.offline.terms import Term, TermStore, normalise_term
 
 
 def _positive_probability(verifier, texts: list[str]) -> list[float]:

@@ -20,11 +20,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from tunelab.errors import ConfigError
-from tunelab.generation.terms import TermStore, term_entries
 from tunelab.offline.bulk import normalise, text_key
 from tunelab.offline.config import ServeConfig
 from tunelab.offline.matching import Matcher
 from tunelab.offline.store import Store
+from tunelab.offline.terms import TermStore, term_entries
 from tunelab.predictor import load_predictor, read_artifact_json
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)

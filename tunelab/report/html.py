@@ -7,13 +7,13 @@ from __future__ import annotations
 import html
 
 from tunelab.report.console import with_interval
-from tunelab.report.ladder import _rows, _search_lines, recommendation_lines, verdict_lines
+from tunelab.report.ladder import recommendation_lines, rung_rows, search_lines, verdict_lines
 
 
 def _figures(report: dict) -> dict:
     import plotly.graph_objects as go
 
-    rows, metric = _rows(report), report["choice"]["metric"]
+    rows, metric = rung_rows(report), report["choice"]["metric"]
     layout = dict(template="plotly_white", height=380, width=560, margin=dict(l=60, r=20, t=40, b=50),
                   showlegend=False)
 
@@ -83,7 +83,7 @@ document.querySelectorAll("table.sortable th").forEach((header, column) => heade
 def html_page(report: dict) -> str:
     import plotly.offline
 
-    rows, metric = _rows(report), report["choice"]["metric"]
+    rows, metric = rung_rows(report), report["choice"]["metric"]
     escape = html.escape
     columns = [("rung", "rung", str), (f"{metric} [95% interval]", "quality", None),
                ("standing", "standing", str), ("examples/s", "examples_per_s", "{:.1f}".format),
@@ -134,7 +134,7 @@ border-radius:6px;padding:0 12px;margin:6px;width:250px}}dt{{font-weight:bold}}d
 {table}<p>Intervals: {escape(report.get('interval_method', '-'))}. Standing: against the target when one is
 given, else against the best rung.</p>
 <h2>Recommendation</h2><div id="choice">{paragraphs(recommendation_lines(report))}</div>
-<div id="search">{paragraphs(_search_lines(report))}</div>
+<div id="search">{paragraphs(search_lines(report))}</div>
 <h2>Rungs</h2><div id="cards">{cards}</div>
 <h2>Plots</h2>{figures}
 <h2>Bias verdicts</h2><div id="verdicts">{verdicts}</div>

@@ -1,17 +1,16 @@
 """The ladder's report in words: one row per rung, the recommendation, the bias verdicts; report.md and the
-console summary. report.json and report.html are written here too (the HTML page is built in report/html.py).
-Rendering only: ladder.run() measures and decides; this module shows."""
+console summary (report/files.py writes the report files). Rendering only: ladder.run() measures and decides;
+this module shows."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.atomic import write_json, write_text
 from tunelab.measure.evaluate import headline_quality
 from tunelab.report.console import with_interval
 
 
-def _rows(report: dict) -> list[dict]:
+def rung_rows(report: dict) -> list[dict]:
     """One flat row per rung: everything the tables, cards and plots show."""
     metric, rows = report["choice"]["metric"], []
     for rung, result in report["rungs"].items():
@@ -32,7 +31,7 @@ def _rows(report: dict) -> list[dict]:
     return rows
 
 
-def _search_lines(report: dict) -> list[str]:
+def search_lines(report: dict) -> list[str]:
     few = report["rungs"].get("few", {})
     if "searched" not in few:
         return []
@@ -91,7 +90,7 @@ def verdict_lines(rung: str, bias: dict) -> list[str]:
     return lines
 
 
-def _markdown(report: dict) -> str:
+def markdown(report: dict) -> str:
     metric = report["choice"]["metric"]
     lines = [f"# tunelab ladder: {report['task']} ({report['model']})", "",
              f"{report['n_train']} training and {report['n_test']} test examples. {report['split_note']}".strip(), "",
@@ -99,7 +98,7 @@ def _markdown(report: dict) -> str:
              f"| build s | peak RSS MB (process, so far) | test texts cut / max tokens | largest slice gap "
              f"| counterfactual gap | probe verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in _rows(report):
+    for row in rung_rows(report):
         lines.append(f"| {row['rung']} | {with_interval(row['quality'], row['interval'])} | {row['standing']} "
                      f"| {row['examples_per_s']:.1f} | {row['latency_ms']:.1f} | {row['params_total']:,} "
                      f"| {row['params_trainable']:,} | {row['train_seconds']:.1f} | {row['peak_rss_mb']:,.0f} "
@@ -108,8 +107,8 @@ def _markdown(report: dict) -> str:
                      f"| {row['verdict']} |")
     lines += ["", f"Intervals: {report.get('interval_method', '-')}.", "", "## Recommendation", ""]
     lines += recommendation_lines(report)
-    if _search_lines(report):
-        lines += ["", *_search_lines(report)]
+    if search_lines(report):
+        lines += ["", *search_lines(report)]
     lines += ["", "## Bias verdicts", ""]
     for rung, result in report["rungs"].items():
         lines += verdict_lines(rung, result["bias"])
@@ -128,14 +127,6 @@ def _markdown(report: dict) -> str:
 
 
 
-def write_reports(report: dict, out_dir: Path) -> None:
-    from tunelab.report.html import html_page  # plotly loads only when a report is written
-
-    write_json(out_dir / "report.json", report)
-    write_text(out_dir / "report.md", _markdown(report))
-    write_text(out_dir / "report.html", html_page(report))
-
-
 def summary_lines(report: dict, out_dir: str | Path) -> list[str]:
     """The console summary of a ladder run: one line per rung (quality with its interval), the parameter facts,
     the recommendation."""
@@ -143,11 +134,11 @@ def summary_lines(report: dict, out_dir: str | Path) -> list[str]:
     lines = [f"ladder on {report['task']} ({report['n_test']} test examples) -> {out_dir}/report.html",
              f"{'rung':<9}{metric + ' [95% interval]':>28}{'ex/s':>10}{'params':>14}{'trainable':>14}{'build s':>9}"
              f"{'probe gap':>11}  verdict"]
-    for row in _rows(report):
+    for row in rung_rows(report):
         lines.append(f"{row['rung']:<9}{with_interval(row['quality'], row['interval']):>28}"
                      f"{row['examples_per_s']:>10.1f}{row['params_total']:>14,}{row['params_trainable']:>14,}"
                      f"{row['train_seconds']:>9.1f}{row['counterfactual_gap']:>11.3f}  {row['verdict']}")
-    lines += _search_lines(report)
+    lines += search_lines(report)
     lines += [f"{'holds' if fact['holds'] else 'BROKEN'}: {fact['fact']} ({fact['evidence']})"
               for fact in report["parameter_facts"]]
     return lines + recommendation_lines(report)
