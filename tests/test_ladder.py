@@ -134,3 +134,35 @@ def test_the_recommendation_never_names_a_rung_below_the_target_when_another_rea
                "lora": _result(["positive"] * 40, 1.0, 1.0)}
     choice = recommend(results, task, None)
     assert choice["cheapest_to_build"] == "tfidf" and choice["indistinguishable"] == ["lora"]
+
+
+def test_the_plan_splits_a_budget_and_bounds_the_optional_sections(tiny_task):
+    from tunelab.ladder.plan import FLOOR_S, SLACK, make_plan
+
+    probes = {"score_s_per_text": 0.01, "train": {"lora": 0.1}, "precision": "fp32"}
+    unbounded = make_plan(tiny_task, LadderConfig(rungs=("zero", "lora")), probes, n_probe_texts=10, curve_ks=[2, 4],
+                          sensitivity_evaluations=6, n_validation=5)
+    curve = next(s for s in unbounded.sections if s["name"] == "few-shot curve")
+    assert curve["estimate_s"] == 2 * len(tiny_task.test) * 0.01
+    assert curve["budget_s"] == SLACK * curve["estimate_s"] + FLOOR_S  # bounded even without --budget-s
+    assert all(s["budget_s"] is None for s in unbounded.sections if s["name"] in ("zero", "lora"))
+    fixed = sum(s["estimate_s"] for s in unbounded.sections if s["budget_s"] is None)
+    shared = make_plan(tiny_task, LadderConfig(rungs=("zero", "lora"), budget_s=fixed + 1.0), probes, 10, [2, 4], 6, 5)
+    flexible = [s["budget_s"] for s in shared.sections if s["name"] in ("few-shot curve", "prompt sensitivity")]
+    assert abs(sum(flexible) - 1.0) < 1e-9  # what the rungs leave, split by estimate
+    starved = make_plan(tiny_task, LadderConfig(rungs=("zero", "lora"), budget_s=fixed / 2), probes, 10, [2, 4], 6, 5)
+    assert [s["budget_s"] for s in starved.sections if s["budget_s"] is not None] == [0.0, 0.0]
+    assert "total" in starved.lines()[-1] and "budget" in starved.lines()[-1]
+
+
+def test_a_section_past_its_budget_is_cut_short_and_says_so(tiny_model, tiny_task, tmp_path):
+    plans = []
+    report = run(tiny_model, tiny_task, LadderConfig(rungs=("zero", "one"), curve=(0, 1, 2, 4), budget_s=0.001,
+                                                     target_quality=0.0), tmp_path / "cut", on_plan=plans.append)
+    assert plans and plans[0][0].startswith("plan (probed here")
+    assert report["cut_short"]["few-shot curve"] == [2, 4]
+    assert [p["shots"] for p in report["few_shot_curve"]] == [0, 1]
+    assert report["cut_short"]["prompt sensitivity"]  # no K measured: the rungs used the whole budget
+    markdown = (tmp_path / "cut" / "report.md").read_text()
+    assert "Cut short by its budget: few-shot curve (K=2, 4 not measured)" in markdown
+    assert {s["name"] for s in report["plan"]["sections"]} >= {"zero", "one", "few-shot curve", "prompt sensitivity"}

@@ -165,7 +165,8 @@ KILLED_RUN = textwrap.dedent("""
         if epoch == 2:
             os.kill(os.getpid(), signal.SIGKILL)
     finetune(load_model(model_dir), load_task(train_path=train, test_path=test),
-             TuneConfig(method="lora", epochs=4, lr=1e-2, batch_size=2, val_fraction=0.25, patience=4, min_steps=0),
+             TuneConfig(method="lora", epochs=4, lr=1e-2, batch_size=2, val_fraction=0.25, patience=4, min_steps=0,
+                        precision="fp32"),
              out_dir=out, on_epoch_end=die_after_epoch_2)
 """)
 
@@ -182,7 +183,8 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tiny_model, tmp_pat
     assert not (tmp_path / "resumed" / "tunelab.json").exists()
 
     model, task = load_model(tmp_path / "base"), load_task(train_path=train, test_path=test)
-    config = TuneConfig(method="lora", epochs=4, lr=1e-2, batch_size=2, val_fraction=0.25, patience=4, min_steps=0)
+    config = TuneConfig(method="lora", epochs=4, lr=1e-2, batch_size=2, val_fraction=0.25, patience=4, min_steps=0,
+                        precision="fp32")
     resumed = finetune(model, task, config, out_dir=tmp_path / "resumed", resume=True)
     straight = finetune(model, task, config, out_dir=tmp_path / "straight")
     assert resumed.meta["training"]["history"] == straight.meta["training"]["history"]

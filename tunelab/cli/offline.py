@@ -83,8 +83,8 @@ def predict_command(
 
     quiet_transformers()
     with progress() as bars:
-        counts = predict_file(model, input, store, config_from(offline_configs.BulkConfig, given), text_field=text_field,
-                              on_total=bars.total("predicting new inputs"),
+        counts = predict_file(model, input, store, config_from(offline_configs.BulkConfig, given),
+                              text_field=text_field, on_total=bars.total("predicting new inputs"),
                               on_progress=bars.bar("predicting new inputs"))
     print_lines(counts, fact_lines(counts), as_json)
 

@@ -177,7 +177,8 @@ def ladder(
     base = load_base(model)
     with progress(transient=False) as bars:
         done = bars.bar("ladder: rungs done", len(config.rungs))
-        report = run(base, loaded_task, config, out, on_step=lambda rung, state: done(int(state != "start")))
+        report = run(base, loaded_task, config, out, on_step=lambda rung, state: done(int(state != "start")),
+                     on_plan=lambda lines: err_console.print("\n".join(lines), highlight=False, markup=False))
     print_lines(report, summary_lines(report, out), as_json)
 
 

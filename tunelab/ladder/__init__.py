@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Callable
 
 from tunelab.atomic import write_json
-from tunelab.config import RUNGS, LadderConfig
+from tunelab.config import RUNGS, LadderConfig, PromptConfig, SearchConfig
 from tunelab.ladder.choice import parameter_facts, recommend
+from tunelab.ladder.plan import deadline, make_plan, probe, sensitivity_count
 from tunelab.ladder.steps import (
     BASELINES,
     PROMPT_SHOTS,
     baseline_step,
     best_teacher,
     check_task,
+    curve_shots,
     distill_step,
     few_shot_curve,
     label_scarce,
@@ -31,13 +33,16 @@ from tunelab.ladder.steps import (
     quick_probes,
     quick_task,
     searched_step,
+    sensitivity_settings,
     tune_step,
 )
-from tunelab.measure.bias import BiasConfig
+from tunelab.measure.bias import BiasConfig, load_probes
 from tunelab.measure.evaluate import peak_rss_mb
 from tunelab.measure.intervals import METHOD
 from tunelab.models import Model, weights_fingerprint
 from tunelab.report.files import write_reports
+from tunelab.rungs.prompting import few_shot
+from tunelab.rungs.search import validation_task
 from tunelab.tasks import Task
 
 __all__ = ["LadderConfig", "check_task", "label_scarce", "ladder_task", "quick_task", "recommend", "run"]
@@ -51,9 +56,12 @@ def run(
     *,
     on_step: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_plan: Callable[[list[str]], None] | None = None,
 ) -> dict:
     """Run the chosen rungs on one task into `out_dir` (resuming finished steps) and write the reports.
 
+    Before any work: the precision is resolved once for every rung (`auto`: bf16 where fast and in parity), the
+    plan is probed and handed to `on_plan(lines)` (each section's estimate and budget, an ETA).
     `on_step(rung, "start" | "done" | "skipped")` and `on_progress(n)` report progress.
     """
     out_dir = Path(out_dir)
@@ -63,10 +71,21 @@ def run(
         task = quick_task(task, config)
     if config.train_labels is not None:
         task = label_scarce(task, config.train_labels, config.seed)
-    bias = BiasConfig(probe=quick_probes(out_dir, config.quick_names_per_group) if config.quick else "names")
-    base_weights = weights_fingerprint(model.lm)  # hashed from the tensors, to show prompting changed none
     started = time.perf_counter()
-    results = {}
+    precision = ladder_precision(model, task, config)
+    config = dataclasses.replace(config, precision=precision["precision"])
+    bias = BiasConfig(probe=quick_probes(out_dir, config.quick_names_per_group) if config.quick else "names")
+    probes = load_probes(bias.probe)
+    k_values, variants = sensitivity_settings(config)
+    plan = make_plan(task, config, probe(model, task, config),
+                     n_probe_texts=len(probes["templates"]) * sum(map(len, probes["groups"].values())),
+                     curve_ks=[k for k in curve_shots(task, config) if k not in known_shots(config)],
+                     sensitivity_evaluations=sensitivity_count(k_values, variants),
+                     n_validation=len(validation_task(task, SearchConfig(seed=config.seed)).test))
+    if on_plan:
+        on_plan(plan.lines())
+    base_weights = weights_fingerprint(model.lm)  # hashed from the tensors, to show prompting changed none
+    results, seconds = {}, {}
     for rung in (r for r in RUNGS if r in config.rungs):
         folder = out_dir / rung
         done_file = folder / "result.json"
@@ -82,32 +101,57 @@ def run(
         if rung in BASELINES:
             result = baseline_step(task, rung, folder, bias, config, on_progress)
         elif rung == "few" and config.search_budget_s > 0:
-            result = searched_step(model, task, folder, bias, config, on_progress)
+            result = searched_step(model, task, folder, bias, config, on_progress, results)
         elif rung in ("zero", "one", "few"):
-            shots = PROMPT_SHOTS.get(rung, config.few_shots)
-            result = prompt_step(model, task, shots, folder, bias, config.seed, on_progress)
+            result = prompt_step(model, task, PROMPT_SHOTS.get(rung, config.few_shots), folder, bias, config,
+                                 on_progress)
         elif rung in ("lora", "full"):
             result = tune_step(model, task, rung, folder, bias, config, on_progress)
         else:
             teacher = best_teacher(out_dir, results)
-            result = distill_step(task, teacher, folder, bias, config, on_progress)
+            result = distill_step(task, teacher, folder, bias, config, on_progress,
+                                  teacher_metrics=results[teacher.parent.name]["metrics"])
         result.update(rung=rung, step_seconds=time.perf_counter() - step_started, peak_rss_mb=peak_rss_mb(),
                       artifact=str(folder / "predictor"))
         write_json(done_file, result)
         results[rung] = result
+        seconds[rung] = result["step_seconds"]
         if on_step:
             on_step(rung, "done")
-    curve = few_shot_curve(model, task, config, out_dir, results)
-    spread = prompt_sensitivity(model, task, config, out_dir) if any(r in results for r in ("one", "few")) else []
+    section_started = time.perf_counter()
+    curve, curve_left_out = few_shot_curve(model, task, config, out_dir, results,
+                                           deadline(plan.budget("few-shot curve")))
+    seconds["few-shot curve"] = time.perf_counter() - section_started
+    spread, spread_left_out = [], []
+    if any(r in results for r in ("one", "few")):
+        section_started = time.perf_counter()
+        spread, spread_left_out = prompt_sensitivity(model, task, config, out_dir,
+                                                     deadline(plan.budget("prompt sensitivity")))
+        seconds["prompt sensitivity"] = time.perf_counter() - section_started
     report = {
         "task": task.name, "kind": task.kind, "n_train": len(task.train), "n_test": len(task.test),
         "split_note": task.split_note, "model": model.name, "base_params": model.params_total,
-        "config": dataclasses.asdict(config), "rungs": results, "few_shot_curve": curve, "sensitivity": spread,
-        "parameter_facts": parameter_facts(model, base_weights, out_dir, results),
+        "config": dataclasses.asdict(config), "precision": precision, "rungs": results, "few_shot_curve": curve,
+        "sensitivity": spread, "parameter_facts": parameter_facts(model, base_weights, out_dir, results),
         "choice": recommend(results, task, config.target_quality), "interval_method": METHOD,
+        "plan": {"sections": [{**s, "seconds": seconds.get(s["name"])} for s in plan.sections],
+                 "probes": plan.probes, "estimate_s": plan.estimate_s, "budget_s": plan.budget_s},
+        "cut_short": {name: left for name, left in (("few-shot curve", curve_left_out),
+                                                     ("prompt sensitivity", spread_left_out)) if left},
         "wall_seconds": time.perf_counter() - started,
     }
     write_reports(report, out_dir)
     return report
 
 
+def known_shots(config: LadderConfig) -> set[int]:
+    """The K values whose plain balanced prompt a rung of this run measures (the curve reuses them)."""
+    rungs = {"zero": 0, "one": 1, **({"few": config.few_shots} if config.search_budget_s == 0 else {})}
+    return {k for rung, k in rungs.items() if rung in config.rungs}
+
+
+def ladder_precision(model: Model, task: Task, config: LadderConfig) -> dict:
+    """The precision every rung of this run uses: `auto` resolved once, on the zero-shot prompt and training texts
+    (scoring/precision.py); the record goes into the report."""
+    zero = few_shot(model, task, PromptConfig(seed=config.seed, precision=config.precision))
+    return zero.precision_record or {"requested": config.precision, "precision": zero.config.precision}

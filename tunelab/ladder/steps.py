@@ -120,28 +120,37 @@ def baseline_step(task: Task, method: str, folder: Path, bias: BiasConfig, confi
             "train_seconds": predictor.meta["training"]["train_seconds"]}
 
 
-def prompt_step(model: Model, task: Task, shots: int, folder: Path, bias: BiasConfig, seed: int, on_progress):
-    predictor = few_shot(model, task, PromptConfig(shots=shots, seed=seed))
+def prompt_step(model: Model, task: Task, shots: int, folder: Path, bias: BiasConfig, config: LadderConfig,
+                on_progress):
+    predictor = few_shot(model, task, PromptConfig(shots=shots, seed=config.seed, precision=config.precision))
     save_predictor(predictor, folder / "predictor")
     return {**_measure(predictor, task, bias, on_progress), "train_seconds": 0.0}
 
 
-def searched_step(model: Model, task: Task, folder: Path, bias: BiasConfig, config: LadderConfig, on_progress):
-    """The `few` rung: the prompt that did best on held-out training examples; the report says which it is."""
+def searched_step(model: Model, task: Task, folder: Path, bias: BiasConfig, config: LadderConfig, on_progress,
+                  results: dict):
+    """The `few` rung: the prompt that did best on held-out training examples; the report says which it is. When
+    the search keeps a prompt the run has already measured (zero-shot, same fingerprint), its measurement is reused
+    instead of scoring the test split and the probes again."""
     budget = min(config.search_budget_s, config.quick_search_s) if config.quick else config.search_budget_s
+    base = PromptConfig(seed=config.seed, precision=config.precision)
     started = time.perf_counter()
-    found = search(model, task, PromptConfig(seed=config.seed), SearchConfig(budget_s=budget, seed=config.seed))
+    found = search(model, task, base, SearchConfig(budget_s=budget, seed=config.seed))
     save_predictor(found.predictor, folder / "predictor")
-    return {**_measure(found.predictor, task, bias, on_progress), "train_seconds": time.perf_counter() - started,
-            "searched": describe(found.config, PromptConfig(seed=config.seed)),
-            "validation": found.validation, "configs_tried": len(found.rows),
-            "search_rows": found.rows}
+    same = next((r for r in ("zero", "one") if r in results
+                 and results[r]["metrics"]["fingerprint"] == found.predictor.fingerprint), None)
+    measured = ({key: results[same][key] for key in ("metrics", "bias", "test_outputs")} if same
+                else _measure(found.predictor, task, bias, on_progress))
+    return {**measured, "train_seconds": time.perf_counter() - started, "measurement_reused_from": same,
+            "searched": describe(found.config, base), "validation": found.validation,
+            "configs_tried": len(found.rows), "search_rows": found.rows}
 
 
 def tune_step(model: Model, task: Task, method: str, folder: Path, bias: BiasConfig, config: LadderConfig,
                on_progress):
     tune_config = TuneConfig(method=method, epochs=config.quick_epochs if config.quick else config.epochs,
-                             seed=config.seed)
+                             min_steps=config.quick_min_steps if config.quick else TuneConfig.min_steps,
+                             seed=config.seed, precision=config.precision)
     predictor = finetune(model, task, tune_config, out_dir=folder / "predictor", overwrite=True)
     training = predictor.meta["training"]
     return {**_measure(predictor, task, bias, on_progress), "train_seconds": training["train_seconds"],
@@ -149,11 +158,12 @@ def tune_step(model: Model, task: Task, method: str, folder: Path, bias: BiasCon
 
 
 def distill_step(task: Task, teacher_dir: Path, folder: Path, bias: BiasConfig, config: LadderConfig,
-                  on_progress):
+                 on_progress, teacher_metrics: dict | None = None):
     teacher = load_predictor(teacher_dir)
-    student_config = DistillConfig(student=config.student, epochs=config.distill_epochs, seed=config.seed)
+    student_config = DistillConfig(student=config.student, epochs=config.distill_epochs, seed=config.seed,
+                                   precision=config.precision)
     student, report = distill(teacher, task, student_config, out_dir=folder / "predictor",
-                              teacher_name=str(teacher_dir))
+                              teacher_name=str(teacher_dir), teacher_metrics=teacher_metrics)
     return {**_measure(student, task, bias, on_progress), "train_seconds": report["train_seconds"],
             "teacher": str(teacher_dir), "speedup_vs_teacher": report["speedup"],
             "quality_ratio": report["quality_ratio"]}
@@ -168,33 +178,54 @@ def best_teacher(out_dir: Path, results: dict) -> Path:
     return out_dir / tuned[0] / "predictor"
 
 
-def few_shot_curve(model, task, config: LadderConfig, out_dir: Path, results: dict) -> list[dict]:
-    """Quality over K for the prompt rung (reusing the zero/one/few results), cached in the run folder."""
+def curve_shots(task: Task, config: LadderConfig) -> list[int]:
+    """The K values of the few-shot curve that the training set allows."""
+    return [k for k in sorted({*((1, 4) if config.quick else config.curve), config.few_shots}) if k <= len(task.train)]
+
+
+def few_shot_curve(model, task, config: LadderConfig, out_dir: Path, results: dict,
+                   deadline: float | None = None) -> tuple[list[dict], list[int]]:
+    """Quality over K for the prompt rung (reusing the zero/one/few results), cached in the run folder; no new K is
+    started after `deadline`. Returns the curve and the K values left out because the budget ran out."""
     if not any(r in results for r in ("zero", "one", "few")):
-        return []
+        return [], []
     path = out_dir / "few_shot_curve.json"
     curve = json.loads(path.read_text()) if path.is_file() else {}
     known = {PROMPT_SHOTS.get(r, config.few_shots): results[r]["metrics"] for r in ("zero", "one", "few")
              if r in results and "searched" not in results[r]}  # a searched prompt is not plain balanced K-shot
-    for k in sorted({*((1, 4) if config.quick else config.curve), config.few_shots}):
-        if str(k) in curve or k > len(task.train):
+    left_out = []
+    for k in curve_shots(task, config):
+        if str(k) in curve:
             continue
-        metrics = known.get(k) or evaluate(few_shot(model, task, PromptConfig(shots=k, seed=config.seed)), task)
+        if k not in known and deadline is not None and time.monotonic() > deadline:
+            left_out.append(k)
+            continue
+        metrics = known.get(k) or evaluate(few_shot(model, task, PromptConfig(shots=k, seed=config.seed,
+                                                                             precision=config.precision)), task)
         curve[str(k)] = {"quality": headline_quality(metrics), "examples_per_s": metrics["examples_per_s"]}
         write_json(path, curve)
     for k, metrics in known.items():
         curve.setdefault(str(k), {"quality": headline_quality(metrics), "examples_per_s": metrics["examples_per_s"]})
-    return [{"shots": int(k), **v} for k, v in sorted(curve.items(), key=lambda item: int(item[0]))]
+    return [{"shots": int(k), **v} for k, v in sorted(curve.items(), key=lambda item: int(item[0]))], left_out
 
 
-def prompt_sensitivity(model, task: Task, config: LadderConfig, out_dir: Path) -> list[dict]:
-    """The prompt's sensitivity (search.sensitivity), cached in the run folder; the quick run tries fewer variants."""
+def sensitivity_settings(config: LadderConfig) -> tuple[tuple[int, ...], int]:
+    """The K values and variants per factor of the sensitivity section (fewer in the quick run)."""
+    return ((1, 4), 2) if config.quick else ((1, 4, 8), 4)
+
+
+def prompt_sensitivity(model, task: Task, config: LadderConfig, out_dir: Path,
+                       deadline: float | None = None) -> tuple[list[dict], list[int]]:
+    """The prompt's sensitivity (search.sensitivity), cached in the run folder once complete; no new K is started
+    after `deadline`. Returns the rows and the K values left out because the budget ran out."""
     path = out_dir / "sensitivity.json"
     if path.is_file():
-        return json.loads(path.read_text())
-    rows = sensitivity(model, task, PromptConfig(seed=config.seed), SearchConfig(seed=config.seed),
-                       k_values=(1, 4) if config.quick else (1, 4, 8), variants=2 if config.quick else 4)
-    write_json(path, rows)
-    return rows
-
-
+        return json.loads(path.read_text()), []
+    k_values, variants = sensitivity_settings(config)
+    rows = sensitivity(model, task, PromptConfig(seed=config.seed, precision=config.precision),
+                       SearchConfig(seed=config.seed), k_values=k_values, variants=variants, deadline=deadline)
+    measured = {row["shots"] for row in rows}
+    left_out = [k for k in k_values if k not in measured and k <= len(task.train)]
+    if not left_out:
+        write_json(path, rows)
+    return rows, left_out

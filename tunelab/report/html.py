@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 
 from tunelab.report.console import with_interval
-from tunelab.report.ladder import recommendation_lines, rung_rows, search_lines, verdict_lines
+from tunelab.report.ladder import plan_lines, recommendation_lines, rung_rows, search_lines, verdict_lines
 
 
 def _figures(report: dict) -> dict:
@@ -139,7 +139,7 @@ given, else against the best rung.</p>
 <h2>Plots</h2>{figures}
 <h2>Bias verdicts</h2><div id="verdicts">{verdicts}</div>
 <h2>Parameter facts</h2><ul id="facts">{facts}</ul>
-<p>Wall time {report['wall_seconds']:.0f} s.</p><script>{_SORT_SCRIPT}</script></body></html>
+<div id="plan">{paragraphs(plan_lines(report))}</div><script>{_SORT_SCRIPT}</script></body></html>
 """
 
 

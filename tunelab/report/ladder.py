@@ -90,6 +90,29 @@ def verdict_lines(rung: str, bias: dict) -> list[str]:
     return lines
 
 
+def plan_lines(report: dict) -> list[str]:
+    """The run's precision, each section's estimated and measured seconds, what a budget cut short, the wall time."""
+    lines = []
+    precision = report.get("precision")
+    if precision:
+        parity = precision.get("parity") or {}
+        lines.append(f"Precision: {precision['precision']} (asked: {precision['requested']}"
+                     + (f"; bf16 matrix products {precision['bf16_speedup']}x fp32 here" if precision.get(
+                         "bf16_speedup") else "")
+                     + (f"; parity on {parity['n']} training texts: {parity['agreement']:.0%} same predictions, "
+                        f"largest probability difference {parity['max_prob_difference']:.3f}" if parity else "")
+                     + ").")
+    plan = report.get("plan")
+    if plan:
+        parts = [f"{s['name']} {s['estimate_s']:.0f}/{s['seconds']:.0f}" for s in plan["sections"]
+                 if s.get("seconds") is not None]
+        lines.append(f"Time per section, estimated before the run / measured (s): {', '.join(parts)}; "
+                     f"estimate {plan['estimate_s']:.0f} s in all.")
+    for section, left_out in report.get("cut_short", {}).items():
+        lines.append(f"Cut short by its budget: {section} (K={', '.join(map(str, left_out))} not measured).")
+    return lines + [f"Wall time: {report['wall_seconds']:.0f} s."]
+
+
 def markdown(report: dict) -> str:
     metric = report["choice"]["metric"]
     lines = [f"# tunelab ladder: {report['task']} ({report['model']})", "",
@@ -122,7 +145,7 @@ def markdown(report: dict) -> str:
     if report["few_shot_curve"]:
         lines += ["", "Few-shot curve: " + ", ".join(f"K={p['shots']}: {p['quality']:.3f}"
                                                     for p in report["few_shot_curve"])]
-    lines += ["", f"Wall time: {report['wall_seconds']:.0f} s."]
+    lines += ["", *plan_lines(report)]
     return "\n".join(lines) + "\n"
 
 

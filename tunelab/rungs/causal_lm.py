@@ -14,11 +14,13 @@ from tunelab.errors import ModelError
 from tunelab.models import Model, load_model, make_model
 from tunelab.predictor import Predictions, load_base_model, save_base_reference, write_artifact_json
 from tunelab.scoring.length import text_tokens
+from tunelab.scoring.precision import autocast
 from tunelab.scoring.tokens import PrefixCache, encode_prefix, label_log_likelihoods
 from tunelab.scoring.verbalizer import Verbalizer
 
 _META_KEYS = ("method", "base_name", "params_trainable", "config", "training", "metrics", "versions", "student_type",
-              "teacher", "teacher_fingerprint", "spec", "params_teacher", "kept_layers", "max_length")
+              "teacher", "teacher_fingerprint", "spec", "params_teacher", "kept_layers", "max_length", "precision",
+              "precision_record")
 
 
 class CausalLMPredictor:
@@ -59,19 +61,30 @@ class CausalLMPredictor:
     def fingerprint(self) -> str:
         """Covers what decides a prediction: the weights, the label space and kind, the prompt, the length bound."""
         decided_by = [self.model.fingerprint, self.verbalizer.describe(), self.max_length]
+        if self.precision == "bf16":  # fp32 artifacts keep the fingerprints they had before precision was a choice
+            decided_by.append("bf16")
         return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def precision(self) -> str:
+        return self.meta.get("precision", "fp32")
+
+    def set_precision(self, precision: str) -> None:
+        """Score in `precision` from now on (the cached prefix was computed in the old one)."""
+        self.meta["precision"], self._prefix = precision, None
 
     def label_scores(self, texts: list[str], *, train: bool = False) -> torch.Tensor:
         """(n, n_labels) label log-likelihoods; with `train`, with gradients (the instruction encoded per call)."""
-        verbalizer = self.verbalizer
+        verbalizer, lm, pad_id = self.verbalizer, self.model.lm, self.model.tokenizer.pad_token_id
         pairs = verbalizer.pairs(verbalizer.fmt.instruction, verbalizer.fit(texts, self.max_length)[0])
-        if train:
-            prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction))
-            return label_log_likelihoods(self.model.lm, prefix, pairs, self.model.tokenizer.pad_token_id)[0]
-        if self._prefix is None:
-            self._prefix = encode_prefix(self.model.lm, verbalizer.prefix_ids(verbalizer.fmt.instruction))
-        with torch.no_grad():
-            return label_log_likelihoods(self.model.lm, self._prefix, pairs, self.model.tokenizer.pad_token_id)[0]
+        with autocast(self.model.device, self.precision):
+            if train:
+                prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction))
+                return label_log_likelihoods(lm, prefix, pairs, pad_id)[0].float()
+            with torch.no_grad():
+                if self._prefix is None:
+                    self._prefix = encode_prefix(lm, verbalizer.prefix_ids(verbalizer.fmt.instruction))
+                return label_log_likelihoods(lm, self._prefix, pairs, pad_id)[0].float()
 
     def predict_batch(self, texts: list[str]) -> Predictions:
         return self.verbalizer.predictions(self.label_scores(texts).cpu())

@@ -24,6 +24,7 @@ from tunelab.offline.store import Store
 from tunelab.predictor import Predictor, check_fits_task, length_batches, save_predictor
 from tunelab.rungs.causal_lm import CausalLMPredictor
 from tunelab.rungs.students import EncoderStudent, make_student
+from tunelab.scoring.precision import FAST_RATIO, bf16_speedup, choose_precision
 from tunelab.scoring.verbalizer import expected_rating, rating_to_value
 from tunelab.tasks import Task
 from tunelab.training import adamw, training_step
@@ -136,6 +137,7 @@ def distill(
     out_dir: str | Path | None = None,
     transfer_texts: list[str] | None = None,
     teacher_name: str = "teacher",
+    teacher_metrics: dict | None = None,
     on_label_progress: Callable[[int], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     on_eval_progress: Callable[[int], None] | None = None,
@@ -144,7 +146,8 @@ def distill(
 
     The transfer set defaults to the training texts plus the task's unlabeled texts; the teacher labels it by
     bulk inference into TUNELAB_HOME/teacher-labels.sqlite, so later students of the same teacher reuse the labels.
-    Returns the student and a
+    `teacher_metrics`: the teacher's evaluate() result on this test split, when the caller measured it already
+    (used when its fingerprint is the teacher's). Returns the student and a
     report: both metric sets, params_teacher, params_student, param_ratio, speedup and quality_ratio.
 
     Raises:
@@ -167,6 +170,11 @@ def distill(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         module.train()
+        # training runs in bf16 where the device is fast at it; the trained student's parity decides its inference
+        fast = bf16_speedup(next(module.parameters()).device.type) >= FAST_RATIO
+        student.set_precision("bf16" if config.precision == "bf16" or (config.precision == "auto" and fast)
+                              else "fp32")
+        training_precision = student.precision
         trainable = [p for p in module.parameters()]
         for parameter in trainable:
             parameter.requires_grad_(True)
@@ -180,17 +188,22 @@ def distill(
                                               batch_rows, batch_gold_rows)
                                 for part in length_batches([texts[i] for i in rows.tolist()], batch_rows,
                                                            MICRO_BATCH_CHARS))
-                loss = training_step(trainable, optimizer, micro_losses, where=f"in epoch {epoch + 1} (try a lower --lr)")
+                loss = training_step(trainable, optimizer, micro_losses,
+                                     where=f"in epoch {epoch + 1} (try a lower --lr)")
                 if on_step:
                     on_step(len(rows), loss)
         module.eval()
         for parameter in trainable:
             parameter.requires_grad_(False)
     train_seconds = time.perf_counter() - started
+    inference_precision = choose_precision(student, config.precision, texts, next(module.parameters()).device,
+                                           task.value_range)
+    student.meta["precision_record"] = {"training": training_precision, "inference": inference_precision}
     if isinstance(student, CausalLMPredictor):
         student.forget_cache()
 
-    teacher_metrics = evaluate(teacher, task, on_progress=on_eval_progress)
+    if teacher_metrics is None or teacher_metrics.get("fingerprint") != teacher.fingerprint:
+        teacher_metrics = evaluate(teacher, task, on_progress=on_eval_progress)  # else measured by the caller
     student_metrics = evaluate(student, task, on_progress=on_eval_progress)
     quality_key = quality_metric(task.kind)
     quality_ratio = headline_quality(student_metrics) / max(headline_quality(teacher_metrics), 1e-12)

@@ -7,6 +7,7 @@ and shots) is encoded once and its key/value cache reused for every query.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -29,6 +30,7 @@ from tunelab.predictor import (
     write_artifact_json,
 )
 from tunelab.scoring.length import check_max_length, context_window, text_tokens
+from tunelab.scoring.precision import autocast, choose_precision
 from tunelab.scoring.tokens import PrefixCache, encode_prefix, label_log_likelihoods
 from tunelab.scoring.verbalizer import PromptFormat, Verbalizer, rating_label
 from tunelab.tasks import Example, Task
@@ -96,6 +98,7 @@ class PromptPredictor:
         self.calibration_check: dict | None = None  # quality with and without the calibration, held out
         self._pool_vectors: np.ndarray | None = None
         self._prefix: PrefixCache | None = None
+        self.precision_record: dict | None = None  # how `auto` was resolved (scoring/precision.py)
 
     @property
     def fmt(self) -> PromptFormat:
@@ -156,12 +159,17 @@ class PromptPredictor:
     def log_likelihoods(self, texts: list[str]) -> torch.Tensor:
         """Summed log-likelihood of every label (rating) after each text's prompt: (n, n_labels)."""
         lm, verbalizer, prefix_text = self.model.lm, self.verbalizer, self.prefix_text()
-        if self._prefix is None:
-            self._prefix = encode_prefix(lm, verbalizer.prefix_ids(prefix_text))
         query_prefixes = self._query_prefixes(texts)
         pairs = verbalizer.pairs(prefix_text, self._fitted(texts, query_prefixes)[0], query_prefixes)
-        scores, counts = label_log_likelihoods(lm, self._prefix, pairs, self.model.tokenizer.pad_token_id)
-        return (scores / counts if self.config.length_normalize else scores).cpu()
+        with autocast(self.model.device, self.config.precision):
+            if self._prefix is None:
+                self._prefix = encode_prefix(lm, verbalizer.prefix_ids(prefix_text))
+            scores, counts = label_log_likelihoods(lm, self._prefix, pairs, self.model.tokenizer.pad_token_id)
+        return (scores / counts if self.config.length_normalize else scores).float().cpu()
+
+    def set_precision(self, precision: str) -> None:
+        """Score in `precision` from now on (the cached prefix was computed in the old one)."""
+        self.config, self._prefix = dataclasses.replace(self.config, precision=precision), None
 
     def predict_batch(self, texts: list[str]) -> Predictions:
         return self.verbalizer.predictions(self.log_likelihoods(texts), self.calibration)
@@ -177,7 +185,10 @@ class PromptPredictor:
 
     # -- artifact -------------------------------------------------------------------------------------------------
     def _describe(self) -> dict:
-        return {**self.verbalizer.describe(), "config": asdict(self.config),
+        config = asdict(self.config)
+        if config["precision"] != "bf16":  # fp32 artifacts keep the fingerprints they had before precision existed
+            del config["precision"]
+        return {**self.verbalizer.describe(), "config": config,
                 "shots": [[e.text, e.label] for e in self.shots], "calibration": self.calibration}
 
     def save(self, directory: Path) -> None:
@@ -270,6 +281,8 @@ def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
     predictor = PromptPredictor(model, verbalizer, config, shots, embedder=embedder)
     if config.select != "similar":
         _drop_shots_that_do_not_fit(predictor, [e.text for e in train])
+    predictor.precision_record = choose_precision(predictor, config.precision, [e.text for e in train],
+                                                  model.device, task.value_range)
     if config.calibrate:
         _calibrate_and_check(predictor, [e for e in train if e not in predictor.shots or config.select == "similar"],
                              task, random.Random(config.seed + 1))

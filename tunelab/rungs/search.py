@@ -68,6 +68,22 @@ def describe(config: PromptConfig, base: PromptConfig) -> str:
     return " ".join(parts)
 
 
+def validation_task(task: Task, config: SearchConfig) -> Task:
+    """The task the search and the sensitivity measurement score on: a validation split held out of the training
+    set as its test split, the rest as the shot pool. The task's own test split is never looked at."""
+    fraction = min(0.5, config.validation_size / len(task.train))
+    pool, validation = split_examples(list(task.train), task.kind, fraction, config.seed)
+    return dataclasses.replace(task, train=tuple(pool), test=tuple(validation))
+
+
+def resolved_precision(model: Model, task: Task, base: PromptConfig) -> PromptConfig:
+    """`base` with `auto` precision resolved once (on its zero-shot prompt), not once per configuration tried."""
+    if base.precision != "auto":
+        return base
+    zero = few_shot(model, task, dataclasses.replace(base, shots=0, calibrate=False))
+    return dataclasses.replace(base, precision=zero.config.precision)
+
+
 @dataclass
 class SearchResult:
     predictor: PromptPredictor  # the best configuration, its shots drawn from the training part without validation
@@ -83,12 +99,11 @@ def search(model: Model, task: Task, base: PromptConfig = PromptConfig(), config
     """Try `candidates()` on a validation split of `task`'s training set. The first, the task's zero-shot prompt,
     is kept unless others beat it clearly (paired interval of the difference above 0); of those, the best by
     validation quality wins (the earlier, cheaper one on a tie). `on_config(row)` is told each result as it comes."""
-    fraction = min(0.5, config.validation_size / len(task.train))
-    pool, validation = split_examples(list(task.train), task.kind, fraction, config.seed)
-    search_task = dataclasses.replace(task, train=tuple(pool), test=tuple(validation))
+    search_task = validation_task(task, config)
+    base = resolved_precision(model, search_task, base)
     started, rows, best, zero = time.perf_counter(), [], None, None
     example_quality = deciding_metric(task)
-    tried = candidates(task, base, len(pool))
+    tried = candidates(task, base, len(search_task.train))
     stopped_by = "exhausted"
     for number, candidate in enumerate(tried):
         if number >= config.max_configs:
@@ -112,7 +127,7 @@ def search(model: Model, task: Task, base: PromptConfig = PromptConfig(), config
             on_config(row)
         if best is None or (row["clear_gain"] and row["validation"] > best[0]):
             best = (row["validation"], candidate, predictor)
-    return SearchResult(best[2], best[1], rows, len(validation), stopped_by, best[0])
+    return SearchResult(best[2], best[1], rows, len(search_task.test), stopped_by, best[0])
 
 
 def run_search(load_model: Callable[[], Model], task: Task, base: PromptConfig, config: SearchConfig, *,
@@ -157,19 +172,23 @@ SENSITIVITY_VARIANTS = 4  # shot sets (seeds) and shot orders tried per K
 
 
 def sensitivity(model: Model, task: Task, base: PromptConfig = PromptConfig(), config: SearchConfig = SearchConfig(),
-                *, k_values: tuple[int, ...] = SENSITIVITY_SHOTS, variants: int = SENSITIVITY_VARIANTS) -> list[dict]:
+                *, k_values: tuple[int, ...] = SENSITIVITY_SHOTS, variants: int = SENSITIVITY_VARIANTS,
+                deadline: float | None = None) -> list[dict]:
     """How much validation quality moves with what should not matter much: which shots (random sets, by seed),
     their order (permutations of one balanced set), the template, and K. One row per (factor, K) with the
-    min / median / max over its variants, so a user sees how brittle a prompt is before trusting it."""
-    fraction = min(0.5, config.validation_size / len(task.train))
-    pool, validation = split_examples(list(task.train), task.kind, fraction, config.seed)
-    search_task = dataclasses.replace(task, train=tuple(pool), test=tuple(validation))
+    min / median / max over its variants, so a user sees how brittle a prompt is before trusting it. No new K is
+    started after `deadline` (time.monotonic()); the rows say which K were measured."""
+    search_task = validation_task(task, config)
+    pool = search_task.train
+    base = resolved_precision(model, search_task, base)
 
     def quality(predictor) -> float:
         return headline_quality(evaluate(predictor, search_task, batch_size=base.batch_size))
 
     rows = []
     for k in (k for k in k_values if k <= len(pool)):
+        if deadline is not None and time.monotonic() > deadline:
+            break
         sets = [quality(few_shot(model, search_task, dataclasses.replace(base, shots=k, select="random", seed=seed)))
                 for seed in range(variants)]
         ordered = few_shot(model, search_task, dataclasses.replace(base, shots=k, select="balanced"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from tunelab.models import (
 from tunelab.predictor import Predictions, Predictor, write_artifact_json
 from tunelab.rungs.causal_lm import CausalLMPredictor
 from tunelab.scoring.length import TRAIN_MAX_TOKENS, check_max_length, fit_texts, length_quantile, text_tokens
+from tunelab.scoring.precision import autocast
 from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
 from tunelab.tasks import Task
 
@@ -87,7 +89,8 @@ class EncoderStudent:
     def fingerprint(self) -> str:
         """Covers what decides a prediction: the weights, the kind and the label space."""
         weights = Model(self.encoder, self.tokenizer, name="student").fingerprint
-        decided_by = json.dumps([weights, self.kind, list(self.label_names)])
+        decided_by = json.dumps([weights, self.kind, list(self.label_names)] + (["bf16"] if self.precision == "bf16"
+                                                                                 else []))
         return hashlib.sha256(decided_by.encode()).hexdigest()[:16]
 
     def describe_model(self) -> dict:
@@ -108,12 +111,20 @@ class EncoderStudent:
         """Tokens of `texts` as the encoder reads them, after the length policy's cut."""
         return text_tokens(self.tokenizer, [text for text, _ in self._fit(texts)])
 
+    @property
+    def precision(self) -> str:
+        return self.meta.get("precision", "fp32")
+
+    def set_precision(self, precision: str) -> None:
+        self.meta["precision"] = precision
+
     def logits(self, texts: list[str]) -> torch.Tensor:
         device = next(self.encoder.parameters()).device
         fitted = [text for text, _ in self._fit(texts)]
         batch = self.tokenizer(fitted, padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt").to(device)
-        return self.encoder(**batch).logits  # (n, n_labels), or (n, 1) for regression
+        with autocast(device, self.precision):
+            return self.encoder(**batch).logits.float()  # (n, n_labels), or (n, 1) for regression
 
     @torch.no_grad()
     def predict_batch(self, texts: list[str]) -> Predictions:
@@ -139,8 +150,8 @@ def load_student(directory: Path, payload: dict):
         return CausalLMPredictor.load(directory, payload)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics", "max_length")
-            if k in payload}
+    meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics", "max_length",
+                                    "precision", "precision_record") if k in payload}
     check_model_folder(directory / "model")
     try:
         encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model", **LOCAL_ONLY)
@@ -201,3 +212,25 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
     return student
 
 
+
+
+def time_encoder_training(task: Task, config: DistillConfig, n_texts: int = 32) -> float:
+    """Seconds per transfer text of an encoder student's training (forward and backward, in the config's precision),
+    timed on a fresh copy of the encoder after a warm-up pass: what the ladder's plan counts distillation in."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = bundled_minilm_path() if config.student == "minilm" else Path(config.student.split(":", 1)[1])
+    with torch.random.fork_rng(devices=[]):  # the new head's initialisation draws from the global RNG
+        encoder = AutoModelForSequenceClassification.from_pretrained(path, num_labels=max(1, len(task.labels)),
+                                                                     **LOCAL_ONLY).to(choose_device()).train()
+    tokenizer = AutoTokenizer.from_pretrained(path, **LOCAL_ONLY)
+    texts = ([e.text for e in task.train] + list(task.unlabeled))[:n_texts]
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=TRAIN_MAX_TOKENS, return_tensors="pt")
+    seconds = 0.0
+    for _ in range(2):
+        started = time.perf_counter()
+        with autocast(encoder.device, "bf16" if config.precision == "bf16" else "fp32"):
+            loss = encoder(**batch.to(encoder.device)).logits.float().sum()
+        loss.backward()
+        seconds = time.perf_counter() - started
+    return seconds / len(texts)

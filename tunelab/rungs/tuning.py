@@ -31,6 +31,7 @@ from tunelab.measure.evaluate import evaluate, peak_rss_mb
 from tunelab.models import Model, count_parameters, make_model
 from tunelab.predictor import ARTIFACT_FILE
 from tunelab.rungs.causal_lm import CausalLMPredictor
+from tunelab.scoring.precision import autocast, choose_precision
 from tunelab.scoring.tokens import PrefixCache, label_log_likelihoods
 from tunelab.scoring.verbalizer import SCALE_POINTS, Verbalizer, expected_rating, rating_value, resolve_max_length
 from tunelab.tasks import Task, split_examples
@@ -131,12 +132,14 @@ def _batches(verbalizer: Verbalizer, examples, config: TuneConfig, order, max_le
     return batches
 
 
-def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int, cache_prefix: bool = True) -> torch.Tensor:
+def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int, cache_prefix: bool = True,
+               precision: str = "fp32") -> torch.Tensor:
     device = next(lm.parameters()).device
     # The instruction is encoded once per step, with gradients; not under gradient checkpointing, which turns the
     # key/value cache off (long prompts, where the instruction is a small share anyway).
     prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction) if cache_prefix else [])
-    scores, _ = label_log_likelihoods(lm, prefix, batch.pairs, pad_id)
+    with autocast(device, precision):  # the forward pass only: backward runs in the dtypes autocast chose
+        scores = label_log_likelihoods(lm, prefix, batch.pairs, pad_id)[0].float()
     targets = batch.targets.to(device)
     if verbalizer.kind == "classification":
         return verbalizer_loss(scores, targets)
@@ -144,9 +147,9 @@ def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int, cache_pre
 
 
 @torch.no_grad()
-def _validation_loss(lm, verbalizer: Verbalizer, batches: list[_Batch], pad_id: int) -> float:
+def _validation_loss(lm, verbalizer: Verbalizer, batches: list[_Batch], pad_id: int, precision: str) -> float:
     lm.eval()
-    total = sum(_loss_step(lm, verbalizer, b, pad_id).item() * len(b.pairs) for batch in batches
+    total = sum(_loss_step(lm, verbalizer, b, pad_id, precision=precision).item() * len(b.pairs) for batch in batches
                 for b in batch.micro_batches(MICRO_BATCH_TOKENS))
     return total / sum(len(b.pairs) for b in batches)
 
@@ -238,6 +241,13 @@ def finetune(
     pad_id = model.tokenizer.pad_token_id
     max_length = resolve_max_length(verbalizer, [e.text for e in train], config.max_length, model.lm)
     checkpointing = max_length >= CHECKPOINTING_FROM
+    train_texts = [e.text for e in train]
+    # auto: train in bf16 where the base model's scores in bf16 agree with fp32 on training texts
+    if progress is not None and "training_precision" in progress:  # a resumed run trains as it began
+        training_precision = progress["training_precision"]
+    else:
+        base = CausalLMPredictor(model, verbalizer, {"max_length": max_length}, rung="tune")
+        training_precision = choose_precision(base, config.precision, train_texts, model.device, task.value_range)
 
     with torch.random.fork_rng(devices=[]):  # weight init and dropout draw from the global RNG; keep ours apart
         torch.manual_seed(config.seed)
@@ -258,8 +268,8 @@ def finetune(
         scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_FRACTION * total_steps), total_steps)
         validation_batches = _batches(verbalizer, validation, config, range(len(validation)), max_length)
         if progress is None:
-            progress = {"config": asdict(config), "epoch": 0, "best_epoch": 0, "best_val_loss": None,
-                        "stale_epochs": 0, "history": [], "train_seconds": 0.0}
+            progress = {"config": asdict(config), "training_precision": training_precision, "epoch": 0,
+                        "best_epoch": 0, "best_val_loss": None, "stale_epochs": 0, "history": [], "train_seconds": 0.0}
         else:
             restore_checkpoint(out_dir / CHECKPOINTS, progress, lm, optimizer, scheduler)
 
@@ -273,7 +283,8 @@ def finetune(
             losses, n_truncated = [], 0
             for batch in _batches(verbalizer, train, config, order, max_length):
                 n_truncated += batch.n_truncated
-                micro_losses = (_loss_step(lm, verbalizer, micro, pad_id, not checkpointing)
+                micro_losses = (_loss_step(lm, verbalizer, micro, pad_id, not checkpointing,
+                                           training_precision["precision"])
                                 * (len(micro.pairs) / len(batch.pairs))
                                 for micro in batch.micro_batches(MICRO_BATCH_TOKENS))
                 loss = training_step(trainable, optimizer, micro_losses, scheduler=scheduler, where=(
@@ -282,7 +293,7 @@ def finetune(
                 losses.append(loss)
                 if on_step:
                     on_step(len(batch.pairs), loss)
-            val_loss = _validation_loss(lm, verbalizer, validation_batches, pad_id)
+            val_loss = _validation_loss(lm, verbalizer, validation_batches, pad_id, training_precision["precision"])
             progress["train_seconds"] += time.perf_counter() - started
             progress["history"].append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
                                         "val_loss": val_loss})
@@ -323,10 +334,39 @@ def finetune(
         raise TrainingError(f"internal: merged model has {tuned.params_total} parameters, base {params_total}")
     predictor = CausalLMPredictor(tuned, verbalizer, meta, rung="tune", adapter=adapter,
                                   base_model=model if lora else None)
+    inference_precision = choose_precision(predictor, config.precision, train_texts, model.device, task.value_range)
+    predictor.meta["precision_record"] = {"training": training_precision, "inference": inference_precision}
     predictor.meta["metrics"] = evaluate(predictor, task, on_progress=on_eval_progress)
     predictor.save(out_dir)  # weights first, tunelab.json last: its presence marks a finished run
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
     return predictor
+
+
+def time_training_step(model: Model, task: Task, config: TuneConfig) -> float:
+    """Seconds per training example of one optimizer step as `finetune` would run it (same method, precision,
+    length policy, batch size and micro-batches), timed on a copy of the model after a warm-up step on the same
+    batch (the first step pays for allocation): what the ladder's plan counts training in."""
+    train = list(task.train)[: config.batch_size]
+    verbalizer = Verbalizer.for_task(model.tokenizer, task)
+    max_length = resolve_max_length(verbalizer, [e.text for e in task.train], config.max_length, model.lm)
+    precision = "bf16" if config.precision == "bf16" else "fp32"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        lm = copy.deepcopy(model.lm)
+        if config.method == "lora":
+            lm, _ = _with_adapter(lm, config)
+        trainable = [p for p in lm.parameters() if p.requires_grad]
+        optimizer = adamw(trainable, lr=config.learning_rate)
+        lm.train()
+        seconds = 0.0
+        batch = _batches(verbalizer, train, config, range(len(train)), max_length)[0]
+        for _ in range(2):
+            started = time.perf_counter()
+            training_step(trainable, optimizer, (_loss_step(lm, verbalizer, micro, model.tokenizer.pad_token_id,
+                                                            max_length < CHECKPOINTING_FROM, precision)
+                                                 for micro in batch.micro_batches(MICRO_BATCH_TOKENS)))
+            seconds = time.perf_counter() - started
+    return seconds / len(train)
 
 
 def library_versions() -> dict:

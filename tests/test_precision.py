@@ -1,0 +1,54 @@
+"""bf16 where it is fast and in parity with fp32; fp32 otherwise; weights and fp32 fingerprints never change."""
+
+import numpy as np
+import pytest
+
+from tunelab.config import PromptConfig
+from tunelab.rungs.prompting import few_shot
+from tunelab.scoring import precision
+from tunelab.scoring.precision import parity, resolve_precision
+
+
+def test_parity_needs_the_same_predictions_and_close_probabilities():
+    same = np.array([[0.9, 0.1], [0.2, 0.8]])
+    assert parity(same, same + [[-0.01, 0.01], [0.01, -0.01]])["passes"]
+    flipped = parity(same, np.array([[0.4, 0.6], [0.2, 0.8]]))
+    assert flipped["agreement"] == 0.5 and not flipped["passes"]
+    assert not parity(same, same + [[-0.2, 0.2], [0.0, 0.0]])["passes"]  # same argmax, too far apart
+
+
+def test_auto_is_fp32_on_a_slow_device_and_bf16_only_with_parity(monkeypatch):
+    import torch
+
+    cpu = torch.device("cpu")
+    close = {"fp32": np.array([[0.9, 0.1]] * 10), "bf16": np.array([[0.89, 0.11]] * 10)}
+    assert resolve_precision("auto", cpu, close.get)["precision"] == "fp32"  # conftest: no bf16 speed-up here
+    monkeypatch.setattr(precision, "bf16_speedup", lambda device_type: 3.0)
+    chosen = resolve_precision("auto", cpu, close.get)
+    assert chosen["precision"] == "bf16" and chosen["parity"]["passes"] and chosen["bf16_speedup"] == 3.0
+    apart = {"fp32": close["fp32"], "bf16": np.array([[0.4, 0.6]] * 10)}
+    assert resolve_precision("auto", cpu, apart.get)["precision"] == "fp32"
+    assert resolve_precision("bf16", cpu, apart.get)["precision"] == "bf16"  # asked for: no check
+
+
+def test_a_bf16_prompt_scores_close_to_fp32_and_changes_no_weight(tiny_model, tiny_task, monkeypatch):
+    monkeypatch.setattr(precision, "bf16_speedup", lambda device_type: 3.0)
+    before = tiny_model.fingerprint
+    fp32 = few_shot(tiny_model, tiny_task, PromptConfig(precision="fp32"))
+    bf16 = few_shot(tiny_model, tiny_task, PromptConfig(precision="bf16"))
+    texts = [e.text for e in tiny_task.test]
+    difference = np.abs(fp32.predict_batch(texts).probs - bf16.predict_batch(texts).probs).max()
+    assert 0 < difference < 0.05  # computed differently, and close
+    assert bf16.fingerprint != fp32.fingerprint  # a stored bf16 prediction is not an fp32 one
+    from tunelab.models import weights_fingerprint
+
+    assert weights_fingerprint(tiny_model.lm) == before
+    auto = few_shot(tiny_model, tiny_task, PromptConfig())
+    assert auto.config.precision in ("bf16", "fp32") and auto.precision_record["parity"]["n"] == len(tiny_task.train)
+
+
+@pytest.mark.parametrize("requested", ["fp32", "auto"])
+def test_fp32_artifacts_keep_their_fingerprint(tiny_model, tiny_task, requested):
+    predictor = few_shot(tiny_model, tiny_task, PromptConfig(precision=requested))
+    assert predictor.config.precision == "fp32"
+    assert "precision" not in predictor._describe()["config"]

@@ -1,0 +1,110 @@
+"""Numeric precision: bf16 (torch autocast) where the device runs it fast and the predictions agree with fp32.
+
+Weights stay float32 (parameter counts, fingerprints and saved artifacts do not change); under autocast the matrix
+products run in bfloat16 and reductions (softmax, log-softmax, norms) in float32. `auto` picks bf16 only when a
+timed probe shows the device's bf16 matrix products are clearly faster AND a parity check on the task's own texts
+passes; the choice and its figures are recorded wherever a rung records its config.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+FAST_RATIO = 1.3  # bf16 products must be at least this much faster than fp32 to be worth their rounding
+# Parity: bf16 keeps 8 significant bits, about 0.4% relative error per product; through 30 layers a label's
+# probability moved by up to a few hundredths on vader and sotu-party (docs/BENCHMARKS.md). A moved probability
+# matters where it flips a prediction or moves a calibration bin (10 bins of 0.1), so the check asks for the same
+# prediction on at least 99% of the texts and every probability within 0.05 (half a bin).
+PARITY_AGREEMENT = 0.99
+PARITY_TOLERANCE = 0.05
+PARITY_TEXTS = 64  # texts scored both ways by the check (training texts: the test split is not looked at)
+
+
+@lru_cache(maxsize=4)
+def bf16_speedup(device_type: str) -> float:
+    """How much faster a bf16 matrix product of a transformer's shapes runs than fp32 here (timed, best of 5)."""
+    if device_type == "cuda":
+        return 2.0 if torch.cuda.is_bf16_supported() else 0.0
+    if device_type != "cpu":
+        return 0.0
+    a, b = torch.randn(256, 576), torch.randn(576, 1536)
+    rates = []
+    for x, y in ((a, b), (a.bfloat16(), b.bfloat16())):
+        x @ y
+        best = min(_timed(lambda: x @ y) for _ in range(5))
+        rates.append(best)
+    return rates[0] / rates[1]
+
+
+def _timed(fn: Callable) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def autocast(device: torch.device, precision: str):
+    """The context every forward pass of a rung runs in: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def parity(fp32_probs: np.ndarray, bf16_probs: np.ndarray) -> dict:
+    """How far bf16 predictions are from fp32 ones: the share of equal top labels and the largest probability
+    difference. Regression outputs come as one column scaled to 0..1; "equal" then means within the tolerance."""
+    if fp32_probs.shape[1] == 1:
+        agreement = float(np.mean(np.abs(fp32_probs - bf16_probs) <= PARITY_TOLERANCE))
+    else:
+        agreement = float(np.mean(fp32_probs.argmax(axis=1) == bf16_probs.argmax(axis=1)))
+    largest = float(np.max(np.abs(fp32_probs - bf16_probs)))
+    return {"n": len(fp32_probs), "agreement": agreement, "max_prob_difference": largest,
+            "passes": agreement >= PARITY_AGREEMENT and largest <= PARITY_TOLERANCE}
+
+
+def resolve_precision(requested: str, device: torch.device, probabilities: Callable[[str], np.ndarray]) -> dict:
+    """The precision to run in: `requested` unless it is `auto`, which becomes bf16 when the device runs it at
+    least FAST_RATIO faster and `probabilities(precision)` (label probabilities of a few texts) agree in parity;
+    fp32 otherwise. Returns {"precision", "requested", "bf16_speedup", "parity"} for the record."""
+    record = {"requested": requested, "precision": requested, "bf16_speedup": None, "parity": None}
+    if requested != "auto":
+        return record
+    speedup = bf16_speedup(device.type)
+    record["bf16_speedup"] = round(speedup, 2)
+    if speedup < FAST_RATIO:
+        record["precision"] = "fp32"
+        return record
+    record["parity"] = parity(probabilities("fp32"), probabilities("bf16"))
+    record["precision"] = "bf16" if record["parity"]["passes"] else "fp32"
+    return record
+
+
+def comparable(predictions, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Predictions as the parity check compares them: label probabilities, or values scaled to 0..1."""
+    if predictions.kind == "classification":
+        return predictions.probs
+    low, high = value_range or (float(np.min(predictions.values)), float(np.max(predictions.values)) + 1e-9)
+    return ((np.asarray(predictions.values, dtype=float) - low) / (high - low))[:, None]
+
+
+def choose_precision(predictor, requested: str, texts: list[str], device: torch.device,
+                     value_range: tuple[float, float] | None = None) -> dict:
+    """Resolve `requested` for `predictor` (which has `set_precision(p)` and `predict_batch`) on up to PARITY_TEXTS
+    of `texts`, leave the predictor in the chosen precision, and return the record (resolve_precision)."""
+    sample = texts[:PARITY_TEXTS]
+
+    def probabilities(precision: str) -> np.ndarray:
+        predictor.set_precision(precision)
+        return comparable(predictor.predict_batch(sample), value_range)
+
+    record = resolve_precision(requested, device, probabilities) if sample else {
+        "requested": requested, "precision": "fp32" if requested == "auto" else requested, "bf16_speedup": None,
+        "parity": None}
+    predictor.set_precision(record["precision"])
+    return record
