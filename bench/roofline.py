@@ -1,0 +1,211 @@
+"""How close to the machine each rung's hot loop runs: this CPU's (or GPU's) measured matmul peak, fp32 and bf16,
+at the model's own shapes, and each loop's achieved FLOP/s as a share of the peak of the precision it runs in.
+
+Loops (SmolLM2-135M unless said): label scoring on State of the Union passages (~300-token prompts) and on VADER
+words, one LoRA and one full fine-tuning step on passages, the MiniLM student's prediction, greedy generation.
+FLOPs are counted from the model's config and the tokens actually processed (padding excluded): a forward pass is
+2 x (non-embedding parameters) per token, plus attention (4 x layers x hidden x context per token) and the output
+head at the scored positions; a LoRA step is 2 forwards' worth (activation gradients, no frozen weight gradients),
+a full step 3. Each loop runs in fp32 and in bf16 in the same run (the naive baseline is fp32), and torch.profiler
+says where the time goes (matrix products, attention, the rest).
+
+    python bench/roofline.py [--passages 32] [--words 200] [--skip profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.config import PromptConfig, TuneConfig
+from tunelab.models import MiniLMEmbedder, choose_device, load_model
+from tunelab.rungs.prompting import few_shot
+from tunelab.rungs.tuning import MICRO_BATCH_TOKENS, _batches, _loss_step, _with_adapter
+from tunelab.scoring.precision import autocast
+from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
+from tunelab.tasks import load_task
+from tunelab.training import adamw, training_step
+
+
+def best_seconds(fn, repeats: int = 3) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, hidden: int, intermediate: int) -> float:
+    """The best FLOP/s of (tokens x hidden) @ (hidden x intermediate) over a few token counts."""
+    best = 0.0
+    for tokens in (256, 1024, 4096):
+        a = torch.randn(tokens, hidden, device=device, dtype=dtype)
+        b = torch.randn(hidden, intermediate, device=device, dtype=dtype)
+        seconds = best_seconds(lambda: torch.mm(a, b), 5)
+        best = max(best, 2 * tokens * hidden * intermediate / seconds)
+    return best
+
+
+def forward_flops(config, tokens: int, context: float, scored: int) -> float:
+    """One forward pass: 2 x non-embedding parameters per token, attention, and the head at `scored` positions."""
+    hidden, kv_share = config.hidden_size, config.num_key_value_heads / config.num_attention_heads
+    layer = 2 * hidden * hidden * (1 + kv_share) + 3 * hidden * config.intermediate_size  # q, o; k, v; the MLP
+    attention = 4 * config.num_hidden_layers * hidden * context
+    head = 2 * scored * hidden * config.vocab_size
+    return tokens * (2 * config.num_hidden_layers * layer + attention) + head
+
+
+def scoring_loop(model, task, texts: list[str], precision: str) -> dict:
+    predictor = few_shot(model, task, PromptConfig(precision=precision))
+    fitted = predictor.verbalizer.fit(texts, predictor.max_length, prefix=predictor.prefix_text())[0]
+    pairs = predictor.verbalizer.pairs(predictor.prefix_text(), fitted)
+    prefix = len(predictor.verbalizer.prefix_ids(predictor.prefix_text()))
+    rows = {pair.ids[prefix:-1] for row in pairs for pair in row}
+    tokens = sum(map(len, rows))
+    context = prefix + tokens / len(rows) / 2
+    seconds = best_seconds(lambda: predictor.predict_batch(texts), 2)
+    scored = sum(len(pair.ids) - pair.label_start for row in pairs for pair in row)
+    return {"seconds": seconds, "tokens": tokens, "flops": forward_flops(model.lm.config, tokens, context, scored)}
+
+
+def training_loop(model, task, method: str, precision: str, n: int) -> dict:
+    config = TuneConfig(method=method, precision=precision, batch_size=n, min_steps=0)
+    verbalizer = Verbalizer.for_task(model.tokenizer, task)
+    examples = list(task.train)[:n]
+    max_length = resolve_max_length(verbalizer, [e.text for e in task.train], None, model.lm)
+    batch = _batches(verbalizer, examples, config, range(len(examples)), max_length)[0]
+    import copy
+
+    lm = copy.deepcopy(model.lm)
+    if method == "lora":
+        lm, _ = _with_adapter(lm, config)
+    trainable = [p for p in lm.parameters() if p.requires_grad]
+    optimizer = adamw(trainable, lr=1e-5)
+    lm.train()
+
+    def step():
+        pad_id = model.tokenizer.pad_token_id
+        training_step(trainable, optimizer, (_loss_step(lm, verbalizer, micro, pad_id, True, precision)
+                                             for micro in batch.micro_batches(MICRO_BATCH_TOKENS)))
+
+    seconds = best_seconds(step, 1)
+    prefix = len(verbalizer.prefix_ids(verbalizer.fmt.instruction))
+    rows = {pair.ids[prefix:-1] for row in batch.pairs for pair in row}
+    tokens = sum(map(len, rows))
+    forward = forward_flops(model.lm.config, tokens, prefix + tokens / len(rows) / 2, len(rows) * 2)
+    return {"seconds": seconds, "tokens": tokens, "flops": forward * (2 if method == "lora" else 3)}
+
+
+def student_loop(texts: list[str], precision: str) -> dict:
+    embedder = MiniLMEmbedder(max_length=256)
+    batch = embedder.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    tokens = int(batch["attention_mask"].sum())
+    config = embedder.encoder.config
+    hidden = config.hidden_size
+    params = config.num_hidden_layers * (4 * hidden**2 + 2 * hidden * config.intermediate_size)
+
+    def run():
+        with torch.no_grad(), autocast(embedder.device, precision):
+            embedder.encoder(**batch.to(embedder.device))
+
+    return {"seconds": best_seconds(run, 2), "tokens": tokens, "flops": 2 * params * tokens}
+
+
+def generation_loop(model, prompts: list[str], precision: str) -> dict:
+    tokenizer = model.tokenizer
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    new_tokens = 16
+
+    def run():
+        with torch.no_grad(), autocast(model.device, precision):
+            model.lm.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              pad_token_id=tokenizer.pad_token_id)
+
+    seconds = best_seconds(run, 1)
+    prompt_tokens = int(batch["attention_mask"].sum())
+    tokens = prompt_tokens + new_tokens * len(prompts)
+    context = batch["input_ids"].shape[1] + new_tokens / 2
+    return {"seconds": seconds, "tokens": tokens, "flops": forward_flops(model.lm.config, tokens, context, tokens)}
+
+
+def profile_shares(fn) -> dict:
+    """Shares of CPU time in matrix products, attention and everything else, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    totals = {"matrix products": 0.0, "attention": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        if event.key.startswith("aten::") and event.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul",
+                                                             "aten::linear"):
+            continue  # counted through their kernels below
+        name = event.key
+        kind = ("matrix products" if "mkldnn" in name or "gemm" in name or name in ("aten::mm_out",)
+                else "attention" if "attention" in name or "softmax" in name else "other")
+        totals[kind] += event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {kind: value / whole for kind, value in totals.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--passages", type=int, default=32)
+    parser.add_argument("--words", type=int, default=200)
+    parser.add_argument("--skip", default="", help="comma list: profile")
+    args = parser.parse_args()
+    device = choose_device()
+    model = load_model()
+    config = model.lm.config
+    console = Console(width=160)
+    peaks = {p: matmul_peak(dtype, device, config.hidden_size, config.intermediate_size)
+             for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    console.print(f"device {device}, {torch.get_num_threads()} threads; matmul peak at the model's shapes: "
+                  f"fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s "
+                  f"({peaks['bf16'] / peaks['fp32']:.1f}x)")
+    sotu, vader = load_task("sotu-party"), load_task("vader")
+    passages = [e.text for e in sotu.test[: args.passages]]
+    words = [e.text for e in vader.test[: args.words]]
+    loops = {
+        "label scoring, passages": lambda p: scoring_loop(model, sotu, passages, p),
+        "label scoring, words": lambda p: scoring_loop(model, vader, words, p),
+        "LoRA step, 8 passages": lambda p: training_loop(model, sotu, "lora", p, 8),
+        "full step, 8 passages": lambda p: training_loop(model, sotu, "full", p, 8),
+        "MiniLM student, passages": lambda p: student_loop(passages, p),
+        "greedy generation, 16 tokens": lambda p: generation_loop(model, words[:32], p),
+    }
+    table = Table(title="achieved FLOP/s against the measured peak (tokens: real ones, padding excluded)")
+    for column in ("loop", "precision", "tokens", "seconds", "tokens/s", "GFLOP/s", "share of peak", "bf16 / fp32"):
+        table.add_column(column, justify="left" if column in ("loop", "precision") else "right")
+    for name, loop in loops.items():
+        fp32 = loop("fp32")
+        bf16 = loop("bf16")
+        for precision, result in (("fp32", fp32), ("bf16", bf16)):
+            rate = result["flops"] / result["seconds"]
+            table.add_row(name, precision, f"{result['tokens']:,}", f"{result['seconds']:.2f}",
+                          f"{result['tokens'] / result['seconds']:,.0f}", f"{rate / 1e9:,.0f}",
+                          f"{rate / peaks[precision]:.0%}",
+                          f"{fp32['seconds'] / bf16['seconds']:.2f}x" if precision == "bf16" else "")
+    console.print(table)
+    if "profile" not in args.skip:
+        shares = Table(title="where the time goes (torch.profiler, self CPU time)")
+        for column in ("loop", "precision", "matrix products", "attention", "other"):
+            shares.add_column(column)
+        for name, fn in (("label scoring, passages", lambda p: few_shot(model, sotu, PromptConfig(precision=p))
+                          .predict_batch(passages[:8])),):
+            for precision in ("fp32", "bf16"):
+                found = profile_shares(lambda: fn(precision))
+                shares.add_row(name, precision, *(f"{found[k]:.0%}" for k in ("matrix products", "attention",
+                                                                             "other")))
+        console.print(shares)
+
+
+if __name__ == "__main__":
+    main()
