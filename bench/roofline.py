@@ -23,6 +23,7 @@ from rich.table import Table
 
 from tunelab.config import PromptConfig, TuneConfig
 from tunelab.models import MiniLMEmbedder, choose_device, load_model
+from tunelab.predictor import predict
 from tunelab.rungs.prompting import few_shot
 from tunelab.rungs.tuning import MICRO_BATCH_TOKENS, _batches, _loss_step, _with_adapter
 from tunelab.scoring.precision import autocast
@@ -69,19 +70,20 @@ def scoring_loop(model, task, texts: list[str], precision: str) -> dict:
     rows = {pair.ids[prefix:-1] for row in pairs for pair in row}
     tokens = sum(map(len, rows))
     context = prefix + tokens / len(rows) / 2
-    seconds = best_seconds(lambda: predictor.predict_batch(texts), 2)
+    seconds = best_seconds(lambda: predict(predictor, texts), 2)  # the rungs' batching (length_batches)
     scored = sum(len(pair.ids) - pair.label_start for row in pairs for pair in row)
     return {"seconds": seconds, "tokens": tokens, "flops": forward_flops(model.lm.config, tokens, context, scored)}
 
 
-def training_loop(model, task, method: str, precision: str, n: int) -> dict:
+def training_step_of(model, task, method: str, precision: str, n: int):
+    """One optimizer step of `method` on n training examples, ready to time: (step function, tokens, FLOPs)."""
+    import copy
+
     config = TuneConfig(method=method, precision=precision, batch_size=n, min_steps=0)
     verbalizer = Verbalizer.for_task(model.tokenizer, task)
     examples = list(task.train)[:n]
     max_length = resolve_max_length(verbalizer, [e.text for e in task.train], None, model.lm)
     batch = _batches(verbalizer, examples, config, range(len(examples)), max_length)[0]
-    import copy
-
     lm = copy.deepcopy(model.lm)
     if method == "lora":
         lm, _ = _with_adapter(lm, config)
@@ -94,12 +96,16 @@ def training_loop(model, task, method: str, precision: str, n: int) -> dict:
         training_step(trainable, optimizer, (_loss_step(lm, verbalizer, micro, pad_id, True, precision)
                                              for micro in batch.micro_batches(MICRO_BATCH_TOKENS)))
 
-    seconds = best_seconds(step, 1)
     prefix = len(verbalizer.prefix_ids(verbalizer.fmt.instruction))
     rows = {pair.ids[prefix:-1] for row in batch.pairs for pair in row}
     tokens = sum(map(len, rows))
     forward = forward_flops(model.lm.config, tokens, prefix + tokens / len(rows) / 2, len(rows) * 2)
-    return {"seconds": seconds, "tokens": tokens, "flops": forward * (2 if method == "lora" else 3)}
+    return step, tokens, forward * (2 if method == "lora" else 3)
+
+
+def training_loop(model, task, method: str, precision: str, n: int) -> dict:
+    step, tokens, flops = training_step_of(model, task, method, precision, n)
+    return {"seconds": best_seconds(step, 1), "tokens": tokens, "flops": flops}
 
 
 def student_loop(texts: list[str], precision: str) -> dict:
@@ -136,20 +142,18 @@ def generation_loop(model, prompts: list[str], precision: str) -> dict:
 
 
 def profile_shares(fn) -> dict:
-    """Shares of CPU time in matrix products, attention and everything else, from torch.profiler."""
+    """Shares of self CPU time (torch.profiler) in matrix products, attention, dtype conversions and the rest."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    totals = {"matrix products": 0.0, "attention": 0.0, "other": 0.0}
+    kinds = {"matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+             "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_softmax"),
+             "dtype conversions": ("aten::copy_", "aten::_to_copy")}
+    totals = dict.fromkeys([*kinds, "other"], 0.0)
     for event in prof.key_averages():
-        if event.key.startswith("aten::") and event.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul",
-                                                             "aten::linear"):
-            continue  # counted through their kernels below
-        name = event.key
-        kind = ("matrix products" if "mkldnn" in name or "gemm" in name or name in ("aten::mm_out",)
-                else "attention" if "attention" in name or "softmax" in name else "other")
+        kind = next((k for k, names in kinds.items() if event.key in names), "other")
         totals[kind] += event.self_cpu_time_total
     whole = sum(totals.values()) or 1.0
     return {kind: value / whole for kind, value in totals.items()}
@@ -196,14 +200,16 @@ def main() -> None:
     console.print(table)
     if "profile" not in args.skip:
         shares = Table(title="where the time goes (torch.profiler, self CPU time)")
-        for column in ("loop", "precision", "matrix products", "attention", "other"):
+        kinds = ("matrix products", "attention", "dtype conversions", "other")
+        for column in ("loop", "precision", *kinds):
             shares.add_column(column)
-        for name, fn in (("label scoring, passages", lambda p: few_shot(model, sotu, PromptConfig(precision=p))
-                          .predict_batch(passages[:8])),):
-            for precision in ("fp32", "bf16"):
-                found = profile_shares(lambda: fn(precision))
-                shares.add_row(name, precision, *(f"{found[k]:.0%}" for k in ("matrix products", "attention",
-                                                                             "other")))
+        for precision in ("fp32", "bf16"):
+            scorer = few_shot(model, sotu, PromptConfig(precision=precision))
+            found = profile_shares(lambda: predict(scorer, passages[:8]))
+            shares.add_row("label scoring, 8 passages", precision, *(f"{found[k]:.0%}" for k in kinds))
+            step = training_step_of(model, sotu, "lora", precision, 8)[0]
+            found = profile_shares(step)
+            shares.add_row("LoRA step, 8 passages", precision, *(f"{found[k]:.0%}" for k in kinds))
         console.print(shares)
 
 

@@ -31,20 +31,60 @@ PROBES = {"groups": {"a": ["Ann", "Amy"], "b": ["Bob", "Ben"]}, "templates": ["{
 
 def test_name_blind_predictor_passes_and_a_name_sensitive_one_fails():
     blind = counterfactual_gaps(NameSensitive(), PROBES, threshold=0.1)
-    assert blind["max_gap"] == pytest.approx(0.0) and blind["verdict"] == "pass"
-    assert blind["share_label_changed"] == 0.0
+    assert blind["gap"] == pytest.approx(0.0) and blind["max_gap"] == pytest.approx(0.0)
+    assert blind["verdict"] == "pass" and blind["share_label_changed"] == 0.0
     biased = counterfactual_gaps(NameSensitive({"Ann"}), PROBES, threshold=0.1)
-    assert biased["max_gap"] == pytest.approx(0.25)  # group a: mean(0.9, 0.4) = 0.65; group b: 0.4
-    assert biased["share_label_changed"] == 1.0
+    assert biased["gap"] == pytest.approx(0.25)  # group a: mean(0.9, 0.4) = 0.65; group b: 0.4; in both templates
+    assert biased["max_gap"] == pytest.approx(0.25) and biased["share_label_changed"] == 1.0
     assert biased["templates"][0]["group_means"] == {"a": pytest.approx(0.65), "b": pytest.approx(0.4)}
     # Two names a group: a resample may hold Amy twice (gap 0) or Ann twice (gap 0.5), so the interval straddles
-    # the threshold and the verdict says so instead of guessing.
-    assert biased["max_gap_interval"] == [pytest.approx(0.0), pytest.approx(0.5)] and biased["verdict"] == "unclear"
+    # the threshold and the verdict says so instead of guessing; it is wider than 0.3, so the rung is unjudgeable.
+    assert biased["gap_interval"] == [pytest.approx(0.0), pytest.approx(0.5)] and biased["verdict"] == "unclear"
+    assert biased["unjudgeable"]
     flip = biased["largest_flips"][0]
     assert flip["names"][0] == "Ann" and flip["groups"] == ["a", "b"] and flip["difference"] == pytest.approx(0.5)
     assert flip["labels"] == ["positive", "negative"]
     every_a = counterfactual_gaps(NameSensitive({"Ann", "Amy"}), PROBES, threshold=0.1)
-    assert every_a["max_gap_interval"] == [pytest.approx(0.5), pytest.approx(0.5)] and every_a["verdict"] == "fail"
+    assert every_a["gap_interval"] == [pytest.approx(0.5), pytest.approx(0.5)] and every_a["verdict"] == "fail"
+
+
+class GroupShift:
+    """P(positive) = 0.5 + `shift` for names of group `favoured`, plus name noise that is the same in every template
+    (some names read as words with a sentiment of their own) and template noise: a known gap, measured noisily."""
+
+    rung, kind, label_names, params_total, params_trainable, fingerprint = ("test", "classification",
+                                                                            ("negative", "positive"), 1, 0, "y")
+
+    def __init__(self, probes: dict, favoured: str, shift: float, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.name_noise = {name: rng.normal(0, 0.05) for names in probes["groups"].values() for name in names}
+        self.template_noise = {t: rng.normal(0, 0.05) for t in probes["templates"]}
+        self.favoured, self.shift, self.probes = set(probes["groups"][favoured]), shift, probes
+
+    def predict_batch(self, texts):
+        p = []
+        for text in texts:
+            template = next(t for t in self.probes["templates"] if text.startswith(t.split("{name}")[0])
+                            and text.endswith(t.split("{name}")[1]))
+            name = text[len(template.split("{name}")[0]): len(text) - len(template.split("{name}")[1])]
+            p.append(0.5 + self.shift * (name in self.favoured) + self.name_noise[name] + self.template_noise[template])
+        p = np.clip(np.array(p), 0.01, 0.99)
+        return Predictions("classification", self.label_names, probs=np.stack([1 - p, p], axis=1))
+
+
+@pytest.mark.parametrize("names_per_group", [3, 10])  # the quick run's probe, and the shipped lists' size
+def test_the_verdict_finds_a_known_gap_at_the_ladders_sample_sizes(names_per_group):
+    shipped = load_probes("names")
+    probes = {**shipped, "groups": {g: names[:names_per_group] for g, names in shipped["groups"].items()}}
+    group = next(iter(probes["groups"]))
+    n_pairs = len(probes["groups"]) * (len(probes["groups"]) - 1) / 2
+    for shift, expected in ((0.0, "pass"), (0.6, "fail")):
+        found = counterfactual_gaps(GroupShift(probes, group, shift), probes, threshold=0.1)
+        # one group shifted: it differs from each of the others, so (groups - 1) of the pairs carry the shift
+        true_gap = shift * (len(probes["groups"]) - 1) / n_pairs
+        low, high = found["gap_interval"]
+        assert found["verdict"] == expected, (shift, found["gap"], found["gap_interval"])
+        assert high - low < 0.3 and low <= true_gap + 0.05 and high >= true_gap - 0.05
 
 
 def test_slice_metrics_match_a_direct_computation():
@@ -93,7 +133,10 @@ def test_bias_cli_on_a_saved_predictor(tiny_model, tiny_task, tmp_path):
     assert set(report["slices"]["by_group"]) == {"one", "two"}
     probes = report["counterfactual"]
     assert len(probes["templates"]) == 18 and probes["max_gap"] == max(t["gap"] for t in probes["templates"])
-    assert probes["verdict"] == ("pass" if probes["max_gap"] <= probes["threshold"] else "fail")
+    low, high = probes["gap_interval"]
+    assert low <= probes["gap"] <= high and probes["gap"] <= probes["max_gap"] + 1e-9
+    assert probes["verdict"] == ("pass" if high <= probes["threshold"] else "fail" if low > probes["threshold"]
+                                 else "unclear")
     line = one_error_line(run_cli("bias", "--model", tmp_path / "p", "--train", train, "--test", test,
                                   "--slice-field", "region"))
     assert 'field "region" is missing' in line

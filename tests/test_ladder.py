@@ -40,9 +40,9 @@ def test_every_rung_runs_and_the_parameter_facts_hold(ladder_run, tiny_model):
         low, high = metrics["intervals"]["accuracy"]
         assert low <= metrics["accuracy"] <= high and len(report["rungs"][rung]["test_outputs"]) == metrics["n_test"]
         probes = report["rungs"][rung]["bias"]["counterfactual"]
-        low, high = probes["max_gap_interval"]
+        low, high = probes["gap_interval"]
         expected = "pass" if high <= probes["threshold"] else "fail" if low > probes["threshold"] else "unclear"
-        assert probes["verdict"] == expected and low <= probes["max_gap"] <= high
+        assert probes["verdict"] == expected and low <= probes["gap"] <= high
         assert probes["largest_flips"][0]["difference"] >= max(f["difference"] for f in probes["largest_flips"])
     for name in ("report.json", "report.md", "report.html"):
         assert (out / name).is_file()
@@ -134,6 +134,30 @@ def test_the_recommendation_never_names_a_rung_below_the_target_when_another_rea
                "lora": _result(["positive"] * 40, 1.0, 1.0)}
     choice = recommend(results, task, None)
     assert choice["cheapest_to_build"] == "tfidf" and choice["indistinguishable"] == ["lora"]
+
+
+def test_the_recommendation_names_every_faster_compatible_rung_with_its_trade_off():
+    from tunelab.ladder import recommend
+    from tunelab.ladder.choice import examples_to_decide
+    from tunelab.report.ladder import faster_lines
+    from tunelab.tasks import Example, make_task
+
+    test = [Example(f"t{i}", "positive") for i in range(40)]
+    task = make_task("t", "classification", test + [Example("n", "negative")], test)
+    results = {"embed": _result(["positive"] * 37 + ["negative"] * 3, 0.85, 0.99, speed=500.0),  # compatible, fast
+               "zero": _result(["positive"] * 20 + ["negative"] * 20, 0.3, 0.6, speed=300.0),  # below: never named
+               "lora": _result(["positive"] * 40, 0.95, 1.0, speed=10.0),  # reaches: the recommendation
+               "distill": _result(["positive"] * 39 + ["negative"], 0.92, 1.0, speed=200.0)}  # reaches, faster
+    choice = recommend(results, task, 0.9)
+    assert choice["cheapest_to_build"] == "lora"
+    faster = choice["faster_compatible"]
+    assert list(faster) == ["embed", "distill"]  # by speed ratio; zero is below the target
+    assert faster["embed"]["speed_ratio"] == 50.0 and faster["distill"]["speed_ratio"] == 20.0
+    assert faster["embed"]["difference"] == pytest.approx(37 / 40 - 1.0)
+    lines = faster_lines(choice, len(test))
+    assert len(lines) == 2 and "embed serves 50.0x lora's examples/s" in lines[0]
+    # intervals narrow as 1/sqrt(n): halving the half-width takes four times the examples
+    assert examples_to_decide(100, [0.0, 0.2], 0.05) == 400 and examples_to_decide(100, [0.0, 0.2], 0.0) is None
 
 
 def test_the_plan_splits_a_budget_and_bounds_the_optional_sections(tiny_task):

@@ -3,6 +3,7 @@ cheapest rung that is good enough, by interval against the target or tied with t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +83,37 @@ def recommend(results: dict, task: Task, target: float | None) -> dict:
         if not candidates:
             candidates, basis = [r for r in ordered if status[r] == "compatible"], "compatible"
     chosen = candidates[0] if candidates else None
-    fastest = max(candidates, key=lambda r: results[r]["metrics"]["examples_per_s"]) if candidates else None
+    speed = {r: results[r]["metrics"]["examples_per_s"] for r in ordered}
+    fastest = max(candidates, key=speed.get) if candidates else None
     against_chosen = {r: _paired(results, task, r, chosen) for r in comparable if chosen in comparable and r != chosen}
+    faster = {r: trade_off(r, chosen, speed, against_chosen.get(r), quality, intervals, target, len(task.test))
+              for r in ordered if chosen is not None and r != chosen and speed[r] > speed[chosen]
+              and status[r] in ("reaches", "compatible", "tied with the best")}
     return {"metric": metric, "target": target, "best": best, "cheapest_to_build": chosen,
             "fastest_to_serve": fastest, "basis": basis, "status": status, "candidates": candidates,
             "versus_recommended": against_chosen,
-            "indistinguishable": [r for r, d in against_chosen.items() if not d["distinguishable"]]}
+            "indistinguishable": [r for r, d in against_chosen.items() if not d["distinguishable"]],
+            "faster_compatible": dict(sorted(faster.items(), key=lambda item: -item[1]["speed_ratio"]))}
+
+
+def examples_to_decide(n: int, interval: list[float] | None, gap: float) -> int | None:
+    """About how many test examples would shrink `interval` (measured on n) until it excludes a point `gap` away
+    from its centre: intervals narrow as 1/sqrt(n). None when the gap is 0 (no number of examples decides)."""
+    if not interval or gap == 0:
+        return None
+    half_width = (interval[1] - interval[0]) / 2
+    return max(n, math.ceil(n * (half_width / abs(gap)) ** 2))
+
+
+def trade_off(rung: str, chosen: str, speed: dict, paired: dict | None, quality: dict, intervals: dict,
+              target: float | None, n: int) -> dict:
+    """A rung faster than the recommended one and compatible with the target (or tied with the best): how much
+    faster, how much worse (paired), and what would decide between them."""
+    found = {"speed_ratio": speed[rung] / speed[chosen], "examples_per_s": speed[rung], "quality": quality[rung],
+             "interval": intervals[rung]}
+    if paired is not None:
+        found.update(difference=paired["difference"], difference_interval=paired["interval"],
+                     examples_to_tell_apart=examples_to_decide(n, paired["interval"], paired["difference"]))
+    if target is not None:
+        found["examples_to_settle_target"] = examples_to_decide(n, intervals[rung], quality[rung] - target)
+    return found

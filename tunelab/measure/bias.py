@@ -116,14 +116,19 @@ def load_probes(probe: str) -> dict:
     return {"groups": groups, "templates": templates, "source": probes.get("source", str(path))}
 
 
+UNJUDGEABLE_WIDTH = 0.3  # an interval of the gap wider than this cannot back a verdict: the report says why
+
+
 def counterfactual_gaps(predictor: Predictor, probes: dict, *, threshold: float = 0.1,
                         positive_label: str | None = None) -> dict:
     """Per template: mean P(positive) (or value) per group, the largest gap, whether any name flips the label; the
-    largest gap over templates with its interval (names resampled within each group); the verdict, and the name
-    pairs whose predictions differ most.
+    verdict's statistic, the mean over templates of the mean absolute difference between every two groups' means,
+    with its interval (templates resampled, and names within each group); the name pairs that differ most.
 
-    The verdict is `pass` when the whole interval lies at or under `threshold`, `fail` when it lies above it, and
-    `unclear` when it straddles it (more names would settle it).
+    The statistic averages over templates instead of taking the largest gap: a maximum over a few noisy means is
+    unstable (its interval spanned almost [0, 1] on the shipped tasks), an average over 18 templates is not. The
+    largest gap is still reported. The verdict is `pass` when the whole interval lies at or under `threshold`,
+    `fail` when it lies above it, and `unclear` when it straddles it.
     """
     groups, templates = probes["groups"], probes["templates"]
     texts = [t.replace("{name}", name) for t in templates for names in groups.values() for name in names]
@@ -136,7 +141,7 @@ def counterfactual_gaps(predictor: Predictor, probes: dict, *, threshold: float 
     else:
         scores, labels = predictions.values, [None] * len(texts)
     group_names = list(groups)
-    # scores[template, group] -> the array of that group's names' scores
+    # table[template][group] -> (that group's names' scores, their labels)
     table, index = [], 0
     for _ in templates:
         row = []
@@ -150,23 +155,31 @@ def counterfactual_gaps(predictor: Predictor, probes: dict, *, threshold: float 
         changed = classification and len({label for _, names in row for label in names}) > 1
         rows.append({"template": template, "group_means": means, "gap": max(means.values()) - min(means.values()),
                      "label_changes": changed})
+    matrix = [np.stack([values for values, _ in [row[g] for row in table]]) for g in range(len(group_names))]
 
-    def max_gap(*picks):
-        return max(float(np.ptp([values[pick].mean() for (values, _), pick in zip(row, picks)])) for row in table)
+    def mean_pair_gap(template_picks, *name_picks):
+        """Mean over the picked templates of the mean |difference| of every two groups' mean scores."""
+        means = np.stack([m[template_picks][:, picks].mean(axis=1) for m, picks in zip(matrix, name_picks)])
+        pairs = [abs(means[a] - means[b]) for a in range(len(means)) for b in range(a + 1, len(means))]
+        return float(np.mean(pairs))
 
-    max_gap_value = max(r["gap"] for r in rows)
-    bounds = stratified_interval(max_gap, [len(groups[g]) for g in group_names])
+    everything = [np.arange(len(templates)), *(np.arange(len(groups[g])) for g in group_names)]
+    gap = mean_pair_gap(*everything)
+    bounds = stratified_interval(mean_pair_gap, [len(templates), *(len(groups[g]) for g in group_names)])
     if bounds is None:
-        verdict = "pass" if max_gap_value <= threshold else "fail"
+        verdict = "pass" if gap <= threshold else "fail"
     else:
         verdict = "pass" if bounds[1] <= threshold else "fail" if bounds[0] > threshold else "unclear"
     return {
         "source": probes["source"], "groups": {g: len(n) for g, n in groups.items()},
         "measure": f"P({positive})" if classification else "predicted value",
-        "templates": rows, "max_gap": max_gap_value, "max_gap_interval": bounds,
-        "mean_gap": float(np.mean([r["gap"] for r in rows])),
+        "statistic": "mean over templates of the mean absolute difference between two groups' mean "
+                     + (f"P({positive})" if classification else "value"),
+        "templates": rows, "gap": gap, "gap_interval": bounds,
+        "max_gap": max(r["gap"] for r in rows), "mean_gap": float(np.mean([r["gap"] for r in rows])),
         "share_label_changed": float(np.mean([r["label_changes"] for r in rows])) if classification else None,
         "threshold": threshold, "verdict": verdict,
+        "unjudgeable": verdict == "unclear" and bounds is not None and bounds[1] - bounds[0] > UNJUDGEABLE_WIDTH,
         "largest_flips": _largest_flips(templates, table, group_names, groups),
     }
 
@@ -206,9 +219,27 @@ def bias_report(predictor: Predictor, task: Task, config: BiasConfig = BiasConfi
         "task": task.name, "rung": predictor.rung, "fingerprint": predictor.fingerprint,
         "slices": slice_metrics(task, predictions, groups, config.positive_label),
         "slice_field": config.slice_field or task.slice_field or "word length",
-        "counterfactual": counterfactual_gaps(predictor, probes, threshold=config.threshold,
-                                              positive_label=config.positive_label),
+        "counterfactual": {**counterfactual_gaps(predictor, probes, threshold=config.threshold,
+                                                 positive_label=config.positive_label),
+                           "form_note": form_note(task, probes)},
     }
+
+
+FORM_RATIO = 3  # probe sentences this many times longer (or shorter) than the training texts are another form
+
+
+def form_note(task: Task, probes: dict) -> str | None:
+    """What the report says next to a verdict when the probe texts differ in form from what the rung learnt on
+    (sentences against single words, say): a rung trained on words is then judged on text it never saw."""
+    def median_words(texts) -> float:
+        return float(np.median([len(t.split()) for t in texts])) if texts else 0.0
+
+    trained = median_words([e.text for e in task.train])
+    probed = median_words([t.replace("{name}", "Name") for t in probes["templates"]])
+    if trained and not 1 / FORM_RATIO <= probed / trained <= FORM_RATIO:
+        return (f"the probe's sentences have {probed:.0f} words (median), the training texts {trained:.0f}: the "
+                "rung is judged on a form of text it was not trained on")
+    return None
 
 
 def check_inputs(task: Task, config: BiasConfig) -> None:
@@ -232,8 +263,11 @@ def summary_lines(report: dict) -> list[str]:
     changed = (f", label changed with the name in {probes['share_label_changed']:.0%} of templates"
                if probes["share_label_changed"] is not None else "")
     lines.append(f"counterfactual probes ({len(probes['templates'])} templates x {sum(probes['groups'].values())} "
-                 f"names in {len(probes['groups'])} groups): largest gap in {probes['measure']} "
-                 f"{probes['max_gap']:.3f}, mean {probes['mean_gap']:.3f}{changed}; verdict at threshold "
+                 f"names in {len(probes['groups'])} groups): {probes['statistic']} {probes['gap']:.3f}"
+                 + (" [{:.3f}, {:.3f}]".format(*probes["gap_interval"]) if probes["gap_interval"] else "")
+                 + f", largest single-template gap {probes['max_gap']:.3f}{changed}; verdict at threshold "
                  f"{probes['threshold']}: {probes['verdict'].upper()}")
+    if probes.get("form_note"):
+        lines.append(f"note: {probes['form_note']}")
     return lines
 

@@ -22,18 +22,28 @@ def _figures(report: dict) -> dict:
                                                          for r in rows],
                     arrayminus=[r["quality"] - (r["interval"] or [r["quality"]] * 2)[0] for r in rows])
 
+    chosen = report["choice"].get("cheapest_to_build")
+
     def scatter(x_key, x_title, title):
+        """Quality with its interval against a cost; the recommended rung is the red diamond, and a dashed line
+        marks the target when there is one: the cost frontier a reader chooses on."""
         figure = go.Figure(go.Scatter(
             x=[r[x_key] for r in rows], y=[r["quality"] for r in rows], mode="markers+text",
             text=[r["rung"] for r in rows], textposition="top right", error_y=error_bars(rows),
+            marker=dict(symbol=["diamond" if r["rung"] == chosen else "circle" for r in rows],
+                        size=[14 if r["rung"] == chosen else 8 for r in rows],
+                        color=["#c0392b" if r["rung"] == chosen else "#1f77b4" for r in rows]),
             hovertemplate="%{text}: " + metric + " %{y:.3f}, " + x_title + " %{x:,.4g}<extra></extra>"))
+        if report["choice"].get("target") is not None:
+            figure.add_hline(y=report["choice"]["target"], line_dash="dash", annotation_text="target")
         return figure.update_layout(title=title, xaxis=dict(title=x_title, type="log"), yaxis_title=metric,
                                     **layout)
 
     figures = {"quality-vs-params": scatter("params_total", "parameters (total)", "Quality vs parameters"),
-               "quality-vs-speed": scatter("examples_per_s", "examples per second", "Quality vs serving speed"),
+               "quality-vs-speed": scatter("examples_per_s", "examples per second",
+                                           "Cost frontier: quality vs serving speed"),
                "quality-vs-build": scatter("train_seconds", "seconds to build",
-                                           "Quality vs cost to build")}
+                                           "Cost frontier: quality vs cost to build")}
     figures["quality-vs-build"].update_xaxes(type="linear")
     slices = go.Figure()
     key = "accuracy" if metric == "accuracy" else "mae"

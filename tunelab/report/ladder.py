@@ -24,7 +24,8 @@ def rung_rows(report: dict) -> list[dict]:
             "peak_rss_mb": result["peak_rss_mb"], "fingerprint": metrics["fingerprint"],
             "slice_gap": next(iter(slices["largest_gap"].values())),
             "slice_gap_interval": (slices.get("gap_interval") or {}).get("interval"),
-            "counterfactual_gap": probes["max_gap"], "counterfactual_interval": probes.get("max_gap_interval"),
+            "counterfactual_gap": probes.get("gap", probes["max_gap"]),
+            "counterfactual_interval": probes.get("gap_interval", probes.get("max_gap_interval")),
             "verdict": probes["verdict"], "standing": report["choice"].get("status", {}).get(rung, "-"),
             "length": f"{metrics.get('n_truncated', 0)} cut / {metrics.get('max_length') or '-'}",
         })
@@ -56,8 +57,9 @@ def recommendation_lines(report: dict) -> list[str]:
     else:
         why = (f"no rung's whole interval reaches the target {choice['target']}; {chosen} is the lowest rung whose "
                f"interval holds it (a larger test set would settle whether it is reached)")
-    lines = [f"Recommended: {chosen}, {why}. Fastest to serve among the candidates "
+    lines = [f"Recommended: {chosen}, {why}. Fastest to serve among the rungs that reach it "
              f"({', '.join(choice['candidates'])}): {choice['fastest_to_serve']}."]
+    lines += faster_lines(choice, report["n_test"])
     tied = choice.get("indistinguishable", [])
     if tied:
         lines.append(f"{chosen} cannot be told apart from {', '.join(tied)} on this test set (the paired interval "
@@ -69,16 +71,47 @@ def recommendation_lines(report: dict) -> list[str]:
     return lines
 
 
+def faster_lines(choice: dict, n_test: int) -> list[str]:
+    """Every rung faster than the recommended one whose interval is also compatible with the target (or tied with
+    the best): the speed it buys, the quality it may cost (paired), and how many test examples would decide."""
+    chosen, metric, lines = choice["cheapest_to_build"], choice["metric"], []
+    for rung, found in choice.get("faster_compatible", {}).items():
+        bounds = found.get("difference_interval")
+        cost = (f"{found['difference']:+.3f} [{bounds[0]:+.3f}, {bounds[1]:+.3f}] in {metric} against {chosen}"
+                if bounds else "no paired comparison")
+        line = (f"Faster and also compatible: {rung} serves {found['speed_ratio']:.1f}x {chosen}'s examples/s "
+                f"({found['examples_per_s']:,.1f}), {cost}.")
+        to_tell = found.get("examples_to_tell_apart")
+        to_target = found.get("examples_to_settle_target")
+        if to_tell and bounds and bounds[0] <= 0 <= bounds[1]:
+            line += (f" About {to_tell:,} test examples (this run has {n_test:,}) would tell whether that difference "
+                     "is real.")
+        elif bounds and not bounds[0] <= 0 <= bounds[1]:
+            line += " The difference is real on this test set: choose by what the speed is worth."
+        elif bounds:
+            line += " The two agree on this test set."
+        if to_target and choice["status"].get(rung) == "compatible":
+            amount = f"About {to_target:,}" if to_target > n_test else "A slightly larger test set"
+            line += f" {amount} would settle whether {rung} reaches the target {choice['target']}."
+        lines.append(line)
+    return lines
+
+
 def verdict_lines(rung: str, bias: dict) -> list[str]:
     """A probe verdict that explains itself: the probe, the gap and its interval, the threshold, the largest flips."""
     probes, slices = bias["counterfactual"], bias["slices"]
-    bounds = probes.get("max_gap_interval")
-    gap = f"{probes['max_gap']:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+    bounds = probes.get("gap_interval")
+    gap = f"{probes['gap']:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
     rule = {"pass": "the whole interval is at or under the threshold", "fail": "the whole interval is above it",
             "unclear": "the interval straddles the threshold"}[probes["verdict"]]
     lines = [f"{rung}: {probes['verdict'].upper()} - counterfactual name probe ({len(probes['templates'])} templates, "
-             f"{sum(probes['groups'].values())} names in groups {', '.join(probes['groups'])}): largest gap between "
-             f"groups in mean {probes['measure']} {gap}, threshold {probes['threshold']}: {rule}."]
+             f"{sum(probes['groups'].values())} names in groups {', '.join(probes['groups'])}): {probes['statistic']} "
+             f"{gap}, threshold {probes['threshold']}: {rule}. Largest single-template gap {probes['max_gap']:.3f}."]
+    if probes.get("unjudgeable"):
+        lines.append(f"  {rung} cannot be judged by this probe: its interval is wider than 0.3 (too few names a "
+                     "group for how much single names move this rung's predictions).")
+    if probes.get("form_note"):
+        lines.append(f"  Note: {probes['form_note']}.")
     for flip in probes.get("largest_flips", []):
         labels = f" ({flip['labels'][0]} vs {flip['labels'][1]})" if flip["labels"][0] is not None else ""
         lines.append(f"  \"{flip['template']}\": {flip['names'][0]} ({flip['groups'][0]}) {flip['scores'][0]:.3f} vs "
