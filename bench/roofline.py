@@ -25,7 +25,7 @@ from tunelab.config import PromptConfig, TuneConfig
 from tunelab.models import MiniLMEmbedder, choose_device, load_model
 from tunelab.predictor import predict
 from tunelab.rungs.prompting import few_shot
-from tunelab.rungs.tuning import MICRO_BATCH_TOKENS, _batches, _loss_step, _with_adapter
+from tunelab.rungs.tuning import _batches, _loss_step, _with_adapter, frozen_to_bf16, micro_batch_tokens
 from tunelab.scoring.precision import autocast
 from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
 from tunelab.tasks import load_task
@@ -87,6 +87,8 @@ def training_step_of(model, task, method: str, precision: str, n: int):
     lm = copy.deepcopy(model.lm)
     if method == "lora":
         lm, _ = _with_adapter(lm, config)
+        if precision == "bf16":
+            frozen_to_bf16(lm)  # as finetune does
     trainable = [p for p in lm.parameters() if p.requires_grad]
     optimizer = adamw(trainable, lr=1e-5)
     lm.train()
@@ -94,7 +96,7 @@ def training_step_of(model, task, method: str, precision: str, n: int):
     def step():
         pad_id = model.tokenizer.pad_token_id
         training_step(trainable, optimizer, (_loss_step(lm, verbalizer, micro, pad_id, True, precision)
-                                             for micro in batch.micro_batches(MICRO_BATCH_TOKENS)))
+                                             for micro in batch.micro_batches(micro_batch_tokens(precision))))
 
     prefix = len(verbalizer.prefix_ids(verbalizer.fmt.instruction))
     rows = {pair.ids[prefix:-1] for row in batch.pairs for pair in row}
