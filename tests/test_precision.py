@@ -52,3 +52,22 @@ def test_fp32_artifacts_keep_their_fingerprint(tiny_model, tiny_task, requested)
     predictor = few_shot(tiny_model, tiny_task, PromptConfig(precision=requested))
     assert predictor.config.precision == "fp32"
     assert "precision" not in predictor._describe()["config"]
+
+
+def test_lora_trained_in_bf16_is_merged_into_fp32_and_loads_back(tiny_model, tiny_task, tmp_path):
+    import torch
+
+    from tunelab.config import TuneConfig
+    from tunelab.predictor import load_predictor
+    from tunelab.rungs.tuning import finetune
+
+    config = TuneConfig(method="lora", precision="bf16", epochs=1, lr=1e-2, min_steps=0, batch_size=4)
+    tuned = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "lora16")
+    assert {p.dtype for p in tuned.model.lm.parameters()} == {torch.float32}
+    assert tuned.params_total == tiny_model.params_total and tuned.precision == "bf16"
+    assert tuned.meta["precision_record"]["training"]["precision"] == "bf16"
+    assert {p.dtype for p in tiny_model.lm.parameters()} == {torch.float32}  # the base was copied, not cast
+    loaded = load_predictor(tmp_path / "lora16")  # the adapter on the fp32 base: the same fingerprint, or refused
+    texts = [e.text for e in tiny_task.test]
+    assert loaded.fingerprint == tuned.fingerprint
+    assert np.allclose(loaded.predict_batch(texts).probs, tuned.predict_batch(texts).probs, atol=1e-6)
