@@ -25,7 +25,7 @@ from tunelab.config import PromptConfig, TuneConfig
 from tunelab.models import MiniLMEmbedder, choose_device, load_model
 from tunelab.predictor import predict
 from tunelab.rungs.prompting import few_shot
-from tunelab.rungs.tuning import _batches, _loss_step, _with_adapter, frozen_to_bf16, micro_batch_tokens
+from tunelab.rungs.tuning import _batches, _loss_step, _with_adapter, micro_batch_tokens
 from tunelab.scoring.precision import autocast
 from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
 from tunelab.tasks import load_task
@@ -87,8 +87,6 @@ def training_step_of(model, task, method: str, precision: str, n: int):
     lm = copy.deepcopy(model.lm)
     if method == "lora":
         lm, _ = _with_adapter(lm, config)
-        if precision == "bf16":
-            frozen_to_bf16(lm)  # as finetune does
     trainable = [p for p in lm.parameters() if p.requires_grad]
     optimizer = adamw(trainable, lr=1e-5)
     lm.train()

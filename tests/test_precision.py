@@ -54,7 +54,7 @@ def test_fp32_artifacts_keep_their_fingerprint(tiny_model, tiny_task, requested)
     assert "precision" not in predictor._describe()["config"]
 
 
-def test_lora_trained_in_bf16_is_merged_into_fp32_and_loads_back(tiny_model, tiny_task, tmp_path):
+def test_lora_trained_in_bf16_stays_fp32_and_loads_back(tiny_model, tiny_task, tmp_path):
     import torch
 
     from tunelab.config import TuneConfig
@@ -66,7 +66,7 @@ def test_lora_trained_in_bf16_is_merged_into_fp32_and_loads_back(tiny_model, tin
     assert {p.dtype for p in tuned.model.lm.parameters()} == {torch.float32}
     assert tuned.params_total == tiny_model.params_total and tuned.precision == "bf16"
     assert tuned.meta["precision_record"]["training"]["precision"] == "bf16"
-    assert {p.dtype for p in tiny_model.lm.parameters()} == {torch.float32}  # the base was copied, not cast
+    assert {p.dtype for p in tiny_model.lm.parameters()} == {torch.float32}  # autocast casts copies, never weights
     loaded = load_predictor(tmp_path / "lora16")  # the adapter on the fp32 base: the same fingerprint, or refused
     texts = [e.text for e in tiny_task.test]
     assert loaded.fingerprint == tuned.fingerprint
