@@ -84,6 +84,7 @@ def run(
                      n_validation=len(validation_task(task, SearchConfig(seed=config.seed)).test))
     if on_plan:
         on_plan(plan.lines())
+    planned_at = time.perf_counter()  # the ETA counts from here: resolving the precision and the probes came before
     base_weights = weights_fingerprint(model.lm)  # hashed from the tensors, to show prompting changed none
     results, seconds = {}, {}
     for rung in (r for r in RUNGS if r in config.rungs):
@@ -135,7 +136,8 @@ def run(
         "sensitivity": spread, "parameter_facts": parameter_facts(model, base_weights, out_dir, results),
         "choice": recommend(results, task, config.target_quality), "interval_method": METHOD,
         "plan": {"sections": [{**s, "seconds": seconds.get(s["name"])} for s in plan.sections],
-                 "probes": plan.probes, "estimate_s": plan.estimate_s, "budget_s": plan.budget_s},
+                 "probes": plan.probes, "estimate_s": plan.estimate_s, "budget_s": plan.budget_s,
+                 "seconds_before_plan": planned_at - started, "seconds_after_plan": time.perf_counter() - planned_at},
         "cut_short": {name: left for name, left in (("few-shot curve", curve_left_out),
                                                      ("prompt sensitivity", spread_left_out)) if left},
         "wall_seconds": time.perf_counter() - started,

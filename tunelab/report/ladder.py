@@ -139,8 +139,11 @@ def plan_lines(report: dict) -> list[str]:
     if plan:
         parts = [f"{s['name']} {s['estimate_s']:.0f}/{s['seconds']:.0f}" for s in plan["sections"]
                  if s.get("seconds") is not None]
+        after = plan.get("seconds_after_plan")
         lines.append(f"Time per section, estimated before the run / measured (s): {', '.join(parts)}; "
-                     f"estimate {plan['estimate_s']:.0f} s in all.")
+                     f"estimate {plan['estimate_s']:.0f} s in all"
+                     + (f", measured {after:.0f} s after the plan was printed ({plan['seconds_before_plan']:.0f} s "
+                        "of precision check and probes before it)." if after is not None else "."))
     for section, left_out in report.get("cut_short", {}).items():
         lines.append(f"Cut short by its budget: {section} (K={', '.join(map(str, left_out))} not measured).")
     return lines + [f"Wall time: {report['wall_seconds']:.0f} s."]
