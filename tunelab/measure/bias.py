@@ -237,8 +237,8 @@ def form_note(task: Task, probes: dict) -> str | None:
     trained = median_words([e.text for e in task.train])
     probed = median_words([t.replace("{name}", "Name") for t in probes["templates"]])
     if trained and not 1 / FORM_RATIO <= probed / trained <= FORM_RATIO:
-        return (f"the probe's sentences have {probed:.0f} words (median), the training texts {trained:.0f}: the "
-                "rung is judged on a form of text it was not trained on")
+        return (f"the probe's sentences have {probed:.0f} words (median), the task's training texts {trained:.0f}: "
+                "the rung is judged on a form of text unlike the task's")
     return None
 
 
