@@ -25,7 +25,8 @@ from tunelab.config import PromptConfig, TuneConfig
 from tunelab.models import MiniLMEmbedder, choose_device, load_model
 from tunelab.predictor import predict
 from tunelab.rungs.prompting import few_shot
-from tunelab.rungs.tuning import _batches, _loss_step, _with_adapter, micro_batch_tokens
+from tunelab.rungs.tuning import _with_adapter
+from tunelab.rungs.tuning_loss import _batches, _loss_step, micro_batch_tokens
 from tunelab.scoring.precision import autocast
 from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
 from tunelab.tasks import load_task

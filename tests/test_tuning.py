@@ -13,16 +13,8 @@ from tunelab.errors import ConfigError, TrainingError
 from tunelab.models import load_model
 from tunelab.predictor import load_predictor, predict
 from tunelab.rungs import tuning
-from tunelab.rungs.tuning import (
-    TuneConfig,
-    _batches,
-    _checkpointing,
-    _loss_step,
-    _with_adapter,
-    finetune,
-    rating_loss,
-    verbalizer_loss,
-)
+from tunelab.rungs.tuning import TuneConfig, _checkpointing, _with_adapter, finetune
+from tunelab.rungs.tuning_loss import _batches, _loss_step, rating_loss, verbalizer_loss
 from tunelab.scoring.tokens import PrefixCache, label_log_likelihoods, tokenize_pairs
 from tunelab.scoring.verbalizer import Verbalizer
 from tunelab.tasks import Example, load_task, make_task
@@ -159,7 +151,7 @@ KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
     from tunelab.models import load_model
     from tunelab.tasks import load_task
-    from tunelab.rungs.tuning import TuneConfig, finetune
+    from tunelab.rungs.tuning import finetune, TuneConfig
     model_dir, train, test, out = sys.argv[1:5]
     def die_after_epoch_2(epoch, val_loss):
         if epoch == 2:

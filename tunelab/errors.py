@@ -1,4 +1,5 @@
-"""The errors a tunelab user can meet. The library raises them; only cli.py prints them (one line, exit 2).
+"""The errors a tunelab user can meet. The library raises them; only the CLI (cli/app.py) prints them: one line,
+exit 2.
 
     TunelabError
      ├── ConfigError   a flag or config field out of range (all problems listed at once)

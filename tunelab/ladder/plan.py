@@ -2,9 +2,10 @@
 (never from constants), printed with an ETA before any work starts; and each section's time budget, so that the
 optional sections (the few-shot curve, the prompt sensitivity) can never run unbounded.
 
-The probes: the zero-shot prompt scores a sample of test texts (seconds per text, after a warm-up), and each
-fine-tuning method runs one optimizer step on a few training examples (seconds per training example). Everything
-else is counted in those units: how many texts each section scores, how many examples it trains on.
+The probes: the zero-shot prompt scores a sample of training texts (seconds per text, after a warm-up), each
+fine-tuning method runs one optimizer step on one batch (seconds per training example), and an encoder student
+one forward and backward pass. Everything else is counted in those units: how many texts each section scores,
+how many examples it trains on.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from tunelab.rungs.students import time_encoder_training
 from tunelab.rungs.tuning import passes_per_epoch, time_training_step
 from tunelab.tasks import Task, split_examples
 
-PROBE_TEXTS = 24  # test texts the scoring probe times (after scoring 4 of them to warm up)
-FLEXIBLE = ("few-shot curve", "prompt sensitivity")  # sections that get what is left, and are cut when it runs out
+PROBE_TEXTS = 24  # training texts the scoring probe times (after scoring 4 of them to warm up)
 SLACK = 1.5  # without --budget-s, a flexible section may take this many times its estimate,
 FLOOR_S = 5.0  # plus this: building each prompt (shots, calibration) costs a little that the texts/s do not count
 PRUNED_COST = 3  # a pruned student's training example: forward + backward (2 forwards), of kept / all layers
@@ -57,7 +57,7 @@ def probe(model: Model, task: Task, config: LadderConfig) -> dict:
     """Seconds per scored text (zero-shot prompt, in the ladder's precision) and per training example (each
     fine-tuning method in the run), timed here."""
     predictor = few_shot(model, task, PromptConfig(seed=config.seed, precision=config.precision))
-    texts = [e.text for e in task.test[:PROBE_TEXTS]]
+    texts = [e.text for e in task.train[:PROBE_TEXTS]]
     predictor.predict_batch(texts[:4])  # warm-up: first calls pay for allocation and kernel selection
     started = time.perf_counter()
     predictor.predict_batch(texts)

@@ -1,0 +1,110 @@
+"""The fine-tuning loss: batches of whole-string prompts, their micro-batches, and the verbalizer loss.
+
+The model learns to put probability on the right label word after the task's zero-shot prompt (PET's loss over the
+labels' log-likelihoods); regression trains the numeric verbalizer's expected rating. A batch of long texts is
+accumulated over micro-batches of a token budget, so its memory is one micro-batch's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.config import TuneConfig
+from tunelab.scoring.precision import autocast
+from tunelab.scoring.tokens import PrefixCache, label_log_likelihoods
+from tunelab.scoring.verbalizer import SCALE_POINTS, Verbalizer, expected_rating, rating_value
+
+MICRO_BATCH_TOKENS = 512  # row tokens per forward/backward pass; a batch of long texts is accumulated over several.
+# Measured on 24 sotu passages (~280 tokens), LoRA peak: 4,096 (counting both labels) -> 5.3 GB, 47 s; 1,024 -> 3.2 GB
+# (full fine-tuning 3.9 GB); fewer tokens leave the optimizer state (full) as the floor and shrink LoRA further
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses
+
+
+def verbalizer_loss(label_scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the label set of the labels' log-likelihoods (PET, Schick & Schuetze 2021, eq. 2).
+
+    label_scores: (batch, n_labels) summed label-token log-likelihoods; targets: (batch,) gold label indices.
+    """
+    return F.cross_entropy(label_scores, targets)
+
+
+def rating_loss(rating_scores: torch.Tensor, gold_ratings: torch.Tensor) -> torch.Tensor:
+    """Squared error of the expected rating, on the 1..9 scale divided by its width so that it lies in [0, 1]."""
+    return (((expected_rating(rating_scores) - gold_ratings) / (SCALE_POINTS - 1)) ** 2).mean()
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class _Batch:
+    pairs: list  # every (text, label) prompt tokenized whole (verbalizer.Pair)
+    targets: torch.Tensor  # (batch,) label indices, or gold ratings for regression
+    n_truncated: int = 0  # texts cut to fit max_length
+
+    def micro_batches(self, max_tokens: int) -> list[_Batch]:
+        """Consecutive slices of at most `max_tokens` prompt tokens each (at least one example): gradients
+        accumulate over them, so a batch of long documents takes the memory of one slice."""
+        slices, start, used = [], 0, 0
+        for i, pairs in enumerate(self.pairs):
+            tokens = len({pair.ids[:-1] for pair in pairs}) * max(len(pair.ids) for pair in pairs)  # rows it runs
+            if i > start and used + tokens > max_tokens:
+                slices.append(_Batch(self.pairs[start:i], self.targets[start:i]))
+                start, used = i, 0
+            used += tokens
+        slices.append(_Batch(self.pairs[start:], self.targets[start:]))
+        return slices
+
+
+def _batches(verbalizer: Verbalizer, examples, config: TuneConfig, order, max_length: int) -> list[_Batch]:
+    batches = []
+    for start in range(0, len(order), config.batch_size):
+        chosen = [examples[i] for i in order[start : start + config.batch_size]]
+        texts, n_cut = verbalizer.fit([e.text for e in chosen], max_length)  # the rule the predictor applies too
+        if verbalizer.kind == "classification":
+            targets = torch.tensor([verbalizer.label_names.index(e.label) for e in chosen])
+        else:
+            targets = torch.tensor([rating_value(e.label, verbalizer.value_range) for e in chosen])
+        batches.append(_Batch(verbalizer.pairs(verbalizer.fmt.instruction, texts), targets, n_cut))
+    return batches
+
+
+def micro_batch_tokens(precision: str) -> int:
+    """Row tokens per forward/backward pass: twice as many in bf16, whose activations take half the memory. LoRA on
+    16 sotu passages, seconds a step (process peak): fp32 at 512 tokens 17.9 (3.1 GB), 1,024 19.2, 2,048 19.5;
+    bf16 at 512 14.0, 1,024 9.2 (4.7 GB), 2,048 11.0 (8.5 GB). In bf16 every micro-batch casts the weights again
+    (34% of a 512-token step): larger micro-batches pay that less often. (Storing the frozen base in bf16 instead
+    measured no faster on passages, 9.5 s, and twice as slow on words.)"""
+    return MICRO_BATCH_TOKENS * (2 if precision == "bf16" else 1)
+
+
+def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int, cache_prefix: bool = True,
+               precision: str = "fp32") -> torch.Tensor:
+    device = next(lm.parameters()).device
+    # The instruction is encoded once per step, with gradients; not under gradient checkpointing, which turns the
+    # key/value cache off (long prompts, where the instruction is a small share anyway).
+    prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction) if cache_prefix else [])
+    with autocast(device, precision):  # the forward pass only: backward runs in the dtypes autocast chose
+        scores = label_log_likelihoods(lm, prefix, batch.pairs, pad_id)[0].float()
+    targets = batch.targets.to(device)
+    if verbalizer.kind == "classification":
+        return verbalizer_loss(scores, targets)
+    return rating_loss(scores, targets.float())
+
+
+@torch.no_grad()
+def _validation_loss(lm, verbalizer: Verbalizer, batches: list[_Batch], pad_id: int, precision: str) -> float:
+    lm.eval()
+    total = sum(_loss_step(lm, verbalizer, b, pad_id, precision=precision).item() * len(b.pairs) for batch in batches
+                for b in batch.micro_batches(micro_batch_tokens(precision)))
+    return total / sum(len(b.pairs) for b in batches)
+
+
