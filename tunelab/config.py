@@ -242,9 +242,10 @@ class LadderConfig:
     quick_epochs: Annotated[int, "--quick: fine-tuning epochs."] = 1
     quick_search_s: Annotated[float, "--quick: most seconds for the few rung's prompt search."] = 45.0
     quick_names_per_group: Annotated[int, "--quick: names per group in the counterfactual probe."] = 3
-    # Chosen on vader's quick run (lora / full accuracy, training s): 0 steps 0.940 / 0.940 (13 / 20 s), 30 0.955 / 0.950
-    # (26 / 42 s), 60 0.945 / 0.950 (50 / 70 s). Checked on subjectivity, left alone while choosing: 0 0.650 / 0.625,
-    # 30 0.740 / 0.740, 60 0.770 / 0.785: 0 loses 12-16 points there, 30 stays inside 60's intervals at half its cost.
+    # Chosen on vader's quick run (lora / full accuracy, training s): 0 steps 0.940 / 0.940 (13 / 20 s), 30 0.955 /
+    # 0.950 (26 / 42 s), 60 0.945 / 0.950 (50 / 70 s). Checked on subjectivity, left alone while choosing: 0 0.650 /
+    # 0.625, 30 0.740 / 0.740, 60 0.770 / 0.785: 0 loses 12-16 points there, 30 stays inside 60's intervals at half
+    # its cost (docs/BENCHMARKS.md).
     quick_min_steps: Annotated[int, "--quick: fine-tuning's --min-steps."] = 30
     # None: no overall cap; the few-shot curve and the sensitivity section still get 1.5x their estimate at most
     budget_s: Annotated[float | None, "Seconds for the whole ladder; optional sections get what the rungs leave."] = (

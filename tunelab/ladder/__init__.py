@@ -72,6 +72,7 @@ def run(
     if config.train_labels is not None:
         task = label_scarce(task, config.train_labels, config.seed)
     started = time.perf_counter()
+    base_weights = weights_fingerprint(model.lm)  # hashed before anything runs: prompting must change none
     precision = ladder_precision(model, task, config)
     config = dataclasses.replace(config, precision=precision["precision"])
     bias = BiasConfig(probe=quick_probes(out_dir, config.quick_names_per_group) if config.quick else "names")
@@ -85,7 +86,6 @@ def run(
     if on_plan:
         on_plan(plan.lines())
     planned_at = time.perf_counter()  # the ETA counts from here: resolving the precision and the probes came before
-    base_weights = weights_fingerprint(model.lm)  # hashed from the tensors, to show prompting changed none
     results, seconds = {}, {}
     for rung in (r for r in RUNGS if r in config.rungs):
         folder = out_dir / rung
