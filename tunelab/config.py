@@ -123,10 +123,9 @@ class TuneConfig:
             problems.append(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.method not in ("lora", "full"):
             problems.append(f"--method must be lora or full, got {self.method!r}")
-        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--lora-r", self.lora_r),
-                            ("--lora-alpha", self.lora_alpha), ("--patience", self.patience)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
+        problems += at_least_one(("--epochs", self.epochs), ("--batch-size", self.batch_size),
+                                 ("--lora-r", self.lora_r), ("--lora-alpha", self.lora_alpha),
+                                 ("--patience", self.patience))
         if self.min_steps < 0:
             problems.append(f"--min-steps must be >= 0, got {self.min_steps}")
         if self.max_length is not None and self.max_length < 4:
@@ -176,9 +175,7 @@ class DistillConfig:
             problems.append(f"--temperature must be > 0, got {self.temperature}")
         if self.alpha < 0:
             problems.append(f"--alpha must be >= 0, got {self.alpha}")
-        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
+        problems += at_least_one(("--epochs", self.epochs), ("--batch-size", self.batch_size))
         if self.lr is not None and not 0 < self.lr < 1:
             problems.append(f"--lr must be in (0, 1), got {self.lr}")
         if problems:
@@ -274,12 +271,10 @@ class LadderConfig:
             problems.append(f"--train-labels must be >= 2, got {self.train_labels}")
         if self.search_budget_s < 0:
             problems.append(f"--search-budget-s must be >= 0, got {self.search_budget_s}")
-        for flag, value in (("--epochs", self.epochs), ("--distill-epochs", self.distill_epochs),
-                            ("--quick-train", self.quick_train), ("--quick-test", self.quick_test),
-                            ("--quick-transfer", self.quick_transfer), ("--quick-epochs", self.quick_epochs),
-                            ("--quick-names-per-group", self.quick_names_per_group)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
+        problems += at_least_one(("--epochs", self.epochs), ("--distill-epochs", self.distill_epochs),
+                                 ("--quick-train", self.quick_train), ("--quick-test", self.quick_test),
+                                 ("--quick-transfer", self.quick_transfer), ("--quick-epochs", self.quick_epochs),
+                                 ("--quick-names-per-group", self.quick_names_per_group))
         if self.quick_min_steps < 0:
             problems.append(f"--quick-min-steps must be >= 0, got {self.quick_min_steps}")
         if self.budget_s is not None and self.budget_s <= 0:
@@ -301,6 +296,11 @@ class LadderConfig:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Checks of command-line values
+
+
+def at_least_one(*flags: tuple[str, int]) -> list[str]:
+    """The problem of each (flag, value) whose value is below 1."""
+    return [f"{flag} must be >= 1, got {value}" for flag, value in flags if value < 1]
 
 
 def template_problems(template: str) -> list[str]:

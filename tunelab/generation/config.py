@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Annotated, Literal
 
+from tunelab.config import at_least_one
 from tunelab.errors import ConfigError
 
 # 50 languages of the built-in evaluation, chosen for breadth of script and family.
@@ -34,10 +35,8 @@ class ExpandConfig:
         problems = []
         if self.decoding not in ("beam", "sample"):
             problems.append(f"--decoding must be beam or sample, got {self.decoding!r}")
-        for flag, value in (("--per-language", self.per_language), ("--max-new-tokens", self.max_new_tokens),
-                            ("--batch-size", self.batch_size)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
+        problems += at_least_one(("--per-language", self.per_language), ("--max-new-tokens", self.max_new_tokens),
+                                 ("--batch-size", self.batch_size))
         if self.temperature <= 0:
             problems.append(f"--temperature must be > 0, got {self.temperature}")
         if problems:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+from tunelab.config import at_least_one
 from tunelab.errors import ConfigError
 
 
@@ -64,11 +65,9 @@ class ServeConfig:
             problems.append("--on-miss live needs --model DIR to answer misses with")
         if not 0 < self.port < 65536:
             problems.append(f"--port must be in 1..65535, got {self.port}")
-        for flag, value in (("--max-text-chars", self.max_text_chars), ("--max-batch", self.max_batch),
-                            ("--max-body-bytes", self.max_body_bytes), ("--max-matches", self.max_matches),
-                            ("--live-batch", self.live_batch), ("--max-live-pending", self.max_live_pending)):
-            if value < 1:
-                problems.append(f"{flag} must be >= 1, got {value}")
+        problems += at_least_one(("--max-text-chars", self.max_text_chars), ("--max-batch", self.max_batch),
+                                 ("--max-body-bytes", self.max_body_bytes), ("--max-matches", self.max_matches),
+                                 ("--live-batch", self.live_batch), ("--max-live-pending", self.max_live_pending))
         if problems:
             raise ConfigError(problems)
 
