@@ -27,8 +27,7 @@ TEMPLATE_WORDS = ["Text", "Label", "Word", "Sentiment", "Rating", "Classify", "e
 def fp32_unless_asked(monkeypatch):
     """`--precision auto` resolves to fp32 in tests, as on a device without fast bf16: the exactness tests compare
     against fp32 references, and CI's CPU may lack bf16 anyway. Tests of bf16 itself set the speed-up they need."""
-    for where in ("tunelab.scoring.precision.bf16_speedup", "tunelab.rungs.distill.bf16_speedup"):
-        monkeypatch.setattr(where, lambda device_type: 0.0)
+    monkeypatch.setattr("tunelab.scoring.precision.bf16_speedup", lambda device_type: 0.0)
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ from tunelab.offline.store import Store
 from tunelab.predictor import Predictor, check_fits_task, length_batches, save_predictor
 from tunelab.rungs.causal_lm import CausalLMPredictor
 from tunelab.rungs.students import EncoderStudent, make_student
-from tunelab.scoring.precision import FAST_RATIO, bf16_speedup, choose_precision
+from tunelab.scoring.precision import bf16_is_fast, choose_precision
 from tunelab.scoring.verbalizer import expected_rating, rating_to_value
 from tunelab.tasks import Task
 from tunelab.training import adamw, training_step
@@ -171,7 +171,7 @@ def distill(
         torch.manual_seed(config.seed)
         module.train()
         # training runs in bf16 where the device is fast at it; the trained student's parity decides its inference
-        fast = bf16_speedup(next(module.parameters()).device.type) >= FAST_RATIO
+        fast = bf16_is_fast(next(module.parameters()).device.type)
         student.set_precision("bf16" if config.precision == "bf16" or (config.precision == "auto" and fast)
                               else "fp32")
         training_precision = student.precision
