@@ -23,6 +23,7 @@ _EXPORTS = {
     "save_predictor": "tunelab.predictor:save_predictor",
     # the rungs
     "BaselineConfig": "tunelab.config:BaselineConfig", "fit_baseline": "tunelab.rungs.baseline:fit_baseline",
+    "ProbeConfig": "tunelab.config:ProbeConfig", "fit_probe": "tunelab.rungs.probe:fit_probe",
     "PromptConfig": "tunelab.config:PromptConfig", "few_shot": "tunelab.rungs.prompting:few_shot",
     "SearchConfig": "tunelab.config:SearchConfig", "search_prompt": "tunelab.rungs.search:search",
     "TuneConfig": "tunelab.config:TuneConfig", "finetune": "tunelab.rungs.tuning:finetune",

@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 
 from tunelab.errors import ConfigError
 
-RUNGS = ("tfidf", "embed", "zero", "one", "few", "lora", "full", "distill")
+RUNGS = ("tfidf", "embed", "probe", "zero", "one", "few", "lora", "full", "distill")
+POOLINGS = ("auto", "mean", "last", "mean+last")  # rungs/probe.py
 BASELINE_METHODS = ("tfidf", "embed")
 PRECISIONS = ("auto", "fp32", "bf16")  # scoring/precision.py
 TUNE_LR = {"lora": 1e-3, "full": 3e-5}  # LoRA's few weights need a larger step (Hu et al. 2021 used 2e-4..1e-3)
@@ -203,6 +204,53 @@ class BaselineConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """The flags of `tunelab probe`: a linear head on the frozen base model's pooled hidden states."""
+    # None: a quarter, half, three quarters of the way up and the top (scoring/hidden.candidate_layers)
+    layers: Annotated[str | None, "Comma list of layers to try (default: 1/4, 1/2, 3/4 of the way up and the top)."] = (
+        None)
+    pooling: Annotated[Literal["auto", "mean", "last", "mean+last"],
+                       "Pooling of the tokens' states (auto: chosen on validation)."] = "auto"
+    # 512: SmolLM2 reads a 300-token passage in one window; longer texts are read whole, in windows, never cut
+    frame: Annotated[Literal["prompt", "plain"],
+                     "prompt: each text inside the task's zero-shot prompt; plain: the text alone."] = "prompt"
+    window: Annotated[int, "Tokens per window; longer texts are read in overlapping windows, averaged."] = 512
+    overlap: Annotated[int, "Tokens two neighbouring windows share."] = 64
+    # held out stratified from training; layer, pooling and strength are chosen on it, then the head is refit on all
+    validation_size: Annotated[int, "Training examples held out to choose layer, pooling and strength."] = 100
+    seed: Annotated[int, "Seed for the validation split."] = 0
+    precision: Annotated[Literal["auto", "fp32", "bf16"],
+                         "auto, fp32 or bf16 (auto: bf16 where fast and in parity)."] = "auto"
+
+    def __post_init__(self):
+        problems = at_least_one(("--validation-size", self.validation_size))
+        if self.pooling not in POOLINGS:
+            problems.append(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.frame not in ("prompt", "plain"):
+            problems.append(f"--frame must be prompt or plain, got {self.frame!r}")
+        if self.window < 8:
+            problems.append(f"--window must be >= 8, got {self.window}")
+        if not 0 <= self.overlap < self.window // 2:
+            problems.append(f"--overlap must lie in 0..{self.window // 2 - 1} (under half the window), "
+                            f"got {self.overlap}")
+        if self.layers is not None:
+            try:
+                layers = [int(part) for part in self.layers.split(",") if part.strip()]
+            except ValueError:
+                layers = []
+            if not layers or min(layers) < 0:
+                problems.append(f"--layers must be a comma list of layer numbers >= 0, got {self.layers!r}")
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def layer_list(self) -> tuple[int, ...] | None:
+        return tuple(sorted({int(p) for p in self.layers.split(",") if p.strip()})) if self.layers else None
+
+
+@dataclass(frozen=True)
 class BiasConfig:
     """The flags of `tunelab bias`."""
     # None: the task's own slices (built-in tasks slice by word length)
@@ -221,7 +269,7 @@ class BiasConfig:
 @dataclass(frozen=True)
 class LadderConfig:
     """The flags of `tunelab ladder`."""
-    rungs: Annotated[tuple[str, ...], "Comma list of tfidf,embed,zero,one,few,lora,full,distill."] = RUNGS
+    rungs: Annotated[tuple[str, ...], "Comma list of tfidf,embed,probe,zero,one,few,lora,full,distill."] = RUNGS
     target_quality: Annotated[float | None, "Accuracy (or Spearman) the chosen rung must reach."] = None
     # a subsample of the task, fewer epochs and probes, a shorter search: sized for a few minutes on 2 cores
     quick: Annotated[bool, "The short built-in run (the quick-* settings below)."] = False

@@ -30,6 +30,7 @@ _RUNG_LOADERS = {
     "tune": "tunelab.rungs.causal_lm:CausalLMPredictor.load",
     "distill": "tunelab.rungs.students:load_student",
     "baseline": "tunelab.rungs.baseline:BaselinePredictor.load",
+    "probe": "tunelab.rungs.probe:ProbePredictor.load",
 }
 
 
@@ -174,7 +175,7 @@ class ArtifactFile(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)
     format_version: Literal[1]
-    rung: Literal["prompt", "tune", "distill", "baseline"]
+    rung: Literal["prompt", "tune", "distill", "baseline", "probe"]
     kind: Literal["classification", "regression"]
     labels: list[Annotated[str, Field(min_length=1)]]
     fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]

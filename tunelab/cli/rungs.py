@@ -1,4 +1,4 @@
-"""The commands of the ladder's rungs: info, prompt, tune, baseline, distill, eval, bias and ladder."""
+"""The commands of the ladder's rungs: info, prompt, tune, baseline, probe, distill, eval, bias and ladder."""
 
 from __future__ import annotations
 
@@ -117,6 +117,25 @@ def baseline(
     with err_console.status(f"fitting the {config.method} baseline"):
         predictor = fit_baseline(loaded_task, config, out_dir=out, overwrite=overwrite)
     print_results([predictor.meta["metrics"]], as_json, f"{config.method} baseline on {loaded_task.name}")
+    if not as_json:
+        err_console.print("\n".join(summary_lines(predictor, out)), highlight=False, markup=False)
+
+
+@app.command()
+@with_config_flags(TaskSource, configs.ProbeConfig)
+def probe(
+    out: Path = Option(..., "--out", help="Folder for the probe predictor."),
+    model: str = BASE_MODEL, overwrite: bool = OVERWRITE, as_json: bool = JSON, *, given: dict,
+):
+    """A linear head on the frozen base model's pooled hidden states (layer and pooling chosen on validation)."""
+    from tunelab.rungs.probe import fit_probe, summary_lines
+
+    config, loaded_task = config_from(configs.ProbeConfig, given), load_task_from(given)
+    base = load_base(model)
+    with progress() as bars:
+        predictor = fit_probe(base, loaded_task, config, out_dir=out, overwrite=overwrite,
+                              on_progress=bars.bar("reading the training texts", len(loaded_task.train)))
+    print_results([predictor.meta["metrics"]], as_json, f"probe on {loaded_task.name}")
     if not as_json:
         err_console.print("\n".join(summary_lines(predictor, out)), highlight=False, markup=False)
 

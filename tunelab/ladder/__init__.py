@@ -28,6 +28,7 @@ from tunelab.ladder.steps import (
     few_shot_curve,
     label_scarce,
     ladder_task,
+    probe_step,
     prompt_sensitivity,
     prompt_step,
     quick_probes,
@@ -101,6 +102,8 @@ def run(
         step_started = time.perf_counter()
         if rung in BASELINES:
             result = baseline_step(task, rung, folder, bias, config, on_progress)
+        elif rung == "probe":
+            result = probe_step(model, task, folder, bias, config, on_progress)
         elif rung == "few" and config.search_budget_s > 0:
             result = searched_step(model, task, folder, bias, config, on_progress, results)
         elif rung in ("zero", "one", "few"):

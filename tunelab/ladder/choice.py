@@ -31,6 +31,13 @@ def parameter_facts(model: Model, base_weights: str, out_dir: Path, results: dic
         facts.append({"fact": "prompting changed no parameter", "holds": unchanged,
                       "evidence": f"hash of the base weights {base_weights} before, {after} after; "
                                   f"0 trainable parameters in {', '.join(prompt_rungs)}"})
+    if "probe" in results:
+        probe = read_artifact_json(out_dir / "probe" / "predictor")
+        frozen = probe["params_total"] - probe["params_trainable"]
+        facts.append({"fact": "the probe trains only its head (the base model is frozen)",
+                      "holds": frozen == model.params_total and weights_fingerprint(model.lm) == base_weights,
+                      "evidence": f"{probe['params_total']:,} total = base {frozen:,} + head "
+                                  f"{probe['params_trainable']:,} trainable"})
     for rung in ("lora", "full"):
         if rung in results:
             total = read_artifact_json(out_dir / rung / "predictor")["params_total"]

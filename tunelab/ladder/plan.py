@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from tunelab.config import DistillConfig, LadderConfig, PromptConfig, TuneConfig
+from tunelab.config import RUNGS, DistillConfig, LadderConfig, PromptConfig, TuneConfig
 from tunelab.models import Model
 from tunelab.rungs.prompting import few_shot
 from tunelab.rungs.students import time_encoder_training
@@ -85,9 +85,11 @@ def make_plan(task: Task, config: LadderConfig, probes: dict, n_probe_texts: int
     score = probes["score_s_per_text"]
     measured = len(task.test) + n_probe_texts  # every rung scores the test split and the bias probes
     sections = []
-    for rung in (r for r in ("tfidf", "embed", "zero", "one", "few", "lora", "full", "distill") if r in config.rungs):
+    for rung in (r for r in RUNGS if r in config.rungs):
         if rung in ("tfidf", "embed"):
             estimate = (len(task.train) + measured) * score * (0.02 if rung == "tfidf" else 0.2)
+        elif rung == "probe":  # one forward pass per text in the zero-shot prompt, as the scoring probe timed
+            estimate = (len(task.train) + measured) * score
         elif rung in ("zero", "one"):
             estimate = measured * score
         elif rung == "few":

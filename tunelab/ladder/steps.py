@@ -22,6 +22,7 @@ from tunelab.models import Model
 from tunelab.predictor import load_predictor, save_predictor
 from tunelab.rungs.baseline import BaselineConfig, fit_baseline
 from tunelab.rungs.distill import DistillConfig, distill
+from tunelab.rungs.probe import ProbeConfig, fit_probe
 from tunelab.rungs.prompting import PromptConfig, few_shot
 from tunelab.rungs.search import SearchConfig, describe, search, sensitivity
 from tunelab.rungs.tuning import TuneConfig, finetune
@@ -118,6 +119,15 @@ def baseline_step(task: Task, method: str, folder: Path, bias: BiasConfig, confi
                              overwrite=True)
     return {**_measure(predictor, task, bias, on_progress),
             "train_seconds": predictor.meta["training"]["train_seconds"]}
+
+
+def probe_step(model: Model, task: Task, folder: Path, bias: BiasConfig, config: LadderConfig, on_progress):
+    predictor = fit_probe(model, task, ProbeConfig(seed=config.seed, precision=config.precision),
+                          out_dir=folder / "predictor", overwrite=True)
+    training = predictor.meta["training"]
+    return {**_measure(predictor, task, bias, on_progress), "train_seconds": training["train_seconds"],
+            "texts_from_cache": training["texts_from_cache"], "probe_choice": {
+                "layer": predictor.layer, "pooling": predictor.pooling, "strength": training["strength"]}}
 
 
 def prompt_step(model: Model, task: Task, shots: int, folder: Path, bias: BiasConfig, config: LadderConfig,

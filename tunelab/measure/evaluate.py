@@ -133,4 +133,9 @@ def evaluate(predictor: Predictor, task: Task, *, batch_size: int = 32,
 def truncation(predictor: Predictor, texts: list[str]) -> dict:
     """How many of `texts` the predictor cuts to fit, and to how many tokens (n_truncated, max_length)."""
     count = getattr(predictor, "count_truncated", None)
-    return {"n_truncated": count(texts) if count else 0, "max_length": getattr(predictor, "max_length", None)}
+    facts = {"n_truncated": count(texts) if count else 0, "max_length": getattr(predictor, "max_length", None)}
+    windows = getattr(predictor, "count_windows", None)  # predictors that read long texts whole, in windows
+    if windows:
+        per_text = windows(texts)
+        facts.update(windows_per_text=float(np.mean(per_text)), most_windows=int(max(per_text)))
+    return facts
