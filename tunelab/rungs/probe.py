@@ -42,8 +42,8 @@ from tunelab.predictor import (
 from tunelab.rungs.baseline import check_training_set
 from tunelab.scoring.feature_cache import FeatureCache
 from tunelab.scoring.hidden import HiddenStates, Reading, candidate_layers
-from tunelab.scoring.verbalizer import PromptFormat
 from tunelab.scoring.precision import PARITY_TEXTS, bf16_is_fast, comparable, resolve_precision
+from tunelab.scoring.verbalizer import PromptFormat
 from tunelab.tasks import Task, split_examples
 
 # C of logistic regression on standardised states (ridge uses alpha = 1 / C): hidden sizes of 500-2,000 dimensions
