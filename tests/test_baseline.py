@@ -66,8 +66,22 @@ def test_embed_baseline_uses_the_frozen_encoder(tmp_path):
     loaded = load_predictor(tmp_path / "e")
     texts = [e.text for e in task.test]
     assert np.allclose(predict(loaded, texts).probs, predict(fitted, texts).probs, atol=1e-5)
-    long_text = "word " * 400
-    assert loaded.count_truncated([long_text, "short"]) == 1  # cut to 256 tokens, head and tail, and counted
+    long_text = " ".join(f"word{i}" for i in range(300))  # past 256 tokens: read whole in windows, not cut
+    assert loaded.count_truncated([long_text, "short"]) == 0
+    assert loaded.count_windows([long_text, "short"])[1] == 1 and loaded.count_windows([long_text])[0] >= 2
+    # The long text's vector is the normalised mean of its windows' vectors, each read on its own.
+    embed = loaded.embed
+    windows = embed.windows([long_text])[0]
+    parts = embed.embedder.encode_ids(windows)
+    mean = parts.sum(axis=0) / np.linalg.norm(parts.sum(axis=0))
+    assert np.allclose(embed([long_text])[0], mean, atol=1e-5)
+
+
+def test_embed_baseline_can_cut_long_texts_instead(tmp_path):
+    fitted = fit_baseline(polarity_task(), BaselineConfig("embed", long_texts="cut"), out_dir=tmp_path / "e")
+    loaded = load_predictor(tmp_path / "e")
+    assert loaded.embed.long_texts == "cut" and loaded.fingerprint == fitted.fingerprint
+    assert loaded.count_truncated(["word " * 400, "short"]) == 1  # cut to 256 tokens, head and tail, and counted
 
 
 def test_a_training_split_without_every_label_is_refused():

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -154,3 +155,18 @@ def test_distill_cli_reports_ratios_and_the_student_evaluates(tiny_model, tiny_t
     line = one_error_line(run_cli("distill", "--teacher", teacher_dir, *task_args(), "--student", "pruned:9",
                                 "--out", tmp_path / "s3"))
     assert "not smaller than the teacher" in line
+
+
+def test_encoder_student_reads_long_texts_whole_in_windows(tiny_model, tiny_task, tiny_encoder_dir):
+    teacher = few_shot(tiny_model, tiny_task, PromptConfig(shots=0))
+    config = DistillConfig(student=f"encoder:{tiny_encoder_dir}", max_length=6)  # 4 text tokens a window
+    student = make_student(teacher, tiny_task, config, {})
+    student.encoder.eval()
+    long_text = "good bad nice sad fine poor kind grim"  # 8 tokens: windows (0,4) (3,7) (4,8), stride 3
+    assert student.count_windows([long_text, "good"]) == [3, 1] and student.count_truncated([long_text]) == 0
+    with torch.no_grad():
+        whole = student.logits([long_text, "good"])
+        parts = student.logits(["good bad nice sad", "sad fine poor kind", "fine poor kind grim"])
+    assert torch.allclose(whole[0], parts.mean(0), atol=1e-5)
+    cut = make_student(teacher, tiny_task, dataclasses.replace(config, long_texts="cut"), {})
+    assert cut.count_truncated([long_text, "good"]) == 1 and cut.fingerprint != student.fingerprint

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from tunelab.config import ProbeConfig
 from tunelab.errors import ConfigError
@@ -9,7 +10,8 @@ from tunelab.models import weights_fingerprint
 from tunelab.predictor import load_predictor, predict
 from tunelab.rungs.probe import fit_probe
 from tunelab.scoring.feature_cache import FeatureCache
-from tunelab.scoring.hidden import HiddenStates, Reading, window_spans
+from tunelab.scoring.hidden import HiddenStates, Reading
+from tunelab.scoring.length import window_spans
 
 
 def test_window_spans_cover_every_token_and_end_at_the_end():
@@ -98,3 +100,16 @@ def test_auto_precision_of_the_probe_records_its_parity_check(tiny_model, tiny_t
     record = probe.meta["training"]["precision"]
     assert record["requested"] == "auto" and record["parity"]["n"] == len(tiny_task.train)
     assert record["precision"] == ("bf16" if record["parity"]["passes"] else "fp32") == probe.reading.precision
+
+
+def test_the_cached_prompt_prefix_gives_the_states_of_reading_the_whole_prompt(tiny_model):
+    framed = HiddenStates(tiny_model, Reading(layers=(1, 2), window=16, stride=12, before="Word : ",
+                                              after=" Sentiment :"))
+    features, _, _ = framed.features(["good bad", "nice"])
+    # The same states read the obvious way: the whole prompt in one forward pass, no cache.
+    ids = tiny_model.tokenizer("Word : good bad Sentiment :", add_special_tokens=False).input_ids  # 6 tokens
+    with torch.no_grad():
+        hidden = tiny_model.lm.base_model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+    for j, layer in enumerate((1, 2)):
+        assert torch.allclose(torch.tensor(features[0, j, 0]), hidden[layer][0, 2:4].mean(0), atol=1e-5)  # text
+        assert torch.allclose(torch.tensor(features[0, j, 1]), hidden[layer][0, -1], atol=1e-5)  # last token

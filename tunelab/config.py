@@ -158,6 +158,9 @@ class DistillConfig:
     lr: Annotated[float | None, "Learning rate (default: 5e-5 pruned, 1e-4 encoder)."] = None
     batch_size: Annotated[int, "Examples per optimizer step."] = 32
     max_length: Annotated[int | None, "Tokens per student input (default: derived from the texts)."] = None
+    # an encoder student only: longer texts read in overlapping windows whose outputs are averaged, or cut
+    long_texts: Annotated[Literal["windows", "cut"],
+                          "Encoder student: texts past --max-length in windows, or cut (head + tail)."] = "windows"
     seed: Annotated[int, "Seed for initialisation and data order."] = 0
     # auto: bf16 where the device runs it at least 1.3x faster and predictions agree with fp32 (scoring/precision.py)
     precision: Annotated[Literal["auto", "fp32", "bf16"],
@@ -172,6 +175,8 @@ class DistillConfig:
             problems.append(f"--student must be pruned:N, encoder:PATH or minilm, got {self.student!r}")
         if kind == "pruned" and not (argument.isdigit() and int(argument) >= 1):
             problems.append(f"--student pruned:N needs a whole number of layers N >= 1, got {self.student!r}")
+        if self.long_texts not in ("windows", "cut"):
+            problems.append(f"--long-texts must be windows or cut, got {self.long_texts!r}")
         if self.temperature <= 0:
             problems.append(f"--temperature must be > 0, got {self.temperature}")
         if self.alpha < 0:
@@ -197,10 +202,14 @@ class BaselineConfig:
     method: Annotated[Literal["tfidf", "embed"], "tfidf (word and character n-grams) or embed (frozen MiniLM)."] = (
         "tfidf")
     seed: Annotated[int, "Seed for the cross-validation folds."] = 0
+    long_texts: Annotated[Literal["windows", "cut"],
+                          "embed: texts past 256 tokens read in overlapping windows, or cut (head + tail)."] = "windows"
 
     def __post_init__(self):
         if self.method not in BASELINE_METHODS:
             raise ConfigError(f"--method must be one of {', '.join(BASELINE_METHODS)}, got {self.method!r}")
+        if self.long_texts not in ("windows", "cut"):
+            raise ConfigError(f"--long-texts must be windows or cut, got {self.long_texts!r}")
 
 
 @dataclass(frozen=True)

@@ -259,11 +259,25 @@ class MiniLMEmbedder:
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt").to(self.device)
-            hidden = self.encoder(**batch).last_hidden_state  # (batch, seq, dim)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            vectors.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
+            vectors.append(self._pooled(batch))
         return np.concatenate(vectors)
+
+    @torch.no_grad()
+    def encode_ids(self, rows: list[list[int]], batch_size: int = 128) -> np.ndarray:
+        """Like encode, for texts already tokenized (special tokens included), e.g. the windows of a long text."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: little padding
+        vectors = np.zeros((len(rows), self.encoder.config.hidden_size), dtype=np.float32)
+        for start in range(0, len(rows), batch_size):
+            chosen = order[start : start + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [rows[i] for i in chosen]}, return_tensors="pt").to(self.device)
+            vectors[chosen] = self._pooled(batch)
+        return vectors
+
+    def _pooled(self, batch) -> np.ndarray:
+        hidden = self.encoder(**batch).last_hidden_state  # (batch, seq, dim)
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
 
 
 def _file_sha256(path: Path) -> str:

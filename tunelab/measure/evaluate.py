@@ -135,7 +135,7 @@ def truncation(predictor: Predictor, texts: list[str]) -> dict:
     count = getattr(predictor, "count_truncated", None)
     facts = {"n_truncated": count(texts) if count else 0, "max_length": getattr(predictor, "max_length", None)}
     windows = getattr(predictor, "count_windows", None)  # predictors that read long texts whole, in windows
-    if windows:
+    if windows and texts:
         per_text = windows(texts)
         facts.update(windows_per_text=float(np.mean(per_text)), most_windows=int(max(per_text)))
     return facts

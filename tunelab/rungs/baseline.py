@@ -1,7 +1,8 @@
 """Classical baselines: the rung every LLM rung has to beat, on the same split.
 
 - `tfidf`: word 1-2-gram TF-IDF (plus character 2-5-grams when the texts are short) and a linear model;
-- `embed`: frozen all-MiniLM-L6-v2 sentence embeddings and the same linear model.
+- `embed`: frozen all-MiniLM-L6-v2 sentence embeddings and the same linear model (long texts read in windows);
+- the frozen-LLM probe has its own module (probe.py): it needs the base model.
 The linear model is logistic regression for classification and ridge regression for regression, its strength
 chosen by scikit-learn's own cross-validation on the training split. Everything is a scikit-learn `Pipeline`.
 
@@ -32,26 +33,46 @@ from tunelab.errors import ConfigError, ModelError
 from tunelab.measure.evaluate import evaluate
 from tunelab.models import MiniLMEmbedder
 from tunelab.predictor import Predictions, save_predictor, write_artifact_json
-from tunelab.scoring.length import fit_texts, text_tokens
+from tunelab.scoring.length import fit_texts, special_frame, text_tokens, window_spans
 from tunelab.tasks import Task
 
 SHORT_TEXT_CHARS = 200  # median training text at most this long: add character n-grams (words alone are too few)
-EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces; longer texts keep head + tail
+EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces; longer texts: windows or a cut
+EMBED_OVERLAP = 32  # tokens two neighbouring windows of a long text share
 STRENGTHS = np.logspace(-2, 3, 11)  # C of logistic regression (and 1/alpha of ridge) tried by cross-validation
 
 
 class _Embed:
-    """The frozen embedder as a scikit-learn step (a FunctionTransformer): texts -> L2-normalised vectors."""
+    """The frozen embedder as a scikit-learn step (a FunctionTransformer): texts -> L2-normalised vectors. A text
+    longer than the encoder's 256 tokens is cut (head and tail kept) or read whole in overlapping windows whose
+    vectors are averaged (`long_texts`)."""
 
-    def __init__(self):
-        self.embedder = MiniLMEmbedder(max_length=EMBED_MAX_TOKENS)
+    def __init__(self, long_texts: str = "windows"):
+        self.embedder, self.long_texts = MiniLMEmbedder(max_length=EMBED_MAX_TOKENS), long_texts
+        self.room = EMBED_MAX_TOKENS - 2  # [CLS] and [SEP] take 2 of the budget
 
     def fit(self, texts: list[str]) -> list[tuple[str, bool]]:
-        # Special tokens [CLS] and [SEP] take 2 of the budget.
-        return fit_texts(self.embedder.tokenizer, texts, EMBED_MAX_TOKENS - 2)
+        if self.long_texts == "windows":
+            return [(text, False) for text in texts]
+        return fit_texts(self.embedder.tokenizer, texts, self.room)
+
+    def windows(self, texts: list[str]) -> list[list[list[int]]]:
+        """Each text's windows as token ids with their special tokens."""
+        tokenizer = self.embedder.tokenizer
+        before, after = special_frame(tokenizer)
+        return [[before + row[a:b] + after for a, b in window_spans(len(row), self.room, self.room - EMBED_OVERLAP)]
+                for row in tokenizer(texts, add_special_tokens=False).input_ids]
 
     def __call__(self, texts) -> np.ndarray:
-        return self.embedder.encode([text for text, _ in self.fit(list(texts))])
+        texts = list(texts)
+        if self.long_texts != "windows":
+            return self.embedder.encode([text for text, _ in self.fit(texts)])
+        per_text = self.windows(texts)
+        vectors = self.embedder.encode_ids([ids for windows in per_text for ids in windows])
+        owner = np.repeat(np.arange(len(texts)), [len(windows) for windows in per_text])
+        summed = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+        np.add.at(summed, owner, vectors)
+        return summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
 
 
 class BaselinePredictor:
@@ -114,6 +135,12 @@ class BaselinePredictor:
     def count_truncated(self, texts: list[str]) -> int:
         return sum(cut for _, cut in self.embed.fit(texts)) if self.embed else 0  # TF-IDF reads every word
 
+    def count_windows(self, texts: list[str]) -> list[int]:
+        """Windows per text (1 for every text that fits, and for all texts when long ones are cut or TF-IDF)."""
+        if self.embed is None or self.embed.long_texts != "windows":
+            return [1] * len(texts)
+        return [len(windows) for windows in self.embed.windows(texts)]
+
     def count_tokens(self, texts: list[str]) -> int | None:
         """Tokens the frozen encoder reads, after the cut; None for TF-IDF, which has no tokens."""
         if self.embed is None:
@@ -142,7 +169,7 @@ class BaselinePredictor:
         tensors = load_file(str(directory / "baseline.safetensors"))
         vocabularies = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
         kind, labels = payload["kind"], tuple(payload["labels"])
-        embed = _Embed() if payload["method"] == "embed" else None
+        embed = _Embed(payload["features"].get("long_texts", "cut")) if payload["method"] == "embed" else None
         features = _features(payload["features"], embed, vocabularies)
         for name, vectorizer in ([] if embed else features.transformer_list):
             if len(vectorizer.vocabulary) != len(tensors[f"idf_{name}"]):
@@ -166,7 +193,8 @@ def _feature_settings(pipeline: Pipeline) -> dict:
     """What a saved pipeline needs to rebuild its feature step."""
     features = pipeline.named_steps["features"]
     if isinstance(features, FunctionTransformer):
-        return {"embed": "all-MiniLM-L6-v2", "max_tokens": EMBED_MAX_TOKENS}
+        return {"embed": "all-MiniLM-L6-v2", "max_tokens": EMBED_MAX_TOKENS, "long_texts": features.func.long_texts,
+                "overlap": EMBED_OVERLAP}
     return {name: {"analyzer": v.analyzer, "ngram_range": list(v.ngram_range), "sublinear_tf": v.sublinear_tf}
             for name, v in features.transformer_list}
 
@@ -217,7 +245,7 @@ def fit_baseline(task: Task, config: BaselineConfig = BaselineConfig(), *, out_d
     if out_dir is not None and Path(out_dir).exists() and not overwrite:
         raise ConfigError(f"{out_dir} exists; pass --overwrite to replace it")
     texts = [e.text for e in task.train]
-    embed = _Embed() if config.method == "embed" else None
+    embed = _Embed(config.long_texts) if config.method == "embed" else None
     features = _features({} if embed else _tfidf_settings(texts), embed)
     linear = _linear_model(task, config.seed)
     started = time.perf_counter()

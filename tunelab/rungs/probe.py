@@ -83,10 +83,10 @@ class ProbePredictor:
 
     def __init__(self, model: Model, head: Pipeline, *, reading: Reading, layer: int, pooling: str, kind: str,
                  label_names: tuple[str, ...], value_range: tuple[float, float] | None, meta: dict,
-                 cache: FeatureCache | None = None):
+                 cache: FeatureCache | None | str = "default"):
         self.model, self.head, self.reading, self.layer, self.pooling = model, head, reading, layer, pooling
         self.kind, self.label_names, self.value_range, self.meta = kind, tuple(label_names), value_range, meta
-        self.states = HiddenStates(model, reading, cache if cache is not None else FeatureCache())
+        self.states = HiddenStates(model, reading, FeatureCache() if cache == "default" else cache)
 
     @property
     def linear(self):
@@ -150,9 +150,17 @@ class ProbePredictor:
 
     def with_precision(self, precision: str) -> ProbePredictor:
         """The same head reading the texts in another precision (for the parity check)."""
-        return ProbePredictor(self.model, self.head, reading=dataclasses.replace(self.reading, precision=precision),
-                              layer=self.layer, pooling=self.pooling, kind=self.kind, label_names=self.label_names,
-                              value_range=self.value_range, meta=self.meta, cache=self.states.cache)
+        return self._twin(dataclasses.replace(self.reading, precision=precision), self.states.cache)
+
+    def uncached(self) -> ProbePredictor:
+        """The same predictor without the feature cache: what a speed measurement must time (a cached text costs
+        a database read, not a forward pass)."""
+        return self._twin(self.reading, None)
+
+    def _twin(self, reading: Reading, cache: FeatureCache | None) -> ProbePredictor:
+        return ProbePredictor(self.model, self.head, reading=reading, layer=self.layer, pooling=self.pooling,
+                              kind=self.kind, label_names=self.label_names, value_range=self.value_range,
+                              meta=self.meta, cache=cache)
 
     def save(self, directory: Path) -> None:
         save_file(self._tensors(), str(directory / "probe.safetensors"))
@@ -188,9 +196,11 @@ class ProbePredictor:
 
 def fit_probe(model: Model, task: Task, config: ProbeConfig = ProbeConfig(), *, out_dir: str | Path | None = None,
               overwrite: bool = False, on_progress: Callable[[int], None] | None = None,
-              cache: FeatureCache | None = None) -> ProbePredictor:
+              cache: FeatureCache | None | str = "default", measure: bool = True) -> ProbePredictor:
     """Fit the probe on the task's training split (layer, pooling and strength chosen on a validation split held
-    out of it), evaluate it on the test split when there is one, and save it to `out_dir` when given.
+    out of it), evaluate it on the test split when there is one (timed without the feature cache), and save it to
+    `out_dir` when given. `cache`: the feature cache (default: TUNELAB_HOME's), or None for none; `measure=False`
+    leaves the evaluation to the caller.
 
     `auto` precision reads in bf16 where the device is fast at it and the head's predictions on training texts
     agree with fp32 ones (scoring/precision.py); otherwise fp32. `on_progress(n)` counts texts read.
@@ -205,7 +215,7 @@ def fit_probe(model: Model, task: Task, config: ProbeConfig = ProbeConfig(), *, 
     layers = config.layer_list or candidate_layers(n_layers)
     if max(layers) > n_layers:
         raise ConfigError(f"--layers {config.layers}: {model.name} has layers 0..{n_layers}")
-    cache = cache if cache is not None else FeatureCache()
+    cache = FeatureCache() if cache == "default" else cache
     device = model.device
     candidate = "bf16" if config.precision == "bf16" or (config.precision == "auto" and bf16_is_fast(device.type)) \
         else "fp32"
@@ -216,8 +226,8 @@ def fit_probe(model: Model, task: Task, config: ProbeConfig = ProbeConfig(), *, 
     if record["precision"] != candidate:
         predictor = _fit(model, task, config, layers, record["precision"], cache, on_progress)
     predictor.meta["training"]["precision"] = record
-    if task.test:
-        predictor.meta["metrics"] = evaluate(predictor, task)
+    if task.test and measure:
+        predictor.meta["metrics"] = evaluate(predictor.uncached(), task)
     if out_dir is not None:
         save_predictor(predictor, out_dir)
     return predictor

@@ -25,7 +25,15 @@ from tunelab.models import (
 )
 from tunelab.predictor import Predictions, Predictor, write_artifact_json
 from tunelab.rungs.causal_lm import CausalLMPredictor
-from tunelab.scoring.length import TRAIN_MAX_TOKENS, check_max_length, fit_texts, length_quantile, text_tokens
+from tunelab.scoring.length import (
+    TRAIN_MAX_TOKENS,
+    check_max_length,
+    fit_texts,
+    length_quantile,
+    special_frame,
+    text_tokens,
+    window_spans,
+)
 from tunelab.scoring.precision import autocast
 from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
 from tunelab.tasks import Task
@@ -89,8 +97,9 @@ class EncoderStudent:
     def fingerprint(self) -> str:
         """Covers what decides a prediction: the weights, the kind and the label space."""
         weights = Model(self.encoder, self.tokenizer, name="student").fingerprint
-        decided_by = json.dumps([weights, self.kind, list(self.label_names)] + (["bf16"] if self.precision == "bf16"
-                                                                                 else []))
+        decided_by = json.dumps([weights, self.kind, list(self.label_names)]
+                                + (["bf16"] if self.precision == "bf16" else [])
+                                + ([self.long_texts, self.max_length] if self.long_texts == "windows" else []))
         return hashlib.sha256(decided_by.encode()).hexdigest()[:16]
 
     def describe_model(self) -> dict:
@@ -100,15 +109,32 @@ class EncoderStudent:
     def max_length(self) -> int:
         return self.meta.get("max_length") or self.meta["config"]["max_length"]
 
+    @property
+    def long_texts(self) -> str:
+        return self.meta.get("long_texts", "cut")  # artifacts from before windows cut
+
     def _fit(self, texts: list[str]) -> list[tuple[str, bool]]:
         """The one length rule (head and tail kept), within the encoder's budget less its [CLS] and [SEP]."""
+        if self.long_texts == "windows":
+            return [(text, False) for text in texts]
         return fit_texts(self.tokenizer, texts, self.max_length - ENCODER_SPECIAL_TOKENS)
+
+    def _windows(self, texts: list[str]) -> list[list[list[int]]]:
+        """Each text's windows of at most max_length tokens, special tokens included."""
+        room = max(1, self.max_length - ENCODER_SPECIAL_TOKENS)
+        stride = max(1, room - min(ENCODER_OVERLAP, room // 4))
+        before, after = special_frame(self.tokenizer)
+        return [[before + row[a:b] + after for a, b in window_spans(len(row), room, stride)]
+                for row in self.tokenizer(texts, add_special_tokens=False).input_ids]
 
     def count_truncated(self, texts: list[str]) -> int:
         return sum(cut for _, cut in self._fit(texts))
 
+    def count_windows(self, texts: list[str]) -> list[int]:
+        return [len(w) for w in self._windows(texts)] if self.long_texts == "windows" else [1] * len(texts)
+
     def count_tokens(self, texts: list[str]) -> int:
-        """Tokens of `texts` as the encoder reads them, after the length policy's cut."""
+        """Tokens of `texts` as the encoder reads them, after the length policy's cut (windows: every token once)."""
         return text_tokens(self.tokenizer, [text for text, _ in self._fit(texts)])
 
     @property
@@ -120,11 +146,26 @@ class EncoderStudent:
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         device = next(self.encoder.parameters()).device
+        if self.long_texts == "windows":
+            return self._window_logits(texts, device)
         fitted = [text for text, _ in self._fit(texts)]
         batch = self.tokenizer(fitted, padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt").to(device)
         with autocast(device, self.precision):
             return self.encoder(**batch).logits.float()  # (n, n_labels), or (n, 1) for regression
+
+    def _window_logits(self, texts: list[str], device: torch.device) -> torch.Tensor:
+        """Every window of every text in one pass; a text's output is the mean of its windows' (differentiable, so
+        training reads long texts whole too)."""
+        per_text = self._windows(texts)
+        batch = self.tokenizer.pad({"input_ids": [ids for windows in per_text for ids in windows]},
+                                   return_tensors="pt").to(device)
+        with autocast(device, self.precision):
+            logits = self.encoder(**batch).logits.float()
+        counts = torch.tensor([len(windows) for windows in per_text], device=device)
+        owner = torch.repeat_interleave(torch.arange(len(texts), device=device), counts)
+        summed = torch.zeros(len(texts), logits.shape[1], device=device).index_add(0, owner, logits)
+        return summed / counts.unsqueeze(1)
 
     @torch.no_grad()
     def predict_batch(self, texts: list[str]) -> Predictions:
@@ -151,7 +192,7 @@ def load_student(directory: Path, payload: dict):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics", "max_length",
-                                    "precision", "precision_record") if k in payload}
+                                    "precision", "precision_record", "long_texts") if k in payload}
     check_model_folder(directory / "model")
     try:
         encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model", **LOCAL_ONLY)
@@ -163,6 +204,7 @@ def load_student(directory: Path, payload: dict):
 
 
 ENCODER_SPECIAL_TOKENS = 2  # [CLS] and [SEP] around the text
+ENCODER_OVERLAP = 32  # tokens two neighbouring windows of a long text share (at most a quarter of the window)
 
 
 def _length_sample(task: Task) -> list[str]:
@@ -203,7 +245,8 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
         tokenizer = AutoTokenizer.from_pretrained(path, **LOCAL_ONLY)
         context = check_max_length(config.max_length, encoder, "the student's")
         derived = length_quantile([len(ids) for ids in tokenizer(_length_sample(task)).input_ids], context)
-        meta = {**meta, "max_length": config.max_length or min(derived, context, TRAIN_MAX_TOKENS)}
+        meta = {**meta, "max_length": config.max_length or min(derived, context, TRAIN_MAX_TOKENS),
+                "long_texts": config.long_texts}
         student = EncoderStudent(encoder.to(choose_device()), tokenizer, kind=task.kind, label_names=task.labels,
                                  meta=meta)
     if student.params_total >= teacher.params_total:

@@ -10,6 +10,7 @@ by the task's own prompt (text before and after it): the last token is then wher
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ import torch
 
 from tunelab.models import Model
 from tunelab.scoring.feature_cache import FeatureCache, feature_key
+from tunelab.scoring.length import special_frame, window_spans
 from tunelab.scoring.precision import autocast
+from tunelab.scoring.tokens import cache_argument_name, returned_cache
 
 BATCH_TOKENS = 2048  # padded tokens per forward pass: small batches keep a CPU's activations in cache (predictor.py)
 FORMAT = 1  # bump when the way features are computed changes: old cache entries then stop matching
@@ -31,14 +34,6 @@ def candidate_layers(n_layers: int) -> tuple[int, ...]:
     layers of a decoder often carry more linearly readable meaning than the top one, which is shaped for the next
     token; four points cover that at the cost of one forward pass."""
     return tuple(sorted({max(1, round(n_layers * q)) for q in (0.25, 0.5, 0.75, 1.0)}))
-
-
-def window_spans(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]]:
-    """(start, end) of each window over `n_tokens` tokens: every `stride` tokens, the last one ending at the end."""
-    if n_tokens <= window:
-        return [(0, n_tokens)]
-    starts = list(range(0, n_tokens - window, stride)) + [n_tokens - window]
-    return [(start, start + window) for start in starts]
 
 
 @dataclass(frozen=True)
@@ -62,10 +57,10 @@ class HiddenStates:
         if not reading.layers or min(reading.layers) < 0 or max(reading.layers) > n_layers:
             raise ValueError(f"layers must lie in 0..{n_layers}, got {list(reading.layers)}")
         self.model, self.reading, self.cache = model, reading, cache
-        self.tokenizer = model.tokenizer
-        special = self.tokenizer("", add_special_tokens=True).input_ids  # e.g. a BOS, given to every window
-        self._prefix = special + (self._ids(reading.before) if reading.before else [])
-        self._suffix = self._ids(reading.after) if reading.after else []
+        self.tokenizer, self.decoder, self._cached_prefix = model.tokenizer, model.lm.base_model, None
+        special_before, special_after = special_frame(self.tokenizer)  # e.g. a BOS, given to every window
+        self._prefix = special_before + (self._ids(reading.before) if reading.before else [])
+        self._suffix = (self._ids(reading.after) if reading.after else []) + special_after
         frame = hashlib.sha256(json.dumps([reading.before, reading.after]).encode()).hexdigest()[:16]
         self._settings = (f"v{FORMAT}|{model.fingerprint}|layers={','.join(map(str, reading.layers))}|"
                           f"window={reading.window}|stride={reading.stride}|{reading.precision}|frame={frame}|"
@@ -107,9 +102,9 @@ class HiddenStates:
     def _compute(self, texts: list[str], on_progress) -> list[tuple[np.ndarray, int]]:
         if not texts:
             return []
-        pieces = []  # (text index, token ids of one window, its frame included)
+        pieces = []  # (text index, token ids of one window and the frame after it; the prefix is cached)
         for index, row in enumerate(self.token_ids(texts)):
-            pieces += [(index, self._prefix + row[start:end] + self._suffix)
+            pieces += [(index, row[start:end] + self._suffix)
                        for start, end in window_spans(len(row), self.room, self.reading.stride)]
         pooled = [None] * len(pieces)
         order = sorted(range(len(pieces)), key=lambda i: len(pieces[i][1]))
@@ -126,19 +121,36 @@ class HiddenStates:
             by_text[index].append(vector)
         return [(np.mean(vectors, axis=0).astype(np.float32), len(vectors)) for vectors in by_text]
 
+    def _prefix_cache(self):
+        """The key/value cache of the prefix (special tokens and the prompt before the text), encoded once: every
+        window continues from a copy of it instead of reading the same instruction again."""
+        if self._cached_prefix is None and self._prefix:
+            device = self.model.device
+            with autocast(device, self.reading.precision):
+                out = self.decoder(input_ids=torch.tensor([self._prefix], device=device), use_cache=True)
+            self._cached_prefix = returned_cache(out)
+        return self._cached_prefix
+
     def _pool(self, rows: list[list[int]]) -> list[np.ndarray]:
-        """One forward pass over windows padded on the right: per window (n_layers, 2, hidden)."""
+        """One forward pass over windows padded on the right, after the cached prefix: per window
+        (n_layers, 2, hidden)."""
         device = self.model.device
-        longest = max(map(len, rows))
+        longest, keep = max(map(len, rows)), len(self._prefix)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([row + [pad] * (longest - len(row)) for row in rows], device=device)
         mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in rows], device=device)
+        cache = None
+        if keep:  # the forward pass appends to the cache: the shared one is copied first
+            cache = copy.deepcopy(self._prefix_cache())
+            cache.batch_repeat_interleave(len(rows))
         with autocast(device, self.reading.precision):
-            # base_model: the decoder without its LM head (a vocabulary-sized product per token that is not needed)
-            out = self.model.lm.base_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            # the decoder without its LM head (a vocabulary-sized product per token that is not needed)
+            out = self.decoder(input_ids=ids, attention_mask=torch.cat([mask.new_ones(len(rows), keep), mask], 1),
+                               position_ids=torch.arange(keep, keep + longest, device=device).expand(len(rows), -1),
+                               use_cache=cache is not None, output_hidden_states=True,
+                               **({cache_argument_name(self.decoder): cache} if cache is not None else {}))
         # the mean is over the window's own text tokens: the frame is the same for every text
         text_mask = mask.clone()
-        text_mask[:, : len(self._prefix)] = 0
         for i, row in enumerate(rows):
             text_mask[i, len(row) - len(self._suffix) : len(row)] = 0
         weights = text_mask.unsqueeze(-1).float()

@@ -1,4 +1,5 @@
-"""The one length policy: how long a prompt may be, and how a text that does not fit is cut (head and tail kept)."""
+"""The one length policy: how long a prompt may be, and how a text that does not fit is cut (head and tail kept) or
+read whole in overlapping windows."""
 
 from __future__ import annotations
 
@@ -68,3 +69,18 @@ def length_quantile(lengths: list[int], default: int) -> int:
     return ordered[int(LENGTH_QUANTILE * (len(ordered) - 1))] if ordered else default
 
 
+def window_spans(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """(start, end) of each window over `n_tokens` tokens: every `stride` tokens, the last one ending at the end."""
+    if n_tokens <= window:
+        return [(0, n_tokens)]
+    starts = list(range(0, n_tokens - window, stride)) + [n_tokens - window]
+    return [(start, start + window) for start in starts]
+
+
+def special_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text (e.g. [CLS] and [SEP]; a BOS), to frame a
+    window of token ids the way it frames a whole text."""
+    bare = tokenizer("a", add_special_tokens=False).input_ids
+    framed = tokenizer("a", add_special_tokens=True).input_ids
+    start = next(i for i in range(len(framed) - len(bare) + 1) if framed[i : i + len(bare)] == bare)
+    return framed[:start], framed[start + len(bare):]
