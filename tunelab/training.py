@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunelab.atomic import replace_folder, write_json
+from tunelab.distributed import Dist
 from tunelab.errors import TrainingError
 
 MAX_GRAD_NORM = 1.0  # gradient clipping for every trainer: keeps a bad batch from wrecking a small-data run
@@ -29,10 +30,11 @@ def adamw(parameters: list[torch.nn.Parameter], **settings) -> torch.optim.AdamW
 
 def training_step(parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                   losses: Iterable[torch.Tensor], *, scheduler=None, max_grad_norm: float = MAX_GRAD_NORM,
-                  where: str = "") -> float:
+                  where: str = "", dist: Dist = Dist()) -> float:
     """One optimizer step: backward through each micro-batch loss as it comes (`losses` may be a generator, so only
-    one micro-batch's activations are alive at a time), clip the gradient norm, step, schedule, clear.
-    Each loss must already be scaled to its share of the batch. Returns the batch's loss.
+    one micro-batch's activations are alive at a time), sum the gradients over the processes of a data-parallel
+    job (`dist`), clip the gradient norm, step, schedule, clear. Each loss must already be scaled to its share of
+    the (global) batch. Returns the batch's loss, summed over the processes.
 
     Raises:
         TrainingError: a loss that is NaN or infinite (`where` says what was kept and what to try).
@@ -43,6 +45,8 @@ def training_step(parameters: list[torch.nn.Parameter], optimizer: torch.optim.O
             raise TrainingError(f"loss became {loss.item()}{' ' + where if where else ''}")
         loss.backward()
         total += loss.item()
+    dist.reduce_gradients(parameters)
+    total = dist.sum(total)[0]
     torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
     optimizer.step()
     if scheduler is not None:

@@ -38,16 +38,23 @@ err_console = Console(stderr=True)  # progress and notes go to stderr; tables an
 
 @app.callback()
 def _process_switches(threads: Optional[int] = Option(
-        None, "--threads", help="Torch threads for this process (default: OMP_NUM_THREADS, else one per core).")):
+        None, "--threads", help="Torch threads for this process (default: OMP_NUM_THREADS, else one per core; in a "
+                                "job of N processes on this machine, cores / N).")):
     """Process-wide switches, set here and only here: never contact a model hub, keep library notices quiet."""
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
                         ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error")):
         os.environ.setdefault(name, value)  # tunelab shows its own progress; the user's own settings win
     if "transformers" in sys.modules:  # imported before this command ran (a host program, tests): tell it directly
         quiet_transformers()
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    if threads is None and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        # one of several processes a launcher started on this machine: the cores shared out (torchrun's own
+        # default, OMP_NUM_THREADS=1, would leave cores idle where there are more cores than processes)
+        from tunelab.distributed import threads_per_process
+
+        threads = threads_per_process()
     if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {threads}")
         import torch
 
         torch.set_num_threads(threads)

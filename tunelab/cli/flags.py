@@ -114,6 +114,35 @@ def progress(transient: bool = True):
         yield bars
 
 
+# -- data-parallel jobs -------------------------------------------------------------------------------------------
+NPROC = Option(1, "--nproc", min=1, help="Processes to train in, on this machine (torch.distributed.run; gloo on "
+                                         "a CPU, NCCL on GPUs).")
+
+
+def launch_processes(nproc: int) -> None:
+    """Run this same command in `nproc` processes under torch.distributed.run, each with cores/nproc torch threads;
+    exits with the job's status (non-zero when any process failed)."""
+    import os
+    import subprocess
+
+    from tunelab.distributed import launch_command, threads_per_process
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:  # the command as typed, less --nproc (each process is one of the N)
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        argv.append(arg)
+    env = {**os.environ}
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))
+    err_console.print(f"starting {nproc} processes (torch.distributed.run, {env['OMP_NUM_THREADS']} torch threads "
+                      "each)")
+    raise typer.Exit(subprocess.run(launch_command(nproc, argv), env=env).returncode)
+
+
 # -- printing -----------------------------------------------------------------------------------------------------
 def out_console() -> Console:
     """Tables on stdout; wide enough for every column when stdout is a file or pipe (rich assumes 80 then)."""

@@ -12,11 +12,13 @@ from tunelab.cli.app import app, err_console, quiet_transformers
 from tunelab.cli.flags import (
     BASE_MODEL,
     JSON,
+    NPROC,
     OVERWRITE,
     PREDICTOR,
     config_fields,
     config_from,
     given_flags,
+    launch_processes,
     load_base,
     load_saved,
     load_task_from,
@@ -87,18 +89,22 @@ def _prompt_search(base, loaded_task, config, model: str, save, sensitivity: boo
 def tune(
     out: Path = Option(..., "--out", help="Folder for the tuned predictor (and its checkpoints)."),
     resume: bool = Option(False, "--resume", help="Continue an interrupted run in --out."),
-    overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
+    nproc: int = NPROC, overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """Fine-tune the base model (full or LoRA) on a task, evaluate it and save it."""
     from tunelab.rungs.tuning import finetune, run_summary, training_examples
 
     config, loaded_task = config_from(configs.TuneConfig, given), load_task_from(given)
+    if nproc > 1:
+        return launch_processes(nproc)
     base = load_base(model)
     with progress() as bars:
         predictor = finetune(base, loaded_task, config, out_dir=out, resume=resume, overwrite=overwrite,
                              on_step=bars.bar(f"{config.method}: training", training_examples(loaded_task, config)),
                              on_epoch_end=bars.note("epoch, validation loss"),
                              on_eval_progress=bars.bar("scoring the test split", len(loaded_task.test)))
+    if predictor is None:  # a process other than rank 0 of a data-parallel job: rank 0 reports
+        return
     print_results([run_summary(predictor, out)], as_json, f"{config.method} fine-tuning on {loaded_task.name}, "
                                                       f"saved to {out}")
 

@@ -25,6 +25,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from tunelab.config import TuneConfig
+from tunelab.distributed import from_env
 from tunelab.errors import ConfigError, TrainingError
 from tunelab.measure.evaluate import evaluate, peak_rss_mb
 from tunelab.models import Model, count_parameters, make_model
@@ -143,7 +144,7 @@ def finetune(
     on_step: Callable[[int, float], None] | None = None,
     on_epoch_end: Callable[[int, float], None] | None = None,
     on_eval_progress: Callable[[int], None] | None = None,
-) -> CausalLMPredictor:
+) -> CausalLMPredictor | None:
     """Fine-tune `model` on `task` into `out_dir`; the result has exactly the base model's parameter count.
 
     Checkpoints are written atomically after every epoch; with `resume` a killed run continues from the last one
@@ -151,16 +152,24 @@ def finetune(
     on the test split (`predictor.meta["metrics"]`) and saved; the checkpoints are then removed.
     `on_step(n_examples, loss)`, `on_epoch_end(epoch, val_loss)` and `on_eval_progress(n)` report progress.
 
+    In a data-parallel job (a launcher started the processes: distributed.py) each process trains on its shard of
+    every batch, and only rank 0 evaluates, saves and returns the predictor; the others return None.
+
     Raises:
         ConfigError: bad output folder or LoRA targets. InputError: too few examples to validate on.
         TrainingError: the loss became NaN (the last good checkpoint is kept).
     """
     out_dir = Path(out_dir)
-    progress = _prepare_out_dir(out_dir, resume=resume, overwrite=overwrite)
-    if progress is not None and progress["config"] != asdict(config):
-        raise ConfigError(f"{out_dir}: --resume needs the same settings as the interrupted run "
-                          f"({progress['config']})")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    dist = from_env()  # a data-parallel job when a launcher started this process (distributed.py)
+    if dist.is_main:
+        progress = _prepare_out_dir(out_dir, resume=resume, overwrite=overwrite)
+        if progress is not None and progress["config"] != asdict(config):
+            raise ConfigError(f"{out_dir}: --resume needs the same settings as the interrupted run "
+                              f"({progress['config']})")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()  # the others start once rank 0 has checked and cleared the folder
+    if not dist.is_main:
+        progress = read_checkpoint(out_dir / CHECKPOINTS) if resume else None
     train, validation = split_examples(list(task.train), task.kind, config.val_fraction, config.seed)
     verbalizer = Verbalizer.for_task(model.tokenizer, task)
     pad_id = model.tokenizer.pad_token_id
@@ -172,7 +181,9 @@ def finetune(
         training_precision = progress["training_precision"]
     else:
         base = CausalLMPredictor(model, verbalizer, {"max_length": max_length}, rung="tune")
-        training_precision = choose_precision(base, config.precision, train_texts, model.device, task.value_range)
+        training_precision = dist.broadcast(  # timed on rank 0: every process must train in the same precision
+            choose_precision(base, config.precision, train_texts, model.device, task.value_range)
+            if dist.is_main else None)
 
     with torch.random.fork_rng(devices=[]):  # weight init and dropout draw from the global RNG; keep ours apart
         torch.manual_seed(config.seed)
@@ -198,6 +209,7 @@ def finetune(
         else:
             restore_checkpoint(out_dir / CHECKPOINTS, progress, lm, optimizer, scheduler)
 
+        tokens, train_seconds = 0, 0.0  # this process's, in this run (for tokens/s)
         for epoch in range(progress["epoch"], config.epochs):
             if progress["stale_epochs"] >= config.patience:
                 break
@@ -208,19 +220,24 @@ def finetune(
             losses, n_truncated = [], 0
             for batch in _batches(verbalizer, train, config, order, max_length):
                 n_truncated += batch.n_truncated
+                local = batch.shard(dist)  # this process's part; each loss is scaled to its share of the whole
+                tokens += local.tokens
                 micro_losses = (_loss_step(lm, verbalizer, micro, pad_id, not checkpointing,
                                            training_precision["precision"])
                                 * (len(micro.pairs) / len(batch.pairs))
-                                for micro in batch.micro_batches(micro_batch_tokens(
+                                for micro in local.micro_batches(micro_batch_tokens(
                                     training_precision["precision"])))
-                loss = training_step(trainable, optimizer, micro_losses, scheduler=scheduler, where=(
+                loss = training_step(trainable, optimizer, micro_losses, scheduler=scheduler, dist=dist, where=(
                     f"in epoch {epoch + 1}; the last good checkpoint is kept in {out_dir / CHECKPOINTS} "
                     "(try a lower --lr)"))
                 losses.append(loss)
                 if on_step:
                     on_step(len(batch.pairs), loss)
-            val_loss = _validation_loss(lm, verbalizer, validation_batches, pad_id, training_precision["precision"])
-            progress["train_seconds"] += time.perf_counter() - started
+            val_loss = _validation_loss(lm, verbalizer, validation_batches, pad_id, training_precision["precision"],
+                                        dist)
+            seconds = time.perf_counter() - started
+            train_seconds += seconds
+            progress["train_seconds"] += seconds
             progress["history"].append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
                                         "val_loss": val_loss})
             progress["n_truncated"] = n_truncated // passes  # each training text is visited `passes` times
@@ -229,10 +246,15 @@ def finetune(
             else:
                 progress["stale_epochs"] += 1
             progress["epoch"] = epoch + 1
-            write_checkpoint(out_dir / CHECKPOINTS, epoch + 1, lm, optimizer, scheduler, progress)
+            if dist.is_main:  # every process holds the same weights and optimizer state: one writes them
+                write_checkpoint(out_dir / CHECKPOINTS, epoch + 1, lm, optimizer, scheduler, progress)
+            dist.barrier()
             if on_epoch_end:
                 on_epoch_end(epoch + 1, val_loss)
 
+    rates = dist.gather(tokens / train_seconds if train_seconds else 0.0)
+    if not dist.is_main:
+        return None  # rank 0 evaluates and saves the one artifact
     load_trainable(lm, out_dir / CHECKPOINTS / f"epoch-{progress['best_epoch']:04d}" / "weights.safetensors")
     adapter = None
     if lora is not None:
@@ -253,7 +275,9 @@ def finetune(
                      "train_seconds": progress["train_seconds"], "history": progress["history"],
                      "n_train": len(train), "passes_per_epoch": passes, "n_validation": len(validation),
                      "peak_rss_mb": peak_rss_mb(),
-                     "n_truncated": progress.get("n_truncated", 0), "gradient_checkpointing": checkpointing},
+                     "n_truncated": progress.get("n_truncated", 0), "gradient_checkpointing": checkpointing,
+                     "distributed": {**dist.describe(), "tokens_per_s_per_process": rates,
+                                     "tokens_per_s": sum(rates)}},
         "versions": library_versions(),
     }
     if params_total != tuned.params_total:

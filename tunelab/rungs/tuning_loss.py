@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.config import TuneConfig
+from tunelab.distributed import Dist
 from tunelab.scoring.precision import autocast
 from tunelab.scoring.tokens import PrefixCache, label_log_likelihoods
 from tunelab.scoring.verbalizer import SCALE_POINTS, Verbalizer, expected_rating, rating_value
@@ -50,6 +51,18 @@ class _Batch:
     targets: torch.Tensor  # (batch,) label indices, or gold ratings for regression
     n_truncated: int = 0  # texts cut to fit max_length
 
+    def shard(self, dist: Dist) -> _Batch:
+        """This process's part of the batch in a data-parallel job (the whole batch when alone)."""
+        if not dist.active:
+            return self
+        rows = list(range(len(self.pairs)))[dist.rank :: dist.world]
+        return _Batch([self.pairs[i] for i in rows], self.targets[rows], 0)
+
+    @property
+    def tokens(self) -> int:
+        """Prompt tokens the batch's examples hold (each example's longest label prompt), padding not counted."""
+        return sum(max(len(pair.ids) for pair in pairs) for pairs in self.pairs)
+
     def micro_batches(self, max_tokens: int) -> list[_Batch]:
         """Consecutive slices of at most `max_tokens` prompt tokens each (at least one example): gradients
         accumulate over them, so a batch of long documents takes the memory of one slice."""
@@ -60,7 +73,8 @@ class _Batch:
                 slices.append(_Batch(self.pairs[start:i], self.targets[start:i]))
                 start, used = i, 0
             used += tokens
-        slices.append(_Batch(self.pairs[start:], self.targets[start:]))
+        if self.pairs:  # an empty shard (a short last batch split over many processes) has nothing to run
+            slices.append(_Batch(self.pairs[start:], self.targets[start:]))
         return slices
 
 
@@ -101,10 +115,14 @@ def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int, cache_pre
 
 
 @torch.no_grad()
-def _validation_loss(lm, verbalizer: Verbalizer, batches: list[_Batch], pad_id: int, precision: str) -> float:
+def _validation_loss(lm, verbalizer: Verbalizer, batches: list[_Batch], pad_id: int, precision: str,
+                     dist: Dist = Dist()) -> float:
+    """The mean loss over the validation batches; in a data-parallel job each process scores its shard."""
     lm.eval()
-    total = sum(_loss_step(lm, verbalizer, b, pad_id, precision=precision).item() * len(b.pairs) for batch in batches
+    shards = [batch.shard(dist) for batch in batches]
+    total = sum(_loss_step(lm, verbalizer, b, pad_id, precision=precision).item() * len(b.pairs) for batch in shards
                 for b in batch.micro_batches(micro_batch_tokens(precision)))
-    return total / sum(len(b.pairs) for b in batches)
+    total, count = dist.sum(total, sum(len(b.pairs) for b in shards))
+    return total / count
 
 
