@@ -81,6 +81,7 @@ def test_two_processes_train_the_weights_one_process_trains_on_the_same_global_b
     assert training["distributed"]["world_size"] == 2 and training["distributed"]["backend"] == "gloo"
     assert len(training["distributed"]["tokens_per_s_per_process"]) == 2 and training["distributed"]["tokens_per_s"] > 0
     assert report["method"] == "full" and len(double.stdout.strip().splitlines()) == 1
+    assert report["distributed"]["world_size"] == 2
     assert not (tmp_path / "two" / "checkpoints").exists()
 
 
@@ -120,3 +121,17 @@ def test_a_shard_is_every_world_th_example_and_threads_share_the_cores():
     assert dist.shard(list(range(8))) == [1, 4, 7] and Dist().shard([1, 2]) == [1, 2]
     assert threads_per_process(2, cores=2) == 1 and threads_per_process(2, cores=16) == 8
     assert threads_per_process(4, cores=2) == 1  # never below one
+
+
+def test_distillation_in_two_processes_trains_the_student_one_process_trains(model_dir, words, tmp_path):
+    teacher = run(tunelab("prompt", *words, "--model", model_dir, "--save", tmp_path / "teacher", "--json"))
+    assert teacher.returncode == 0, teacher.stderr
+    args = ["distill", *words, "--teacher", tmp_path / "teacher", "--student", "pruned:1", "--epochs", "2",
+            "--batch-size", "8", "--precision", "fp32", "--json"]
+    single = run(tunelab(*args, "--out", tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    double = run(tunelab(*args, "--out", tmp_path / "two", "--nproc", "2"))
+    assert double.returncode == 0, double.stderr
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
+    training = json.loads((tmp_path / "two" / "tunelab.json").read_text())["training"]
+    assert training["distributed"]["world_size"] == 2

@@ -12,9 +12,11 @@ from tunelab.cli.app import app, err_console, quiet_transformers, store_app
 from tunelab.cli.flags import (
     BASE_MODEL,
     JSON,
+    NPROC,
     OVERWRITE,
     PREDICTOR,
     config_from,
+    launch_processes,
     load_base,
     print_lines,
     progress,
@@ -52,7 +54,7 @@ def expand_tune(
     pairs: str = Option(..., "--pairs", help="Training pairs JSONL (source, language, name) or countries-train."),
     out: Path = Option(..., "--out", help="Folder for the tuned generator (LoRA merged)."),
     languages: Optional[str] = Option(None, help="Languages of the countries-train pairs (default: 50)."),
-    overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
+    nproc: int = NPROC, overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """LoRA-tune the generator on (name, language) -> name pairs, loss on the name only; use it with expand."""
     from tunelab.generation.concepts import read_pairs
@@ -60,11 +62,14 @@ def expand_tune(
     from tunelab.report.console import fact_lines
 
     config = config_from(generation_configs.GeneratorTuneConfig, given)
+    if nproc > 1:
+        return launch_processes(nproc)
     training = read_pairs(pairs, generation_configs.language_codes(languages or generation_configs.COUNTRY_LANGUAGES))
     with progress() as bars:
         facts = tune_generator(load_base(model), training, out, config, overwrite=overwrite,
                                on_step=bars.bar("LoRA: training the generator", len(training) * config.epochs))
-    print_lines(facts, fact_lines(facts), as_json)
+    if facts:  # empty in the processes other than rank 0 of a data-parallel job
+        print_lines(facts, fact_lines(facts), as_json)
 
 
 

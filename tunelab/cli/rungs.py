@@ -154,13 +154,15 @@ def distill(
     teacher: Path = Option(..., "--teacher", help="A saved tunelab predictor folder (the teacher)."),
     out: Path = Option(..., "--out", help="Folder for the student predictor."),
     transfer: Optional[Path] = Option(None, help="Unlabeled texts for the teacher to label (lines, JSONL, CSV)."),
-    as_json: bool = JSON, *, given: dict,
+    nproc: int = NPROC, as_json: bool = JSON, *, given: dict,
 ):
     """Distil a teacher into a smaller, faster student; report how much faster and how much worse."""
     from tunelab.rungs.distill import distill as run_distill
     from tunelab.rungs.distill import read_transfer_texts, summary_lines
 
     config, loaded_task = config_from(configs.DistillConfig, given), load_task_from(given)
+    if nproc > 1:
+        return launch_processes(nproc)
     transfer_texts = read_transfer_texts(transfer) if transfer is not None else None
     teacher_predictor = load_saved(teacher)
     with progress() as bars:
@@ -168,7 +170,8 @@ def distill(
                                 teacher_name=str(teacher), on_label_progress=bars.bar("teacher labels transfer set"),
                                 on_step=bars.bar("student learns"),
                                 on_eval_progress=bars.bar("scoring teacher and student", 2 * len(loaded_task.test)))
-    print_lines(report, summary_lines(report, out), as_json)
+    if report is not None:  # None in the processes other than rank 0 of a data-parallel job
+        print_lines(report, summary_lines(report, out), as_json)
 
 
 

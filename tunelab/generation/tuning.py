@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from tunelab.atomic import replace_folder
+from tunelab.distributed import from_env
 from tunelab.errors import ConfigError
 from tunelab.generation.concepts import Shot
 from tunelab.generation.config import GeneratorTuneConfig
@@ -50,17 +51,30 @@ def _examples(model: Model, pairs: list[Shot], shots: list[Shot]) -> list[tuple[
     return examples
 
 
+def _name_loss(lm, batch: list[tuple[list[int], list[int]]], pad_id: int, device) -> torch.Tensor:
+    """The summed next-token loss of the names' tokens (the prompt's are masked with -100)."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in batch], device=device)
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=device)
+    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=device)
+    logits = lm(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+
+
 def tune_generator(model: Model, pairs: list[Shot], out_dir: str | Path, config: GeneratorTuneConfig = (
         GeneratorTuneConfig()), *, shots: list[Shot] = (), overwrite: bool = False,
         on_step: Callable[[int, float], None] | None = None) -> dict:
     """LoRA-tune a copy of `model` on `pairs` and save it, merged, to `out_dir` (atomically: the folder appears
-    complete or not at all). Returns the training facts."""
+    complete or not at all). Returns the training facts. In a data-parallel job each process trains on its shard of
+    every batch and rank 0 saves (the others return {})."""
     from peft import LoraConfig, get_peft_model
 
     if not pairs:
         raise ConfigError("no training pairs: the generator needs (source, language, name) pairs")
     if Path(out_dir).exists() and not overwrite:
         raise ConfigError(f"{out_dir} exists; pass --overwrite to replace it")
+    dist = from_env()  # a data-parallel job when a launcher started this process (distributed.py)
     examples = _examples(model, pairs, list(shots))
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     with torch.random.fork_rng(devices=[]):
@@ -78,23 +92,24 @@ def tune_generator(model: Model, pairs: list[Shot], out_dir: str | Path, config:
         total = 0.0
         for start in range(0, len(order), config.batch_size):
             batch = [examples[i] for i in order[start : start + config.batch_size]]
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in batch], device=model.device)
-            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=model.device)
-            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch], device=model.device)
-            loss = training_step(trainable, optimizer, [lm(input_ids=ids, attention_mask=mask, labels=labels).loss],
-                                 where=f"in epoch {epoch + 1} (try a lower --lr)")
+            # the mean over the whole batch's name tokens, of which this process sums its shard's
+            n_targets = sum(sum(t != -100 for t in labels[1:]) for _, labels in batch)
+            local = dist.shard(batch)
+            loss = training_step(trainable, optimizer, [_name_loss(lm, local, pad_id, model.device) / n_targets]
+                                 if local else [], dist=dist, where=f"in epoch {epoch + 1} (try a lower --lr)")
             total += loss * len(batch)
             if on_step:
                 on_step(len(batch), loss)
         losses.append(total / len(examples))
     lm.eval()
     seconds = time.perf_counter() - started
+    if not dist.is_main:
+        return {}  # rank 0 saves the one generator
     merged = lm.merge_and_unload()
     facts = {"base_model": model.name, "base_fingerprint": model.fingerprint, "pairs": len(pairs),
              "languages": sorted({p.language for p in pairs}), "config": asdict(config), "epoch_losses": losses,
              "train_seconds": seconds, "params_total": count_parameters(merged)[0], "params_trainable": n_trainable,
-             "shots": [asdict(s) for s in shots]}
+             "shots": [asdict(s) for s in shots], "distributed": dist.describe()}
 
     def fill(folder: Path) -> None:
         merged.save_pretrained(folder, safe_serialization=True)

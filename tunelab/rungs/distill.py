@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.config import DistillConfig
+from tunelab.distributed import from_env
 from tunelab.errors import InputError
 from tunelab.measure.evaluate import evaluate, headline_quality, quality_metric
 from tunelab.models import tunelab_home
@@ -148,7 +149,9 @@ def distill(
     bulk inference into TUNELAB_HOME/teacher-labels.sqlite, so later students of the same teacher reuse the labels.
     `teacher_metrics`: the teacher's evaluate() result on this test split, when the caller measured it already
     (used when its fingerprint is the teacher's). Returns the student and a
-    report: both metric sets, params_teacher, params_student, param_ratio, speedup and quality_ratio.
+    report: both metric sets, params_teacher, params_student, param_ratio, speedup and quality_ratio. In a
+    data-parallel job each process trains on its shard of every batch; rank 0 alone evaluates, saves and returns
+    them (the others return None, None).
 
     Raises:
         ConfigError: label space mismatch or a student not smaller than the teacher.
@@ -162,16 +165,21 @@ def distill(
     meta = {"teacher": teacher_name, "teacher_fingerprint": teacher.fingerprint, "spec": config.student,
             "config": asdict(config), "params_teacher": teacher.params_total}
     student = make_student(teacher, task, config, meta)
+    dist = from_env()  # a data-parallel job when a launcher started this process (distributed.py)
 
     gold_labels = {normalise(e.text): e.label for e in task.train}
+    if dist.active and not dist.is_main:
+        dist.barrier()  # rank 0 labels the transfer set into the shared store; the others then read it back
     soft, gold, has_gold = _teacher_targets(teacher, texts, gold_labels, task, on_label_progress)
+    if dist.active and dist.is_main:
+        dist.barrier()
     module = student.model.lm if isinstance(student, CausalLMPredictor) else student.encoder
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         module.train()
         # training runs in bf16 where the device is fast at it; the trained student's parity decides its inference
-        fast = bf16_is_fast(next(module.parameters()).device.type)
+        fast = dist.broadcast(bf16_is_fast(next(module.parameters()).device.type))  # timed: rank 0 decides
         student.set_precision("bf16" if config.precision == "bf16" or (config.precision == "auto" and fast)
                               else "fp32")
         training_precision = student.precision
@@ -183,12 +191,13 @@ def distill(
             order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
             for start in range(0, len(texts), config.batch_size):
                 rows = order[start : start + config.batch_size]
-                batch_rows, batch_gold_rows = len(rows), int(has_gold[rows].sum())
-                micro_losses = (_student_loss(student, task, config, texts, rows[part], (soft, gold, has_gold),
+                batch_rows, batch_gold_rows = len(rows), int(has_gold[rows].sum())  # of the whole (global) batch
+                local = rows[dist.rank :: dist.world]  # this process's shard; the losses are scaled to the whole
+                micro_losses = (_student_loss(student, task, config, texts, local[part], (soft, gold, has_gold),
                                               batch_rows, batch_gold_rows)
-                                for part in length_batches([texts[i] for i in rows.tolist()], batch_rows,
+                                for part in length_batches([texts[i] for i in local.tolist()], batch_rows,
                                                            MICRO_BATCH_CHARS))
-                loss = training_step(trainable, optimizer, micro_losses,
+                loss = training_step(trainable, optimizer, micro_losses, dist=dist,
                                      where=f"in epoch {epoch + 1} (try a lower --lr)")
                 if on_step:
                     on_step(len(rows), loss)
@@ -196,6 +205,8 @@ def distill(
         for parameter in trainable:
             parameter.requires_grad_(False)
     train_seconds = time.perf_counter() - started
+    if not dist.is_main:
+        return None, None  # rank 0 evaluates and saves the one student
     inference_precision = choose_precision(student, config.precision, texts, next(module.parameters()).device,
                                            task.value_range)
     student.meta["precision_record"] = {"training": training_precision, "inference": inference_precision}
@@ -214,8 +225,10 @@ def distill(
         "param_ratio": student.params_total / teacher.params_total,
         "speedup": student_metrics["examples_per_s"] / teacher_metrics["examples_per_s"],
         "quality_ratio": quality_ratio, "n_transfer": len(texts), "train_seconds": train_seconds,
+        "distributed": dist.describe(),
     }
-    student.meta.update(training={"n_transfer": len(texts), "train_seconds": train_seconds}, metrics=report)
+    student.meta.update(training={"n_transfer": len(texts), "train_seconds": train_seconds,
+                                  "distributed": dist.describe()}, metrics=report)
     if out_dir is not None:
         save_predictor(student, out_dir)
     return student, report

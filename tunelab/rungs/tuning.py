@@ -109,7 +109,7 @@ def run_summary(predictor: CausalLMPredictor, out_dir: Path | None = None) -> di
     return {**predictor.meta["metrics"], "method": predictor.meta["method"],
             "train_seconds": training["train_seconds"], "peak_rss_mb": training["peak_rss_mb"],
             "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"],
-            "passes_per_epoch": training.get("passes_per_epoch", 1),
+            "passes_per_epoch": training.get("passes_per_epoch", 1), "distributed": training.get("distributed"),
             **({"out": str(out_dir)} if out_dir is not None else {})}
 
 
