@@ -40,7 +40,8 @@ def write_task(task_name: str, n_train: int, out: Path) -> list[str]:
 def arm(files: list[str], args, nproc: int, threads: int, out: Path) -> dict:
     folder = out / f"{nproc}x{threads}"
     threads_flag = [] if nproc > 1 else ["--threads", str(threads)]  # a job of N shares the cores out itself
-    command = [sys.executable, "-m", "tunelab.cli", *threads_flag, "tune", *files, "--method", args.method, "--epochs", "1",
+    command = [sys.executable, "-m", "tunelab.cli", *threads_flag, "tune", *files, "--method", args.method,
+               "--epochs", "1",
                "--min-steps", "0", "--batch-size", str(args.batch_size), "--precision", args.precision,
                "--out", str(folder), "--overwrite", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

@@ -10,15 +10,17 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Callable, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunelab.atomic import replace_folder, write_json
 from tunelab.errors import ConfigError, ModelError, TunelabError
-from tunelab.models import Model, load_model
 from tunelab.tasks import Kind, Task
+
+if TYPE_CHECKING:  # models.py imports torch; a predictor that needs none (ONNX) must load and serve without it
+    from tunelab.models import Model
 
 ARTIFACT_FILE = "tunelab.json"
 FORMAT_VERSION = 1
@@ -31,6 +33,9 @@ _RUNG_LOADERS = {
     "distill": "tunelab.rungs.students:load_student",
     "baseline": "tunelab.rungs.baseline:BaselinePredictor.load",
     "probe": "tunelab.rungs.probe:ProbePredictor.load",
+    "calibrated": "tunelab.ship.calibration:CalibratedPredictor.load",
+    "cascade": "tunelab.ship.cascade:CascadePredictor.load",
+    "onnx": "tunelab.ship.onnx_predictor:OnnxPredictor.load",
 }
 
 
@@ -175,7 +180,7 @@ class ArtifactFile(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)
     format_version: Literal[1]
-    rung: Literal["prompt", "tune", "distill", "baseline", "probe"]
+    rung: Literal["prompt", "tune", "distill", "baseline", "probe", "calibrated", "cascade", "onnx"]
     kind: Literal["classification", "regression"]
     labels: list[Annotated[str, Field(min_length=1)]]
     fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
@@ -189,7 +194,7 @@ class ArtifactFile(BaseModel):
     def _label_space(self):
         if self.kind == "classification" and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
             raise ValueError("a classifier needs two or more distinct labels")
-        if self.kind == "regression" and self.value_range is None and self.rung != "distill":
+        if self.kind == "regression" and self.value_range is None and self.rung not in ("distill", "onnx"):
             raise ValueError("a regression artifact needs its value_range")
         return self
 
@@ -233,6 +238,8 @@ def load_base_model(directory: Path, payload: dict) -> Model:
         ModelError: the base model is missing or its weights differ.
     """
     base = payload["base_model"]
+    from tunelab.models import load_model
+
     model = load_model(directory / base if base == "base" else base)
     if model.fingerprint != payload["base_fingerprint"]:
         raise ModelError(f"{directory}: base model {base} has fingerprint {model.fingerprint}, "
@@ -248,7 +255,7 @@ def is_artifact(path: str | Path) -> bool:
 def describe_artifact(predictor: Predictor) -> dict:
     """What `tunelab info` shows of a saved predictor: its rung, its model's facts, its parameter counts."""
     model = getattr(predictor, "model", None)
-    facts = model.describe() if isinstance(model, Model) else {}
+    facts = model.describe() if hasattr(model, "describe") and hasattr(model, "lm") else {}
     if hasattr(predictor, "describe_model"):  # predictors that are not a causal LM (an encoder student, a baseline)
         facts = predictor.describe_model()
     return {"rung": predictor.rung, "kind": predictor.kind, "labels": list(predictor.label_names), **facts,

@@ -2,7 +2,7 @@
 command shares; `rungs.py` and `offline.py` register the commands. Each command: flags -> config -> one library
 call -> print."""
 
-from tunelab.cli import rungs, offline  # noqa: F401, I001 - importing them registers their commands, rungs first
+from tunelab.cli import rungs, offline, ship  # noqa: F401, I001 - importing them registers their commands, rungs first
 from tunelab.cli.app import app
 
 __all__ = ["app"]

@@ -47,6 +47,16 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(error)
 
 
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> list[dict]:
+    """The reliability diagram's bins (the ECE's): for each confidence band, how many predictions, their mean
+    confidence and the share that was right (a calibrated model's two agree)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    return [{"low": float(edges[b]), "high": float(edges[b + 1]), "count": int((which == b).sum()),
+             "confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean())}
+            for b in range(bins) if (which == b).any()]
+
+
 def _spearman(gold: np.ndarray, values: np.ndarray) -> float:
     return float(spearmanr(gold, values).statistic) if np.ptp(values) > 0 and np.ptp(gold) > 0 else 0.0
 
@@ -99,6 +109,7 @@ def quality(task: Task, predictions: Predictions) -> dict:
     figures = {name: fn(gold, predicted) for name, fn in functions.items()}
     if task.is_classification:
         figures["ece"] = expected_calibration_error(predictions.probs.max(axis=1), (gold == predicted).astype(float))
+        figures["reliability"] = reliability(predictions.probs.max(axis=1), (gold == predicted).astype(float))
     return {**figures, "intervals": metric_intervals(functions, gold, predicted), "interval_method": METHOD}
 
 

@@ -3,9 +3,12 @@ read whole in overlapping windows."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from tunelab.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: an exported (ONNX) predictor uses this policy without torch
+    import torch
 
 TRUNCATION_MARKER = " [...] "  # stands between the head and the tail of a text cut to fit (see fit_text)
 LENGTH_QUANTILE = 0.99  # a derived max_length holds this share of the training prompts whole

@@ -1,0 +1,146 @@
+"""Export a student to ONNX (optionally with int8 weights), refused unless the export predicts what the torch
+predictor predicts.
+
+What is exported: the encoder student (a BERT-style sequence classifier, MiniLM by default), the rung that is meant
+to be shipped. The graph comes from torch.onnx.export (torch's own exporter, no extra converter to keep in step
+with transformers); int8 is onnxruntime's dynamic quantization (weights stored in 8 bits, activations quantized per
+batch at run time: no calibration data needed, and matrix products run on the CPU's integer units). The causal-LM
+rungs (tuned teacher, pruned student, probe) are not exported: their key/value-cache prompts and label scoring are
+not one graph, and onnxruntime's generative API is a separate package; a clear error says so.
+
+The gate: on the task's test texts (or given texts) the export must give the same label as the torch predictor on
+at least 99.5% of them, every probability within PROB_TOLERANCE, and (with labels) an ECE within 0.01 of the torch
+predictor's; otherwise nothing is written and the error gives the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunelab.atomic import replace_folder
+from tunelab.errors import ConfigError, ModelError
+from tunelab.measure.evaluate import expected_calibration_error
+from tunelab.predictor import ARTIFACT_FILE, FORMAT_VERSION, load_predictor, predict
+from tunelab.rungs.students import ENCODER_OVERLAP, EncoderStudent
+
+AGREEMENT = 0.995
+# Half a calibration bin, as the bf16 parity check (scoring/precision.py): a moved probability matters where it
+# flips a prediction (counted by AGREEMENT) or moves a confidence bin.
+PROB_TOLERANCE = 0.05
+ECE_DRIFT = 0.01
+OPSET = 17
+
+
+def parity_figures(reference: np.ndarray, exported: np.ndarray, gold: np.ndarray | None) -> dict:
+    """How far the export's probabilities are from the torch predictor's, and whether the gate passes."""
+    agreement = float(np.mean(reference.argmax(axis=1) == exported.argmax(axis=1)))
+    largest = float(np.max(np.abs(reference - exported)))
+    figures = {"n": len(reference), "agreement": agreement, "max_prob_difference": largest,
+               "agreement_needed": AGREEMENT, "prob_tolerance": PROB_TOLERANCE}
+    passes = agreement >= AGREEMENT and largest <= PROB_TOLERANCE
+    if gold is not None:
+        ece = [expected_calibration_error(p.max(axis=1), (p.argmax(axis=1) == gold).astype(float))
+               for p in (reference, exported)]
+        figures.update(ece_torch=ece[0], ece_export=ece[1], ece_drift=abs(ece[1] - ece[0]), ece_drift_allowed=ECE_DRIFT)
+        passes = passes and abs(ece[1] - ece[0]) <= ECE_DRIFT
+    figures["passes"] = passes
+    return figures
+
+
+def _export_graph(student: EncoderStudent, path: Path) -> None:
+    """The encoder's graph with dynamic batch and sequence axes (torch.onnx.export)."""
+    encoder = student.encoder.float().eval().to("cpu")
+    sample = student.tokenizer(["a b c", "a"], padding=True, return_tensors="pt")
+    names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
+    # The tracer warns about every shape test it freezes; the parity gate below checks the graph on texts of many
+    # lengths (windows included), which is the check those warnings ask for.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(encoder, tuple(sample[name] for name in names), str(path), input_names=names,
+                          output_names=["logits"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+
+
+def export_onnx(predictor_dir: str | Path, out_dir: str | Path, texts: list[str], *, gold_labels=None,
+                quantize: str | None = None, overwrite: bool = False) -> dict:
+    """Export the saved encoder student in `predictor_dir` to `out_dir` (ONNX, int8 weights with quantize="int8")
+    and check it on `texts` (and their `gold_labels`, when given). Returns the export's facts.
+
+    Raises:
+        ConfigError: not an encoder student, an existing `out_dir` without `overwrite`, no texts.
+        ModelError: the export failed the parity gate (nothing is written; the message has the figures).
+    """
+    if Path(out_dir).exists() and not overwrite:
+        raise ConfigError(f"{out_dir} exists; pass --overwrite to replace it")
+    if not texts:
+        raise ConfigError("the parity check needs texts: give --task/--train or --texts")
+    student = load_predictor(predictor_dir)
+    if not isinstance(student, EncoderStudent):
+        raise ConfigError(f"{predictor_dir}: a {student.rung} predictor; export supports the encoder student "
+                          "(tunelab distill --student minilm or encoder:PATH). Causal-LM rungs score labels through "
+                          "prompts and a key/value cache, which is not one ONNX graph")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"--quantize must be int8, got {quantize!r}")
+    student.set_precision("fp32")  # the reference is the fp32 torch predictor
+    reference = predict(student, texts).probs if student.kind == "classification" else None
+    gold = None
+    if gold_labels is not None and student.kind == "classification":
+        gold = np.array([student.label_names.index(label) for label in gold_labels])
+    facts: dict = {}
+
+    def fill(folder: Path) -> None:
+        from tunelab.ship.onnx_predictor import OnnxPredictor
+
+        with tempfile.TemporaryDirectory() as scratch:
+            graph = Path(scratch) / "model.onnx"
+            _export_graph(student, graph)
+            if quantize == "int8":
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                quantize_dynamic(str(graph), str(folder / "model.onnx"), weight_type=QuantType.QInt8)
+            else:
+                graph.replace(folder / "model.onnx")
+        student.tokenizer.save_pretrained(folder / "tokenizer")
+        (folder / "tokenizer" / "tokenizer.json").replace(folder / "tokenizer.json")  # all the tokenizers library reads
+        shutil.rmtree(folder / "tokenizer")
+        payload = {"format_version": FORMAT_VERSION, "rung": "onnx", "kind": student.kind,
+                   "labels": list(student.label_names), "max_length": student.max_length,
+                   "long_texts": student.long_texts, "overlap": ENCODER_OVERLAP,
+                   "pad_id": student.tokenizer.pad_token_id, "quantize": quantize,
+                   "source": {"path": str(predictor_dir), "fingerprint": student.fingerprint,
+                              "spec": student.meta.get("spec", "encoder")},
+                   "params_total": student.params_total, "params_trainable": student.params_trainable}
+        exported = OnnxPredictor(folder, payload)
+        if student.kind == "classification":
+            figures = parity_figures(reference, predict(exported, texts).probs, gold)
+        else:
+            values = [predict(p, texts).values for p in (student, exported)]
+            largest = float(np.max(np.abs(values[0] - values[1])))
+            figures = {"n": len(texts), "max_value_difference": largest, "passes": largest <= 1e-2}
+        if not figures["passes"]:
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+            raise ModelError(f"export refused: it does not predict what {predictor_dir} predicts ({json.dumps(shown)})")
+        payload["parity"] = figures
+        payload["fingerprint"] = exported.fingerprint
+        (folder / ARTIFACT_FILE).write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        facts.update(payload, bytes=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()))
+
+    replace_folder(out_dir, fill)
+    return facts
+
+
+def export_lines(facts: dict, out_dir: str | Path) -> list[str]:
+    parity = facts["parity"]
+    agreement = (f"same label on {parity['agreement']:.1%} of {parity['n']} texts, probabilities within "
+                 f"{parity['max_prob_difference']:.4f}" if "agreement" in parity
+                 else f"values within {parity['max_value_difference']:.4f} on {parity['n']} texts")
+    ece = (f", ECE {parity['ece_torch']:.4f} -> {parity['ece_export']:.4f}" if "ece_torch" in parity else "")
+    return [f"exported {facts['source']['spec']} to {out_dir} (ONNX{', int8 weights' if facts['quantize'] else ''}, "
+            f"{facts['bytes'] / 1e6:.1f} MB); parity passed: {agreement}{ece}"]

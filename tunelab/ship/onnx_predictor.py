@@ -1,0 +1,137 @@
+"""An exported encoder student, run by onnxruntime: a predictor that needs neither torch nor transformers.
+
+The folder holds `model.onnx` (fp32, or int8 weights), `tokenizer.json` (read by the `tokenizers` library) and
+`tunelab.json` (labels, the student's length policy, the parity figures the export passed). It reads texts exactly
+as the torch student does (scoring/length.py: whole texts in windows whose logits are averaged, or head + tail),
+so eval, predict, serve and bias accept it like any predictor; serving it imports no torch (a test checks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.errors import ModelError
+from tunelab.predictor import Predictions
+from tunelab.scoring.length import fit_texts, special_frame, window_spans
+
+ENCODER_SPECIAL_TOKENS = 2  # [CLS] and [SEP], as rungs/students.py
+ENCODER_OVERLAP = 32
+
+
+class _Encoded:
+    def __init__(self, input_ids, offset_mapping=None):
+        self.input_ids, self._offsets = input_ids, offset_mapping
+
+    def __getitem__(self, key):
+        return {"offset_mapping": self._offsets, "input_ids": self.input_ids}[key]
+
+
+class TokenizerAdapter:
+    """The `tokenizers` library's Tokenizer, called the way scoring/length.py calls a transformers tokenizer (so the
+    one length policy serves both)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.backend.no_padding()
+        self.backend.no_truncation()
+
+    def __call__(self, texts, add_special_tokens: bool = True, return_offsets_mapping: bool = False):
+        single = isinstance(texts, str)
+        encodings = self.backend.encode_batch([texts] if single else list(texts), add_special_tokens=add_special_tokens)
+        ids = [e.ids for e in encodings]
+        offsets = [e.offsets for e in encodings] if return_offsets_mapping else None
+        return _Encoded(ids[0] if single else ids, (offsets[0] if single else offsets) if offsets else None)
+
+
+class OnnxPredictor:
+    """The exported student: onnxruntime on CPU (or the GPU provider when onnxruntime has one)."""
+
+    rung = "onnx"
+
+    def __init__(self, directory: Path, payload: dict):
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        self.directory, self.payload = Path(directory), payload
+        self.kind, self.label_names = payload["kind"], tuple(payload["labels"])
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(str(self.directory / "model.onnx"), options,
+                                                    providers=onnxruntime.get_available_providers())
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.tokenizer = TokenizerAdapter(Tokenizer.from_file(str(self.directory / "tokenizer.json")))
+        self.pad_id = int(payload["pad_id"])
+        self.max_length, self.long_texts = int(payload["max_length"]), payload["long_texts"]
+
+    @property
+    def params_total(self) -> int:
+        return int(self.payload["params_total"])
+
+    @property
+    def params_trainable(self) -> int:
+        return int(self.payload["params_trainable"])
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256((self.directory / "model.onnx").read_bytes())
+        digest.update(json.dumps([self.kind, list(self.label_names), self.max_length, self.long_texts,
+                                  self.payload.get("quantize")]).encode())
+        return digest.hexdigest()[:16]
+
+    def describe_model(self) -> dict:
+        return {"model": f"ONNX export of {self.payload['source']['spec']} ({self.payload.get('quantize') or 'fp32'}"
+                         f", onnxruntime)", "exported_from": self.payload["source"]["fingerprint"],
+                "parity": self.payload.get("parity")}
+
+    def _windows(self, texts: list[str]) -> list[list[list[int]]]:
+        before, after = special_frame(self.tokenizer)
+        room = max(1, self.max_length - ENCODER_SPECIAL_TOKENS)
+        if self.long_texts != "windows":
+            cut = [text for text, _ in fit_texts(self.tokenizer, texts, room)]
+            return [[before + row[:room] + after] for row in self.tokenizer(cut, add_special_tokens=False).input_ids]
+        stride = max(1, room - min(ENCODER_OVERLAP, room // 4))
+        return [[before + row[a:b] + after for a, b in window_spans(len(row), room, stride)]
+                for row in self.tokenizer(texts, add_special_tokens=False).input_ids]
+
+    def count_truncated(self, texts: list[str]) -> int:
+        if self.long_texts == "windows":
+            return 0
+        return sum(cut for _, cut in fit_texts(self.tokenizer, texts, self.max_length - ENCODER_SPECIAL_TOKENS))
+
+    def count_windows(self, texts: list[str]) -> list[int]:
+        return [len(w) for w in self._windows(texts)]
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        per_text = self._windows(texts)
+        rows = [ids for windows in per_text for ids in windows]
+        width = max(map(len, rows))
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)], mask[i, : len(row)] = row, 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self.inputs:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        out = self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.inputs})[0]
+        owner = np.repeat(np.arange(len(texts)), [len(w) for w in per_text])
+        summed = np.zeros((len(texts), out.shape[1]))
+        np.add.at(summed, owner, out)
+        return summed / np.bincount(owner, minlength=len(texts))[:, None]
+
+    def predict_batch(self, texts: list[str]) -> Predictions:
+        logits = self.logits(texts)
+        if self.kind == "classification":
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            return Predictions("classification", self.label_names, probs=shifted / shifted.sum(axis=1, keepdims=True))
+        return Predictions("regression", values=logits[:, 0])
+
+    def save(self, directory: Path) -> None:
+        raise ModelError("an ONNX predictor is written by `tunelab export`, not saved again")
+
+    @classmethod
+    def load(cls, directory: Path, payload: dict) -> OnnxPredictor:
+        return cls(directory, payload)
