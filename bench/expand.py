@@ -4,6 +4,11 @@
 2. Quality on the built-in `countries` evaluation (CLDR names): the prompted generator (3 real shots) vs a generator
    LoRA-tuned on the `countries-train` half (which the evaluation leaves alone), same concepts and languages,
    recall@N and precision per language.
+4. Precision on concept types the generator never saw (issue #28): the prompted bundled model (country shots) on
+   CLDR scripts (the validation type: the confidence floor is chosen there, as the lowest floor whose precision is
+   at least --target-precision) and on currencies and languages (held out: measured at that floor), in
+   --precision-languages; beam search (confidence = mean token probability) and sampling with self-consistency
+   (confidence = the share of --samples candidates that agree); the precision/recall curve over the floor.
 3. /match: find_terms over a 100k-term list built from CLDR names (territories and languages in every locale)
    against a naive loop that tests every term, per text of a few hundred characters; server time, in process.
 
@@ -71,6 +76,40 @@ def quality(args) -> list[dict]:
     reports[f"LoRA-tuned ({facts['pairs']} pairs, {facts['train_seconds']:.0f} s)"] = run_tunelab(
         "expand", *common, "--model", str(out / "generator"), "--store", str(out / "tuned.sqlite"))
     return reports
+
+
+def precision_curves(args) -> dict:
+    """Each (decoding, concept type): the evaluation's curve; the floor chosen on the validation type."""
+    found = {}
+    decodings = {"beam": ["--decoding", "beam", "--per-language", str(args.per_language)],
+                 "sample": ["--decoding", "sample", "--per-language", str(args.samples)]}
+    for decoding, flags in decodings.items():
+        for kind in ("scripts", "currencies", "languages"):
+            store = args.out / f"precision-{decoding}-{kind}.sqlite"
+            store.unlink(missing_ok=True)
+            found[(decoding, kind)] = run_tunelab(
+                "expand", "--concepts", kind, "--limit", str(args.type_concepts), "--languages",
+                args.precision_languages, *flags, "--evaluate", kind, "--store", str(store))
+    return found
+
+
+def precision_tables(found: dict, args, console) -> None:
+    for decoding in ("beam", "sample"):
+        validation = found[(decoding, "scripts")]["evaluation"]["curve"]
+        chosen = next((p for p in validation if p["precision"] >= args.target_precision), validation[-1])
+        table = Table(title=f"{decoding}: precision / recall / no term kept over the confidence floor "
+                            f"({args.type_concepts} concepts a type x {args.precision_languages}); floor chosen on "
+                            f"scripts for precision >= {args.target_precision}: {chosen['min_confidence']:.2f}")
+        table.add_column("concept type")
+        for point in validation:
+            table.add_column(f">= {point['min_confidence']:.2f}", justify="right")
+        for kind in ("scripts", "currencies", "languages"):
+            curve = found[(decoding, kind)]["evaluation"]["curve"]
+            label = kind + (" (validation)" if kind == "scripts" else " (held out)")
+            table.add_row(label, *[f"{p['precision']:.2f}/{p['recall']:.2f}/{p['no_term_share']:.0%}"
+                                   + (" *" if p["min_confidence"] == chosen["min_confidence"] else "")
+                                   for p in curve])
+        console.print(table)
 
 
 def cldr_terms(n: int) -> list[Term]:
@@ -146,7 +185,11 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--terms", type=int, default=100_000)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-expand"))
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: throughput,quality,match")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: throughput,quality,match,precision")
+    parser.add_argument("--type-concepts", type=int, default=40, help="concepts of each CLDR type (precision part)")
+    parser.add_argument("--precision-languages", default="de,fr,es,it,pt")
+    parser.add_argument("--samples", type=int, default=5, help="sampled candidates a pair (self-consistency)")
+    parser.add_argument("--target-precision", type=float, default=0.5)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     skip = set(args.skip.split(","))
@@ -176,6 +219,10 @@ def main():
             table.add_row(name, *cells, f"{report['recall']:.3f}/{report['precision']:.3f}",
                           f"{report['terms_per_s']:.1f}")
         console.print(table)
+    if "precision" not in skip:
+        found = precision_curves(args)
+        precision_tables(found, args, console)
+        (args.out / "precision.json").write_text(json.dumps({f"{d}/{k}": v for (d, k), v in found.items()}))
     if "match" not in skip:
         rows, n_terms = match_latency(args.terms, 2000)
         table = Table(title=f"/match server time: {n_terms:,} CLDR terms, texts of ~300 characters")

@@ -79,12 +79,14 @@ def test_expand_stores_terms_with_provenance_and_resumes_without_generating_twic
 def test_candidates_cut_at_max_new_tokens_are_counted_not_stored():
     from tunelab.generation.expand import _select
 
-    counts = dict.fromkeys(("candidates", "unfinished", "empty", "dropped_score", "dropped_verifier"), 0)
+    counts = dict.fromkeys(("candidates", "unfinished", "empty", "dropped_score", "dropped_verifier",
+                            "dropped_agreement", "dropped_confidence"), 0)
     generated = [[("Allem", -0.2, False), ("Allemagne", -0.5, True), ("allemagne", -0.6, True), (" . ", -1.0, True)]]
     terms, finished = _select([(Concept("DE", ("Germany",)), "fr")], generated, ExpandConfig(languages=("fr",)),
                               None, counts)
     assert [t.text for t in terms] == ["Allemagne"] and finished == [("DE", "fr", 4, 1)]
-    assert counts == {"candidates": 4, "unfinished": 1, "empty": 1, "dropped_score": 0, "dropped_verifier": 0}
+    assert counts == {"candidates": 4, "unfinished": 1, "empty": 1, "dropped_score": 0, "dropped_verifier": 0,
+                      "dropped_agreement": 0, "dropped_confidence": 0}
 
 
 def test_a_store_of_another_generator_is_refused_without_append(tiny_model, tiny_bpe_model, tmp_path):
@@ -107,8 +109,9 @@ def test_precision_and_recall_against_a_reference(tmp_path):
     result = evaluate_terms(tmp_path / "t.sqlite", reference, "f" * 16, [Concept("DE", ("Germany",)),
                                                                          Concept("JP", ("Japan",))], ("fr", "es"))
     assert result["per_language"]["fr"] == {"recall": 0.5, "precision": pytest.approx(1 / 3), "concepts": 2,
-                                            "terms": 3}
-    assert result["per_language"]["es"] == {"recall": 0.5, "precision": 1.0, "concepts": 2, "terms": 1}
+                                            "terms": 3, "no_term_share": 0.0}
+    assert result["per_language"]["es"] == {"recall": 0.5, "precision": 1.0, "concepts": 2, "terms": 1,
+                                            "no_term_share": 0.5}  # JP has no Spanish term
     assert result["recall"] == 0.5 and result["precision"] == pytest.approx((1 / 3 + 1) / 2)
 
 
@@ -204,3 +207,45 @@ def test_the_shared_prefix_cache_changes_no_candidate(tiny_model):
         texts = tiny_model.tokenizer.batch_decode(out.sequences[:, ids.shape[1]:], skip_special_tokens=True)
         assert [text.split("\n")[0] for text in texts] == [c[0] for c in row]
         assert out.sequences_scores.tolist() == pytest.approx([c[1] for c in row], abs=1e-4)
+
+
+def test_a_kept_term_carries_its_evidence_and_one_failing_every_check_is_not_stored():
+    from tunelab.generation.expand import _select
+
+    counts = dict.fromkeys(("candidates", "unfinished", "empty", "dropped_score", "dropped_verifier",
+                            "dropped_agreement", "dropped_confidence"), 0)
+    # four samples: three agree on "Allemagne" (two spellings of case), one says "Germanie"
+    generated = [[("Allemagne", -0.3, True), ("allemagne", -0.4, True), ("Allemagne", -0.35, True),
+                  ("Germanie", -0.2, True)]]
+    config = ExpandConfig(languages=("fr",), per_language=4, decoding="sample", min_agreement=2)
+    terms, finished = _select([(Concept("DE", ("Germany",)), "fr")], generated, config, None, counts)
+    assert [t.text for t in terms] == ["Allemagne"] and counts["dropped_agreement"] == 1  # Germanie: 1 of 4
+    term = terms[0]
+    assert term.agreement == 3 and term.confidence == 0.75
+    evidence = json.loads(term.evidence)
+    assert evidence["agreement"] == 3 and evidence["of"] == 4 and evidence["kept_because"] == ["agreement 3 of 4 >= 2"]
+    assert finished == [("DE", "fr", 4, 1)]
+    floor = ExpandConfig(languages=("fr",), per_language=4, decoding="sample", min_confidence=0.9)
+    assert _select([(Concept("DE", ("Germany",)), "fr")], generated, floor, None, dict(counts))[0] == []
+
+
+def test_evidence_is_stored_and_match_honours_a_confidence_floor(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tunelab.offline.config import ServeConfig
+    from tunelab.offline.serve import create_app
+
+    store = TermStore(tmp_path / "t.sqlite")
+    store.put_batch([Term("DE", "fr", "Allemagne", -0.1, agreement=3, confidence=0.75, evidence='{"of": 4}'),
+                     Term("DE", "fr", "Germanie", -2.0, agreement=1, confidence=0.25, evidence='{"of": 4}')],
+                    [("DE", "fr", 4, 2)], "f" * 16, "h" * 16)
+    stored = {t.text: t for t in store.terms()}
+    store.close()
+    assert stored["Allemagne"].agreement == 3 and json.loads(stored["Germanie"].evidence) == {"of": 4}
+    client = TestClient(create_app(ServeConfig(terms=tmp_path / "t.sqlite")))
+    text = "Allemagne ou Germanie"
+    every = client.post("/match", json={"text": text}).json()["matches"]
+    assert sorted(m["term"] for m in every) == ["Allemagne", "Germanie"]
+    sure = client.post("/match", json={"text": text, "min_confidence": 0.5}).json()["matches"]
+    assert [m["term"] for m in sure] == ["Allemagne"] and sure[0]["confidence"] == 0.75
+    assert client.post("/match", json={"text": text, "min_confidence": 2}).status_code == 422

@@ -20,6 +20,11 @@ COUNTRIES = "countries"  # the built-in concepts and reference (its held-out hal
 # The default shots: real CLDR names of three countries, which the built-in evaluation leaves out.
 SHOT_COUNTRIES = (("DE", "fr"), ("JP", "es"), ("BR", "de"))
 NOT_COUNTRIES = {"EU", "EZ", "UN", "ZZ", "QO", "XA", "XB"}  # CLDR territory codes that are groupings or pseudo
+# Other CLDR concept types, each whole (built-in concepts and reference): types a generator prompted or tuned on
+# countries never saw. The Locale attribute holding the names, and which codes count (ISO-shaped ones only).
+CLDR_TYPES = {"languages": ("languages", lambda code: len(code) == 2 and code.isalpha()),
+              "currencies": ("currencies", lambda code: len(code) == 3 and code.isalpha() and code.isupper()),
+              "scripts": ("scripts", lambda code: len(code) == 4 and code.isalpha() and code != "Zzzz")}
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ def read_concepts(path: str | Path) -> list[Concept]:
     """
     if str(path) in (COUNTRIES, f"{COUNTRIES}-train"):
         return country_concepts(str(path))
+    if str(path) in CLDR_TYPES:
+        return cldr_concepts(str(path))
     concepts, seen = [], {}
     for line, row in read_rows(path, ("id", "--concepts"), ("names", "--concepts")):
         concept_id, names = row.get("id"), row.get("names")
@@ -94,6 +101,8 @@ def read_reference(path: str | Path, languages: tuple[str, ...]) -> dict[tuple[s
     `{"id": ..., "language": ..., "names": [...]}`, or the built-in `countries` (CLDR)."""
     if str(path) in (COUNTRIES, f"{COUNTRIES}-train"):
         return country_reference([c.id for c in country_concepts(str(path))], languages)
+    if str(path) in CLDR_TYPES:
+        return cldr_reference(str(path), languages)
     reference: dict[tuple[str, str], set[str]] = {}
     for line, row in read_rows(path, ("id", "--evaluate"), ("language", "--evaluate"), ("names", "--evaluate")):
         names = row.get("names")
@@ -149,3 +158,22 @@ def country_reference(codes: list[str], languages: tuple[str, ...]) -> dict[tupl
     return reference
 
 
+def cldr_concepts(kind: str) -> list[Concept]:
+    """Every ISO-shaped code of a CLDR concept type (languages, currencies, scripts) with its English name."""
+    from babel import Locale
+
+    attribute, counts = CLDR_TYPES[kind]
+    english = getattr(Locale("en"), attribute)
+    return [Concept(code, (english[code],)) for code in sorted(english) if counts(code)]
+
+
+def cldr_reference(kind: str, languages: tuple[str, ...]) -> dict[tuple[str, str], set[str]]:
+    from babel import Locale
+
+    attribute, counts = CLDR_TYPES[kind]
+    reference = {}
+    for language in languages:
+        names = getattr(Locale.parse(language), attribute)
+        reference.update({(code, language): {match_key(normalise_term(name))}
+                          for code, name in names.items() if counts(code)})
+    return reference

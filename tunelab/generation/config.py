@@ -28,6 +28,10 @@ class ExpandConfig:
     # 32 measured best on 2 cores; see docs/BENCHMARKS.md
     batch_size: Annotated[int, "Prompts per generate() call."] = 32
     min_score: Annotated[float | None, "Drop candidates under this mean token log-probability."] = None
+    # self-consistency: with --decoding sample, a name that several samples agree on is more often right
+    min_agreement: Annotated[int, "Keep a term only when this many of its pair's candidates agree on it."] = 1
+    # the agreement share when sampled, else the mean token probability exp(score); what /match can filter on
+    min_confidence: Annotated[float | None, "Keep a term only at or above this confidence (0..1)."] = None
     append: Annotated[bool, "Add to a store that holds another generator's terms."] = False
     seed: Annotated[int, "Seed for sampling."] = 0
 
@@ -36,7 +40,12 @@ class ExpandConfig:
         if self.decoding not in ("beam", "sample"):
             problems.append(f"--decoding must be beam or sample, got {self.decoding!r}")
         problems += at_least_one(("--per-language", self.per_language), ("--max-new-tokens", self.max_new_tokens),
-                                 ("--batch-size", self.batch_size))
+                                 ("--batch-size", self.batch_size), ("--min-agreement", self.min_agreement))
+        if self.min_agreement > self.per_language:
+            problems.append(f"--min-agreement {self.min_agreement} is more than the --per-language "
+                            f"{self.per_language} candidates a pair gets")
+        if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
+            problems.append(f"--min-confidence must lie in 0..1, got {self.min_confidence}")
         if self.temperature <= 0:
             problems.append(f"--temperature must be > 0, got {self.temperature}")
         if problems:

@@ -7,6 +7,9 @@ Inputs are read in concepts.py, prompts rendered and candidates generated in pro
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -64,7 +67,8 @@ def expand(
             on_total(len(pairs))
         counts = {"pairs": len(concepts) * len(config.languages), "already_done": len(concepts) *
                   len(config.languages) - len(pairs), "generated": 0, "candidates": 0, "kept": 0,
-                  "dropped_score": 0, "dropped_verifier": 0, "empty": 0, "unfinished": 0}
+                  "dropped_score": 0, "dropped_verifier": 0, "dropped_agreement": 0, "dropped_confidence": 0,
+                  "empty": 0, "unfinished": 0}
         started = time.perf_counter()
         for start in range(0, len(pairs), config.batch_size):
             batch = pairs[start : start + config.batch_size]
@@ -88,6 +92,10 @@ def _select(batch, generated, config: ExpandConfig, verifier, counts: dict):
     terms, finished, verify_texts = [], [], []
     for (concept, language), candidates in zip(batch, generated):
         seen, kept = set(), []
+        agreeing: dict[str, int] = {}  # self-consistency: how many finished candidates normalise to each term
+        for text, _, ended in candidates:
+            if ended and normalise_term(text):
+                agreeing[match_key(normalise_term(text))] = agreeing.get(match_key(normalise_term(text)), 0) + 1
         for text, score, ended in candidates:
             counts["candidates"] += 1
             if not ended:  # ran out of --max-new-tokens: possibly half a name; counted, not stored
@@ -100,17 +108,29 @@ def _select(batch, generated, config: ExpandConfig, verifier, counts: dict):
             if match_key(term) in seen:
                 continue
             seen.add(match_key(term))
+            agreement = agreeing[match_key(term)]
+            confidence = (agreement / len(candidates) if config.decoding == "sample"
+                          else float(math.exp(score)))
             if config.min_score is not None and score < config.min_score:
                 counts["dropped_score"] += 1
                 continue
-            kept.append(Term(concept.id, language, term, float(score)))
+            if agreement < config.min_agreement:
+                counts["dropped_agreement"] += 1
+                continue
+            if config.min_confidence is not None and confidence < config.min_confidence:
+                counts["dropped_confidence"] += 1
+                continue
+            kept.append(Term(concept.id, language, term, float(score), agreement=agreement, confidence=confidence,
+                             evidence=json.dumps(_why_kept(config, score, agreement, len(candidates), confidence))))
         terms += kept
         finished.append([concept.id, language, len(candidates), len(kept)])
         verify_texts += [VERIFY_FORMAT.format(source=concept.names[0], language=language_name(language),
                                               candidate=t.text) for t in kept]
     if verifier is not None and terms:
         probabilities = _positive_probability(verifier, verify_texts)
-        judged = [Term(t.concept, t.language, t.text, t.score, p) for t, p in zip(terms, probabilities)]
+        judged = [dataclasses.replace(t, verifier_score=p, evidence=json.dumps(
+            {**json.loads(t.evidence), "verified": p >= 0.5, "verifier_score": p}))
+            for t, p in zip(terms, probabilities)]
         terms = [t for t in judged if t.verifier_score >= 0.5]
         counts["dropped_verifier"] += len(judged) - len(terms)
         kept_per_pair: dict = {}
@@ -121,53 +141,84 @@ def _select(batch, generated, config: ExpandConfig, verifier, counts: dict):
     return terms, [tuple(row) for row in finished]
 
 
+def _why_kept(config: ExpandConfig, score: float, agreement: int, of: int, confidence: float) -> dict:
+    """A kept term's evidence: its figures and the checks it passed."""
+    passed = [f"agreement {agreement} of {of} >= {config.min_agreement}"] if config.min_agreement > 1 else []
+    if config.min_score is not None:
+        passed.append(f"score {score:.3f} >= {config.min_score}")
+    if config.min_confidence is not None:
+        passed.append(f"confidence {confidence:.3f} >= {config.min_confidence}")
+    return {"score": round(score, 4), "agreement": agreement, "of": of, "confidence": round(confidence, 4),
+            "kept_because": passed or ["no check asked for (every finished candidate is kept)"]}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Evaluation
 
 
+CURVE_POINTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # confidence floors of the curve
+
+
 def evaluate_terms(store_path: str | Path, reference: dict[tuple[str, str], set[str]], fingerprint: str,
                    concepts: list[Concept], languages: tuple[str, ...]) -> dict:
-    """Per language: recall (share of the concepts with a reference name whose list holds one of its names) and
-    precision (share of generated terms that are a reference name of their concept); means over languages."""
+    """Per language: recall (share of the concepts with a reference name whose list holds one of its names),
+    precision (share of generated terms that are a reference name of their concept) and the share of concepts for
+    which no term was kept; means over languages; and the precision/recall curve over a confidence floor (what
+    `/match --min-confidence` would answer with)."""
     store = TermStore(store_path, read_only=True)
     try:
-        generated: dict[tuple[str, str], set[str]] = {}
+        generated: dict[tuple[str, str], list[tuple[str, float]]] = {}
         for term in store.terms(fingerprint):
-            generated.setdefault((term.concept, term.language), set()).add(match_key(term.text))
+            generated.setdefault((term.concept, term.language), []).append(
+                (match_key(term.text), term.confidence if term.confidence is not None else 0.0))
     finally:
         store.close()
     wanted = {c.id for c in concepts}
-    per_language = {}
-    for language in languages:
-        pairs = [(c, language) for c in sorted(wanted) if (c, language) in reference]
-        if not pairs:
-            continue
-        hits = sum(bool(generated.get(p, set()) & reference[p]) for p in pairs)
-        produced = sum(len(generated.get(p, ())) for p in pairs)
-        correct = sum(len(generated.get(p, set()) & reference[p]) for p in pairs)
-        per_language[language] = {"recall": hits / len(pairs), "precision": correct / produced if produced else 0.0,
-                                  "concepts": len(pairs), "terms": produced}
-    if not per_language:
+    pairs_of = {language: [(c, language) for c in sorted(wanted) if (c, language) in reference]
+                for language in languages}
+    pairs_of = {language: pairs for language, pairs in pairs_of.items() if pairs}
+    if not pairs_of:
         raise InputError("the reference has no names for these concepts and languages", path=str(store_path))
-    mean = lambda key: sum(v[key] for v in per_language.values()) / len(per_language)  # noqa: E731
-    return {"recall": mean("recall"), "precision": mean("precision"), "per_language": per_language}
+
+    def measure(floor: float) -> dict:
+        per_language = {}
+        for language, pairs in pairs_of.items():
+            kept = {p: {key for key, confidence in generated.get(p, []) if confidence >= floor} for p in pairs}
+            produced = sum(map(len, kept.values()))
+            correct = sum(len(kept[p] & reference[p]) for p in pairs)
+            per_language[language] = {
+                "recall": sum(bool(kept[p] & reference[p]) for p in pairs) / len(pairs),
+                "precision": correct / produced if produced else 0.0, "concepts": len(pairs), "terms": produced,
+                "no_term_share": sum(not kept[p] for p in pairs) / len(pairs)}
+        mean = lambda key: sum(v[key] for v in per_language.values()) / len(per_language)  # noqa: E731
+        return {"recall": mean("recall"), "precision": mean("precision"), "no_term_share": mean("no_term_share"),
+                "per_language": per_language}
+
+    found = measure(0.0)
+    found["curve"] = [{"min_confidence": floor, **{k: v for k, v in measure(floor).items() if k != "per_language"}}
+                      for floor in CURVE_POINTS]
+    return found
 
 
 def summary_lines(report: dict) -> list[str]:
     lines = [f"{report['generated']:,} of {report['pairs']:,} (concept, language) pairs generated now "
              f"({report['already_done']:,} were done); {report['candidates']:,} candidates at "
              f"{report['terms_per_s']:.1f}/s, {report['kept']:,} new terms kept "
-             f"({report['dropped_score']:,} under --min-score, {report['dropped_verifier']:,} refused by the "
-             f"verifier, {report['empty']:,} empty, {report['unfinished']:,} unfinished at --max-new-tokens); "
+             f"({report['dropped_score']:,} under --min-score, {report['dropped_agreement']:,} under "
+             f"--min-agreement, {report['dropped_confidence']:,} under --min-confidence, "
+             f"{report['dropped_verifier']:,} refused by the verifier, {report['empty']:,} empty, "
+             f"{report['unfinished']:,} unfinished at --max-new-tokens); "
              f"{report['terms_in_store']:,} terms in {report['store']}"]
     if "evaluation" in report:
         evaluation = report["evaluation"]
         lines.append(f"against the reference: recall {evaluation['recall']:.3f}, precision "
                      f"{evaluation['precision']:.3f} (means over {len(evaluation['per_language'])} languages)")
-        lines.append(f"{'language':<10}{'recall':>8}{'precision':>11}{'concepts':>10}{'terms':>8}")
+        lines.append(f"{'language':<10}{'recall':>8}{'precision':>11}{'concepts':>10}{'terms':>8}{'none kept':>11}")
         for language, row in evaluation["per_language"].items():
             lines.append(f"{language:<10}{row['recall']:>8.3f}{row['precision']:>11.3f}{row['concepts']:>10}"
-                         f"{row['terms']:>8}")
+                         f"{row['terms']:>8}{row['no_term_share']:>11.1%}")
+        lines.append("precision/recall over a confidence floor (/match min_confidence): " + ", ".join(
+            f"{p['min_confidence']:.2f}: {p['precision']:.3f}/{p['recall']:.3f}" for p in evaluation["curve"]))
     return lines
 
 

@@ -50,10 +50,11 @@ def at_word_boundaries(text: str, start: int, end: int) -> bool:
     return (start == 0 or not text[start - 1].isalnum()) and (end == len(text) or not text[end].isalnum())
 
 
-def find_terms(automaton: ahocorasick.Automaton, text: str, limit: int, *, fold: bool = True
-               ) -> tuple[list[dict], bool]:
+def find_terms(automaton: ahocorasick.Automaton, text: str, limit: int, *, fold: bool = True,
+               keep: Callable[[dict], bool] | None = None) -> tuple[list[dict], bool]:
     """Up to `limit` matches (payload, span, matched text) of the automaton's terms in `text`, and whether there
-    were more. Spans index the NFC form of `text` (the same string for the NFC text most clients send)."""
+    were more; `keep(payload)` False leaves a term out (a confidence floor). Spans index the NFC form of `text`
+    (the same string for the NFC text most clients send)."""
     text = unicodedata.normalize("NFC", text)
     folded = text.casefold() if fold else text
     origin = None
@@ -69,6 +70,8 @@ def find_terms(automaton: ahocorasick.Automaton, text: str, limit: int, *, fold:
         if needs_boundaries and not at_word_boundaries(text, start, stop):
             continue
         for entry in found:
+            if keep is not None and not keep(entry):
+                continue
             if len(matches) == limit:
                 return matches, True
             matches.append({**entry, "start": start, "end": stop, "matched": text[start:stop]})
@@ -86,5 +89,5 @@ class Matcher:
     def automaton(self) -> ahocorasick.Automaton:
         return self.view.current()
 
-    def find(self, text: str, limit: int) -> tuple[list[dict], bool]:
-        return find_terms(self.view.current(), text, limit, fold=self.fold)
+    def find(self, text: str, limit: int, keep: Callable[[dict], bool] | None = None) -> tuple[list[dict], bool]:
+        return find_terms(self.view.current(), text, limit, fold=self.fold, keep=keep)

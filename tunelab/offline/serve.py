@@ -36,6 +36,8 @@ class BatchRequest(BaseModel):
 
 class MatchRequest(BaseModel):
     text: str = Field(min_length=1)
+    # with --terms: answer only with terms whose stored confidence is at least this (a term without one is left out)
+    min_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 def _answering_fingerprint(store: Store, config: ServeConfig) -> str:
@@ -275,8 +277,11 @@ def create_app(config: ServeConfig) -> FastAPI:
     def match(body: MatchRequest):  # a plain def: FastAPI runs it in its thread pool, off the event loop
         if terms is not None:
             text = unicodedata.normalize("NFC", _checked(body.text, config))  # the spans index this form
-            matches, truncated = terms.find(text, config.max_matches)
-            return JSONResponse({"text": text, "matches": matches, "truncated": truncated, "terms": str(config.terms)})
+            floor = body.min_confidence
+            keep = None if floor is None else (lambda entry: (entry.get("confidence") or 0.0) >= floor)
+            matches, truncated = terms.find(text, config.max_matches, keep)
+            return JSONResponse({"text": text, "matches": matches, "truncated": truncated, "terms": str(config.terms),
+                                 "min_confidence": floor})
         text = normalise(_checked(body.text, config), casefold)
         matches, truncated = matcher.find(text, config.max_matches)
         # plain JSON data: JSONResponse skips FastAPI's encoder, which walks every match (a third of the cost)

@@ -50,7 +50,15 @@ def _migration_1(db: sqlite3.Connection) -> None:
         ) WITHOUT ROWID""")
 
 
-MIGRATIONS = [_migration_1]
+def _migration_2(db: sqlite3.Connection) -> None:
+    """Evidence for every term: how many of the pair's candidates agreed on it, one confidence in 0..1 (what /match
+    filters on), and why it was kept (JSON). Terms stored before this have agreement 1 and no confidence."""
+    db.execute("ALTER TABLE terms ADD COLUMN agreement INTEGER NOT NULL DEFAULT 1")
+    db.execute("ALTER TABLE terms ADD COLUMN confidence REAL")
+    db.execute("ALTER TABLE terms ADD COLUMN evidence TEXT")
+
+
+MIGRATIONS = [_migration_1, _migration_2]
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,9 @@ class Term:
     text: str
     score: float
     verifier_score: float | None = None
+    agreement: int = 1  # candidates of its (concept, language) that normalised to the same term
+    confidence: float | None = None  # 0..1: the agreement share when sampled, else the mean token probability
+    evidence: str | None = None  # why it was kept (JSON)
 
 
 class TermStore:
@@ -101,9 +112,10 @@ class TermStore:
         try:
             before = self.db.total_changes
             self.db.executemany(
-                "INSERT OR IGNORE INTO terms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO terms (concept, language, key, text, score, verifier_score, fingerprint, "
+                "prompt_hash, created_at, agreement, confidence, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(t.concept, t.language, match_key(t.text), t.text, t.score, t.verifier_score, fingerprint,
-                  prompt_hash, now) for t in terms])
+                  prompt_hash, now, t.agreement, t.confidence, t.evidence) for t in terms])
             added = self.db.total_changes - before
             self.db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?, ?)",
                                 [(c, lang, fingerprint, prompt_hash, n, kept) for c, lang, n, kept in finished])
@@ -114,7 +126,7 @@ class TermStore:
         return added
 
     def terms(self, fingerprint: str | None = None) -> list[Term]:
-        query = "SELECT concept, language, text, score, verifier_score FROM terms"
+        query = "SELECT concept, language, text, score, verifier_score, agreement, confidence, evidence FROM terms"
         rows = self.db.execute(query + (" WHERE fingerprint = ?" if fingerprint else ""),
                                (fingerprint,) if fingerprint else ())
         return [Term(*row) for row in rows]
@@ -125,4 +137,5 @@ class TermStore:
 
 def term_entries(terms: list[Term]) -> list[tuple[str, dict]]:
     """What the matcher indexes for each stored term: its text, and the concept and language it names."""
-    return [(t.text, {"concept": t.concept, "language": t.language, "term": t.text}) for t in terms]
+    return [(t.text, {"concept": t.concept, "language": t.language, "term": t.text, "confidence": t.confidence,
+                      "agreement": t.agreement}) for t in terms]
