@@ -83,10 +83,11 @@ class ProbePredictor:
 
     def __init__(self, model: Model, head: Pipeline, *, reading: Reading, layer: int, pooling: str, kind: str,
                  label_names: tuple[str, ...], value_range: tuple[float, float] | None, meta: dict,
-                 cache: FeatureCache | None | str = "default"):
+                 cache: FeatureCache | None | str = "default", reads_cache: bool = True):
         self.model, self.head, self.reading, self.layer, self.pooling = model, head, reading, layer, pooling
         self.kind, self.label_names, self.value_range, self.meta = kind, tuple(label_names), value_range, meta
-        self.states = HiddenStates(model, reading, FeatureCache() if cache == "default" else cache)
+        self.states = HiddenStates(model, reading, FeatureCache() if cache == "default" else cache,
+                                   reads_cache=reads_cache)
 
     @property
     def linear(self):
@@ -153,14 +154,14 @@ class ProbePredictor:
         return self._twin(dataclasses.replace(self.reading, precision=precision), self.states.cache)
 
     def uncached(self) -> ProbePredictor:
-        """The same predictor without the feature cache: what a speed measurement must time (a cached text costs
-        a database read, not a forward pass)."""
-        return self._twin(self.reading, None)
+        """The same predictor reading every text with the model (and still storing what it read): what a speed
+        measurement must time, since a cached text costs a database read, not a forward pass."""
+        return self._twin(self.reading, self.states.cache, reads_cache=False)
 
-    def _twin(self, reading: Reading, cache: FeatureCache | None) -> ProbePredictor:
+    def _twin(self, reading: Reading, cache: FeatureCache | None, reads_cache: bool = True) -> ProbePredictor:
         return ProbePredictor(self.model, self.head, reading=reading, layer=self.layer, pooling=self.pooling,
                               kind=self.kind, label_names=self.label_names, value_range=self.value_range,
-                              meta=self.meta, cache=cache)
+                              meta=self.meta, cache=cache, reads_cache=reads_cache)
 
     def save(self, directory: Path) -> None:
         save_file(self._tensors(), str(directory / "probe.safetensors"))

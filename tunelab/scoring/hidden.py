@@ -52,11 +52,12 @@ class HiddenStates:
     """Features of texts under one Reading of one model: an array (n_texts, n_layers, 2, hidden) of mean- and
     last-token-pooled states, and the windows each text took."""
 
-    def __init__(self, model: Model, reading: Reading, cache: FeatureCache | None = None):
+    def __init__(self, model: Model, reading: Reading, cache: FeatureCache | None = None, *,
+                 reads_cache: bool = True):
         n_layers = model.lm.config.num_hidden_layers
         if not reading.layers or min(reading.layers) < 0 or max(reading.layers) > n_layers:
             raise ValueError(f"layers must lie in 0..{n_layers}, got {list(reading.layers)}")
-        self.model, self.reading, self.cache = model, reading, cache
+        self.model, self.reading, self.cache, self.reads_cache = model, reading, cache, reads_cache
         self.tokenizer, self.decoder, self._cached_prefix = model.tokenizer, model.lm.base_model, None
         special_before, special_after = special_frame(self.tokenizer)  # e.g. a BOS, given to every window
         self._prefix = special_before + (self._ids(reading.before) if reading.before else [])
@@ -86,7 +87,7 @@ class HiddenStates:
                  ) -> tuple[np.ndarray, np.ndarray, int]:
         """(features, windows per text, how many texts came from the cache). `on_progress(n)` counts texts."""
         keys = [feature_key(self._settings, text) for text in texts]
-        found = self.cache.get_many(list(dict.fromkeys(keys))) if self.cache else {}
+        found = self.cache.get_many(list(dict.fromkeys(keys))) if self.cache and self.reads_cache else {}
         missing = [i for i, key in enumerate(keys) if key not in found]
         if on_progress and len(texts) - len(missing):
             on_progress(len(texts) - len(missing))
