@@ -103,8 +103,15 @@ def export_onnx(predictor_dir: str | Path, out_dir: str | Path, texts: list[str]
             _export_graph(student, graph)
             if quantize == "int8":
                 from onnxruntime.quantization import QuantType, quantize_dynamic
+                from onnxruntime.quantization.shape_inference import quant_pre_process
 
-                quantize_dynamic(str(graph), str(folder / "model.onnx"), weight_type=QuantType.QInt8)
+                # shapes inferred and the graph simplified first, as onnxruntime's quantization guide asks (its
+                # symbolic shape inference does not follow this graph's dynamic axes; ONNX's own inference does)
+                prepared = Path(scratch) / "prepared.onnx"
+                quant_pre_process(str(graph), str(prepared), skip_symbolic_shape=True)
+                # one scale per output channel: a layer's rows differ in range, and one scale for all cost parity
+                quantize_dynamic(str(prepared), str(folder / "model.onnx"), weight_type=QuantType.QInt8,
+                                 per_channel=True)
             else:
                 graph.replace(folder / "model.onnx")
         student.tokenizer.save_pretrained(folder / "tokenizer")
