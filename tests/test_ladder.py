@@ -7,7 +7,8 @@ from helpers import one_error_line, run_cli
 from tunelab.errors import ConfigError
 from tunelab.ladder import LadderConfig, run
 
-TINY = dict(rungs=("tfidf", "zero", "one", "few", "lora", "full", "distill"), curve=(0, 1, 2), epochs=1,
+TINY = dict(rungs=("tfidf", "probe", "zero", "one", "few", "lora", "full", "distill", "cascade"), curve=(0, 1, 2),
+            epochs=1,
             student="pruned:1", target_quality=0.0)
 
 
@@ -24,7 +25,12 @@ def test_every_rung_runs_and_the_parameter_facts_hold(ladder_run, tiny_model):
     assert [r for r, state in steps if state == "done"] == list(TINY["rungs"])
     assert set(report["rungs"]) == set(TINY["rungs"])
     facts = report["parameter_facts"]
-    assert len(facts) == 4 and all(f["holds"] for f in facts)
+    assert len(facts) == 5 and all(f["holds"] for f in facts)
+    cascade = report["rungs"]["cascade"]  # the student first, the full teacher for the rest
+    assert cascade["metrics"]["params_total"] == (report["rungs"]["distill"]["metrics"]["params_total"]
+                                                  + report["rungs"]["full"]["metrics"]["params_total"])
+    assert 0.0 <= cascade["metrics"]["escalated_share"] <= 1.0 and "validation split" in cascade["fitted_on"]
+    assert report["rungs"]["probe"]["metrics"]["params_trainable"] < 100 and report["rungs_left_out"] == {}
     assert report["rungs"]["zero"]["metrics"]["params_trainable"] == 0
     assert report["rungs"]["full"]["metrics"]["params_total"] == tiny_model.params_total
     assert report["rungs"]["distill"]["metrics"]["params_total"] < tiny_model.params_total
@@ -54,7 +60,8 @@ def test_an_interrupted_ladder_resumes_from_finished_steps(ladder_run, tiny_mode
     (out / "distill" / "result.json").unlink()
     steps = []
     again = run(tiny_model, tiny_task, LadderConfig(**TINY), out, on_step=lambda r, s: steps.append((r, s)))
-    assert [r for r, s in steps if s == "skipped"] == ["tfidf", "zero", "one", "few", "lora", "full"]
+    assert [r for r, s in steps if s == "skipped"] == ["tfidf", "probe", "zero", "one", "few", "lora", "full",
+                                                        "cascade"]
     assert [r for r, s in steps if s == "done"] == ["distill"]
     assert again["rungs"]["lora"] == report["rungs"]["lora"]
 
@@ -71,7 +78,7 @@ def test_report_html_loads_in_headless_chromium(ladder_run, tmp_path):
     dom = done.stdout
     assert '<table id="rungs" class="sortable">' in dom and dom.count("<tr>") == len(TINY["rungs"]) + 1
     figures = ("quality-vs-params", "quality-vs-speed", "quality-vs-build", "per-slice", "few-shot-curve",
-               "prompt-sensitivity")
+               "prompt-sensitivity", "reliability", "cascade-frontier")
     for name in figures:  # plotly drew each figure: its div now holds the SVG the script made
         div = dom.split(f'id="plot-{name}"', 1)[1].split("</figure>", 1)[0]
         assert 'class="main-svg"' in div, f"{name} did not render"

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from tunelab.errors import ConfigError
 
-RUNGS = ("tfidf", "embed", "probe", "zero", "one", "few", "lora", "full", "distill")
+RUNGS = ("tfidf", "embed", "probe", "zero", "one", "few", "lora", "full", "distill", "cascade")
 POOLINGS = ("auto", "mean", "last", "mean+last")  # rungs/probe.py
 BASELINE_METHODS = ("tfidf", "embed")
 PRECISIONS = ("auto", "fp32", "bf16")  # scoring/precision.py
@@ -278,7 +278,7 @@ class BiasConfig:
 @dataclass(frozen=True)
 class LadderConfig:
     """The flags of `tunelab ladder`."""
-    rungs: Annotated[tuple[str, ...], "Comma list of tfidf,embed,probe,zero,one,few,lora,full,distill."] = RUNGS
+    rungs: Annotated[tuple[str, ...], "Comma list of tfidf,embed,probe,zero,one,few,lora,full,distill,cascade."] = RUNGS
     target_quality: Annotated[float | None, "Accuracy (or Spearman) the chosen rung must reach."] = None
     # a subsample of the task, fewer epochs and probes, a shorter search: sized for a few minutes on 2 cores
     quick: Annotated[bool, "The short built-in run (the quick-* settings below)."] = False

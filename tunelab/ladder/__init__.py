@@ -22,6 +22,7 @@ from tunelab.ladder.steps import (
     PROMPT_SHOTS,
     baseline_step,
     best_teacher,
+    cascade_step,
     check_task,
     curve_shots,
     distill_step,
@@ -75,7 +76,9 @@ def run(
     started = time.perf_counter()
     base_weights = weights_fingerprint(model.lm)  # hashed before anything runs: prompting must change none
     precision = ladder_precision(model, task, config)
-    config = dataclasses.replace(config, precision=precision["precision"])
+    left_out = rungs_left_out(task, config)  # said in the report, never dropped silently
+    config = dataclasses.replace(config, precision=precision["precision"],
+                                 rungs=tuple(r for r in config.rungs if r not in left_out))
     bias = BiasConfig(probe=quick_probes(out_dir, config.quick_names_per_group) if config.quick else "names")
     probes = load_probes(bias.probe)
     k_values, variants = sensitivity_settings(config)
@@ -111,6 +114,8 @@ def run(
                                  on_progress)
         elif rung in ("lora", "full"):
             result = tune_step(model, task, rung, folder, bias, config, on_progress)
+        elif rung == "cascade":
+            result = cascade_step(task, out_dir, folder, bias, results, on_progress)
         else:
             teacher = best_teacher(out_dir, results)
             result = distill_step(task, teacher, folder, bias, config, on_progress,
@@ -141,12 +146,24 @@ def run(
         "plan": {"sections": [{**s, "seconds": seconds.get(s["name"])} for s in plan.sections],
                  "probes": plan.probes, "estimate_s": plan.estimate_s, "budget_s": plan.budget_s,
                  "seconds_before_plan": planned_at - started, "seconds_after_plan": time.perf_counter() - planned_at},
+        "rungs_left_out": left_out,
         "cut_short": {name: left for name, left in (("few-shot curve", curve_left_out),
                                                      ("prompt sensitivity", spread_left_out)) if left},
         "wall_seconds": time.perf_counter() - started,
     }
     write_reports(report, out_dir)
     return report
+
+
+def rungs_left_out(task: Task, config: LadderConfig) -> dict[str, str]:
+    """Rungs asked for that cannot run on this task or without another rung, and why (the report says so)."""
+    left_out = {}
+    if "cascade" in config.rungs:
+        if not task.is_classification:
+            left_out["cascade"] = "a cascade routes by a classifier's top probability; this task is regression"
+        elif "distill" not in config.rungs or not {"lora", "full"} & set(config.rungs):
+            left_out["cascade"] = "the cascade is built from the distill rung's student and a fine-tuned teacher"
+    return left_out
 
 
 def known_shots(config: LadderConfig) -> set[int]:

@@ -90,6 +90,8 @@ def make_plan(task: Task, config: LadderConfig, probes: dict, n_probe_texts: int
             estimate = (len(task.train) + measured) * score * (0.02 if rung == "tfidf" else 0.2)
         elif rung == "probe":  # one forward pass per text in the zero-shot prompt, as the scoring probe timed
             estimate = (len(task.train) + measured) * score
+        elif rung == "cascade":  # the teacher on its validation split and the test split, the student on both
+            estimate = (len(task.test) + 0.1 * len(task.train)) * score * 2
         elif rung in ("zero", "one"):
             estimate = measured * score
         elif rung == "few":

@@ -180,6 +180,26 @@ def distill_step(task: Task, teacher_dir: Path, folder: Path, bias: BiasConfig, 
             "quality_ratio": report["quality_ratio"]}
 
 
+def cascade_step(task: Task, out_dir: Path, folder: Path, bias: BiasConfig, results: dict, on_progress):
+    """The distill rung's student first, its teacher for what the student is unsure of; the threshold chosen on the
+    teacher's own validation split (the student learned from those texts too, so the share escalated is, if
+    anything, too small; the test figures say what it costs)."""
+    from tunelab.ship.calibration import held_out_examples
+    from tunelab.ship.cascade import build_cascade, cascade_report
+
+    if "distill" not in results or not task.is_classification:
+        raise ConfigError("the cascade rung needs the distill rung (its student and teacher) and a classification task")
+    student, teacher = out_dir / "distill" / "predictor", Path(results["distill"]["teacher"])
+    examples, source = held_out_examples(task, None, [teacher])
+    built = build_cascade(student, teacher, task, examples, source=source, out_dir=folder / "predictor")
+    report = cascade_report(built, task, folder / "predictor", overwrite=True)
+    built.seen = built.escalated = 0
+    measured = _measure(built, task, bias, on_progress)
+    measured["metrics"]["escalated_share"] = built.escalated_share
+    return {**measured, "train_seconds": 0.0, "threshold": built.threshold, "test_frontier": report["test_frontier"],
+            "versus_teacher": report["versus_strong"], "fitted_on": source}
+
+
 def best_teacher(out_dir: Path, results: dict) -> Path:
     """The teacher: the most trained LLM rung of this run (full, else lora, else the prompts), fixed in advance;
     choosing it by test quality would let the test split pick the student's teacher."""

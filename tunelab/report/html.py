@@ -65,6 +65,33 @@ def _figures(report: dict) -> dict:
                                            arrayminus=[r["median"] - r["min"] for r in spread]))
         figures["few-shot-curve"] = curve.update_layout(title="Few-shot curve", xaxis_title="shots (K)",
                                                         yaxis_title=metric, **{**layout, "showlegend": True})
+    reliability = go.Figure()  # per classification rung: mean confidence against accuracy in each confidence bin
+    for rung, result in report["rungs"].items():
+        bins = result["metrics"].get("reliability")
+        if bins:
+            reliability.add_scatter(x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins],
+                                    mode="lines+markers", name=f"{rung} (ECE {result['metrics']['ece']:.3f})",
+                                    text=[f"{b['count']} predictions" for b in bins])
+    if reliability.data:
+        reliability.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="grey"),
+                                name="calibrated")
+        figures["reliability"] = reliability.update_layout(
+            title="Reliability: accuracy per confidence bin", xaxis_title="mean confidence", yaxis_title="accuracy",
+            **{**layout, "showlegend": True})
+    cascade = report["rungs"].get("cascade")
+    if cascade and cascade.get("test_frontier"):
+        rows_c, chosen = cascade["test_frontier"], cascade["threshold"]
+        frontier = go.Figure(go.Scatter(
+            x=[r["examples_per_s"] for r in rows_c], y=[r["quality"] for r in rows_c], mode="lines+markers",
+            name="thresholds (test)", text=[f"threshold {r['threshold']:.3f}, {r['escalated']:.0%} escalated"
+                                            for r in rows_c]))
+        point = min(rows_c, key=lambda r: abs(r["threshold"] - chosen))
+        frontier.add_scatter(x=[point["examples_per_s"]], y=[point["quality"]], mode="markers", name="chosen",
+                             marker=dict(size=14, symbol="star"))
+        figures["cascade-frontier"] = frontier.update_layout(
+            title="Cascade: quality vs serving speed over thresholds", xaxis=dict(title="examples per second",
+                                                                                  type="log"),
+            yaxis_title=metric, **{**layout, "showlegend": True})
     if report.get("sensitivity"):
         rows_s = report["sensitivity"]
         names = [f"{r['factor']} {'all K' if r['shots'] is None else 'K=' + str(r['shots'])}" for r in rows_s]

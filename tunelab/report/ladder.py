@@ -146,6 +146,8 @@ def plan_lines(report: dict) -> list[str]:
                         "of precision check and probes before it)." if after is not None else "."))
     for section, left_out in report.get("cut_short", {}).items():
         lines.append(f"Cut short by its budget: {section} (K={', '.join(map(str, left_out))} not measured).")
+    for rung, why in report.get("rungs_left_out", {}).items():
+        lines.append(f"Not run: {rung} ({why}).")
     return lines + [f"Wall time: {report['wall_seconds']:.0f} s."]
 
 
