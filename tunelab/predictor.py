@@ -131,6 +131,8 @@ def predict(
     """
     if not texts:
         raise ValueError("predict() needs at least one text")
+    # a predictor may ask for larger batches (a cascade: the texts it escalates go to its strong member together)
+    batch_size = max(batch_size, getattr(predictor, "min_batch_size", 0))
     distinct = list(dict.fromkeys(texts))
     counts: dict[str, int] = {}
     for text in texts:

@@ -26,6 +26,9 @@ class CascadePredictor:
     """fast.predict where fast is sure enough, strong.predict elsewhere."""
 
     rung = "cascade"
+    # Texts per call: the strong member's fixed cost per call (its prompt's cache copied, a forward pass) is paid
+    # once per batch however few texts it gets, so the few escalations of many texts are batched together.
+    min_batch_size = 256
 
     def __init__(self, fast: Predictor, strong: Predictor, threshold: float, meta: dict, *,
                  paths: tuple[str, str] | None = None):
