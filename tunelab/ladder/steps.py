@@ -173,7 +173,13 @@ def distill_step(task: Task, teacher_dir: Path, folder: Path, bias: BiasConfig, 
     teacher = load_predictor(teacher_dir)
     student_config = DistillConfig(student=config.student, epochs=config.distill_epochs, seed=config.seed,
                                    precision=config.precision)
-    student, report = distill(teacher, task, student_config, out_dir=folder / "predictor",
+    transfer = [e.text for e in task.train] + list(task.unlabeled)
+    if teacher.rung == "tune":  # the teacher's validation split stays unseen by the student too: the cascade rung
+        from tunelab.ship.calibration import held_out_examples  # chooses its threshold there
+
+        unseen = {e.text for e in held_out_examples(task, None, [teacher_dir])[0]}
+        transfer = [text for text in transfer if text not in unseen]
+    student, report = distill(teacher, task, student_config, out_dir=folder / "predictor", transfer_texts=transfer,
                               teacher_name=str(teacher_dir), teacher_metrics=teacher_metrics)
     return {**_measure(student, task, bias, on_progress), "train_seconds": report["train_seconds"],
             "teacher": str(teacher_dir), "speedup_vs_teacher": report["speedup"],
@@ -182,8 +188,8 @@ def distill_step(task: Task, teacher_dir: Path, folder: Path, bias: BiasConfig, 
 
 def cascade_step(task: Task, out_dir: Path, folder: Path, bias: BiasConfig, results: dict, on_progress):
     """The distill rung's student first, its teacher for what the student is unsure of; the threshold chosen on the
-    teacher's own validation split (the student learned from those texts too, so the share escalated is, if
-    anything, too small; the test figures say what it costs)."""
+    teacher's own validation split, which neither member trained on (distill_step leaves it out of the transfer
+    set)."""
     from tunelab.ship.calibration import held_out_examples
     from tunelab.ship.cascade import build_cascade, cascade_report
 
