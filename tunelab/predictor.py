@@ -105,10 +105,16 @@ MAX_BATCH_CHARS = 8_000
 def length_batches(texts: list[str], batch_size: int, max_chars: int = MAX_BATCH_CHARS) -> list[list[int]]:
     """Indices of `texts` in batches of similar length (sorted, so little padding), each of at most `batch_size`
     texts and, padded to its longest, about `max_chars` characters (a proxy for tokens that needs no tokenizer)."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    return size_batches([len(text) for text in texts], batch_size, max_chars)
+
+
+def size_batches(sizes: list[int], batch_size: int, budget: int) -> list[list[int]]:
+    """Indices of items of these sizes, sorted by size, in batches of at most `batch_size` items whose padded size
+    (count x the largest) stays within `budget` (one item alone may exceed it)."""
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
     batches, current = [], []
     for i in order:
-        if current and (len(current) >= batch_size or (len(current) + 1) * len(texts[i]) > max_chars):
+        if current and (len(current) >= batch_size or (len(current) + 1) * sizes[i] > budget):
             batches.append(current)
             current = []
         current.append(i)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from tunelab.models import Model
+from tunelab.predictor import size_batches
 from tunelab.scoring.feature_cache import FeatureCache, feature_key
 from tunelab.scoring.length import special_frame, window_spans
 from tunelab.scoring.precision import autocast
@@ -108,9 +109,8 @@ class HiddenStates:
             pieces += [(index, row[start:end] + self._suffix)
                        for start, end in window_spans(len(row), self.room, self.reading.stride)]
         pooled = [None] * len(pieces)
-        order = sorted(range(len(pieces)), key=lambda i: len(pieces[i][1]))
         windows_left = np.bincount([index for index, _ in pieces], minlength=len(texts))
-        for batch in _token_batches(order, [len(ids) for _, ids in pieces]):
+        for batch in size_batches([len(ids) for _, ids in pieces], len(pieces), BATCH_TOKENS):
             for i, vector in zip(batch, self._pool([pieces[i][1] for i in batch])):
                 pooled[i] = vector
             if on_progress:
@@ -162,16 +162,3 @@ class HiddenStates:
             mean = (hidden * weights).sum(1) / weights.sum(1)
             per_layer.append(torch.stack([mean, hidden[torch.arange(len(rows)), last]], dim=1))
         return list(torch.stack(per_layer, dim=1).cpu().numpy())  # (batch, n_layers, 2, hidden)
-
-
-def _token_batches(order: list[int], lengths: list[int]) -> list[list[int]]:
-    """`order` (sorted by length) cut into batches of at most BATCH_TOKENS padded tokens."""
-    batches, current = [], []
-    for i in order:
-        if current and (len(current) + 1) * lengths[i] > BATCH_TOKENS:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
