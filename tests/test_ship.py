@@ -157,3 +157,17 @@ def test_calibrate_command_needs_held_out_examples(tiny_model, tiny_task, tmp_pa
     save_predictor(few_shot(tiny_model, tiny_task, PromptConfig()), tmp_path / "prompt")
     result = run_cli("calibrate", *task_args(), "--model", tmp_path / "prompt", "--out", tmp_path / "c")
     assert result.exit_code == 2 and "--validation FILE" in result.stderr
+
+
+def test_bulk_prediction_reports_a_cascades_escalated_share(two_members, tiny_task, tmp_path):
+    from tunelab.offline.bulk import BulkConfig, predict_all
+    from tunelab.offline.store import Store
+
+    fast, strong, _, _ = two_members
+    store = Store(tmp_path / "preds.sqlite")
+    try:
+        summary = predict_all(CascadePredictor(fast, strong, 1.0, {}), [e.text for e in tiny_task.test], store,
+                              BulkConfig())
+    finally:
+        store.close()
+    assert summary["escalated_share"] == 1.0 and summary["predicted"] == len(tiny_task.test)

@@ -103,7 +103,9 @@ def predict_all(
     return {"read": read, "distinct": len(distinct), "already_stored": len(already), "predicted": len(todo),
             "examples_per_s": rate(len(todo)), "chars_per_s": rate(sum(map(len, texts))),
             "tokens_per_s": rate(tokens) if tokens is not None else None,  # None: TF-IDF reads words
-            **truncation(predictor, texts), "store": str(store.path), "fingerprint": fingerprint}
+            **truncation(predictor, texts), "store": str(store.path), "fingerprint": fingerprint,
+            # a cascade: the share of texts its fast member passed to its strong one
+            **({"escalated_share": predictor.escalated_share} if hasattr(predictor, "escalated_share") else {})}
 
 
 def predict_file(

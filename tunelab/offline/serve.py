@@ -289,8 +289,10 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "fingerprint": fingerprint, "terms": len(matcher.automaton),
-                "on_miss": config.on_miss}
+        found = {"status": "ok", "fingerprint": fingerprint, "terms": len(matcher.automaton), "on_miss": config.on_miss}
+        if live is not None and hasattr(live.predictor, "escalated_share"):  # a cascade answering live misses
+            found["escalated_share"] = live.predictor.escalated_share
+        return found
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
