@@ -32,6 +32,9 @@ _EXPORTS = {
     "evaluate": "tunelab.measure.evaluate:evaluate",
     "BiasConfig": "tunelab.config:BiasConfig", "bias_report": "tunelab.measure.bias:bias_report",
     "LadderConfig": "tunelab.config:LadderConfig", "run_ladder": "tunelab.ladder:run",
+    # shipping
+    "calibrate": "tunelab.ship.calibration:calibrate", "build_cascade": "tunelab.ship.cascade:build_cascade",
+    "export_onnx": "tunelab.ship.export:export_onnx",
     # offline inference and serving
     "BulkConfig": "tunelab.offline.config:BulkConfig", "predict_all": "tunelab.offline.bulk:predict_all",
     "predict_file": "tunelab.offline.bulk:predict_file",
