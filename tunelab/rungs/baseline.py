@@ -75,7 +75,29 @@ class _Embed:
         return summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
 
 
-class BaselinePredictor:
+class LinearPipeline:
+    """What a predictor ending in a fitted scikit-learn linear model (the step named "model" of `self.pipeline`)
+    shares: its trainable parameters and its predictions in the predictor's label order, clipped for regression.
+    Used by the baselines and the probe."""
+
+    @property
+    def linear(self):
+        return self.pipeline.named_steps["model"]
+
+    @property
+    def params_trainable(self) -> int:
+        """The fitted coefficients and intercepts (what comes before the linear model is counted, not learned)."""
+        return int(self.linear.coef_.size + np.size(self.linear.intercept_))
+
+    def _pipeline_predictions(self, inputs) -> Predictions:
+        if self.kind == "classification":
+            probs = self.pipeline.predict_proba(inputs)
+            order = [list(self.linear.classes_).index(label) for label in self.label_names]
+            return Predictions("classification", self.label_names, probs=probs[:, order])
+        return Predictions("regression", values=np.clip(self.pipeline.predict(inputs), *self.value_range))
+
+
+class BaselinePredictor(LinearPipeline):
     """A fitted scikit-learn pipeline: features (TF-IDF or frozen embeddings), then a linear model."""
 
     rung = "baseline"
@@ -84,15 +106,6 @@ class BaselinePredictor:
                  value_range: tuple[float, float] | None, embed: _Embed | None, meta: dict):
         self.pipeline, self.method, self.kind, self.label_names = pipeline, method, kind, tuple(label_names)
         self.value_range, self.embed, self.meta = value_range, embed, meta
-
-    @property
-    def linear(self):
-        return self.pipeline.named_steps["model"]
-
-    @property
-    def params_trainable(self) -> int:
-        """The fitted coefficients and intercepts (the TF-IDF vocabulary and weights are counted, not learned)."""
-        return int(self.linear.coef_.size + np.size(self.linear.intercept_))
 
     @property
     def params_total(self) -> int:
@@ -148,11 +161,7 @@ class BaselinePredictor:
         return text_tokens(self.embed.embedder.tokenizer, [text for text, _ in self.embed.fit(texts)])
 
     def predict_batch(self, texts: list[str]) -> Predictions:
-        if self.kind == "classification":
-            probs = self.pipeline.predict_proba(texts)
-            order = [list(self.linear.classes_).index(label) for label in self.label_names]
-            return Predictions("classification", self.label_names, probs=probs[:, order])
-        return Predictions("regression", values=np.clip(self.pipeline.predict(texts), *self.value_range))
+        return self._pipeline_predictions(texts)
 
     def save(self, directory: Path) -> None:
         save_file(self._tensors(), str(directory / "baseline.safetensors"))

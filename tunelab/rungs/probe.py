@@ -39,7 +39,7 @@ from tunelab.predictor import (
     save_predictor,
     write_artifact_json,
 )
-from tunelab.rungs.baseline import check_training_set
+from tunelab.rungs.baseline import LinearPipeline, check_training_set
 from tunelab.scoring.feature_cache import FeatureCache
 from tunelab.scoring.hidden import HiddenStates, Reading, candidate_layers
 from tunelab.scoring.precision import PARITY_TEXTS, bf16_is_fast, comparable, resolve_precision
@@ -76,7 +76,7 @@ def _head(kind: str, strength: float) -> Pipeline:
     return Pipeline([("scale", StandardScaler()), ("model", linear)])
 
 
-class ProbePredictor:
+class ProbePredictor(LinearPipeline):
     """The frozen base model's pooled states of one layer, then a standardised linear head."""
 
     rung = "probe"
@@ -84,19 +84,10 @@ class ProbePredictor:
     def __init__(self, model: Model, head: Pipeline, *, reading: Reading, layer: int, pooling: str, kind: str,
                  label_names: tuple[str, ...], value_range: tuple[float, float] | None, meta: dict,
                  cache: FeatureCache | None | str = "default", reads_cache: bool = True):
-        self.model, self.head, self.reading, self.layer, self.pooling = model, head, reading, layer, pooling
+        self.model, self.pipeline, self.reading, self.layer, self.pooling = model, head, reading, layer, pooling
         self.kind, self.label_names, self.value_range, self.meta = kind, tuple(label_names), value_range, meta
         self.states = HiddenStates(model, reading, FeatureCache() if cache == "default" else cache,
                                    reads_cache=reads_cache)
-
-    @property
-    def linear(self):
-        return self.head.named_steps["model"]
-
-    @property
-    def params_trainable(self) -> int:
-        """The head's coefficients and intercepts (the standardisation's means and scales are counted statistics)."""
-        return int(self.linear.coef_.size + np.size(self.linear.intercept_))
 
     @property
     def params_total(self) -> int:
@@ -113,7 +104,7 @@ class ProbePredictor:
         return self.states.count_windows(texts)
 
     def _tensors(self) -> dict[str, np.ndarray]:
-        scale = self.head.named_steps["scale"]
+        scale = self.pipeline.named_steps["scale"]
         return {"mean": np.asarray(scale.mean_, dtype=np.float64), "scale": np.asarray(scale.scale_, dtype=np.float64),
                 "coef": np.ascontiguousarray(self.linear.coef_, dtype=np.float64),
                 "intercept": np.atleast_1d(np.asarray(self.linear.intercept_, dtype=np.float64))}
@@ -142,12 +133,7 @@ class ProbePredictor:
         return pooled(values, self.reading.layers.index(self.layer), self.pooling)
 
     def predict_batch(self, texts: list[str]) -> Predictions:
-        x = self.features(texts)
-        if self.kind == "classification":
-            probs = self.head.predict_proba(x)
-            order = [list(self.linear.classes_).index(label) for label in self.label_names]
-            return Predictions("classification", self.label_names, probs=probs[:, order])
-        return Predictions("regression", values=np.clip(self.head.predict(x), *self.value_range))
+        return self._pipeline_predictions(self.features(texts))
 
     def with_precision(self, precision: str) -> ProbePredictor:
         """The same head reading the texts in another precision (for the parity check)."""
@@ -159,7 +145,7 @@ class ProbePredictor:
         return self._twin(self.reading, self.states.cache, reads_cache=False)
 
     def _twin(self, reading: Reading, cache: FeatureCache | None, reads_cache: bool = True) -> ProbePredictor:
-        return ProbePredictor(self.model, self.head, reading=reading, layer=self.layer, pooling=self.pooling,
+        return ProbePredictor(self.model, self.pipeline, reading=reading, layer=self.layer, pooling=self.pooling,
                               kind=self.kind, label_names=self.label_names, value_range=self.value_range,
                               meta=self.meta, cache=cache, reads_cache=reads_cache)
 
