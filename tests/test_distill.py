@@ -9,7 +9,15 @@ from helpers import one_error_line, run_cli, task_args
 from tunelab.errors import ConfigError, InputError
 from tunelab.models import make_model
 from tunelab.predictor import load_predictor, predict, save_predictor
-from tunelab.rungs.distill import DistillConfig, _student_loss, distill, kd_loss, read_transfer_texts, soften
+from tunelab.rungs.distill import (
+    DistillConfig,
+    _student_loss,
+    distill,
+    kd_loss,
+    read_transfer_texts,
+    soften,
+    summary_lines,
+)
 from tunelab.rungs.prompting import PromptConfig, few_shot
 from tunelab.rungs.students import make_student, prune_layers
 from tunelab.rungs.tuning import TuneConfig, finetune
@@ -170,3 +178,17 @@ def test_encoder_student_reads_long_texts_whole_in_windows(tiny_model, tiny_task
     assert torch.allclose(whole[0], parts.mean(0), atol=1e-5)
     cut = make_student(teacher, tiny_task, dataclasses.replace(config, long_texts="cut"), {})
     assert cut.count_truncated([long_text, "good"]) == 1 and cut.fingerprint != student.fingerprint
+
+
+def test_a_student_budget_stops_training_and_says_so(tiny_model, tiny_task):
+    teacher = few_shot(tiny_model, tiny_task, PromptConfig(shots=0))
+    texts = [e.text for e in tiny_task.train + tiny_task.test]
+    steps = []
+    config = DistillConfig(student="pruned:1", epochs=5, batch_size=2, budget_s=1e-6)
+    student, report = distill(teacher, tiny_task, config, transfer_texts=texts, on_step=lambda n, loss: steps.append(n))
+    assert len(steps) == 1 and report["cut_short"]["steps_run"] == 1 and report["cut_short"]["epoch"] == 1
+    assert student.meta["training"]["cut_short"] == report["cut_short"]
+    assert any("cut short by --budget-s" in line for line in summary_lines(report, "out"))
+    whole, _ = distill(teacher, tiny_task, DistillConfig(student="pruned:1", epochs=2, batch_size=2),
+                       transfer_texts=texts)
+    assert whole.meta["training"]["cut_short"] is None

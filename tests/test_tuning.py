@@ -289,4 +289,68 @@ def test_a_small_training_set_is_repeated_to_reach_min_steps(tiny_model, tiny_ta
     assert passes > 1 and len(steps) >= 12 and sum(steps) == 2 * passes * n_train
     assert predictor.meta["training"]["passes_per_epoch"] == passes  # what a tokens/s figure must count
     assert tuning.passes_per_epoch(600, config) == 1  # a large set is never repeated
-    assert sorted(tuning._epoch_order(n_train, passes, 0, 1)) == sorted(list(range(n_train)) * passes)
+    lengths = [len(e.text) for e in tiny_task.train[:n_train]]
+    assert sorted(tuning._epoch_order(lengths, passes, config, 1)) == sorted(list(range(n_train)) * passes)
+
+
+def test_length_groups_keep_every_example_and_batch_similar_lengths():
+    lengths = [int(n) for n in torch.randint(5, 400, (256,), generator=torch.Generator().manual_seed(1))]
+    grouped, shuffled = (TuneConfig(batch_size=8, length_groups=on) for on in (True, False))
+    order = tuning._epoch_order(lengths, 2, grouped, 0)
+    assert sorted(order) == sorted(list(range(256)) * 2)  # every example, once a pass
+    assert order == tuning._epoch_order(lengths, 2, grouped, 0) != tuning._epoch_order(lengths, 2, grouped, 1)
+
+    def spread(order):  # mean (longest - shortest) within a batch
+        batches = [order[i : i + 8] for i in range(0, len(order), 8)]
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+    assert spread(order) < 0.3 * spread(tuning._epoch_order(lengths, 2, shuffled, 0))
+
+
+def test_row_tokens_counts_what_the_forward_pass_runs(tiny_bpe_model):
+    verbalizer = Verbalizer.for_task(tiny_bpe_model.tokenizer, make_task(
+        "t", "classification", [Example("a", "positive"), Example("b", "negative")], [Example("c", "positive")]))
+    pairs = verbalizer.pairs(verbalizer.fmt.instruction, ["short", LONG[:300], "a middling text of some words"])
+    prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction))
+    seen = {}
+
+    def capture(module, args, kwargs):
+        seen.update(rows=kwargs["input_ids"].numel(), real=int(kwargs["attention_mask"].sum()), width=kwargs[
+            "attention_mask"].shape[1] - kwargs["input_ids"].shape[1])
+
+    handle = tiny_bpe_model.lm.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        label_log_likelihoods(tiny_bpe_model.lm, prefix, pairs, tiny_bpe_model.tokenizer.pad_token_id)
+    finally:
+        handle.remove()
+    real, run = tuning.row_tokens(prefix, pairs)
+    n_rows = seen["rows"] // (seen["rows"] // len({p.ids for row in pairs for p in row}) or 1)
+    assert run == seen["rows"] and real == seen["real"] - seen["width"] * n_rows  # the prefix columns are not rows
+    assert 0 < real < run  # three lengths: some padding
+
+
+def test_length_groups_cut_the_padding_training_reports(tiny_bpe_model, tmp_path):
+    rng = np.random.default_rng(0)
+    train = [Example(" ".join(["word"] * int(n)), "positive" if i % 2 else "negative")
+             for i, n in enumerate(rng.integers(2, 60, 200))]
+    task = make_task("lengths", "classification", train, train[:4])
+    shares = {}
+    for on in (True, False):
+        config = TuneConfig(method="lora", epochs=1, batch_size=4, min_steps=0, length_groups=on)
+        padding = finetune(tiny_bpe_model, task, config, out_dir=tmp_path / str(on)).meta["training"]["padding"]
+        shares[on] = padding["share"]
+        assert padding["shuffled_share"] > 0.2  # what shuffled batches of 2..60 words pad
+    assert shares[True] < 0.5 * shares[False]
+    assert shares[False] == pytest.approx(padding["shuffled_share"])  # the same count, the same order
+
+
+def test_a_training_budget_stops_early_keeps_the_weights_and_says_so(tiny_model, tiny_task, tmp_path, capsys):
+    config = TuneConfig(method="lora", epochs=3, batch_size=4, min_steps=0, val_fraction=0.25, budget_s=1e-6)
+    predictor = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "t")
+    training = predictor.meta["training"]
+    assert training["cut_short"]["steps_run"] == 1 and training["epochs_run"] == 1
+    assert training["cut_short"]["steps_in_epoch"] > 1
+    assert load_predictor(tmp_path / "t").predict_batch(_texts(tiny_task))  # saved and usable
+    assert any("cut short by --budget-s" in line for line in tuning.training_notes(tuning.run_summary(predictor)))
+    with pytest.raises(ConfigError, match="--budget-s must be > 0"):
+        TuneConfig(budget_s=0)

@@ -114,6 +114,13 @@ class TuneConfig:
     # Spearman on the 400 test words): 4 steps 0.695, 30 steps 0.775, 60 0.775, 120 0.782; checked on vader and
     # subjectivity (docs/BENCHMARKS.md, label-scarce).
     min_steps: Annotated[int, "Fewest optimizer steps in all; a small training set is repeated to reach them."] = 60
+    # Each pass shuffles, then sorts groups of a few batches by length (transformers' length-grouped indices): a batch
+    # holds texts of similar length, so little of its forward pass is padding (measured in docs/BENCHMARKS.md)
+    length_groups: Annotated[bool, "Batch texts of similar length together (less padding)."] = True
+    # None: train every epoch; else training stops once this many seconds have passed (the ladder's --budget-s
+    # sets it); the best epoch so far is kept and the result says the run was cut short
+    budget_s: Annotated[float | None, "Stop training after this many seconds (the best weights so far are kept)."] = (
+        None)
     # auto: bf16 where the device runs it at least 1.3x faster and predictions agree with fp32 (scoring/precision.py)
     precision: Annotated[Literal["auto", "fp32", "bf16"],
                          "auto, fp32 or bf16 (auto: bf16 where fast and in parity)."] = "auto"
@@ -129,6 +136,8 @@ class TuneConfig:
                                  ("--patience", self.patience))
         if self.min_steps < 0:
             problems.append(f"--min-steps must be >= 0, got {self.min_steps}")
+        if self.budget_s is not None and self.budget_s <= 0:
+            problems.append(f"--budget-s must be > 0, got {self.budget_s}")
         if self.max_length is not None and self.max_length < 4:
             problems.append(f"--max-length must be >= 4, got {self.max_length}")
         if self.lr is not None and not (0 < self.lr < 1):
@@ -162,6 +171,9 @@ class DistillConfig:
     long_texts: Annotated[Literal["windows", "cut"],
                           "Encoder student: texts past --max-length in windows, or cut (head + tail)."] = "windows"
     seed: Annotated[int, "Seed for initialisation and data order."] = 0
+    length_groups: Annotated[bool, "Batch texts of similar length together (less padding)."] = True
+    # None: every epoch; else the student stops training once this many seconds have passed (the ladder's --budget-s)
+    budget_s: Annotated[float | None, "Stop training after this many seconds."] = None
     # auto: bf16 where the device runs it at least 1.3x faster and predictions agree with fp32 (scoring/precision.py)
     precision: Annotated[Literal["auto", "fp32", "bf16"],
                          "auto, fp32 or bf16 (auto: bf16 where fast and in parity)."] = "auto"
@@ -170,6 +182,8 @@ class DistillConfig:
         problems = []
         if self.precision not in PRECISIONS:
             problems.append(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.budget_s is not None and self.budget_s <= 0:
+            problems.append(f"--budget-s must be > 0, got {self.budget_s}")
         kind, _, argument = self.student.partition(":")
         if self.student != "minilm" and (kind not in ("pruned", "encoder") or not argument):
             problems.append(f"--student must be pruned:N, encoder:PATH or minilm, got {self.student!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import typer
 from typer import Option
 
 from tunelab import config as configs
@@ -92,7 +93,7 @@ def tune(
     nproc: int = NPROC, overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
     """Fine-tune the base model (full or LoRA) on a task, evaluate it and save it."""
-    from tunelab.rungs.tuning import finetune, run_summary, training_examples
+    from tunelab.rungs.tuning import finetune, run_summary, training_examples, training_notes
 
     config, loaded_task = config_from(configs.TuneConfig, given), load_task_from(given)
     if nproc > 1:
@@ -105,8 +106,11 @@ def tune(
                              on_eval_progress=bars.bar("scoring the test split", len(loaded_task.test)))
     if predictor is None:  # a process other than rank 0 of a data-parallel job: rank 0 reports
         return
-    print_results([run_summary(predictor, out)], as_json, f"{config.method} fine-tuning on {loaded_task.name}, "
-                                                      f"saved to {out}")
+    summary = run_summary(predictor, out)
+    print_results([summary], as_json, f"{config.method} fine-tuning on {loaded_task.name}, saved to {out}")
+    if not as_json:
+        for line in training_notes(summary):
+            typer.echo(line)
 
 
 @app.command()

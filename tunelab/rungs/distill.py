@@ -7,6 +7,7 @@ times MSE to the gold value. The students are built in rungs/students.py.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -130,6 +131,17 @@ def _student_loss(student, task: Task, config: DistillConfig, texts: list[str], 
     return regression_distillation_loss(values.reshape(-1), soft, gold, has_gold, config.alpha, **counts)
 
 
+def _epoch_order(lengths: list[int], config: DistillConfig, epoch: int) -> torch.Tensor:
+    """The transfer texts' order in one epoch: shuffled, or shuffled in groups sorted by length (as fine-tuning's
+    batches, rungs/tuning.py) so that a batch's micro-batches carry little padding."""
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    if not config.length_groups:
+        return torch.randperm(len(lengths), generator=generator)
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    return torch.tensor(get_length_grouped_indices(lengths, config.batch_size, generator=generator))
+
+
 def distill(
     teacher: Predictor,
     task: Task,
@@ -187,9 +199,16 @@ def distill(
         for parameter in trainable:
             parameter.requires_grad_(True)
         optimizer = adamw(trainable, lr=config.learning_rate, weight_decay=0.01)
+        deadline = None if config.budget_s is None else time.monotonic() + config.budget_s
+        cut_short = None
         for epoch in range(config.epochs):
-            order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-            for start in range(0, len(texts), config.batch_size):
+            order = _epoch_order([len(text) for text in texts], config, epoch)
+            for step, start in enumerate(range(0, len(texts), config.batch_size)):
+                if step + epoch and deadline is not None and dist.broadcast(time.monotonic() > deadline):
+                    cut_short = {"epoch": epoch + 1, "steps_run": step,
+                                 "steps_in_epoch": math.ceil(len(texts) / config.batch_size),
+                                 "budget_s": config.budget_s}
+                    break
                 rows = order[start : start + config.batch_size]
                 batch_rows, batch_gold_rows = len(rows), int(has_gold[rows].sum())  # of the whole (global) batch
                 local = rows[dist.rank :: dist.world]  # this process's shard; the losses are scaled to the whole
@@ -201,6 +220,8 @@ def distill(
                                      where=f"in epoch {epoch + 1} (try a lower --lr)")
                 if on_step:
                     on_step(len(rows), loss)
+            if cut_short:
+                break
         module.eval()
         for parameter in trainable:
             parameter.requires_grad_(False)
@@ -225,9 +246,9 @@ def distill(
         "param_ratio": student.params_total / teacher.params_total,
         "speedup": student_metrics["examples_per_s"] / teacher_metrics["examples_per_s"],
         "quality_ratio": quality_ratio, "n_transfer": len(texts), "train_seconds": train_seconds,
-        "distributed": dist.describe(),
+        "distributed": dist.describe(), "cut_short": cut_short,
     }
-    student.meta.update(training={"n_transfer": len(texts), "train_seconds": train_seconds,
+    student.meta.update(training={"n_transfer": len(texts), "train_seconds": train_seconds, "cut_short": cut_short,
                                   "distributed": dist.describe()}, metrics=report)
     if out_dir is not None:
         save_predictor(student, out_dir)
@@ -244,5 +265,9 @@ def summary_lines(report: dict, out_dir: str | Path) -> list[str]:
                      f"{metrics['params_total']:>14,}")
     lines.append(f"student: {report['param_ratio']:.1%} of the teacher's parameters, {report['speedup']:.1f}x its "
                  f"speed, {report['quality_ratio']:.1%} of its quality ({metric})")
+    if report.get("cut_short"):
+        cut = report["cut_short"]
+        lines.append(f"cut short by --budget-s {cut['budget_s']:.0f}: epoch {cut['epoch']} stopped after "
+                     f"{cut['steps_run']} of {cut['steps_in_epoch']} steps")
     return lines
 

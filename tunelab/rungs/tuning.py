@@ -13,6 +13,7 @@ optimizer state with torch.save, a pickle) and atomic, which resuming after a SI
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import shutil
 import time
@@ -32,12 +33,14 @@ from tunelab.models import Model, count_parameters, make_model
 from tunelab.predictor import ARTIFACT_FILE
 from tunelab.rungs.causal_lm import CausalLMPredictor
 from tunelab.rungs.tuning_loss import (
+    _Batch,
     _batches,
     _loss_step,
     _validation_loss,
     micro_batch_tokens,
 )
 from tunelab.scoring.precision import choose_precision
+from tunelab.scoring.tokens import PrefixCache, row_tokens
 from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
 from tunelab.tasks import Task, split_examples
 from tunelab.training import (
@@ -110,7 +113,22 @@ def run_summary(predictor: CausalLMPredictor, out_dir: Path | None = None) -> di
             "train_seconds": training["train_seconds"], "peak_rss_mb": training["peak_rss_mb"],
             "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"],
             "passes_per_epoch": training.get("passes_per_epoch", 1), "distributed": training.get("distributed"),
+            "padding": training.get("padding"), "cut_short": training.get("cut_short"),
             **({"out": str(out_dir)} if out_dir is not None else {})}
+
+
+def training_notes(summary: dict) -> list[str]:
+    """What a reader of the results table should also know: the padding the batches carried, a budget's cut."""
+    notes = []
+    if summary.get("padding"):
+        padding = summary["padding"]
+        notes.append(f"padding: {padding['share']:.1%} of the tokens the forward passes ran"
+                     + (f" (shuffled batches: {padding['shuffled_share']:.1%})" if padding["grouped"] else ""))
+    if summary.get("cut_short"):
+        cut = summary["cut_short"]
+        notes.append(f"cut short by --budget-s {cut['budget_s']:.0f}: epoch {cut['epoch']} stopped after "
+                     f"{cut['steps_run']} of {cut['steps_in_epoch']} steps; the best weights so far are kept")
+    return notes
 
 
 def training_examples(task: Task, config: TuneConfig) -> int:
@@ -126,11 +144,28 @@ def passes_per_epoch(n_train: int, config: TuneConfig) -> int:
     return max(1, math.ceil(examples_per_epoch / n_train))
 
 
-def _epoch_order(n_train: int, passes: int, seed: int, epoch: int) -> list[int]:
+def _epoch_order(lengths: list[int], passes: int, config: TuneConfig, epoch: int) -> list[int]:
     """The examples of one epoch: `passes` shuffles of the training set, one after the other; the same for a seed
-    and an epoch whether or not the run was resumed."""
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-    return [i for _ in range(passes) for i in torch.randperm(n_train, generator=generator).tolist()]
+    and an epoch whether or not the run was resumed. With length groups each shuffle is cut into groups of a few
+    batches, each group sorted by length (transformers' sampler for its Trainer, used here as a function), so that
+    consecutive `batch_size` slices hold texts of similar length."""
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    if not config.length_groups:
+        return [i for _ in range(passes) for i in torch.randperm(len(lengths), generator=generator).tolist()]
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    return [i for _ in range(passes) for i in get_length_grouped_indices(lengths, config.batch_size,
+                                                                          generator=generator)]
+
+
+def _share(real: int, run: int) -> float:
+    return 1 - real / run if run else 0.0
+
+
+def padding_share(batches: list[_Batch], prefix: PrefixCache, max_tokens: int) -> tuple[int, int]:
+    """(real, run) row tokens over these batches' micro-batches, as the training forward passes run them."""
+    counts = [row_tokens(prefix, micro.pairs) for batch in batches for micro in batch.micro_batches(max_tokens)]
+    return sum(real for real, _ in counts), sum(run for _, run in counts)
 
 
 def finetune(
@@ -209,24 +244,39 @@ def finetune(
         else:
             restore_checkpoint(out_dir / CHECKPOINTS, progress, lm, optimizer, scheduler)
 
+        lengths = [len(ids) for ids in model.tokenizer(train_texts, add_special_tokens=False)["input_ids"]]
+        max_tokens = micro_batch_tokens(training_precision["precision"])
+        prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction) if not checkpointing else [])
+        shuffled = dataclasses.replace(config, length_groups=False)  # what plain shuffling would pad, for the record
+        padding = {"grouped": config.length_groups, "real_tokens": 0, "run_tokens": 0, "shuffled_share": _share(
+            *padding_share(_batches(verbalizer, train, config, _epoch_order(lengths, passes, shuffled, 0), max_length),
+                           prefix, max_tokens))}
+        deadline = None if config.budget_s is None else time.monotonic() + config.budget_s
         tokens, train_seconds = 0, 0.0  # this process's, in this run (for tokens/s)
         for epoch in range(progress["epoch"], config.epochs):
-            if progress["stale_epochs"] >= config.patience:
+            if progress["stale_epochs"] >= config.patience or progress.get("cut_short"):
                 break
             torch.manual_seed(config.seed * 1000 + epoch)  # dropout masks depend on the epoch, not on resuming
-            order = _epoch_order(len(train), passes, config.seed, epoch)
+            order = _epoch_order(lengths, passes, config, epoch)
             started = time.perf_counter()
             lm.train()
             losses, n_truncated = [], 0
-            for batch in _batches(verbalizer, train, config, order, max_length):
+            batches = _batches(verbalizer, train, config, order, max_length)
+            for step, batch in enumerate(batches):
+                if step and deadline is not None and dist.broadcast(time.monotonic() > deadline):
+                    progress["cut_short"] = {"epoch": epoch + 1, "steps_run": step, "steps_in_epoch": len(batches),
+                                             "budget_s": config.budget_s}
+                    break
                 n_truncated += batch.n_truncated
                 local = batch.shard(dist)  # this process's part; each loss is scaled to its share of the whole
                 tokens += local.tokens
+                micro_batches = local.micro_batches(max_tokens)
+                real, run = padding_share([local], prefix, max_tokens)
+                padding.update(real_tokens=padding["real_tokens"] + real, run_tokens=padding["run_tokens"] + run)
                 micro_losses = (_loss_step(lm, verbalizer, micro, pad_id, not checkpointing,
                                            training_precision["precision"])
                                 * (len(micro.pairs) / len(batch.pairs))
-                                for micro in local.micro_batches(micro_batch_tokens(
-                                    training_precision["precision"])))
+                                for micro in micro_batches)
                 loss = training_step(trainable, optimizer, micro_losses, scheduler=scheduler, dist=dist, where=(
                     f"in epoch {epoch + 1}; the last good checkpoint is kept in {out_dir / CHECKPOINTS} "
                     "(try a lower --lr)"))
@@ -276,6 +326,9 @@ def finetune(
                      "n_train": len(train), "passes_per_epoch": passes, "n_validation": len(validation),
                      "peak_rss_mb": peak_rss_mb(),
                      "n_truncated": progress.get("n_truncated", 0), "gradient_checkpointing": checkpointing,
+                     "padding": {"grouped": padding["grouped"], "shuffled_share": padding["shuffled_share"],
+                                 "share": _share(padding["real_tokens"], padding["run_tokens"])},
+                     "cut_short": progress.get("cut_short"),
                      "distributed": {**dist.describe(), "tokens_per_s_per_process": rates,
                                      "tokens_per_s": sum(rates)}},
         "versions": library_versions(),

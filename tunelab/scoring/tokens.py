@@ -124,6 +124,14 @@ def _usable_prefix(prefix: PrefixCache, pairs: list[list[Pair]]) -> int:
     return max(keep, 0)
 
 
+def row_tokens(prefix: PrefixCache, pairs: list[list[Pair]]) -> tuple[int, int]:
+    """(real, run): the row tokens `label_log_likelihoods(lm, prefix, pairs, ...)` feeds the model, without and with
+    its padding; counted without running anything (the trainers report their padding share from it)."""
+    keep = _usable_prefix(prefix, pairs)
+    lengths = [len(row) for row in {pair.ids[keep:-1] for row_pairs in pairs for pair in row_pairs}]
+    return sum(lengths), len(lengths) * max(lengths, default=0)
+
+
 def _cache_for(lm, prefix: PrefixCache, keep: int, n_rows: int):
     if keep == 0:
         return None
