@@ -170,19 +170,28 @@ def test_the_recommendation_names_every_faster_compatible_rung_with_its_trade_of
 def test_the_plan_splits_a_budget_and_bounds_the_optional_sections(tiny_task):
     from tunelab.ladder.plan import FLOOR_S, SLACK, make_plan
 
-    probes = {"score_s_per_text": 0.01, "train": {"lora": 0.1}, "precision": "fp32"}
-    unbounded = make_plan(tiny_task, LadderConfig(rungs=("zero", "lora")), probes, n_probe_texts=10, curve_ks=[2, 4],
+    probes = {"score_s_per_token": 0.001, "train": {"lora": 0.1}, "precision": "fp32"}
+    tokens = {"train": 400, "test": 100, "probe": 300, "probe_texts": 30, "unlabeled": 0}
+    rungs = ("zero", "lora")
+    unbounded = make_plan(tiny_task, LadderConfig(rungs=rungs), probes, tokens, curve_ks=[2, 4],
                           sensitivity_evaluations=6, n_validation=5)
-    curve = next(s for s in unbounded.sections if s["name"] == "few-shot curve")
-    assert curve["estimate_s"] == 2 * len(tiny_task.test) * 0.01
+    sections = {s["name"]: s for s in unbounded.sections}
+    curve = sections["few-shot curve"]
+    assert curve["estimate_s"] == pytest.approx(2 * 100 * 0.001)  # two K values, each the test split's tokens
     assert curve["budget_s"] == SLACK * curve["estimate_s"] + FLOOR_S  # bounded even without --budget-s
-    assert all(s["budget_s"] is None for s in unbounded.sections if s["name"] in ("zero", "lora"))
-    fixed = sum(s["estimate_s"] for s in unbounded.sections if s["budget_s"] is None)
-    shared = make_plan(tiny_task, LadderConfig(rungs=("zero", "lora"), budget_s=fixed + 1.0), probes, 10, [2, 4], 6, 5)
-    flexible = [s["budget_s"] for s in shared.sections if s["name"] in ("few-shot curve", "prompt sensitivity")]
-    assert abs(sum(flexible) - 1.0) < 1e-9  # what the rungs leave, split by estimate
-    starved = make_plan(tiny_task, LadderConfig(rungs=("zero", "lora"), budget_s=fixed / 2), probes, 10, [2, 4], 6, 5)
-    assert [s["budget_s"] for s in starved.sections if s["budget_s"] is not None] == [0.0, 0.0]
+    assert sections["zero"]["estimate_s"] == pytest.approx((100 + 300) * 0.001)  # test split and probes, by tokens
+    assert all(s["budget_s"] is None for s in unbounded.sections if s["name"] in rungs)
+    whole = sum(s["whole_s"] for s in unbounded.sections)
+    shortenable = sum(s["shortenable_s"] for s in unbounded.sections)
+    assert sections["lora"]["shortenable_s"] > 0 and sections["zero"]["shortenable_s"] == 0
+    shared = make_plan(tiny_task, LadderConfig(rungs=rungs, budget_s=whole + shortenable / 2), probes, tokens,
+                       [2, 4], 6, 5)
+    budgets = {s["name"]: s["budget_s"] for s in shared.sections}
+    assert budgets["zero"] is None  # scoring the test split is never cut
+    assert budgets["lora"] == pytest.approx(sections["lora"]["shortenable_s"] / 2)  # half of what each wanted
+    assert shared.estimate_s == pytest.approx(whole + shortenable / 2)  # the ETA is the budget when it binds
+    starved = make_plan(tiny_task, LadderConfig(rungs=rungs, budget_s=whole / 2), probes, tokens, [2, 4], 6, 5)
+    assert [s["budget_s"] for s in starved.sections if s["budget_s"] is not None] == [0.0, 0.0, 0.0]
     assert "total" in starved.lines()[-1] and "budget" in starved.lines()[-1]
 
 
@@ -197,3 +206,15 @@ def test_a_section_past_its_budget_is_cut_short_and_says_so(tiny_model, tiny_tas
     markdown = (tmp_path / "cut" / "report.md").read_text()
     assert "Cut short by its budget: few-shot curve (K=2, 4 not measured)" in markdown
     assert {s["name"] for s in report["plan"]["sections"]} >= {"zero", "one", "few-shot curve", "prompt sensitivity"}
+
+
+def test_a_ladder_budget_cuts_training_short_and_the_report_says_so(tiny_model, tiny_task, tmp_path):
+    report = run(tiny_model, tiny_task, LadderConfig(rungs=("zero", "lora"), epochs=3, budget_s=0.001,
+                                                     target_quality=0.0), tmp_path / "cut")
+    cut = report["cut_short"]["lora"]
+    assert cut["steps_run"] == 1 and cut["epoch"] == 1  # the first step always runs
+    assert report["rungs"]["lora"]["metrics"]["accuracy"] is not None  # still measured on the whole test split
+    assert 0 <= report["rungs"]["lora"]["padding"]["share"] < 1
+    markdown = (tmp_path / "cut" / "report.md").read_text()
+    assert "Cut short by its budget: lora (training stopped after 1 of" in markdown
+    assert "Padding in the fine-tuning batches" in markdown

@@ -16,7 +16,7 @@ from typing import Callable
 from tunelab.atomic import write_json
 from tunelab.config import RUNGS, LadderConfig, PromptConfig, SearchConfig
 from tunelab.ladder.choice import parameter_facts, recommend
-from tunelab.ladder.plan import deadline, make_plan, probe, sensitivity_count
+from tunelab.ladder.plan import count_tokens, deadline, make_plan, probe, sensitivity_count
 from tunelab.ladder.steps import (
     BASELINES,
     PROMPT_SHOTS,
@@ -82,8 +82,13 @@ def run(
     bias = BiasConfig(probe=quick_probes(out_dir, config.quick_names_per_group) if config.quick else "names")
     probes = load_probes(bias.probe)
     k_values, variants = sensitivity_settings(config)
-    plan = make_plan(task, config, probe(model, task, config),
-                     n_probe_texts=len(probes["templates"]) * sum(map(len, probes["groups"].values())),
+    probe_texts = [t.replace("{name}", name) for t in probes["templates"] for names in probes["groups"].values()
+                   for name in names]
+    tokens = {"train": count_tokens(model, task, [e.text for e in task.train]),
+              "test": count_tokens(model, task, [e.text for e in task.test]),
+              "unlabeled": count_tokens(model, task, list(task.unlabeled)),
+              "probe": count_tokens(model, task, probe_texts), "probe_texts": len(probe_texts)}
+    plan = make_plan(task, config, probe(model, task, config), tokens,
                      curve_ks=[k for k in curve_shots(task, config) if k not in known_shots(config)],
                      sensitivity_evaluations=sensitivity_count(k_values, variants),
                      n_validation=len(validation_task(task, SearchConfig(seed=config.seed)).test))
@@ -108,18 +113,18 @@ def run(
         elif rung == "probe":
             result = probe_step(model, task, folder, bias, config, on_progress)
         elif rung == "few" and config.search_budget_s > 0:
-            result = searched_step(model, task, folder, bias, config, on_progress, results)
+            result = searched_step(model, task, folder, bias, config, on_progress, results, plan.budget(rung))
         elif rung in ("zero", "one", "few"):
             result = prompt_step(model, task, PROMPT_SHOTS.get(rung, config.few_shots), folder, bias, config,
                                  on_progress)
         elif rung in ("lora", "full"):
-            result = tune_step(model, task, rung, folder, bias, config, on_progress)
+            result = tune_step(model, task, rung, folder, bias, config, on_progress, plan.budget(rung))
         elif rung == "cascade":
             result = cascade_step(task, out_dir, folder, bias, results, on_progress)
         else:
             teacher = best_teacher(out_dir, results)
             result = distill_step(task, teacher, folder, bias, config, on_progress,
-                                  teacher_metrics=results[teacher.parent.name]["metrics"])
+                                  teacher_metrics=results[teacher.parent.name]["metrics"], budget_s=plan.budget(rung))
         result.update(rung=rung, step_seconds=time.perf_counter() - step_started, peak_rss_mb=peak_rss_mb(),
                       artifact=str(folder / "predictor"))
         write_json(done_file, result)
@@ -147,8 +152,9 @@ def run(
                  "probes": plan.probes, "estimate_s": plan.estimate_s, "budget_s": plan.budget_s,
                  "seconds_before_plan": planned_at - started, "seconds_after_plan": time.perf_counter() - planned_at},
         "rungs_left_out": left_out,
-        "cut_short": {name: left for name, left in (("few-shot curve", curve_left_out),
-                                                     ("prompt sensitivity", spread_left_out)) if left},
+        "cut_short": {**{rung: result["cut_short"] for rung, result in results.items() if result.get("cut_short")},
+                      **{name: left for name, left in (("few-shot curve", curve_left_out),
+                                                       ("prompt sensitivity", spread_left_out)) if left}},
         "wall_seconds": time.perf_counter() - started,
     }
     write_reports(report, out_dir)

@@ -1,11 +1,16 @@
 """The ladder's plan: what each section will cost, estimated from short timed probes on this machine and this task
-(never from constants), printed with an ETA before any work starts; and each section's time budget, so that the
-optional sections (the few-shot curve, the prompt sensitivity) can never run unbounded.
+(never from constants), printed with an ETA before any work starts; and each section's time budget.
 
-The probes: the zero-shot prompt scores a sample of training texts (seconds per text, after a warm-up), each
-fine-tuning method runs one optimizer step on one batch (seconds per training example), and an encoder student
-one forward and backward pass. Everything else is counted in those units: how many texts each section scores,
-how many examples it trains on.
+The probes: the zero-shot prompt scores a sample of training texts (seconds per token the model reads, after a
+warm-up), each fine-tuning method runs one optimizer step on one batch (seconds per training example), and an encoder
+student one forward and backward pass. Everything else is counted in those units: how many tokens each section
+scores (texts of different lengths, the test split and the short bias-probe sentences alike), how many examples it
+trains on.
+
+Each section's estimate has a part that must run whole (scoring the test split and the bias probes, labelling the
+transfer set) and a part that a budget can shorten (training, the prompt search, the few-shot curve, the prompt
+sensitivity). With --budget-s the shortenable parts share what the whole parts leave, in proportion to their
+estimates; without it only the optional sections are bounded (SLACK times their estimate).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from tunelab.rungs.tuning import passes_per_epoch, time_training_step
 from tunelab.tasks import Task, split_examples
 
 PROBE_TEXTS = 24  # training texts the scoring probe times (after scoring 4 of them to warm up)
-SLACK = 1.5  # without --budget-s, a flexible section may take this many times its estimate,
-FLOOR_S = 5.0  # plus this: building each prompt (shots, calibration) costs a little that the texts/s do not count
+SLACK = 1.5  # without --budget-s, an optional section may take this many times its estimate,
+FLOOR_S = 5.0  # plus this: building each prompt (shots, calibration) costs a little that the tokens/s do not count
 PRUNED_COST = 3  # a pruned student's training example: forward + backward (2 forwards), of kept / all layers
+OPTIONAL = ("few-shot curve", "prompt sensitivity")
 
 
 @dataclass
@@ -37,15 +43,17 @@ class Plan:
         return sum(section["estimate_s"] for section in self.sections)
 
     def budget(self, name: str) -> float | None:
+        """Seconds the shortenable part of section `name` may take (None: not bounded)."""
         return next((s["budget_s"] for s in self.sections if s["name"] == name), None)
 
     def lines(self) -> list[str]:
-        rate = 1 / self.probes["score_s_per_text"]
-        lines = [f"plan (probed here: scoring {rate:,.1f} texts/s"
+        rate = 1 / self.probes["score_s_per_token"]
+        lines = [f"plan (probed here: scoring {rate:,.0f} tokens/s"
                  + "".join(f", {m} training {1 / s:,.1f} examples/s" for m, s in self.probes.get("train", {}).items())
                  + f"; precision {self.probes.get('precision', 'fp32')}):"]
         for section in self.sections:
-            budget = f" (budget {section['budget_s']:.0f} s)" if section["budget_s"] is not None else ""
+            budget = (f" (budget {section['budget_s']:.0f} s for {section['shortenable']})"
+                      if section["budget_s"] is not None else "")
             lines.append(f"  {section['name']:<20} ~{section['estimate_s']:6.0f} s{budget}")
         total = f"~{self.estimate_s / 60:.1f} min"
         lines.append(f"  {'total':<20} {total}" + (f" of a --budget-s of {self.budget_s / 60:.1f} min"
@@ -54,16 +62,16 @@ class Plan:
 
 
 def probe(model: Model, task: Task, config: LadderConfig) -> dict:
-    """Seconds per scored text (zero-shot prompt, in the ladder's precision) and per training example (each
+    """Seconds per token scored (zero-shot prompt, in the ladder's precision) and per training example (each
     fine-tuning method in the run), timed here."""
     predictor = few_shot(model, task, PromptConfig(seed=config.seed, precision=config.precision))
     texts = [e.text for e in task.train[:PROBE_TEXTS]]
     predictor.predict_batch(texts[:4])  # warm-up: first calls pay for allocation and kernel selection
     started = time.perf_counter()
     predictor.predict_batch(texts)
-    probes = {"score_s_per_text": (time.perf_counter() - started) / len(texts),
-              "precision": config.precision, "train": {},
-              "teacher_layers": getattr(model.lm.config, "num_hidden_layers", None) or 1}
+    seconds = time.perf_counter() - started
+    probes = {"score_s_per_token": seconds / count_tokens(model, task, texts), "precision": config.precision,
+              "train": {}, "teacher_layers": getattr(model.lm.config, "num_hidden_layers", None) or 1}
     for method in (m for m in ("lora", "full") if m in config.rungs):
         probes["train"][method] = time_training_step(model, task, _tune_config(config, method))
     if "distill" in config.rungs and not config.student.startswith("pruned:"):
@@ -72,53 +80,73 @@ def probe(model: Model, task: Task, config: LadderConfig) -> dict:
     return probes
 
 
+def count_tokens(model: Model, task: Task, texts: list[str]) -> int:
+    """Tokens the model reads to score `texts` after the task's cached prompt start: each text's own tokens and the
+    prompt's per-text part (the query template, the longest label)."""
+    from tunelab.scoring.verbalizer import Verbalizer
+
+    per_text = Verbalizer.for_task(model.tokenizer, task).overhead("")
+    return sum(map(len, model.tokenizer(texts, add_special_tokens=False)["input_ids"])) + per_text * len(texts) \
+        if texts else 0
+
+
 def _tune_config(config: LadderConfig, method: str) -> TuneConfig:
     return TuneConfig(method=method, epochs=config.quick_epochs if config.quick else config.epochs,
                       min_steps=config.quick_min_steps if config.quick else TuneConfig.min_steps,
                       seed=config.seed, precision=config.precision)
 
 
-def make_plan(task: Task, config: LadderConfig, probes: dict, n_probe_texts: int, curve_ks: list[int],
+def make_plan(task: Task, config: LadderConfig, probes: dict, tokens: dict[str, int], curve_ks: list[int],
               sensitivity_evaluations: int, n_validation: int) -> Plan:
-    """Each section's estimate in the probed units, and its budget: a flexible section gets SLACK times its
-    estimate, or with --budget-s its share of what the rungs leave (none when nothing is left)."""
-    score = probes["score_s_per_text"]
-    measured = len(task.test) + n_probe_texts  # every rung scores the test split and the bias probes
-    sections = []
+    """Each section's estimate in the probed units, and its budget. `tokens`: the tokens (count_tokens) of the
+    "train", "test", "probe" (bias-probe sentences) and "unlabeled" texts; "probe_texts": how many probe sentences."""
+    score = probes["score_s_per_token"]
+    per_train = tokens["train"] / max(1, len(task.train))  # a mean training text, for the sets drawn from it
+    measured = (tokens["test"] + tokens["probe"]) * score  # every rung scores the test split and the bias probes
+    sections = []  # whole: must run; shortenable: a budget may cut it
     for rung in (r for r in RUNGS if r in config.rungs):
+        whole, shortenable, what = measured, 0.0, None
         if rung in ("tfidf", "embed"):
-            estimate = (len(task.train) + measured) * score * (0.02 if rung == "tfidf" else 0.2)
+            whole = (tokens["train"] * score + measured) * (0.02 if rung == "tfidf" else 0.2)
         elif rung == "probe":  # one forward pass per text in the zero-shot prompt, as the scoring probe timed
-            estimate = (len(task.train) + measured) * score
+            whole = tokens["train"] * score + measured
         elif rung == "cascade":  # the teacher on its validation split and the test split, the student on both
-            estimate = (len(task.test) + 0.1 * len(task.train)) * score * 2
-        elif rung in ("zero", "one"):
-            estimate = measured * score
+            whole = (tokens["test"] + 0.1 * tokens["train"]) * score * 2
         elif rung == "few":
             search_s = min(config.search_budget_s, config.quick_search_s) if config.quick else config.search_budget_s
-            estimate = search_s + measured * score
+            shortenable, what = search_s, "the prompt search"
         elif rung in ("lora", "full"):
             tune = _tune_config(config, rung)
             train, validation = split_examples(list(task.train), task.kind, tune.val_fraction, tune.seed)
             visits = len(train) * passes_per_epoch(len(train), tune) * tune.epochs
-            estimate = visits * probes["train"][rung] + tune.epochs * len(validation) * score + measured * score
-        else:
+            shortenable = visits * probes["train"][rung] + tune.epochs * len(validation) * per_train * score
+            what = "training"
+        elif rung == "distill":
             transfer = len(task.train) + len(task.unlabeled)
-            layers = model_layers(config, probes)
-            student = probes.get("student_s_per_text", score * PRUNED_COST * layers)
-            estimate = transfer * (score + config.distill_epochs * student) + measured * student / 3
-        sections.append({"name": rung, "estimate_s": estimate, "budget_s": None})
-    flexible = [{"name": "few-shot curve", "estimate_s": len(curve_ks) * len(task.test) * score},
-                {"name": "prompt sensitivity", "estimate_s": sensitivity_evaluations * n_validation * score}]
-    fixed = sum(s["estimate_s"] for s in sections)
-    wanted = sum(s["estimate_s"] for s in flexible)
-    for section in flexible:
-        if config.budget_s is None:
-            section["budget_s"] = SLACK * section["estimate_s"] + FLOOR_S
+            student = probes.get("student_s_per_text", per_train * score * PRUNED_COST * model_layers(config, probes))
+            whole = ((tokens["train"] + tokens["unlabeled"]) * score  # the teacher labels the transfer set
+                     + (len(task.test) + tokens["probe_texts"]) * student / 3)  # a forward pass, no backward
+            shortenable, what = transfer * config.distill_epochs * student, "training"
+        sections.append({"name": rung, "whole_s": whole, "shortenable_s": shortenable, "shortenable": what})
+    sections.append({"name": "few-shot curve", "whole_s": 0.0, "shortenable": "the curve",
+                     "shortenable_s": len(curve_ks) * tokens["test"] * score})
+    sections.append({"name": "prompt sensitivity", "whole_s": 0.0, "shortenable": "the sensitivity",
+                     "shortenable_s": sensitivity_evaluations * n_validation * per_train * score})
+    share = None
+    if config.budget_s is not None:
+        left = max(0.0, config.budget_s - sum(s["whole_s"] for s in sections))
+        wanted = sum(s["shortenable_s"] for s in sections)
+        share = min(SLACK, left / wanted) if wanted else 0.0
+    for section in sections:
+        flexible = section["shortenable_s"]
+        if share is not None and section["shortenable"]:
+            section["budget_s"] = share * flexible
+        elif section["name"] in OPTIONAL:
+            section["budget_s"] = SLACK * flexible + FLOOR_S
         else:
-            left = max(0.0, config.budget_s - fixed)
-            section["budget_s"] = left * section["estimate_s"] / wanted if wanted else 0.0
-        sections.append(section)
+            section["budget_s"] = None
+        expected = flexible if section["budget_s"] is None else min(flexible, section["budget_s"])
+        section["estimate_s"] = section["whole_s"] + expected
     return Plan(sections, probes, config.budget_s)
 
 

@@ -139,11 +139,12 @@ def prompt_step(model: Model, task: Task, shots: int, folder: Path, bias: BiasCo
 
 
 def searched_step(model: Model, task: Task, folder: Path, bias: BiasConfig, config: LadderConfig, on_progress,
-                  results: dict):
+                  results: dict, budget_s: float | None = None):
     """The `few` rung: the prompt that did best on held-out training examples; the report says which it is. When
     the search keeps a prompt the run has already measured (zero-shot, same fingerprint), its measurement is reused
-    instead of scoring the test split and the probes again."""
+    instead of scoring the test split and the probes again. `budget_s`: the plan's share of --budget-s, if less."""
     budget = min(config.search_budget_s, config.quick_search_s) if config.quick else config.search_budget_s
+    budget = max(1.0, min(budget, budget_s)) if budget_s is not None else budget  # the search needs > 0 seconds
     base = PromptConfig(seed=config.seed, precision=config.precision)
     started = time.perf_counter()
     found = search(model, task, base, SearchConfig(budget_s=budget, seed=config.seed))
@@ -158,21 +159,29 @@ def searched_step(model: Model, task: Task, folder: Path, bias: BiasConfig, conf
 
 
 def tune_step(model: Model, task: Task, method: str, folder: Path, bias: BiasConfig, config: LadderConfig,
-               on_progress):
+              on_progress, budget_s: float | None = None):
+    """The lora and full rungs; `budget_s`: the plan's share of --budget-s for training (the best weights by then
+    are kept, and the report says the rung was cut short)."""
     tune_config = TuneConfig(method=method, epochs=config.quick_epochs if config.quick else config.epochs,
                              min_steps=config.quick_min_steps if config.quick else TuneConfig.min_steps,
-                             seed=config.seed, precision=config.precision)
+                             seed=config.seed, precision=config.precision, budget_s=_positive(budget_s))
     predictor = finetune(model, task, tune_config, out_dir=folder / "predictor", overwrite=True)
     training = predictor.meta["training"]
     return {**_measure(predictor, task, bias, on_progress), "train_seconds": training["train_seconds"],
-            "epochs_run": training["epochs_run"]}
+            "epochs_run": training["epochs_run"], "padding": training["padding"],
+            "cut_short": training["cut_short"]}
+
+
+def _positive(budget_s: float | None) -> float | None:
+    """A budget the trainers accept: an exhausted one still lets them take their first step."""
+    return None if budget_s is None else max(budget_s, 1e-3)
 
 
 def distill_step(task: Task, teacher_dir: Path, folder: Path, bias: BiasConfig, config: LadderConfig,
-                 on_progress, teacher_metrics: dict | None = None):
+                 on_progress, teacher_metrics: dict | None = None, budget_s: float | None = None):
     teacher = load_predictor(teacher_dir)
     student_config = DistillConfig(student=config.student, epochs=config.distill_epochs, seed=config.seed,
-                                   precision=config.precision)
+                                   precision=config.precision, budget_s=_positive(budget_s))
     transfer = [e.text for e in task.train] + list(task.unlabeled)
     if teacher.rung == "tune":  # the teacher's validation split stays unseen by the student too: the cascade rung
         from tunelab.ship.calibration import held_out_examples  # chooses its threshold there
@@ -182,6 +191,7 @@ def distill_step(task: Task, teacher_dir: Path, folder: Path, bias: BiasConfig, 
     student, report = distill(teacher, task, student_config, out_dir=folder / "predictor", transfer_texts=transfer,
                               teacher_name=str(teacher_dir), teacher_metrics=teacher_metrics)
     return {**_measure(student, task, bias, on_progress), "train_seconds": report["train_seconds"],
+            "cut_short": report["cut_short"],
             "teacher": str(teacher_dir), "speedup_vs_teacher": report["speedup"],
             "quality_ratio": report["quality_ratio"]}
 

@@ -145,7 +145,16 @@ def plan_lines(report: dict) -> list[str]:
                      + (f", measured {after:.0f} s after the plan was printed ({plan['seconds_before_plan']:.0f} s "
                         "of precision check and probes before it)." if after is not None else "."))
     for section, left_out in report.get("cut_short", {}).items():
-        lines.append(f"Cut short by its budget: {section} (K={', '.join(map(str, left_out))} not measured).")
+        if isinstance(left_out, dict):  # a trainer stopped by its share of --budget-s
+            lines.append(f"Cut short by its budget: {section} (training stopped after {left_out['steps_run']} of "
+                         f"{left_out['steps_in_epoch']} steps of epoch {left_out['epoch']}, at "
+                         f"{left_out['budget_s']:.0f} s; the best weights by then are the rung's).")
+        else:
+            lines.append(f"Cut short by its budget: {section} (K={', '.join(map(str, left_out))} not measured).")
+    padded = [f"{rung} {result['padding']['share']:.1%} (shuffled batches {result['padding']['shuffled_share']:.1%})"
+              for rung, result in report.get("rungs", {}).items() if result.get("padding")]
+    if padded:
+        lines.append(f"Padding in the fine-tuning batches, share of the tokens run: {', '.join(padded)}.")
     for rung, why in report.get("rungs_left_out", {}).items():
         lines.append(f"Not run: {rung} ({why}).")
     return lines + [f"Wall time: {report['wall_seconds']:.0f} s."]
