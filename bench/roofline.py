@@ -15,6 +15,7 @@ says where the time goes (matrix products, attention, the rest).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -61,6 +62,13 @@ def forward_flops(config, tokens: int, context: float, scored: int) -> float:
     attention = 4 * config.num_hidden_layers * hidden * context
     head = 2 * scored * hidden * config.vocab_size
     return tokens * (2 * config.num_hidden_layers * layer + attention) + head
+
+
+def autocast_only(model):
+    """The model as the rungs ran it before the bf16 copy: bf16 is autocast over the fp32 weights."""
+    plain = dataclasses.replace(model)
+    plain.inference_lm = lambda precision: model.lm
+    return plain
 
 
 def scoring_loop(model, task, texts: list[str], precision: str) -> dict:
@@ -165,6 +173,7 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=32)
     parser.add_argument("--words", type=int, default=200)
     parser.add_argument("--skip", default="", help="comma list: profile")
+    parser.add_argument("--only", default="", help="comma list of loop names' first words (label, LoRA, ...)")
     args = parser.parse_args()
     device = choose_device()
     model = load_model()
@@ -180,7 +189,10 @@ def main() -> None:
     words = [e.text for e in vader.test[: args.words]]
     loops = {
         "label scoring, passages": lambda p: scoring_loop(model, sotu, passages, p),
+        # the earlier bf16 path, the naive baseline of the bf16 copy: autocast casting fp32 weights on every call
+        "label scoring, passages, autocast": lambda p: scoring_loop(autocast_only(model), sotu, passages, p),
         "label scoring, words": lambda p: scoring_loop(model, vader, words, p),
+        "label scoring, words, autocast": lambda p: scoring_loop(autocast_only(model), vader, words, p),
         "LoRA step, 8 passages": lambda p: training_loop(model, sotu, "lora", p, 8),
         "full step, 8 passages": lambda p: training_loop(model, sotu, "full", p, 8),
         "MiniLM student, passages": lambda p: student_loop(passages, p),
@@ -189,7 +201,8 @@ def main() -> None:
     table = Table(title="achieved FLOP/s against the measured peak (tokens: real ones, padding excluded)")
     for column in ("loop", "precision", "tokens", "seconds", "tokens/s", "GFLOP/s", "share of peak", "bf16 / fp32"):
         table.add_column(column, justify="left" if column in ("loop", "precision") else "right")
-    for name, loop in loops.items():
+    only = tuple(word for word in args.only.split(",") if word)
+    for name, loop in ((n, f) for n, f in loops.items() if not only or n.startswith(only)):
         fp32 = loop("fp32")
         bf16 = loop("bf16")
         for precision, result in (("fp32", fp32), ("bf16", bf16)):

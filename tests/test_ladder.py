@@ -184,12 +184,16 @@ def test_the_plan_splits_a_budget_and_bounds_the_optional_sections(tiny_task):
     whole = sum(s["whole_s"] for s in unbounded.sections)
     shortenable = sum(s["shortenable_s"] for s in unbounded.sections)
     assert sections["lora"]["shortenable_s"] > 0 and sections["zero"]["shortenable_s"] == 0
-    shared = make_plan(tiny_task, LadderConfig(rungs=rungs, budget_s=whole + shortenable / 2), probes, tokens,
-                       [2, 4], 6, 5)
+    lora = sections["lora"]["shortenable_s"]
+    shared = make_plan(tiny_task, LadderConfig(rungs=rungs, budget_s=whole + lora / 2), probes, tokens, [2, 4], 6, 5)
     budgets = {s["name"]: s["budget_s"] for s in shared.sections}
     assert budgets["zero"] is None  # scoring the test split is never cut
-    assert budgets["lora"] == pytest.approx(sections["lora"]["shortenable_s"] / 2)  # half of what each wanted
-    assert shared.estimate_s == pytest.approx(whole + shortenable / 2)  # the ETA is the budget when it binds
+    assert budgets["lora"] == pytest.approx(lora / 2)  # the rungs' training first ...
+    assert budgets["few-shot curve"] == budgets["prompt sensitivity"] == 0.0  # ... the optional sections after
+    assert shared.estimate_s == pytest.approx(whole + lora / 2)  # the ETA is the budget when it binds
+    ample = make_plan(tiny_task, LadderConfig(rungs=rungs, budget_s=whole + lora + (shortenable - lora) / 2), probes,
+                      tokens, [2, 4], 6, 5)
+    assert ample.budget("lora") >= lora and ample.budget("few-shot curve") == pytest.approx(curve["shortenable_s"] / 2)
     starved = make_plan(tiny_task, LadderConfig(rungs=rungs, budget_s=whole / 2), probes, tokens, [2, 4], 6, 5)
     assert [s["budget_s"] for s in starved.sections if s["budget_s"] is not None] == [0.0, 0.0, 0.0]
     assert "total" in starved.lines()[-1] and "budget" in starved.lines()[-1]

@@ -71,3 +71,21 @@ def test_lora_trained_in_bf16_stays_fp32_and_loads_back(tiny_model, tiny_task, t
     texts = [e.text for e in tiny_task.test]
     assert loaded.fingerprint == tuned.fingerprint
     assert np.allclose(loaded.predict_batch(texts).probs, tuned.predict_batch(texts).probs, atol=1e-6)
+
+
+def test_bf16_inference_runs_a_bf16_copy_made_once_and_again_after_training(tiny_model, tiny_task):
+    import torch
+
+    assert tiny_model.inference_lm("fp32") is tiny_model.lm
+    copy = tiny_model.inference_lm("bf16")
+    assert copy is not tiny_model.lm and next(copy.parameters()).dtype == torch.bfloat16
+    assert next(tiny_model.lm.parameters()).dtype == torch.float32  # the weights training starts from stay fp32
+    assert tiny_model.inference_lm("bf16") is copy  # made once
+    bf16 = few_shot(tiny_model, tiny_task, PromptConfig(precision="bf16"))
+    texts = [e.text for e in tiny_task.test]
+    before = bf16.predict_batch(texts).probs
+    with torch.no_grad():  # an optimizer step changes weights in place: the copy must follow
+        next(tiny_model.lm.parameters()).mul_(0.0)
+    assert tiny_model.inference_lm("bf16") is not copy
+    bf16.set_precision("bf16")  # forget the cached prefix, as training a predictor's model does
+    assert not np.allclose(bf16.predict_batch(texts).probs, before)

@@ -91,7 +91,8 @@ def run(
     plan = make_plan(task, config, probe(model, task, config), tokens,
                      curve_ks=[k for k in curve_shots(task, config) if k not in known_shots(config)],
                      sensitivity_evaluations=sensitivity_count(k_values, variants),
-                     n_validation=len(validation_task(task, SearchConfig(seed=config.seed)).test))
+                     n_validation=len(validation_task(task, SearchConfig(seed=config.seed)).test),
+                     spent_s=time.perf_counter() - started)
     if on_plan:
         on_plan(plan.lines())
     planned_at = time.perf_counter()  # the ETA counts from here: resolving the precision and the probes came before

@@ -9,8 +9,10 @@ trains on.
 
 Each section's estimate has a part that must run whole (scoring the test split and the bias probes, labelling the
 transfer set) and a part that a budget can shorten (training, the prompt search, the few-shot curve, the prompt
-sensitivity). With --budget-s the shortenable parts share what the whole parts leave, in proportion to their
-estimates; without it only the optional sections are bounded (SLACK times their estimate).
+sensitivity). With --budget-s the rungs' shortenable parts (training, the search) share what the whole parts
+leave, in proportion to their estimates, and the optional sections (the curve, the sensitivity) share what the rungs
+leave after that: a rung's training is never cut for an optional section. Without --budget-s only the optional
+sections are bounded (SLACK times their estimate).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Plan:
     sections: list[dict] = field(default_factory=list)  # name, estimate_s, budget_s (None: not cut)
     probes: dict = field(default_factory=dict)
     budget_s: float | None = None
+    spent_s: float = 0.0  # seconds before the plan (precision check, probes)
 
     @property
     def estimate_s(self) -> float:
@@ -56,8 +59,8 @@ class Plan:
                       if section["budget_s"] is not None else "")
             lines.append(f"  {section['name']:<20} ~{section['estimate_s']:6.0f} s{budget}")
         total = f"~{self.estimate_s / 60:.1f} min"
-        lines.append(f"  {'total':<20} {total}" + (f" of a --budget-s of {self.budget_s / 60:.1f} min"
-                                                  if self.budget_s else ""))
+        lines.append(f"  {'total':<20} {total} after {self.spent_s:.0f} s of checks and probes"
+                     + (f", of a --budget-s of {self.budget_s / 60:.1f} min" if self.budget_s else ""))
         return lines
 
 
@@ -97,9 +100,10 @@ def _tune_config(config: LadderConfig, method: str) -> TuneConfig:
 
 
 def make_plan(task: Task, config: LadderConfig, probes: dict, tokens: dict[str, int], curve_ks: list[int],
-              sensitivity_evaluations: int, n_validation: int) -> Plan:
+              sensitivity_evaluations: int, n_validation: int, spent_s: float = 0.0) -> Plan:
     """Each section's estimate in the probed units, and its budget. `tokens`: the tokens (count_tokens) of the
-    "train", "test", "probe" (bias-probe sentences) and "unlabeled" texts; "probe_texts": how many probe sentences."""
+    "train", "test", "probe" (bias-probe sentences) and "unlabeled" texts; "probe_texts": how many probe sentences.
+    `spent_s`: what the run took before the plan (the precision check, the probes), which --budget-s also covers."""
     score = probes["score_s_per_token"]
     per_train = tokens["train"] / max(1, len(task.train))  # a mean training text, for the sets drawn from it
     measured = (tokens["test"] + tokens["probe"]) * score  # every rung scores the test split and the bias probes
@@ -132,22 +136,24 @@ def make_plan(task: Task, config: LadderConfig, probes: dict, tokens: dict[str, 
                      "shortenable_s": len(curve_ks) * tokens["test"] * score})
     sections.append({"name": "prompt sensitivity", "whole_s": 0.0, "shortenable": "the sensitivity",
                      "shortenable_s": sensitivity_evaluations * n_validation * per_train * score})
-    share = None
+    shares = {}  # the share of its shortenable part each tier gets
     if config.budget_s is not None:
-        left = max(0.0, config.budget_s - sum(s["whole_s"] for s in sections))
-        wanted = sum(s["shortenable_s"] for s in sections)
-        share = min(SLACK, left / wanted) if wanted else 0.0
+        left = max(0.0, config.budget_s - spent_s - sum(s["whole_s"] for s in sections))
+        for tier in (False, True):  # the rungs' training and search first; the optional sections get what is left
+            wanted = sum(s["shortenable_s"] for s in sections if (s["name"] in OPTIONAL) == tier)
+            shares[tier] = min(SLACK, left / wanted) if wanted else 0.0
+            left = max(0.0, left - wanted)
     for section in sections:
-        flexible = section["shortenable_s"]
-        if share is not None and section["shortenable"]:
-            section["budget_s"] = share * flexible
-        elif section["name"] in OPTIONAL:
+        flexible, optional = section["shortenable_s"], section["name"] in OPTIONAL
+        if shares and section["shortenable"]:
+            section["budget_s"] = shares[optional] * flexible
+        elif optional:
             section["budget_s"] = SLACK * flexible + FLOOR_S
         else:
             section["budget_s"] = None
         expected = flexible if section["budget_s"] is None else min(flexible, section["budget_s"])
         section["estimate_s"] = section["whole_s"] + expected
-    return Plan(sections, probes, config.budget_s)
+    return Plan(sections, probes, config.budget_s, spent_s)
 
 
 def model_layers(config: LadderConfig, probes: dict) -> float:

@@ -81,6 +81,7 @@ class CausalLMPredictor:
             if train:
                 prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction))
                 return label_log_likelihoods(lm, prefix, pairs, pad_id)[0].float()
+            lm = self.model.inference_lm(self.precision)
             with torch.no_grad():
                 if self._prefix is None:
                     self._prefix = encode_prefix(lm, verbalizer.prefix_ids(verbalizer.fmt.instruction))

@@ -158,7 +158,8 @@ class PromptPredictor:
     @torch.no_grad()
     def log_likelihoods(self, texts: list[str]) -> torch.Tensor:
         """Summed log-likelihood of every label (rating) after each text's prompt: (n, n_labels)."""
-        lm, verbalizer, prefix_text = self.model.lm, self.verbalizer, self.prefix_text()
+        lm, verbalizer = self.model.inference_lm(self.config.precision), self.verbalizer
+        prefix_text = self.prefix_text()
         query_prefixes = self._query_prefixes(texts)
         pairs = verbalizer.pairs(prefix_text, self._fitted(texts, query_prefixes)[0], query_prefixes)
         with autocast(self.model.device, self.config.precision):

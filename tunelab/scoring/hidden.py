@@ -59,7 +59,7 @@ class HiddenStates:
         if not reading.layers or min(reading.layers) < 0 or max(reading.layers) > n_layers:
             raise ValueError(f"layers must lie in 0..{n_layers}, got {list(reading.layers)}")
         self.model, self.reading, self.cache, self.reads_cache = model, reading, cache, reads_cache
-        self.tokenizer, self.decoder, self._cached_prefix = model.tokenizer, model.lm.base_model, None
+        self.tokenizer, self._cached_prefix = model.tokenizer, None
         special_before, special_after = special_frame(self.tokenizer)  # e.g. a BOS, given to every window
         self._prefix = special_before + (self._ids(reading.before) if reading.before else [])
         self._suffix = (self._ids(reading.after) if reading.after else []) + special_after
@@ -67,6 +67,11 @@ class HiddenStates:
         self._settings = (f"v{FORMAT}|{model.fingerprint}|layers={','.join(map(str, reading.layers))}|"
                           f"window={reading.window}|stride={reading.stride}|{reading.precision}|frame={frame}|"
                           "mean,last")
+
+    @property
+    def decoder(self) -> torch.nn.Module:
+        """The decoder without its LM head, in the reading's precision (bf16: the model's bf16 copy)."""
+        return self.model.inference_lm(self.reading.precision).base_model
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
