@@ -89,3 +89,21 @@ def test_folders_that_are_not_causal_lms_are_one_line(word_tokenizer, tiny_model
     (tmp_path / "junk.gguf").write_bytes(b"GGUF" + bytes(200))
     assert "cannot read GGUF" in one_error_line(run_cli("info", "--model", tmp_path / "junk.gguf"))
 
+
+
+def test_the_output_head_gets_a_contiguous_input_and_the_same_logits(tiny_model):
+    seen = []
+    head = tiny_model.lm.get_output_embeddings()
+    handle = head.register_forward_hook(lambda module, args, out: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(0, tiny_model.lm.config.vocab_size, (3, 9))
+    try:
+        with torch.no_grad():
+            kept = tiny_model.lm(input_ids=ids, logits_to_keep=2).logits  # a strided slice of the hidden states
+            whole = tiny_model.lm(input_ids=ids).logits
+    finally:
+        handle.remove()
+    assert seen == [True, True]
+    assert torch.allclose(kept, whole[:, -2:], atol=1e-5)
+    for parameter in tiny_model.lm.parameters():  # frozen, as every tuned model: the path that was slow
+        parameter.requires_grad_(False)
+    assert tiny_model.inference_lm("bf16").get_output_embeddings()._forward_pre_hooks  # the bf16 copy keeps it

@@ -196,7 +196,20 @@ def make_model(lm, tokenizer, *, name: str = "in-memory", source: str | None = N
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     lm.to(device or choose_device()).eval()
+    contiguous_head_input(lm)
     return Model(lm, tokenizer, name=name, source=source)
+
+
+def contiguous_head_input(lm: torch.nn.Module) -> None:
+    """Hand the output head a contiguous input. Causal LMs slice the positions to score (`logits_to_keep`) out of
+    the hidden states, a strided view; with frozen weights (requires_grad False: every tuned model) torch's matmul
+    then cannot fold the batch into one product and multiplies batch by batch against a copy of the head's weight
+    expanded per row: 16 passages took 2.1 s of a 3.0 s scoring call, where the same call with trainable weights
+    took 0.9 s in all. The copy of the few kept positions costs nothing beside it."""
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if head is not None and not getattr(head, "_tunelab_contiguous", False):
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+        head._tunelab_contiguous = True
 
 
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # LlamaForCausalLM, GPT2LMHeadModel, ...
