@@ -354,3 +354,19 @@ def test_a_training_budget_stops_early_keeps_the_weights_and_says_so(tiny_model,
     assert any("cut short by --budget-s" in line for line in tuning.training_notes(tuning.run_summary(predictor)))
     with pytest.raises(ConfigError, match="--budget-s must be > 0"):
         TuneConfig(budget_s=0)
+
+
+def test_a_deadline_stops_before_a_step_that_would_end_past_it(monkeypatch):
+    from tunelab import training
+
+    clock = [100.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    deadline = training.Deadline(10.0)
+    assert not deadline.reached()  # the first step always runs
+    clock[0] += 4.0
+    deadline.step_done()
+    assert not deadline.reached()  # 4 s used, a 4 s step ends at 8 s
+    clock[0] += 4.0
+    deadline.step_done()
+    assert deadline.reached()  # a third 4 s step would end at 12 s, past 10 s
+    assert not training.Deadline(None).reached()

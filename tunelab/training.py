@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -17,6 +18,29 @@ from safetensors.torch import load_file, save_file
 from tunelab.atomic import replace_folder, write_json
 from tunelab.distributed import Dist
 from tunelab.errors import TrainingError
+
+
+class Deadline:
+    """A trainer's time budget: training stops before a step that would end past it, judged by the mean time of
+    the steps so far (validation passes included), so that a budget is an upper bound, not a point to overshoot by
+    a step. The first step always runs."""
+
+    def __init__(self, budget_s: float | None):
+        self.started = time.monotonic()
+        self.end = None if budget_s is None else self.started + budget_s
+        self.steps = 0
+
+    @property
+    def active(self) -> bool:
+        return self.end is not None and self.steps > 0
+
+    def step_done(self) -> None:
+        self.steps += 1
+
+    def reached(self) -> bool:
+        now = time.monotonic()
+        return self.active and now + (now - self.started) / self.steps > self.end
+
 
 MAX_GRAD_NORM = 1.0  # gradient clipping for every trainer: keeps a bad batch from wrecking a small-data run
 

@@ -29,7 +29,7 @@ from tunelab.rungs.students import EncoderStudent, make_student
 from tunelab.scoring.precision import bf16_is_fast, choose_precision
 from tunelab.scoring.verbalizer import expected_rating, rating_to_value
 from tunelab.tasks import Task
-from tunelab.training import adamw, training_step
+from tunelab.training import Deadline, adamw, training_step
 
 # Characters per student forward/backward pass (about 1,000 tokens; a proxy that needs no tokenizer): a batch of
 # long texts accumulates its gradient over several, so a student's activations follow this budget, not the batch
@@ -199,12 +199,12 @@ def distill(
         for parameter in trainable:
             parameter.requires_grad_(True)
         optimizer = adamw(trainable, lr=config.learning_rate, weight_decay=0.01)
-        deadline = None if config.budget_s is None else time.monotonic() + config.budget_s
+        deadline = Deadline(config.budget_s)
         cut_short = None
         for epoch in range(config.epochs):
             order = _epoch_order([len(text) for text in texts], config, epoch)
             for step, start in enumerate(range(0, len(texts), config.batch_size)):
-                if step + epoch and deadline is not None and dist.broadcast(time.monotonic() > deadline):
+                if deadline.active and dist.broadcast(deadline.reached()):  # rank 0's clock decides for all
                     cut_short = {"epoch": epoch + 1, "steps_run": step,
                                  "steps_in_epoch": math.ceil(len(texts) / config.batch_size),
                                  "budget_s": config.budget_s}
@@ -218,6 +218,7 @@ def distill(
                                                            MICRO_BATCH_CHARS))
                 loss = training_step(trainable, optimizer, micro_losses, dist=dist,
                                      where=f"in epoch {epoch + 1} (try a lower --lr)")
+                deadline.step_done()
                 if on_step:
                     on_step(len(rows), loss)
             if cut_short:

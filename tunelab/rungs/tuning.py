@@ -44,6 +44,7 @@ from tunelab.scoring.tokens import PrefixCache, row_tokens
 from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
 from tunelab.tasks import Task, split_examples
 from tunelab.training import (
+    Deadline,
     adamw,
     load_trainable,
     read_checkpoint,
@@ -251,7 +252,7 @@ def finetune(
         padding = {"grouped": config.length_groups, "real_tokens": 0, "run_tokens": 0, "shuffled_share": _share(
             *padding_share(_batches(verbalizer, train, config, _epoch_order(lengths, passes, shuffled, 0), max_length),
                            prefix, max_tokens))}
-        deadline = None if config.budget_s is None else time.monotonic() + config.budget_s
+        deadline = Deadline(config.budget_s)
         tokens, train_seconds = 0, 0.0  # this process's, in this run (for tokens/s)
         for epoch in range(progress["epoch"], config.epochs):
             if progress["stale_epochs"] >= config.patience or progress.get("cut_short"):
@@ -263,7 +264,7 @@ def finetune(
             losses, n_truncated = [], 0
             batches = _batches(verbalizer, train, config, order, max_length)
             for step, batch in enumerate(batches):
-                if step and deadline is not None and dist.broadcast(time.monotonic() > deadline):
+                if deadline.active and dist.broadcast(deadline.reached()):  # rank 0's clock decides for all
                     progress["cut_short"] = {"epoch": epoch + 1, "steps_run": step, "steps_in_epoch": len(batches),
                                              "budget_s": config.budget_s}
                     break
@@ -281,6 +282,7 @@ def finetune(
                     f"in epoch {epoch + 1}; the last good checkpoint is kept in {out_dir / CHECKPOINTS} "
                     "(try a lower --lr)"))
                 losses.append(loss)
+                deadline.step_done()
                 if on_step:
                     on_step(len(batch.pairs), loss)
             val_loss = _validation_loss(lm, verbalizer, validation_batches, pad_id, training_precision["precision"],
