@@ -370,3 +370,19 @@ def test_a_deadline_stops_before_a_step_that_would_end_past_it(monkeypatch):
     deadline.step_done()
     assert deadline.reached()  # a third 4 s step would end at 12 s, past 10 s
     assert not training.Deadline(None).reached()
+
+
+def test_a_budget_that_ends_at_an_epoch_boundary_keeps_the_finished_epoch(tiny_model, tiny_task, tmp_path,
+                                                                          monkeypatch):
+    config = TuneConfig(method="lora", epochs=3, batch_size=4, min_steps=0, val_fraction=0.25, budget_s=100.0)
+    n_train = len(tuning.split_examples(list(tiny_task.train), tiny_task.kind, 0.25, 0)[0])
+    per_epoch = -(-n_train // 4)
+
+    class AfterOneEpoch(tuning.Deadline):
+        def reached(self):
+            return self.steps >= per_epoch
+
+    monkeypatch.setattr(tuning, "Deadline", AfterOneEpoch)
+    training = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "t").meta["training"]
+    assert training["cut_short"] == {"epoch": 2, "steps_run": 0, "steps_in_epoch": per_epoch, "budget_s": 100.0}
+    assert training["epochs_run"] == training["best_epoch"] == 1 and len(training["history"]) == 1

@@ -285,6 +285,8 @@ def finetune(
                 deadline.step_done()
                 if on_step:
                     on_step(len(batch.pairs), loss)
+            if not losses:  # the budget ended at an epoch's start: nothing new to validate, the last epoch stands
+                break
             val_loss = _validation_loss(lm, verbalizer, validation_batches, pad_id, training_precision["precision"],
                                         dist)
             seconds = time.perf_counter() - started
