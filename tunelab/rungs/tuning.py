@@ -163,9 +163,9 @@ def _share(real: int, run: int) -> float:
     return 1 - real / run if run else 0.0
 
 
-def padding_share(batches: list[_Batch], prefix: PrefixCache, max_tokens: int) -> tuple[int, int]:
-    """(real, run) row tokens over these batches' micro-batches, as the training forward passes run them."""
-    counts = [row_tokens(prefix, micro.pairs) for batch in batches for micro in batch.micro_batches(max_tokens)]
+def padding_share(micro_batches: list[_Batch], prefix: PrefixCache) -> tuple[int, int]:
+    """(real, run) row tokens over these micro-batches, as the training forward passes run them."""
+    counts = [row_tokens(prefix, micro.pairs) for micro in micro_batches]
     return sum(real for real, _ in counts), sum(run for _, run in counts)
 
 
@@ -249,9 +249,9 @@ def finetune(
         max_tokens = micro_batch_tokens(training_precision["precision"])
         prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction) if not checkpointing else [])
         shuffled = dataclasses.replace(config, length_groups=False)  # what plain shuffling would pad, for the record
+        shuffled_batches = _batches(verbalizer, train, config, _epoch_order(lengths, passes, shuffled, 0), max_length)
         padding = {"grouped": config.length_groups, "real_tokens": 0, "run_tokens": 0, "shuffled_share": _share(
-            *padding_share(_batches(verbalizer, train, config, _epoch_order(lengths, passes, shuffled, 0), max_length),
-                           prefix, max_tokens))}
+            *padding_share([m for batch in shuffled_batches for m in batch.micro_batches(max_tokens)], prefix))}
         deadline = Deadline(config.budget_s)
         tokens, train_seconds = 0, 0.0  # this process's, in this run (for tokens/s)
         for epoch in range(progress["epoch"], config.epochs):
@@ -272,7 +272,7 @@ def finetune(
                 local = batch.shard(dist)  # this process's part; each loss is scaled to its share of the whole
                 tokens += local.tokens
                 micro_batches = local.micro_batches(max_tokens)
-                real, run = padding_share([local], prefix, max_tokens)
+                real, run = padding_share(micro_batches, prefix)  # the micro-batches the step runs, counted
                 padding.update(real_tokens=padding["real_tokens"] + real, run_tokens=padding["run_tokens"] + run)
                 micro_losses = (_loss_step(lm, verbalizer, micro, pad_id, not checkpointing,
                                            training_precision["precision"])
