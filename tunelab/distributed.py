@@ -20,6 +20,7 @@ dead process ends the job, which `--resume` continues with any world size.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -109,7 +110,18 @@ def from_env() -> Dist:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     timeout = datetime.timedelta(seconds=float(os.environ.get("TUNELAB_DIST_TIMEOUT_S", TIMEOUT_S)))
     td.init_process_group(backend, timeout=timeout)
+    atexit.register(_leave_group)
     return Dist(td.get_rank(), td.get_world_size(), backend)
+
+
+def _leave_group() -> None:
+    """Destroys the group this process created while the interpreter is still whole: a gloo group left to the
+    interpreter's own teardown can abort the process ("terminate called without an active exception", SIGABRT),
+    and the launcher then kills the others. Seen in CI on a rank that returned early while rank 0 evaluated."""
+    import torch.distributed as td
+
+    if td.is_initialized():
+        td.destroy_process_group()
 
 
 def threads_per_process(processes: int | None = None, cores: int | None = None) -> int:
