@@ -150,6 +150,9 @@ def generation_loop(model, prompts: list[str], precision: str) -> dict:
     return {"seconds": seconds, "tokens": tokens, "flops": forward_flops(model.lm.config, tokens, context, tokens)}
 
 
+TOP_OPS = 8
+
+
 def profile_shares(fn) -> dict:
     """Shares of self CPU time (torch.profiler) in matrix products, attention, dtype conversions and the rest."""
     from torch.profiler import ProfilerActivity, profile
@@ -161,11 +164,15 @@ def profile_shares(fn) -> dict:
              "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_softmax"),
              "dtype conversions": ("aten::copy_", "aten::_to_copy")}
     totals = dict.fromkeys([*kinds, "other"], 0.0)
-    for event in prof.key_averages():
+    events = prof.key_averages()
+    for event in events:
         kind = next((k for k, names in kinds.items() if event.key in names), "other")
         totals[kind] += event.self_cpu_time_total
     whole = sum(totals.values()) or 1.0
-    return {kind: value / whole for kind, value in totals.items()}
+    # the ops behind those shares, largest first: what "other" is made of
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:TOP_OPS]
+    return {**{kind: value / whole for kind, value in totals.items()},
+            "top": [(e.key, e.self_cpu_time_total / whole, e.count) for e in top]}
 
 
 def main() -> None:
@@ -217,14 +224,20 @@ def main() -> None:
         kinds = ("matrix products", "attention", "dtype conversions", "other")
         for column in ("loop", "precision", *kinds):
             shares.add_column(column)
+        top = Table(title=f"the {TOP_OPS} largest ops of each profiled loop (share of its self CPU time, calls)")
+        for column in ("loop", "precision", "ops"):
+            top.add_column(column)
         for precision in ("fp32", "bf16"):
             scorer = few_shot(model, sotu, PromptConfig(precision=precision))
-            found = profile_shares(lambda: predict(scorer, passages[:8]))
-            shares.add_row("label scoring, 8 passages", precision, *(f"{found[k]:.0%}" for k in kinds))
             step = training_step_of(model, sotu, "lora", precision, 8)[0]
-            found = profile_shares(step)
-            shares.add_row("LoRA step, 8 passages", precision, *(f"{found[k]:.0%}" for k in kinds))
+            for name, fn in (("label scoring, 8 passages", lambda: predict(scorer, passages[:8])),
+                             ("LoRA step, 8 passages", step)):
+                found = profile_shares(fn)
+                shares.add_row(name, precision, *(f"{found[k]:.0%}" for k in kinds))
+                top.add_row(name, precision, ", ".join(f"{op.removeprefix('aten::')} {share:.0%} ({calls:,})"
+                                                       for op, share, calls in found["top"]))
         console.print(shares)
+        console.print(top)
 
 
 if __name__ == "__main__":
