@@ -6,6 +6,7 @@ report: each section's estimate, budget and measured seconds, what the budget cu
 padding share of the fine-tuning batches, and each rung's accuracy with its interval.
 
     python bench/ladder_docs.py [--train 300] [--test 100] [--budget-s 1200] [--out runs/bench-ladder-docs]
+    python bench/ladder_docs.py --data runs/mails --target-quality 0.9   # CSVs written by bench/mails.py
 """
 
 from __future__ import annotations
@@ -37,21 +38,27 @@ def main():
     parser.add_argument("--train", type=int, default=300)
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--budget-s", type=float, default=1200.0, help="the ladder's --budget-s (0: none)")
+    parser.add_argument("--data", type=Path, help="a folder with train.csv and test.csv to use instead of sotu-party")
+    parser.add_argument("--target-quality", type=float, default=0.7)
+    parser.add_argument("--rungs", help="the ladder's --rungs (default: every rung)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-ladder-docs"))
     args = parser.parse_args()
-    task, rng = load_task("sotu-party"), random.Random(0)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(args.out / "train.csv", rng.sample(task.train, args.train))
-    write_csv(args.out / "test.csv", rng.sample(task.test, args.test))
-    command = [sys.executable, "-m", "tunelab.cli", "ladder", "--train", str(args.out / "train.csv"), "--test",
-               str(args.out / "test.csv"), "--target-quality", "0.7", "--out", str(args.out / "run")]
+    data = args.data or args.out
+    if args.data is None:
+        task, rng = load_task("sotu-party"), random.Random(0)
+        write_csv(args.out / "train.csv", rng.sample(task.train, args.train))
+        write_csv(args.out / "test.csv", rng.sample(task.test, args.test))
+    command = [sys.executable, "-m", "tunelab.cli", "ladder", "--train", str(data / "train.csv"), "--test",
+               str(data / "test.csv"), "--target-quality", str(args.target_quality), "--out", str(args.out / "run")]
     command += ["--budget-s", str(args.budget_s)] if args.budget_s else []
+    command += ["--rungs", args.rungs] if args.rungs else []
     started = time.perf_counter()
     subprocess.run(command, check=True)
     wall = time.perf_counter() - started
     report = json.loads((args.out / "run" / "report.json").read_text())
     plan = report["plan"]
-    table = Table(title=f"ladder on {args.train}/{args.test} sotu-party passages (CSV), --budget-s "
+    table = Table(title=f"ladder on {data} (CSV), --budget-s "
                         f"{args.budget_s:.0f}: {wall / 60:.1f} min in all")
     for column in ("section", "estimate s", "budget s", "measured s", "cut short"):
         table.add_column(column)

@@ -1,0 +1,214 @@
+"""int8 ONNX students against the parity gate (issue #26): which int8 schemes keep the student's predictions, and at
+what speed. Reads the students bench/ship.py trained (run it first, or pass --out where they are).
+
+Per task, the same 100 training examples bench/ship.py held out of the student (it never learned them) choose what
+a scheme may choose (which nodes stay fp32, calibration ranges); every figure is on the test split. Arms:
+
+- dynamic: onnxruntime's dynamic quantization (the export's int8: weights per channel, activations per batch);
+- dynamic, k most sensitive nodes in fp32: each weight node quantized alone, its damage (mean absolute probability
+  change on the held-out texts) ranks the nodes; the k worst are excluded;
+- dynamic, one text per call: the activations' range from one text, not from the batch it shares;
+- static (QOperator, QDQ): activation ranges calibrated on the held-out texts (MinMax);
+- weight-only 8-bit in blocks of 32 (MatMulNBits; needs the `onnx-ir` package, skipped and said so without it).
+
+    python bench/int8.py [--tasks vader,subjectivity] [--out runs/bench-ship] [--exclude 2,4,8,16,24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.predictor import load_predictor, predict
+from tunelab.rungs.students import ENCODER_OVERLAP
+from tunelab.ship.export import PROB_TOLERANCE, _export_graph, parity_figures
+from tunelab.ship.onnx_predictor import OnnxPredictor
+from tunelab.tasks import load_task, split_examples
+
+console = Console(width=180)
+
+
+def examples_per_s(predictor, texts: list[str], repeats: int = 3) -> float:
+    predict(predictor, texts)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predict(predictor, texts)
+        best = min(best, time.perf_counter() - started)
+    return len(texts) / best
+
+
+class Workbench:
+    """One student's fp32 graph and a scratch folder in which each arm's model.onnx becomes a predictor."""
+
+    def __init__(self, student, scratch: Path):
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self.scratch = scratch
+        _export_graph(student, scratch / "graph.onnx")
+        self.graph = scratch / "prepared.onnx"
+        quant_pre_process(str(scratch / "graph.onnx"), str(self.graph), skip_symbolic_shape=True)
+        self.folder = scratch / "predictor"
+        self.folder.mkdir()
+        student.tokenizer.save_pretrained(scratch / "tokenizer")
+        shutil.copy(scratch / "tokenizer" / "tokenizer.json", self.folder / "tokenizer.json")
+        self.payload = {"kind": student.kind, "labels": list(student.label_names), "max_length": student.max_length,
+                        "long_texts": student.long_texts, "overlap": ENCODER_OVERLAP,
+                        "pad_id": student.tokenizer.pad_token_id, "params_total": student.params_total,
+                        "params_trainable": student.params_trainable,
+                        "source": {"spec": "student", "fingerprint": student.fingerprint}}
+
+    def predictor(self) -> OnnxPredictor:
+        return OnnxPredictor(self.folder, self.payload)
+
+    def model_mb(self) -> float:
+        return (self.folder / "model.onnx").stat().st_size / 1e6
+
+    def weight_nodes(self) -> list[str]:
+        """Nodes dynamic quantization may turn int8: products with a weight, and embedding look-ups of a table."""
+        import onnx
+
+        model = onnx.load(str(self.graph))
+        floats = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+        return [n.name for n in model.graph.node
+                if (n.op_type in ("MatMul", "Gemm") and any(i in floats for i in n.input))
+                or (n.op_type == "Gather" and n.input[0] in floats)]
+
+    def dynamic(self, **options) -> None:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(self.graph), str(self.folder / "model.onnx"), weight_type=QuantType.QInt8,
+                         per_channel=True, **options)
+
+    def static(self, student, texts: list[str], quant_format) -> None:
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType, quantize_static
+
+        class Batches(CalibrationDataReader):
+            def __init__(self):
+                rows = []
+                for start in range(0, len(texts), 16):
+                    batch = student.tokenizer(texts[start : start + 16], padding=True, truncation=True,
+                                              max_length=student.max_length, return_tensors="np")
+                    rows.append({"input_ids": batch["input_ids"].astype(np.int64),
+                                 "attention_mask": batch["attention_mask"].astype(np.int64),
+                                 "token_type_ids": np.zeros_like(batch["input_ids"], dtype=np.int64)})
+                self.rows = iter(rows)
+
+            def get_next(self):
+                return next(self.rows, None)
+
+        quantize_static(str(self.graph), str(self.folder / "model.onnx"), Batches(), quant_format=quant_format,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["MatMul", "Gemm"])
+
+    def weight_only(self) -> None:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(str(self.graph), bits=8, block_size=32, is_symmetric=True,
+                                         accuracy_level=4, op_types_to_quantize=("MatMul",))
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(self.folder / "model.onnx"), False)
+
+
+def one_task(name: str, args) -> list[dict]:
+    task = load_task(name)
+    kept, held = split_examples(list(task.train), task.kind, args.validation / len(task.train), 0)  # as bench/ship.py
+    held_texts, texts = [e.text for e in held], [e.text for e in task.test]
+    student = load_predictor(args.out / name / "student")
+    gold = np.array([student.label_names.index(e.label) for e in task.test])
+    student.set_precision("fp32")  # the gate's reference, as `tunelab export`
+    reference, reference_held = predict(student, texts).probs, predict(student, held_texts).probs
+    rows = [{"arm": "torch fp32", "speed": examples_per_s(student, texts)}]
+    own = student.meta.get("precision_record", {}).get("inference", {}).get("precision", "fp32")
+    student.set_precision(own)
+    rows.append({"arm": f"torch {own} (the student as saved)", "speed": examples_per_s(student, texts)})
+    torch_speed = rows[-1]["speed"]
+
+    with tempfile.TemporaryDirectory() as scratch:
+        bench = Workbench(load_predictor(args.out / name / "student"), Path(scratch))
+
+        def measure(arm: str, per_text: bool = False) -> None:
+            predictor = bench.predictor()
+            probs = (np.concatenate([predict(predictor, [t]).probs for t in texts]) if per_text
+                     else predict(predictor, texts).probs)
+            figures = parity_figures(reference, probs, gold)
+            within = np.abs(reference - probs).max(axis=1) <= PROB_TOLERANCE
+            same = reference.argmax(axis=1) == probs.argmax(axis=1)
+            rows.append({"arm": arm, "figures": figures, "same_and_within": float(np.mean(same & within)),
+                         "speed": None if per_text else examples_per_s(predictor, texts), "mb": bench.model_mb()})
+            console.print(f"  {name}: {arm}: same label {figures['agreement']:.2%}, largest difference "
+                          f"{figures['max_prob_difference']:.3f}")
+
+        shutil.copy(bench.graph, bench.folder / "model.onnx")
+        measure("ONNX fp32")
+        bench.dynamic()
+        measure("dynamic int8 (the export's)")
+        measure("dynamic int8, one text per call", per_text=True)
+        started = time.perf_counter()
+        damage = {}
+        for node in bench.weight_nodes():
+            bench.dynamic(nodes_to_quantize=[node])
+            damage[node] = float(np.mean(np.abs(predict(bench.predictor(), held_texts).probs - reference_held)))
+        ranked = sorted(damage, key=damage.get, reverse=True)
+        console.print(f"  {name}: {len(ranked)} weight nodes ranked in {time.perf_counter() - started:.0f} s; "
+                      f"most sensitive: {', '.join(ranked[:4])}")
+        for k in args.exclude:
+            bench.dynamic(nodes_to_exclude=ranked[:k])
+            measure(f"dynamic int8, {k} of {len(ranked)} most sensitive in fp32")
+        from onnxruntime.quantization import QuantFormat
+
+        for label, quant_format in (("QOperator", QuantFormat.QOperator), ("QDQ", QuantFormat.QDQ)):
+            bench.static(student, held_texts, quant_format)
+            measure(f"static int8 ({label}, MinMax on the held-out texts)")
+        try:
+            import onnx_ir  # noqa: F401  (MatMulNBits' quantizer imports it)
+        except ImportError:
+            rows.append({"arm": "weight-only 8-bit, blocks of 32: skipped (the onnx-ir package is not installed)"})
+        else:
+            bench.weight_only()
+            measure("weight-only 8-bit, blocks of 32 (MatMulNBits)")
+    for row in rows:
+        row.update(task=name, vs_torch=row["speed"] / torch_speed if row.get("speed") else None)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="vader,subjectivity")
+    parser.add_argument("--validation", type=int, default=100, help="as bench/ship.py's")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-ship"), help="where bench/ship.py wrote")
+    parser.add_argument("--exclude", default="2,4,8,16,24", help="k values: the k most sensitive nodes left fp32")
+    args = parser.parse_args()
+    args.exclude = [int(k) for k in args.exclude.split(",") if k]
+    for name in args.tasks.split(","):
+        if not (args.out / name / "student").is_dir():
+            raise SystemExit(f"{args.out / name / 'student'}: no student; run python bench/ship.py --out {args.out}")
+    results = [row for name in args.tasks.split(",") for row in one_task(name, args)]
+    table = Table(title=f"int8 students against the gate (test split; same label >= 99.5%, probabilities within "
+                        f"{PROB_TOLERANCE}, ECE drift <= 0.01)")
+    for column in ("task", "arm", "same label", f"same, within {PROB_TOLERANCE}", "largest difference",
+                   "ECE drift", "examples/s", "vs torch as saved", "model MB", "gate"):
+        table.add_column(column)
+    for row in results:
+        figures = row.get("figures")
+        if figures is None:
+            table.add_row(row["task"], row["arm"], *["-"] * 4, f"{row['speed']:,.0f}" if row.get("speed") else "-",
+                          f"{row['vs_torch']:.2f}x" if row.get("vs_torch") else "-", "-", "-")
+            continue
+        table.add_row(row["task"], row["arm"], f"{figures['agreement']:.2%}", f"{row['same_and_within']:.2%}",
+                      f"{figures['max_prob_difference']:.3f}", f"{figures['ece_drift']:.4f}",
+                      f"{row['speed']:,.0f}" if row["speed"] else "-",
+                      f"{row['vs_torch']:.2f}x" if row["vs_torch"] else "-", f"{row['mb']:.1f}",
+                      "passed" if figures["passes"] else "refused")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
