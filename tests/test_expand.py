@@ -9,7 +9,8 @@ import torch
 from helpers import LoopbackServer, one_error_line, run_cli
 
 from tunelab.errors import ConfigError, InputError
-from tunelab.generation.concepts import Concept, Shot, country_concepts, country_reference, read_concepts
+from tunelab.generation.concepts import (Concept, Shot, country_concepts, country_reference, read_concepts,
+                                         read_pairs)
 from tunelab.generation.config import COUNTRY_LANGUAGES, ExpandConfig, language_codes
 from tunelab.generation.expand import evaluate_terms, expand
 from tunelab.generation.tuning import GENERATOR_FILE, generator_shots, tune_generator
@@ -122,6 +123,16 @@ def test_countries_come_from_cldr_in_two_disjoint_halves():
     reference = country_reference(["FR"], COUNTRY_LANGUAGES)
     assert len(COUNTRY_LANGUAGES) == 50 and reference[("FR", "de")] == {"frankreich"}
     assert reference[("FR", "ja")] == {"フランス"}
+
+
+def test_training_pairs_come_from_several_cldr_types_and_an_unknown_type_is_named():
+    pairs = read_pairs("countries-train,regions,days", ("de",))
+    assert Shot("Western Europe", "de", "Westeuropa") in pairs and Shot("Monday", "de", "Montag") in pairs
+    countries = {c.names[0] for c in country_concepts("countries-train")}
+    assert len(pairs) == len(read_pairs("countries-train", ("de",))) + 31 + 7  # 31 CLDR regions, 7 days
+    assert countries <= {p.source for p in pairs}
+    with pytest.raises(InputError, match="not a built-in concept type: planets"):
+        read_pairs("regions,planets", ("de",))
 
 
 @pytest.mark.parametrize("lines, message", [

@@ -21,10 +21,17 @@ COUNTRIES = "countries"  # the built-in concepts and reference (its held-out hal
 SHOT_COUNTRIES = (("DE", "fr"), ("JP", "es"), ("BR", "de"))
 NOT_COUNTRIES = {"EU", "EZ", "UN", "ZZ", "QO", "XA", "XB"}  # CLDR territory codes that are groupings or pseudo
 # Other CLDR concept types, each whole (built-in concepts and reference): types a generator prompted or tuned on
-# countries never saw. The Locale attribute holding the names, and which codes count (ISO-shaped ones only).
-CLDR_TYPES = {"languages": ("languages", lambda code: len(code) == 2 and code.isalpha()),
-              "currencies": ("currencies", lambda code: len(code) == 3 and code.isalpha() and code.isupper()),
-              "scripts": ("scripts", lambda code: len(code) == 4 and code.isalpha() and code != "Zzzz")}
+# countries never saw. Each reads a babel Locale's names of that type ({code: name}); only ISO-shaped codes count.
+CLDR_TYPES = {
+    "languages": lambda locale: {c: n for c, n in locale.languages.items() if len(c) == 2 and c.isalpha()},
+    "currencies": lambda locale: {c: n for c, n in locale.currencies.items()
+                                  if len(c) == 3 and c.isalpha() and c.isupper()},
+    "scripts": lambda locale: {c: n for c, n in locale.scripts.items() if len(c) == 4 and c.isalpha() and c != "Zzzz"},
+    # types to tune a generator on besides countries (bench/expand.py evaluates on the three above, never on these)
+    "regions": lambda locale: {c: n for c, n in locale.territories.items() if c.isdigit()},  # "Western Europe"
+    "months": lambda locale: {str(k): n for k, n in locale.months["format"]["wide"].items()},
+    "days": lambda locale: {str(k): n for k, n in locale.days["format"]["wide"].items()},
+}
 
 
 @dataclass(frozen=True)
@@ -142,8 +149,25 @@ def country_pairs(which: str, languages: tuple[str, ...]) -> list[Shot]:
 
 
 def read_pairs(path: str | Path, languages: tuple[str, ...]) -> list[Shot]:
-    """Training pairs: the built-in `countries-train`, or a JSONL file in the --examples format."""
-    return country_pairs(str(path), languages) if str(path) in (COUNTRIES, f"{COUNTRIES}-train") else read_shots(path)
+    """Training pairs: a JSONL file in the --examples format, or built-in concept types, one or a comma list
+    (`countries-train`, the CLDR types: e.g. `countries-train,regions,months,days`).
+
+    Raises:
+        InputError: a name in a comma list that is no built-in type (the file reader names a missing file).
+    """
+    names = [name.strip() for name in str(path).split(",") if name.strip()]
+    builtin = {COUNTRIES, f"{COUNTRIES}-train", *CLDR_TYPES}
+    if not all(name in builtin for name in names):
+        if len(names) > 1:
+            unknown = ", ".join(name for name in names if name not in builtin)
+            raise InputError(f"not a built-in concept type: {unknown} (built-in: {', '.join(sorted(builtin))})",
+                             path=path)
+        return read_shots(path)
+    pairs = []
+    for name in names:
+        pairs += country_pairs(name, languages) if name in (COUNTRIES, f"{COUNTRIES}-train") else cldr_pairs(
+            name, languages)
+    return pairs
 
 
 def country_reference(codes: list[str], languages: tuple[str, ...]) -> dict[tuple[str, str], set[str]]:
@@ -159,21 +183,30 @@ def country_reference(codes: list[str], languages: tuple[str, ...]) -> dict[tupl
 
 
 def cldr_concepts(kind: str) -> list[Concept]:
-    """Every ISO-shaped code of a CLDR concept type (languages, currencies, scripts) with its English name."""
+    """Every code of a CLDR concept type (CLDR_TYPES) with its English name."""
     from babel import Locale
 
-    attribute, counts = CLDR_TYPES[kind]
-    english = getattr(Locale("en"), attribute)
-    return [Concept(code, (english[code],)) for code in sorted(english) if counts(code)]
+    english = CLDR_TYPES[kind](Locale("en"))
+    return [Concept(code, (english[code],)) for code in sorted(english)]
+
+
+def cldr_pairs(kind: str, languages: tuple[str, ...]) -> list[Shot]:
+    """(English name, language, CLDR name) of every concept of a CLDR type in each language: training pairs."""
+    from babel import Locale
+
+    english = CLDR_TYPES[kind](Locale("en"))
+    pairs = []
+    for language in languages:
+        names = CLDR_TYPES[kind](Locale.parse(language))
+        pairs += [Shot(english[code], language, names[code]) for code in sorted(english) if code in names]
+    return pairs
 
 
 def cldr_reference(kind: str, languages: tuple[str, ...]) -> dict[tuple[str, str], set[str]]:
     from babel import Locale
 
-    attribute, counts = CLDR_TYPES[kind]
     reference = {}
     for language in languages:
-        names = getattr(Locale.parse(language), attribute)
-        reference.update({(code, language): {match_key(normalise_term(name))}
-                          for code, name in names.items() if counts(code)})
+        names = CLDR_TYPES[kind](Locale.parse(language))
+        reference.update({(code, language): {match_key(normalise_term(name))} for code, name in names.items()})
     return reference
