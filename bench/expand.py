@@ -8,7 +8,8 @@
    CLDR scripts (the validation type: the confidence floor is chosen there, as the lowest floor whose precision is
    at least --target-precision) and on currencies and languages (held out: measured at that floor), in
    --precision-languages; beam search (confidence = mean token probability) and sampling with self-consistency
-   (confidence = the share of --samples candidates that agree); the precision/recall curve over the floor.
+   (confidence = the share of --samples candidates that agree); the precision/recall curve over the floor; then
+   the same with a generator LoRA-tuned on --tune-types (countries, regions, months, days: none of the three).
 3. /match: find_terms over a 100k-term list built from CLDR names (territories and languages in every locale)
    against a naive loop that tests every term, per text of a few hundred characters; server time, in process.
 
@@ -78,33 +79,48 @@ def quality(args) -> list[dict]:
     return reports
 
 
+def tuned_generator(args) -> tuple[Path, dict]:
+    """The generator LoRA-tuned on --tune-types (never the validation or held-out types), in the precision languages."""
+    folder = args.out / "generator-types"
+    if not (folder / "tunelab-generator.json").is_file():
+        run_tunelab("expand-tune", "--pairs", args.tune_types, "--languages", args.precision_languages, "--epochs",
+                    str(args.epochs), "--out", str(folder), "--overwrite")
+    return folder, json.loads((folder / "tunelab-generator.json").read_text())
+
+
 def precision_curves(args) -> dict:
-    """Each (decoding, concept type): the evaluation's curve; the floor chosen on the validation type."""
+    """Each (generator, decoding, concept type): the evaluation's curve; the floor chosen on the validation type."""
     found = {}
     decodings = {"beam": ["--decoding", "beam", "--per-language", str(args.per_language)],
                  "sample": ["--decoding", "sample", "--per-language", str(args.samples)]}
-    for decoding, flags in decodings.items():
-        for kind in ("scripts", "currencies", "languages"):
-            store = args.out / f"precision-{decoding}-{kind}.sqlite"
-            store.unlink(missing_ok=True)
-            found[(decoding, kind)] = run_tunelab(
-                "expand", "--concepts", kind, "--limit", str(args.type_concepts), "--languages",
-                args.precision_languages, *flags, "--evaluate", kind, "--store", str(store))
+    generators = {"prompted": []}
+    if args.tune_types:
+        folder, facts = tuned_generator(args)
+        generators[f"tuned on {args.tune_types} ({facts['pairs']} pairs, {facts['train_seconds']:.0f} s)"] = [
+            "--model", str(folder)]
+    for generator, model_flags in generators.items():
+        for decoding, flags in decodings.items():
+            for kind in ("scripts", "currencies", "languages"):
+                store = args.out / f"precision-{len(found)}.sqlite"
+                store.unlink(missing_ok=True)
+                found[(generator, decoding, kind)] = run_tunelab(
+                    "expand", "--concepts", kind, "--limit", str(args.type_concepts), "--languages",
+                    args.precision_languages, *flags, *model_flags, "--evaluate", kind, "--store", str(store))
     return found
 
 
 def precision_tables(found: dict, args, console) -> None:
-    for decoding in ("beam", "sample"):
-        validation = found[(decoding, "scripts")]["evaluation"]["curve"]
+    for generator, decoding in dict.fromkeys((g, d) for g, d, _ in found):
+        validation = found[(generator, decoding, "scripts")]["evaluation"]["curve"]
         chosen = next((p for p in validation if p["precision"] >= args.target_precision), validation[-1])
-        table = Table(title=f"{decoding}: precision / recall / no term kept over the confidence floor "
+        table = Table(title=f"{generator}, {decoding}: precision / recall / no term kept over the confidence floor "
                             f"({args.type_concepts} concepts a type x {args.precision_languages}); floor chosen on "
                             f"scripts for precision >= {args.target_precision}: {chosen['min_confidence']:.2f}")
         table.add_column("concept type")
         for point in validation:
             table.add_column(f">= {point['min_confidence']:.2f}", justify="right")
         for kind in ("scripts", "currencies", "languages"):
-            curve = found[(decoding, kind)]["evaluation"]["curve"]
+            curve = found[(generator, decoding, kind)]["evaluation"]["curve"]
             label = kind + (" (validation)" if kind == "scripts" else " (held out)")
             table.add_row(label, *[f"{p['precision']:.2f}/{p['recall']:.2f}/{p['no_term_share']:.0%}"
                                    + (" *" if p["min_confidence"] == chosen["min_confidence"] else "")
@@ -190,6 +206,8 @@ def main():
     parser.add_argument("--precision-languages", default="de,fr,es,it,pt")
     parser.add_argument("--samples", type=int, default=5, help="sampled candidates a pair (self-consistency)")
     parser.add_argument("--target-precision", type=float, default=0.5)
+    parser.add_argument("--tune-types", default="countries-train,regions,months,days",
+                        help="built-in types the precision part's tuned generator learns from ('' for none)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     skip = set(args.skip.split(","))
@@ -222,7 +240,7 @@ def main():
     if "precision" not in skip:
         found = precision_curves(args)
         precision_tables(found, args, console)
-        (args.out / "precision.json").write_text(json.dumps({f"{d}/{k}": v for (d, k), v in found.items()}))
+        (args.out / "precision.json").write_text(json.dumps({"/".join(key): v for key, v in found.items()}))
     if "match" not in skip:
         rows, n_terms = match_latency(args.terms, 2000)
         table = Table(title=f"/match server time: {n_terms:,} CLDR terms, texts of ~300 characters")

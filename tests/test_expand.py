@@ -9,8 +9,14 @@ import torch
 from helpers import LoopbackServer, one_error_line, run_cli
 
 from tunelab.errors import ConfigError, InputError
-from tunelab.generation.concepts import (Concept, Shot, country_concepts, country_reference, read_concepts,
-                                         read_pairs)
+from tunelab.generation.concepts import (
+    Concept,
+    Shot,
+    country_concepts,
+    country_reference,
+    read_concepts,
+    read_pairs,
+)
 from tunelab.generation.config import COUNTRY_LANGUAGES, ExpandConfig, language_codes
 from tunelab.generation.expand import evaluate_terms, expand
 from tunelab.generation.tuning import GENERATOR_FILE, generator_shots, tune_generator
@@ -188,7 +194,12 @@ def test_expand_command_refuses_bad_input_before_loading_a_model(tmp_path):
 
 
 def test_the_shared_prefix_cache_changes_no_candidate(tiny_model):
-    from tunelab.generation.prompts import generate_candidates, render_prompt, shared_prefix, stop_token_ids
+    from tunelab.generation.prompts import (
+        generate_candidates,
+        render_prompt,
+        shared_prefix,
+        stop_token_ids,
+    )
 
     shots = [Shot("good", "fr", "bon"), Shot("bad", "de", "schlecht")]
     prompts = [render_prompt(tiny_model.tokenizer, shots, source, lang)[0]
