@@ -251,6 +251,42 @@ def test_a_kept_term_carries_its_evidence_and_one_failing_every_check_is_not_sto
     assert _select([(Concept("DE", ("Germany",)), "fr")], generated, floor, None, dict(counts))[0] == []
 
 
+def test_back_translation_keeps_a_term_only_when_the_model_names_its_concept_in_english(tiny_model, monkeypatch):
+    from tunelab.generation import expand as module
+
+    asked = []
+
+    def answers(model, prompts, config, *, chat, prefix=""):  # the model's English names, one greedy answer each
+        asked.extend(prompts)
+        assert config.per_language == 1 and config.decoding == "beam"
+        return [[("Germany", -0.1, True)], [("Austria", -0.2, True)]]
+
+    monkeypatch.setattr(module, "generate_candidates", answers)
+    unchecked = json.dumps({"kept_because": ["no check asked for (every finished candidate is kept)"]})
+    terms = [Term("DE", "fr", "Allemagne", -0.3, evidence=unchecked),
+             Term("DE", "fr", "Autriche", -0.5, evidence=unchecked)]
+    counts = {"dropped_back_translation": 0}
+    kept, finished = module._back_translated(tiny_model, terms, [("DE", "fr", 3, 2)],
+                                             [(Concept("DE", ("Germany",)), "fr")], SHOTS, False,
+                                             ExpandConfig(languages=("fr",), back_translate=True), counts)
+    assert [t.text for t in kept] == ["Allemagne"] and finished == [("DE", "fr", 3, 1)]
+    assert counts["dropped_back_translation"] == 1
+    evidence = json.loads(kept[0].evidence)
+    assert evidence["back_translated"] and evidence["kept_because"] == ["back-translated to 'Germany'"]
+    assert asked[0].endswith("Allemagne in English:") and "bon in English: good" in asked[0]  # the shots reversed
+
+
+def test_expand_with_back_translation_runs_end_to_end_and_changes_the_prompt_hash(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr("tunelab.generation.prompts.stop_token_ids", lambda tokenizer: list(range(len(tokenizer))))
+    config = ExpandConfig(languages=("fr",), per_language=2, max_new_tokens=2, decoding="sample")
+    plain = expand(tiny_model, [Concept("P", ("good",))], tmp_path / "a.sqlite", config, shots=SHOTS)
+    checked = expand(tiny_model, [Concept("P", ("good",))], tmp_path / "b.sqlite",
+                     dataclasses.replace(config, back_translate=True), shots=SHOTS)
+    assert checked["prompt_hash"] != plain["prompt_hash"]
+    # a random model almost never answers "good": what it kept plus what it dropped is what it would have kept
+    assert checked["kept"] + checked["dropped_back_translation"] == plain["kept"] > 0
+
+
 def test_evidence_is_stored_and_match_honours_a_confidence_floor(tmp_path):
     from fastapi.testclient import TestClient
 

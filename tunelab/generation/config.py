@@ -32,6 +32,8 @@ class ExpandConfig:
     min_agreement: Annotated[int, "Keep a term only when this many of its pair's candidates agree on it."] = 1
     # the agreement share when sampled, else the mean token probability exp(score); what /match can filter on
     min_confidence: Annotated[float | None, "Keep a term only at or above this confidence (0..1)."] = None
+    back_translate: Annotated[bool, "Keep a term only when the model, asked for its English name, answers the "
+                                    "concept's seed name."] = False
     append: Annotated[bool, "Add to a store that holds another generator's terms."] = False
     seed: Annotated[int, "Seed for sampling."] = 0
 

@@ -68,13 +68,15 @@ def expand(
         counts = {"pairs": len(concepts) * len(config.languages), "already_done": len(concepts) *
                   len(config.languages) - len(pairs), "generated": 0, "candidates": 0, "kept": 0,
                   "dropped_score": 0, "dropped_verifier": 0, "dropped_agreement": 0, "dropped_confidence": 0,
-                  "empty": 0, "unfinished": 0}
+                  "dropped_back_translation": 0, "empty": 0, "unfinished": 0}
         started = time.perf_counter()
         for start in range(0, len(pairs), config.batch_size):
             batch = pairs[start : start + config.batch_size]
             prompts = [render_prompt(model.tokenizer, shots, c.names[0], lang)[0] for c, lang in batch]
             generated = generate_candidates(model, prompts, config, chat=chat, prefix=prefix)
             terms, finished = _select(batch, generated, config, verifier, counts)
+            if config.back_translate and terms:
+                terms, finished = _back_translated(model, terms, finished, batch, shots, chat, config, counts)
             counts["kept"] += store.put_batch(terms, finished, model.fingerprint, hashed)
             counts["generated"] += len(batch)
             if on_progress:
@@ -133,12 +135,40 @@ def _select(batch, generated, config: ExpandConfig, verifier, counts: dict):
             for t, p in zip(terms, probabilities)]
         terms = [t for t in judged if t.verifier_score >= 0.5]
         counts["dropped_verifier"] += len(judged) - len(terms)
-        kept_per_pair: dict = {}
-        for t in terms:
-            kept_per_pair[(t.concept, t.language)] = kept_per_pair.get((t.concept, t.language), 0) + 1
-        for row in finished:
-            row[3] = kept_per_pair.get((row[0], row[1]), 0)
+        finished = _recount(finished, terms)
     return terms, [tuple(row) for row in finished]
+
+
+def _recount(finished: list, terms: list[Term]) -> list:
+    """The finished pairs' kept counts after a check dropped some of their terms."""
+    kept_per_pair: dict = {}
+    for t in terms:
+        kept_per_pair[(t.concept, t.language)] = kept_per_pair.get((t.concept, t.language), 0) + 1
+    return [(*row[:3], kept_per_pair.get((row[0], row[1]), 0)) for row in finished]
+
+
+def _back_translated(model: Model, terms: list[Term], finished: list, batch, shots: list[Shot], chat: bool,
+                     config: ExpandConfig, counts: dict) -> tuple[list[Term], list]:
+    """The terms whose back-translation gives their concept back: the model, prompted with the same shots turned
+    around (name in the language -> English), names each term in English by greedy decoding; a term is kept when
+    that answer normalises to one of the concept's seed names. Each term's evidence records the answer."""
+    seeds = {c.id: {match_key(normalise_term(name)) for name in c.names} for c, _ in batch}
+    reverse = [Shot(shot.name, "en", shot.source) for shot in shots]
+    prompts = [render_prompt(model.tokenizer, reverse, t.text, "en")[0] for t in terms]
+    greedy = dataclasses.replace(config, per_language=1, decoding="beam")
+    answers = [candidates[0][0] for candidates in generate_candidates(
+        model, prompts, greedy, chat=chat, prefix=shared_prefix(model.tokenizer, reverse))]
+    kept = []
+    for term, answer in zip(terms, answers):
+        back = normalise_term(answer)
+        agrees = bool(back) and match_key(back) in seeds[term.concept]
+        evidence = {**json.loads(term.evidence), "back_translation": back, "back_translated": agrees}
+        if agrees:
+            evidence["kept_because"] = [*(c for c in evidence["kept_because"] if not c.startswith("no check")),
+                                        f"back-translated to {back!r}"]
+            kept.append(dataclasses.replace(term, evidence=json.dumps(evidence)))
+    counts["dropped_back_translation"] += len(terms) - len(kept)
+    return kept, _recount(finished, kept)
 
 
 def _why_kept(config: ExpandConfig, score: float, agreement: int, of: int, confidence: float) -> dict:
@@ -206,7 +236,8 @@ def summary_lines(report: dict) -> list[str]:
              f"{report['terms_per_s']:.1f}/s, {report['kept']:,} new terms kept "
              f"({report['dropped_score']:,} under --min-score, {report['dropped_agreement']:,} under "
              f"--min-agreement, {report['dropped_confidence']:,} under --min-confidence, "
-             f"{report['dropped_verifier']:,} refused by the verifier, {report['empty']:,} empty, "
+             f"{report['dropped_verifier']:,} refused by the verifier, {report['dropped_back_translation']:,} not "
+             f"back-translated to their concept, {report['empty']:,} empty, "
              f"{report['unfinished']:,} unfinished at --max-new-tokens); "
              f"{report['terms_in_store']:,} terms in {report['store']}"]
     if "evaluation" in report:

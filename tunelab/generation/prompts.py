@@ -63,6 +63,8 @@ def prompt_hash(shots: list[Shot], config: ExpandConfig, chat: bool) -> str:
                   "decoding": config.decoding, "temperature": config.temperature if config.decoding == "sample"
                   else None, "max_new_tokens": config.max_new_tokens, "min_score": config.min_score,
                   "seed": config.seed}
+    if config.back_translate:  # a filter that decides what a done pair stored (absent when off: older hashes hold)
+        decided_by["back_translate"] = True
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
 
 
