@@ -9,7 +9,8 @@
    at least --target-precision) and on currencies and languages (held out: measured at that floor), in
    --precision-languages; beam search (confidence = mean token probability) and sampling with self-consistency
    (confidence = the share of --samples candidates that agree); the precision/recall curve over the floor; then
-   the same with a generator LoRA-tuned on --tune-types (countries, regions, months, days: none of the three).
+   the same with a generator LoRA-tuned on --tune-types (countries, regions, months, days: none of the three);
+   and beam search with back-translation (a term kept only when the model names its concept in English again).
 3. /match: find_terms over a 100k-term list built from CLDR names (territories and languages in every locale)
    against a naive loop that tests every term, per text of a few hundred characters; server time, in process.
 
@@ -92,7 +93,9 @@ def precision_curves(args) -> dict:
     """Each (generator, decoding, concept type): the evaluation's curve; the floor chosen on the validation type."""
     found = {}
     decodings = {"beam": ["--decoding", "beam", "--per-language", str(args.per_language)],
-                 "sample": ["--decoding", "sample", "--per-language", str(args.samples)]}
+                 "sample": ["--decoding", "sample", "--per-language", str(args.samples)],
+                 "beam, back-translated": ["--decoding", "beam", "--per-language", str(args.per_language),
+                                           "--back-translate"]}
     generators = {"prompted": []}
     if args.tune_types:
         folder, facts = tuned_generator(args)
