@@ -6,7 +6,7 @@ import pytest
 from tunelab.config import PromptConfig
 from tunelab.rungs.prompting import few_shot
 from tunelab.scoring import precision
-from tunelab.scoring.precision import parity, resolve_precision
+from tunelab.scoring.precision import FAST_RATIO, choose_training_precision, parity, resolve_precision
 
 
 def test_parity_needs_the_same_predictions_and_close_probabilities():
@@ -29,6 +29,28 @@ def test_auto_is_fp32_on_a_slow_device_and_bf16_only_with_parity(monkeypatch):
     apart = {"fp32": close["fp32"], "bf16": np.array([[0.4, 0.6]] * 10)}
     assert resolve_precision("auto", cpu, apart.get)["precision"] == "fp32"
     assert resolve_precision("bf16", cpu, apart.get)["precision"] == "bf16"  # asked for: no check
+
+
+def test_training_keeps_bf16_only_where_a_timed_step_is_fast_enough():
+    chosen = {"requested": "auto", "precision": "bf16"}
+    fast = choose_training_precision(chosen, {"fp32": 2.0, "bf16": 1.0}.get)
+    assert fast["precision"] == "bf16" and fast["training_step_speedup"] == 2.0
+    even = choose_training_precision(chosen, {"fp32": 1.0, "bf16": 1.0}.get)  # words: autograd's cost, no gain
+    assert even["precision"] == "fp32" and even["training_step_speedup"] == 1.0
+    untimed = lambda precision: pytest.fail("timed without need")  # noqa: E731
+    assert choose_training_precision({"requested": "bf16", "precision": "bf16"}, untimed)["precision"] == "bf16"
+    assert choose_training_precision({"requested": "auto", "precision": "fp32"}, untimed)["precision"] == "fp32"
+
+
+def test_auto_lora_training_records_its_timed_step_and_follows_it(tiny_model, tiny_task, tmp_path, monkeypatch):
+    from tunelab.config import TuneConfig
+    from tunelab.rungs.tuning import finetune
+
+    monkeypatch.setattr(precision, "bf16_speedup", lambda device_type: 3.0)
+    config = TuneConfig(method="lora", epochs=1, lr=1e-2, min_steps=0, batch_size=4)
+    record = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "auto").meta["precision_record"]["training"]
+    assert record["parity"]["passes"]  # bf16 chosen for inference: training then timed one micro-batch each way
+    assert record["precision"] == ("bf16" if record["training_step_speedup"] >= FAST_RATIO else "fp32")
 
 
 def test_a_bf16_prompt_scores_close_to_fp32_and_changes_no_weight(tiny_model, tiny_task, monkeypatch):

@@ -19,6 +19,7 @@ import shutil
 import time
 import warnings
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +40,7 @@ from tunelab.rungs.tuning_loss import (
     _validation_loss,
     micro_batch_tokens,
 )
-from tunelab.scoring.precision import choose_precision
+from tunelab.scoring.precision import choose_precision, choose_training_precision
 from tunelab.scoring.tokens import PrefixCache, row_tokens
 from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
 from tunelab.tasks import Task, split_examples
@@ -163,6 +164,20 @@ def _share(real: int, run: int) -> float:
     return 1 - real / run if run else 0.0
 
 
+def _seconds_per_token(lm, verbalizer, batch, pad_id: int, cache_prefix: bool, trainable, precision: str) -> float:
+    """Forward and backward of the first micro-batch `precision` would run, timed after one untimed pass (kernel
+    selection), per prompt token; the gradients are dropped."""
+    micro = batch.micro_batches(micro_batch_tokens(precision))[0]
+    seconds = 0.0
+    for _ in range(2):
+        started = time.perf_counter()
+        _loss_step(lm, verbalizer, micro, pad_id, cache_prefix, precision).backward()
+        seconds = time.perf_counter() - started
+    for parameter in trainable:
+        parameter.grad = None
+    return seconds / max(1, micro.tokens)
+
+
 def padding_share(micro_batches: list[_Batch], prefix: PrefixCache) -> tuple[int, int]:
     """(real, run) row tokens over these micro-batches, as the training forward passes run them."""
     counts = [row_tokens(prefix, micro.pairs) for micro in micro_batches]
@@ -246,6 +261,12 @@ def finetune(
             restore_checkpoint(out_dir / CHECKPOINTS, progress, lm, optimizer, scheduler)
 
         lengths = [len(ids) for ids in model.tokenizer(train_texts, add_special_tokens=False)["input_ids"]]
+        if progress["epoch"] == 0 and not progress["history"] and training_precision["precision"] == "bf16":
+            first = _batches(verbalizer, train, config, _epoch_order(lengths, passes, config, 0), max_length)[0]
+            timed = partial(_seconds_per_token, lm, verbalizer, first, pad_id, not checkpointing, trainable)
+            training_precision = dist.broadcast(  # rank 0's clock decides for all
+                choose_training_precision(training_precision, timed) if dist.is_main else None)
+            progress["training_precision"] = training_precision
         max_tokens = micro_batch_tokens(training_precision["precision"])
         prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction) if not checkpointing else [])
         shuffled = dataclasses.replace(config, length_groups=False)  # what plain shuffling would pad, for the record
