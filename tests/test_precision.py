@@ -44,13 +44,22 @@ def test_training_keeps_bf16_only_where_a_timed_step_is_fast_enough():
 
 def test_auto_lora_training_records_its_timed_step_and_follows_it(tiny_model, tiny_task, tmp_path, monkeypatch):
     from tunelab.config import TuneConfig
-    from tunelab.rungs.tuning import finetune
+    from tunelab.rungs import tuning
 
-    monkeypatch.setattr(precision, "bf16_speedup", lambda device_type: 3.0)
+    chose_bf16 = {"requested": "auto", "precision": "bf16", "bf16_speedup": 3.0, "parity": {"passes": True}}
+    monkeypatch.setattr(tuning, "choose_precision", lambda predictor, *args: dict(chose_bf16))  # as on an AMX CPU
+    timed, real_timer = [], tuning._seconds_per_token
+    monkeypatch.setattr(tuning, "_seconds_per_token", lambda *args: timed.append(args[-1]) or
+                        {"fp32": 1.0, "bf16": 0.95}[args[-1]])  # bf16 barely faster: words
     config = TuneConfig(method="lora", epochs=1, lr=1e-2, min_steps=0, batch_size=4)
-    record = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "auto").meta["precision_record"]["training"]
-    assert record["parity"]["passes"]  # bf16 chosen for inference: training then timed one micro-batch each way
-    assert record["precision"] == ("bf16" if record["training_step_speedup"] >= FAST_RATIO else "fp32")
+    tuned = tuning.finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "auto")
+    record = tuned.meta["precision_record"]["training"]
+    assert timed == ["fp32", "bf16"] and record["training_step_speedup"] == round(1 / 0.95, 2)
+    assert record["precision"] == "fp32"  # under FAST_RATIO: trained in fp32
+    monkeypatch.setattr(tuning, "_seconds_per_token", real_timer)
+    record = tuning.finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "timed").meta["precision_record"]
+    speedup = record["training"]["training_step_speedup"]  # the real micro-batch, timed each way
+    assert speedup > 0 and record["training"]["precision"] == ("bf16" if speedup >= FAST_RATIO else "fp32")
 
 
 def test_a_bf16_prompt_scores_close_to_fp32_and_changes_no_weight(tiny_model, tiny_task, monkeypatch):
