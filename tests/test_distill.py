@@ -192,3 +192,19 @@ def test_a_student_budget_stops_training_and_says_so(tiny_model, tiny_task):
     whole, _ = distill(teacher, tiny_task, DistillConfig(student="pruned:1", epochs=2, batch_size=2),
                        transfer_texts=texts)
     assert whole.meta["training"]["cut_short"] is None
+
+
+def test_auto_student_training_times_a_micro_batch_each_way_and_follows_it(tiny_model, tiny_task, monkeypatch):
+    from tunelab.scoring import precision
+
+    monkeypatch.setattr(precision, "bf16_speedup", lambda device_type: 3.0)  # as on an AMX CPU
+    teacher = few_shot(tiny_model, tiny_task, PromptConfig(shots=0))
+    texts = [e.text for e in tiny_task.train + tiny_task.test]
+    student, _ = distill(teacher, tiny_task, DistillConfig(student="pruned:1", epochs=1, batch_size=4),
+                         transfer_texts=texts)
+    record = student.meta["precision_record"]
+    speedup = record["training_step_speedup"]
+    assert speedup > 0 and record["training"] == ("bf16" if speedup >= precision.FAST_RATIO else "fp32")
+    fixed, _ = distill(teacher, tiny_task, DistillConfig(student="pruned:1", epochs=1, batch_size=4, precision="fp32"),
+                       transfer_texts=texts)
+    assert fixed.meta["precision_record"]["training_step_speedup"] is None  # asked for: nothing timed

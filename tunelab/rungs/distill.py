@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -21,12 +22,22 @@ from tunelab.distributed import from_env
 from tunelab.errors import InputError
 from tunelab.measure.evaluate import evaluate, headline_quality, quality_metric
 from tunelab.models import tunelab_home
-from tunelab.offline.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
+from tunelab.offline.bulk import (
+    BulkConfig,
+    normalise,
+    predict_all,
+    read_inputs,
+    text_key,
+)
 from tunelab.offline.store import Store
 from tunelab.predictor import Predictor, check_fits_task, length_batches, save_predictor
 from tunelab.rungs.causal_lm import CausalLMPredictor
 from tunelab.rungs.students import EncoderStudent, make_student
-from tunelab.scoring.precision import bf16_is_fast, choose_precision
+from tunelab.scoring.precision import (
+    bf16_is_fast,
+    choose_precision,
+    choose_training_precision,
+)
 from tunelab.scoring.verbalizer import expected_rating, rating_to_value
 from tunelab.tasks import Task
 from tunelab.training import Deadline, adamw, training_step
@@ -131,6 +142,20 @@ def _student_loss(student, task: Task, config: DistillConfig, texts: list[str], 
     return regression_distillation_loss(values.reshape(-1), soft, gold, has_gold, config.alpha, **counts)
 
 
+def _seconds_per_text(student, precision: str, *, trainable, loss: Callable[[], torch.Tensor], n: int) -> float:
+    """Forward and backward of one micro-batch in `precision`, timed after one untimed pass, per text; the
+    gradients are dropped (scoring/precision.choose_training_precision decides with it)."""
+    student.set_precision(precision)
+    seconds = 0.0
+    for _ in range(2):
+        started = time.perf_counter()
+        loss().backward()
+        seconds = time.perf_counter() - started
+    for parameter in trainable:
+        parameter.grad = None
+    return seconds / max(1, n)
+
+
 def _epoch_order(lengths: list[int], config: DistillConfig, epoch: int) -> torch.Tensor:
     """The transfer texts' order in one epoch: shuffled, or shuffled in groups sorted by length (as fine-tuning's
     batches, rungs/tuning.py) so that a batch's micro-batches carry little padding."""
@@ -194,10 +219,22 @@ def distill(
         fast = dist.broadcast(bf16_is_fast(next(module.parameters()).device.type))  # timed: rank 0 decides
         student.set_precision("bf16" if config.precision == "bf16" or (config.precision == "auto" and fast)
                               else "fp32")
-        training_precision = student.precision
         trainable = [p for p in module.parameters()]
         for parameter in trainable:
             parameter.requires_grad_(True)
+        timed_record = {"requested": config.precision, "precision": student.precision}
+        if config.precision == "auto" and student.precision == "bf16":  # a timed micro-batch each way decides
+            first = _epoch_order([len(text) for text in texts], config, 0)[: config.batch_size]
+            part = first[length_batches([texts[i] for i in first.tolist()], len(first), MICRO_BATCH_CHARS)[0]]
+
+            def loss() -> torch.Tensor:
+                return _student_loss(student, task, config, texts, part, (soft, gold, has_gold), len(part),
+                                     int(has_gold[part].sum()))
+
+            timed = partial(_seconds_per_text, student, trainable=trainable, loss=loss, n=len(part))
+            timed_record = dist.broadcast(choose_training_precision(timed_record, timed) if dist.is_main else None)
+            student.set_precision(timed_record["precision"])
+        training_precision = student.precision
         optimizer = adamw(trainable, lr=config.learning_rate, weight_decay=0.01)
         deadline = Deadline(config.budget_s)
         cut_short = None
@@ -231,7 +268,8 @@ def distill(
         return None, None  # rank 0 evaluates and saves the one student
     inference_precision = choose_precision(student, config.precision, texts, next(module.parameters()).device,
                                            task.value_range)
-    student.meta["precision_record"] = {"training": training_precision, "inference": inference_precision}
+    student.meta["precision_record"] = {"training": training_precision, "inference": inference_precision,
+                                        "training_step_speedup": timed_record.get("training_step_speedup")}
     if isinstance(student, CausalLMPredictor):
         student.forget_cache()
 
