@@ -35,6 +35,7 @@ from tunelab.models import Model
 from tunelab.predictor import (
     Predictions,
     load_base_model,
+    predict,
     save_base_reference,
     save_predictor,
     write_artifact_json,
@@ -209,7 +210,7 @@ def fit_probe(model: Model, task: Task, config: ProbeConfig = ProbeConfig(), *, 
     predictor = _fit(model, task, config, layers, candidate, cache, on_progress)
     sample = [e.text for e in task.train][:PARITY_TEXTS]
     record = resolve_precision(config.precision, device, lambda precision: comparable(
-        predictor.with_precision(precision).predict_batch(sample), predictor.value_range))
+        predict(predictor.with_precision(precision), sample), predictor.value_range))
     if record["precision"] != candidate:
         predictor = _fit(model, task, config, layers, record["precision"], cache, on_progress)
     predictor.meta["training"]["precision"] = record

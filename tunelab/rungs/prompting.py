@@ -25,6 +25,7 @@ from tunelab.models import MiniLMEmbedder, Model
 from tunelab.predictor import (
     Predictions,
     load_base_model,
+    predict,
     save_base_reference,
     save_predictor,
     write_artifact_json,
@@ -251,7 +252,7 @@ def _calibrate_and_check(predictor: PromptPredictor, held_out: list[Example], ta
 
 
 def _held_out_quality(predictor: PromptPredictor, examples: list[Example], task: Task) -> float:
-    predictions = predictor.predict_batch([e.text for e in examples])
+    predictions = predict(predictor, [e.text for e in examples])
     return deciding_metric(task)(*gold_and_outputs(task, predictions, examples))
 
 

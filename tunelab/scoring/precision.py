@@ -105,6 +105,8 @@ def choose_precision(predictor, requested: str, texts: list[str], device: torch.
                      value_range: tuple[float, float] | None = None) -> dict:
     """Resolve `requested` for `predictor` (which has `set_precision(p)` and `predict_batch`) on up to PARITY_TEXTS
     of `texts`, leave the predictor in the chosen precision, and return the record (resolve_precision)."""
+    from tunelab.predictor import predict
+
     sample = texts[:PARITY_TEXTS]
     seconds = {}
 
@@ -112,7 +114,8 @@ def choose_precision(predictor, requested: str, texts: list[str], device: torch.
         predictor.set_precision(precision)
         predictor.predict_batch(sample[:8])  # warm-up: the first call in a precision pays for kernel selection
         started = time.perf_counter()
-        found = comparable(predictor.predict_batch(sample), value_range)
+        # in length-sorted batches, as every rung predicts: 100 e-mails in one padded batch took 8x as long
+        found = comparable(predict(predictor, sample), value_range)
         seconds[precision] = time.perf_counter() - started
         return found
 

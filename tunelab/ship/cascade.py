@@ -63,10 +63,12 @@ class CascadePredictor:
                          f"{self.threshold:.3f}, else {self.strong.rung} ({self.strong.fingerprint})"}
 
     def predict_batch(self, texts: list[str]) -> Predictions:
-        probs = self.fast.predict_batch(texts).probs.copy()
+        # each member batches its own share by length (predict): a causal-LM teacher given the escalated texts of
+        # a 256-text batch at once would pad them all to the longest
+        probs = predict(self.fast, texts).probs.copy()
         escalate = np.flatnonzero(probs.max(axis=1) <= self.threshold)
         if len(escalate):
-            probs[escalate] = self.strong.predict_batch([texts[i] for i in escalate]).probs
+            probs[escalate] = predict(self.strong, [texts[i] for i in escalate]).probs
         self.seen += len(texts)
         self.escalated += len(escalate)
         return Predictions("classification", self.label_names, probs=probs)
