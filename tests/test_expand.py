@@ -9,14 +9,7 @@ import torch
 from helpers import LoopbackServer, one_error_line, run_cli
 
 from tunelab.errors import ConfigError, InputError
-from tunelab.generation.concepts import (
-    Concept,
-    Shot,
-    country_concepts,
-    country_reference,
-    read_concepts,
-    read_pairs,
-)
+from tunelab.generation.concepts import Concept, Shot, country_concepts, country_reference, read_concepts, read_pairs
 from tunelab.generation.config import COUNTRY_LANGUAGES, ExpandConfig, language_codes
 from tunelab.generation.expand import evaluate_terms, expand
 from tunelab.generation.tuning import GENERATOR_FILE, generator_shots, tune_generator

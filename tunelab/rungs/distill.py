@@ -22,22 +22,12 @@ from tunelab.distributed import from_env
 from tunelab.errors import InputError
 from tunelab.measure.evaluate import evaluate, headline_quality, quality_metric
 from tunelab.models import tunelab_home
-from tunelab.offline.bulk import (
-    BulkConfig,
-    normalise,
-    predict_all,
-    read_inputs,
-    text_key,
-)
+from tunelab.offline.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
 from tunelab.offline.store import Store
 from tunelab.predictor import Predictor, check_fits_task, length_batches, save_predictor
 from tunelab.rungs.causal_lm import CausalLMPredictor
 from tunelab.rungs.students import EncoderStudent, make_student
-from tunelab.scoring.precision import (
-    bf16_is_fast,
-    choose_precision,
-    choose_training_precision,
-)
+from tunelab.scoring.precision import bf16_is_fast, choose_precision, choose_training_precision
 from tunelab.scoring.verbalizer import expected_rating, rating_to_value
 from tunelab.tasks import Task
 from tunelab.training import Deadline, adamw, training_step
