@@ -63,12 +63,13 @@ class CascadePredictor:
                          f"{self.threshold:.3f}, else {self.strong.rung} ({self.strong.fingerprint})"}
 
     def predict_batch(self, texts: list[str]) -> Predictions:
-        # each member batches its own share by length (predict): a causal-LM teacher given the escalated texts of
-        # a 256-text batch at once would pad them all to the longest
-        probs = predict(self.fast, texts).probs.copy()
+        # each member gets its share whole where it is small (one call: short texts), split by predict()'s size
+        # bound where it is not (a causal-LM teacher given 100 escalated e-mails at once would pad them all to the
+        # longest); batches of 32 instead of one call cost the vader cascade 22% of its speed
+        probs = predict(self.fast, texts, batch_size=len(texts)).probs.copy()
         escalate = np.flatnonzero(probs.max(axis=1) <= self.threshold)
         if len(escalate):
-            probs[escalate] = predict(self.strong, [texts[i] for i in escalate]).probs
+            probs[escalate] = predict(self.strong, [texts[i] for i in escalate], batch_size=len(escalate)).probs
         self.seen += len(texts)
         self.escalated += len(escalate)
         return Predictions("classification", self.label_names, probs=probs)
