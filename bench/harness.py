@@ -14,3 +14,20 @@ def run_tunelab(*args: str) -> dict:
     if done.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def examples_per_s(predictor, texts: list[str], repeats: int = 3, *, warm_up: bool = False) -> float:
+    """Best of `repeats` passes over `texts` through predict() (the first pass also warms the runtime up; with
+    `warm_up`, one untimed pass comes before them)."""
+    import time
+
+    from tunelab.predictor import predict
+
+    if warm_up:
+        predict(predictor, texts)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predict(predictor, texts)
+        best = min(best, time.perf_counter() - started)
+    return len(texts) / best

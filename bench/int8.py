@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import examples_per_s
 from rich.console import Console
 from rich.table import Table
 
@@ -33,16 +34,6 @@ from tunelab.ship.onnx_predictor import OnnxPredictor
 from tunelab.tasks import load_task, split_examples
 
 console = Console(width=180)
-
-
-def examples_per_s(predictor, texts: list[str], repeats: int = 3) -> float:
-    predict(predictor, texts)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        predict(predictor, texts)
-        best = min(best, time.perf_counter() - started)
-    return len(texts) / best
 
 
 class Workbench:
@@ -125,10 +116,10 @@ def one_task(name: str, args) -> list[dict]:
     gold = np.array([student.label_names.index(e.label) for e in task.test])
     student.set_precision("fp32")  # the gate's reference, as `tunelab export`
     reference, reference_held = predict(student, texts).probs, predict(student, held_texts).probs
-    rows = [{"arm": "torch fp32", "speed": examples_per_s(student, texts)}]
+    rows = [{"arm": "torch fp32", "speed": examples_per_s(student, texts, warm_up=True)}]
     own = student.meta.get("precision_record", {}).get("inference", {}).get("precision", "fp32")
     student.set_precision(own)
-    rows.append({"arm": f"torch {own} (the student as saved)", "speed": examples_per_s(student, texts)})
+    rows.append({"arm": f"torch {own} (the student as saved)", "speed": examples_per_s(student, texts, warm_up=True)})
     torch_speed = rows[-1]["speed"]
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -142,7 +133,8 @@ def one_task(name: str, args) -> list[dict]:
             within = np.abs(reference - probs).max(axis=1) <= PROB_TOLERANCE
             same = reference.argmax(axis=1) == probs.argmax(axis=1)
             rows.append({"arm": arm, "figures": figures, "same_and_within": float(np.mean(same & within)),
-                         "speed": None if per_text else examples_per_s(predictor, texts), "mb": bench.model_mb()})
+                         "speed": None if per_text else examples_per_s(predictor, texts, warm_up=True),
+                         "mb": bench.model_mb()})
             console.print(f"  {name}: {arm}: same label {figures['agreement']:.2%}, largest difference "
                           f"{figures['max_prob_difference']:.3f}")
 

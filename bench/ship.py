@@ -17,13 +17,14 @@ import json
 import time
 from pathlib import Path
 
+from harness import examples_per_s
 from rich.console import Console
 from rich.table import Table
 
 from tunelab.config import DistillConfig, TuneConfig
 from tunelab.errors import ModelError
 from tunelab.models import load_model
-from tunelab.predictor import load_predictor, predict
+from tunelab.predictor import load_predictor
 from tunelab.rungs.distill import distill
 from tunelab.rungs.tuning import finetune
 from tunelab.ship.calibration import calibrate, calibration_report
@@ -36,16 +37,6 @@ console = Console(width=180)
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def examples_per_s(predictor, texts: list[str], repeats: int = 3) -> float:
-    """Best of `repeats` passes over `texts` (the first pass also warms the runtime up)."""
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        predict(predictor, texts)
-        best = min(best, time.perf_counter() - started)
-    return len(texts) / best
 
 
 def one_task(model, name: str, args) -> dict:
