@@ -10,7 +10,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -81,6 +81,19 @@ def training_step(parameters: list[torch.nn.Parameter], optimizer: torch.optim.O
 
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoints: safetensors and JSON only, each a folder written atomically, then a pointer file
+
+
+def backward_seconds(loss: Callable[[], torch.Tensor], parameters: list[torch.nn.Parameter]) -> float:
+    """Seconds of one forward and backward of `loss()`, timed after an untimed pass (allocation, kernel
+    selection); the gradients are dropped, so no optimizer step sees them (the trainers' timed precision choice)."""
+    seconds = 0.0
+    for _ in range(2):
+        started = time.perf_counter()
+        loss().backward()
+        seconds = time.perf_counter() - started
+    for parameter in parameters:
+        parameter.grad = None
+    return seconds
 
 
 def _optimizer_to_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -30,7 +30,7 @@ from tunelab.rungs.students import EncoderStudent, make_student
 from tunelab.scoring.precision import bf16_is_fast, choose_precision, choose_training_precision
 from tunelab.scoring.verbalizer import expected_rating, rating_to_value
 from tunelab.tasks import Task
-from tunelab.training import Deadline, adamw, training_step
+from tunelab.training import Deadline, adamw, backward_seconds, training_step
 
 # Characters per student forward/backward pass (about 1,000 tokens; a proxy that needs no tokenizer): a batch of
 # long texts accumulates its gradient over several, so a student's activations follow this budget, not the batch
@@ -133,17 +133,9 @@ def _student_loss(student, task: Task, config: DistillConfig, texts: list[str], 
 
 
 def _seconds_per_text(student, precision: str, *, trainable, loss: Callable[[], torch.Tensor], n: int) -> float:
-    """Forward and backward of one micro-batch in `precision`, timed after one untimed pass, per text; the
-    gradients are dropped (scoring/precision.choose_training_precision decides with it)."""
+    """Forward and backward of one micro-batch in `precision`, per text (choose_training_precision decides)."""
     student.set_precision(precision)
-    seconds = 0.0
-    for _ in range(2):
-        started = time.perf_counter()
-        loss().backward()
-        seconds = time.perf_counter() - started
-    for parameter in trainable:
-        parameter.grad = None
-    return seconds / max(1, n)
+    return backward_seconds(loss, trainable) / max(1, n)
 
 
 def _epoch_order(lengths: list[int], config: DistillConfig, epoch: int) -> torch.Tensor:

@@ -47,6 +47,7 @@ from tunelab.tasks import Task, split_examples
 from tunelab.training import (
     Deadline,
     adamw,
+    backward_seconds,
     load_trainable,
     read_checkpoint,
     restore_checkpoint,
@@ -165,17 +166,10 @@ def _share(real: int, run: int) -> float:
 
 
 def _seconds_per_token(lm, verbalizer, batch, pad_id: int, cache_prefix: bool, trainable, precision: str) -> float:
-    """Forward and backward of the first micro-batch `precision` would run, timed after one untimed pass (kernel
-    selection), per prompt token; the gradients are dropped."""
+    """Forward and backward of the first micro-batch `precision` would run, per prompt token."""
     micro = batch.micro_batches(micro_batch_tokens(precision))[0]
-    seconds = 0.0
-    for _ in range(2):
-        started = time.perf_counter()
-        _loss_step(lm, verbalizer, micro, pad_id, cache_prefix, precision).backward()
-        seconds = time.perf_counter() - started
-    for parameter in trainable:
-        parameter.grad = None
-    return seconds / max(1, micro.tokens)
+    loss = partial(_loss_step, lm, verbalizer, micro, pad_id, cache_prefix, precision)
+    return backward_seconds(loss, trainable) / max(1, micro.tokens)
 
 
 def padding_share(micro_batches: list[_Batch], prefix: PrefixCache) -> tuple[int, int]:
