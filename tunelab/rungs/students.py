@@ -15,6 +15,7 @@ from tunelab.config import DistillConfig
 from tunelab.errors import ConfigError, ModelError
 from tunelab.models import (
     LOCAL_ONLY,
+    MODEL_LOCAL_ONLY,
     Model,
     bundled_minilm_path,
     check_model_folder,
@@ -195,7 +196,7 @@ def load_student(directory: Path, payload: dict):
                                     "precision", "precision_record", "long_texts") if k in payload}
     check_model_folder(directory / "model")
     try:
-        encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model", **LOCAL_ONLY)
+        encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model", **MODEL_LOCAL_ONLY)
         tokenizer = AutoTokenizer.from_pretrained(directory / "model", **LOCAL_ONLY)
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"{directory / 'model'}: cannot load the student ({err})") from None
@@ -241,7 +242,7 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
         n_outputs = len(task.labels) if task.is_classification else 1
         with torch.random.fork_rng(devices=[]):  # the new head's initialisation draws from the global RNG
             torch.manual_seed(config.seed)
-            encoder = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n_outputs, **LOCAL_ONLY)
+            encoder = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n_outputs, **MODEL_LOCAL_ONLY)
         tokenizer = AutoTokenizer.from_pretrained(path, **LOCAL_ONLY)
         context = check_max_length(config.max_length, encoder, "the student's")
         derived = length_quantile([len(ids) for ids in tokenizer(_length_sample(task)).input_ids], context)
@@ -265,7 +266,7 @@ def time_encoder_training(task: Task, config: DistillConfig, n_texts: int = 32) 
     path = bundled_minilm_path() if config.student == "minilm" else Path(config.student.split(":", 1)[1])
     with torch.random.fork_rng(devices=[]):  # the new head's initialisation draws from the global RNG
         encoder = AutoModelForSequenceClassification.from_pretrained(path, num_labels=max(1, len(task.labels)),
-                                                                     **LOCAL_ONLY).to(choose_device()).train()
+                                                                     **MODEL_LOCAL_ONLY).to(choose_device()).train()
     tokenizer = AutoTokenizer.from_pretrained(path, **LOCAL_ONLY)
     texts = ([e.text for e in task.train] + list(task.unlabeled))[:n_texts]
     batch = tokenizer(texts, padding=True, truncation=True, max_length=TRAIN_MAX_TOKENS, return_tensors="pt")
