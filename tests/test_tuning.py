@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunelab.errors import ConfigError, TrainingError
+from tunelab.errors import ConfigError, ModelError, TrainingError
 from tunelab.models import load_model
 from tunelab.predictor import load_predictor, predict
 from tunelab.rungs import tuning
@@ -115,6 +115,49 @@ def test_saved_lora_reloads_with_the_same_predictions(tiny_model, tiny_task, tmp
     loaded = load_predictor(out)
     assert np.allclose(predict(loaded, _texts(tiny_task)).probs, predict(predictor, _texts(tiny_task)).probs,
                        atol=1e-5)
+
+
+def test_a_lora_artifact_reloads_where_merging_rounds_differently_but_not_with_a_changed_adapter(
+        tiny_model, tiny_task, tmp_path, monkeypatch):
+    """Merging an adapter is float arithmetic whose last bits depend on the device (a GPU merged to other bits than
+    the run that saved it): the artifact is checked by its adapter's numbers, so it loads; a changed adapter does not."""
+    from peft.tuners.tuners_utils import BaseTuner
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "run"
+    finetune(tiny_model, tiny_task, TuneConfig(method="lora", lr=1e-2, **FAST), out_dir=out)
+    merge = BaseTuner.merge_and_unload  # PeftModel hands the call on to its tuner
+
+    def merge_rounding_otherwise(self, *args, **kwargs):
+        merged = merge(self, *args, **kwargs)
+        with torch.no_grad():
+            weight = merged.model.layers[0].self_attn.q_proj.weight
+            weight.copy_(torch.nextafter(weight, torch.full_like(weight, float("inf"))))  # one ulp up
+        return merged
+
+    monkeypatch.setattr(BaseTuner, "merge_and_unload", merge_rounding_otherwise)
+    assert load_predictor(out).rung == "tune"
+    adapter_file = out / "adapter" / "adapter_model.safetensors"
+    state = load_file(adapter_file)
+    name = sorted(state)[0]
+    state[name] = state[name] + 1e-3
+    save_file(state, adapter_file)
+    with pytest.raises(ModelError, match="changed after it was saved"):
+        load_predictor(out)
+
+
+def test_a_lora_artifact_saved_with_the_merged_weights_fingerprint_still_loads(tiny_model, tiny_task, tmp_path):
+    """Artifacts saved before adapters were fingerprinted recorded the hash of the merged weights."""
+    out = tmp_path / "run"
+    finetune(tiny_model, tiny_task, TuneConfig(method="lora", lr=1e-2, **FAST), out_dir=out)
+    loaded = load_predictor(out)
+    loaded.model._fingerprint = None
+    loaded.model.__dict__.pop("fingerprint", None)
+    payload = json.loads((out / "tunelab.json").read_text())
+    assert loaded.fingerprint != payload["fingerprint"]
+    payload["fingerprint"] = loaded.fingerprint  # what an older tunelab wrote
+    (out / "tunelab.json").write_text(json.dumps(payload))
+    assert load_predictor(out).fingerprint == payload["fingerprint"]
 
 
 def test_out_dir_that_is_not_a_run_is_refused_unless_overwrite(tiny_model, tiny_task, tmp_path):

@@ -23,6 +23,20 @@ _META_KEYS = ("method", "base_name", "params_trainable", "config", "training", "
               "precision_record")
 
 
+def adapter_fingerprint(base_fingerprint: str, state: dict[str, torch.Tensor], config) -> str:
+    """The fingerprint of a LoRA-tuned model: its base model's and the adapter's stored numbers and scaling, not the
+    merged weights. Merging is float arithmetic whose last bits depend on where it runs: a LoRA trained on a GPU and
+    loaded on the same GPU merged to different bits (seen on an H200), and so would one loaded on another device."""
+    digest = hashlib.sha256(base_fingerprint.encode())
+    scaling = {key: getattr(config, key, None) for key in ("r", "lora_alpha", "use_rslora", "use_dora",
+                                                           "fan_in_fan_out")}
+    digest.update(json.dumps(scaling, sort_keys=True, default=str).encode())
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 class CausalLMPredictor:
     """A causal LM (fine-tuned, or a pruned student) scored through the task's zero-shot prompt.
 
@@ -122,12 +136,22 @@ class CausalLMPredictor:
             from peft import PeftModel
 
             base = load_base_model(directory, payload)
+            from safetensors.torch import load_file
+
             try:
                 adapted = PeftModel.from_pretrained(copy.deepcopy(base.lm), directory / "adapter",
                                                     local_files_only=True)
+                state = load_file(directory / "adapter" / "adapter_model.safetensors")
             except (OSError, ValueError, KeyError, RuntimeError) as err:
                 raise ModelError(f"{directory / 'adapter'}: cannot load the LoRA adapter ({err})") from None
+            config = adapted.peft_config["default"]
             model = make_model(adapted.merge_and_unload(), base.tokenizer, name=f"{base.name}+lora", device=base.device)
+            model._fingerprint = adapter_fingerprint(base.fingerprint, state, config)
         meta = {key: payload[key] for key in _META_KEYS if key in payload}
-        return cls(model, Verbalizer.from_description(model.tokenizer, payload), meta, rung=payload["rung"])
+        predictor = cls(model, Verbalizer.from_description(model.tokenizer, payload), meta, rung=payload["rung"])
+        if "model" not in payload.get("weights", ["model"]) and predictor.fingerprint != payload.get("fingerprint"):
+            # saved before adapters were fingerprinted: those hashed the merged weights (load_predictor then checks)
+            model._fingerprint = None
+            model.__dict__.pop("fingerprint", None)  # Model.fingerprint is a cached property
+        return predictor
 

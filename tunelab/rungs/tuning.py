@@ -32,7 +32,7 @@ from tunelab.errors import ConfigError, TrainingError
 from tunelab.measure.evaluate import evaluate, peak_rss_mb
 from tunelab.models import Model, count_parameters, make_model
 from tunelab.predictor import ARTIFACT_FILE
-from tunelab.rungs.causal_lm import CausalLMPredictor
+from tunelab.rungs.causal_lm import CausalLMPredictor, adapter_fingerprint
 from tunelab.rungs.tuning_loss import (
     _Batch,
     _batches,
@@ -337,6 +337,8 @@ def finetune(
     for parameter in lm.parameters():
         parameter.requires_grad_(False)
     tuned = make_model(lm, model.tokenizer, name=f"{model.name}+{config.method}", device=model.device)
+    if adapter is not None and not config.merge:  # loaded back by merging again (merged weights load as saved)
+        tuned._fingerprint = adapter_fingerprint(model.fingerprint, adapter["state"], lora)
     meta = {
         "method": config.method, "base_name": model.name, "params_trainable": params_trainable,
         "config": asdict(config), "max_length": max_length,
