@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tunelab.distributed import Dist, threads_per_process
+from tunelab.distributed import Dist, choose_backend, threads_per_process
 
 # Full fine-tuning (no dropout in the tiny Llama), fp32 (the subprocesses do not see the tests' bf16 patch).
 TUNE = ["--method", "full", "--precision", "fp32", "--batch-size", "4", "--lr", "0.01", "--val-fraction", "0.25",
@@ -121,6 +121,14 @@ def test_a_shard_is_every_world_th_example_and_threads_share_the_cores():
     assert dist.shard(list(range(8))) == [1, 4, 7] and Dist().shard([1, 2]) == [1, 2]
     assert threads_per_process(2, cores=2) == 1 and threads_per_process(2, cores=16) == 8
     assert threads_per_process(4, cores=2) == 1  # never below one
+
+
+def test_gpus_get_nccl_beside_gloo_and_processes_sharing_a_gpu_get_gloo():
+    # NCCL refuses CPU tensors (the trainers reduce losses and counts on the CPU) and two ranks on one GPU
+    assert choose_backend(gpus=2, local_world=2, nccl_available=True) == "cpu:gloo,cuda:nccl"
+    assert choose_backend(gpus=1, local_world=2, nccl_available=True) == "gloo"
+    assert choose_backend(gpus=0, local_world=2, nccl_available=False) == "gloo"
+    assert choose_backend(gpus=4, local_world=2, nccl_available=False) == "gloo"
 
 
 def test_distillation_in_two_processes_trains_the_student_one_process_trains(model_dir, words, tmp_path):

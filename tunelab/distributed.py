@@ -3,7 +3,8 @@ gradient reduction every trainer makes before its optimizer step.
 
 tunelab joins whatever started it: `torchrun` / `python -m torch.distributed.run`, `accelerate launch` and Ray
 Train's TorchTrainer all set RANK, WORLD_SIZE and MASTER_ADDR/PORT (Ray Train also creates the group itself);
-`tunelab tune --nproc N` starts torch.distributed.run for one machine. gloo on a CPU, NCCL on GPUs.
+`tunelab tune --nproc N` starts torch.distributed.run for one machine. gloo on a CPU; on GPUs NCCL for GPU tensors
+with gloo beside it for CPU ones (choose_backend).
 
 Why the gradients are summed here rather than by wrapping the model in DistributedDataParallel: a tunelab step
 accumulates micro-batches (long documents) and every process's loss is already scaled to its share of the *global*
@@ -105,13 +106,24 @@ def from_env() -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or not td.is_available():
         return Dist()
-    backend = "nccl" if torch.cuda.is_available() and td.is_nccl_available() else "gloo"
-    if backend == "nccl":
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    backend = choose_backend(gpus, local_world, td.is_nccl_available())
+    if "nccl" in backend:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     timeout = datetime.timedelta(seconds=float(os.environ.get("TUNELAB_DIST_TIMEOUT_S", TIMEOUT_S)))
     td.init_process_group(backend, timeout=timeout)
     atexit.register(_leave_group)
     return Dist(td.get_rank(), td.get_world_size(), backend)
+
+
+def choose_backend(gpus: int, local_world: int, nccl_available: bool) -> str:
+    """The process group's backend: NCCL for GPU tensors when every local process has a GPU of its own, with gloo
+    beside it for the CPU tensors every trainer also reduces (losses, counts, timed choices), which NCCL refuses;
+    gloo alone on a CPU, and where processes would share a GPU (NCCL refuses two ranks on one device)."""
+    if gpus >= local_world and gpus > 0 and nccl_available:
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
 
 
 def _leave_group() -> None:
