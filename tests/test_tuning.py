@@ -160,6 +160,28 @@ def test_a_lora_artifact_saved_with_the_merged_weights_fingerprint_still_loads(t
     assert load_predictor(out).fingerprint == payload["fingerprint"]
 
 
+def test_micro_batches_fill_a_share_of_a_gpus_free_memory_and_stay_cpu_sized_on_a_cpu(tiny_model, monkeypatch):
+    from types import SimpleNamespace
+
+    from tunelab.rungs.tuning_loss import (
+        GPU_MEMORY_SHARE,
+        MICRO_BATCH_TOKENS,
+        activation_bytes_per_token,
+        micro_batch_tokens,
+    )
+
+    assert micro_batch_tokens("fp32", tiny_model.lm) == MICRO_BATCH_TOKENS
+    assert micro_batch_tokens("bf16", tiny_model.lm) == 2 * MICRO_BATCH_TOKENS
+    on_gpu = SimpleNamespace(config=tiny_model.lm.config,
+                             parameters=lambda: iter([SimpleNamespace(device=torch.device("cuda", 0))]))
+    per_token = activation_bytes_per_token(tiny_model.lm.config, "bf16")
+    assert per_token < activation_bytes_per_token(tiny_model.lm.config, "fp32")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * 2**30, 80 * 2**30))
+    assert micro_batch_tokens("bf16", on_gpu) == int(80 * 2**30 * GPU_MEMORY_SHARE / per_token)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 2**30))  # nearly full
+    assert micro_batch_tokens("bf16", on_gpu) == 2 * MICRO_BATCH_TOKENS
+
+
 def test_out_dir_that_is_not_a_run_is_refused_unless_overwrite(tiny_model, tiny_task, tmp_path):
     out = tmp_path / "precious"
     out.mkdir()

@@ -167,7 +167,7 @@ def _share(real: int, run: int) -> float:
 
 def _seconds_per_token(lm, verbalizer, batch, pad_id: int, cache_prefix: bool, trainable, precision: str) -> float:
     """Forward and backward of the first micro-batch `precision` would run, per prompt token."""
-    micro = batch.micro_batches(micro_batch_tokens(precision))[0]
+    micro = batch.micro_batches(micro_batch_tokens(precision, lm))[0]
     loss = partial(_loss_step, lm, verbalizer, micro, pad_id, cache_prefix, precision)
     return backward_seconds(loss, trainable) / max(1, micro.tokens)
 
@@ -261,7 +261,7 @@ def finetune(
             training_precision = dist.broadcast(  # rank 0's clock decides for all
                 choose_training_precision(training_precision, timed) if dist.is_main else None)
             progress["training_precision"] = training_precision
-        max_tokens = micro_batch_tokens(training_precision["precision"])
+        max_tokens = micro_batch_tokens(training_precision["precision"], lm)
         prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction) if not checkpointing else [])
         shuffled = dataclasses.replace(config, length_groups=False)  # what plain shuffling would pad, for the record
         shuffled_batches = _batches(verbalizer, train, config, _epoch_order(lengths, passes, shuffled, 0), max_length)
@@ -388,7 +388,7 @@ def time_training_step(model: Model, task: Task, config: TuneConfig) -> float:
             started = time.perf_counter()
             training_step(trainable, optimizer, (_loss_step(lm, verbalizer, micro, model.tokenizer.pad_token_id,
                                                             max_length < CHECKPOINTING_FROM, precision)
-                                                 for micro in batch.micro_batches(micro_batch_tokens(precision))))
+                                                 for micro in batch.micro_batches(micro_batch_tokens(precision, lm))))
             seconds = time.perf_counter() - started
     return seconds / len(train)
 

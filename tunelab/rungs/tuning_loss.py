@@ -91,13 +91,39 @@ def _batches(verbalizer: Verbalizer, examples, config: TuneConfig, order, max_le
     return batches
 
 
-def micro_batch_tokens(precision: str) -> int:
+def micro_batch_tokens(precision: str, lm: torch.nn.Module | None = None) -> int:
     """Row tokens per forward/backward pass: twice as many in bf16, whose activations take half the memory. LoRA on
     16 sotu passages, seconds a step (process peak): fp32 at 512 tokens 17.9 (3.1 GB), 1,024 19.2, 2,048 19.5;
     bf16 at 512 14.0, 1,024 9.2 (4.7 GB), 2,048 11.0 (8.5 GB). In bf16 every micro-batch casts the weights again
     (34% of a 512-token step): larger micro-batches pay that less often. (Storing the frozen base in bf16 instead
-    measured no faster on passages, 9.5 s, and twice as slow on words.)"""
-    return MICRO_BATCH_TOKENS * (2 if precision == "bf16" else 1)
+    measured no faster on passages, 9.5 s, and twice as slow on words.)
+
+    On a GPU (`lm` on CUDA) the CPU's size leaves it launch-bound: one or two passages a pass, thousands of small
+    kernels each (an H200 took over 65 s an epoch on 540 sotu passages). There the micro-batch takes a quarter of
+    the free memory by `activation_bytes_per_token`, never fewer tokens than on a CPU."""
+    cpu_size = MICRO_BATCH_TOKENS * (2 if precision == "bf16" else 1)
+    device = next(lm.parameters()).device if lm is not None else None
+    if device is None or device.type != "cuda":
+        return cpu_size
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(cpu_size, int(free * GPU_MEMORY_SHARE / activation_bytes_per_token(lm.config, precision)))
+
+
+# The share of a GPU's free memory a training micro-batch's activations may take (the rest: the optimizer state,
+# the autocast copies, the allocator's slack, and the estimate's own error).
+GPU_MEMORY_SHARE = 0.25
+
+
+def activation_bytes_per_token(config, precision: str) -> int:
+    """An upper estimate of the activations autograd keeps per row token of a decoder: per layer, ~10 vectors of the
+    hidden size (norms, attention in and out, residuals), 4 of the feed-forward size, and one attention row per
+    head at the longest length read (eager attention keeps it; fused kernels keep less)."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    feed_forward = getattr(config, "intermediate_size", None) or 4 * hidden
+    heads = getattr(config, "num_attention_heads", 1)
+    positions = min(getattr(config, "max_position_embeddings", 2048), 2048)
+    width = 2 if precision == "bf16" else 4
+    return layers * ((10 * hidden + 4 * feed_forward) * width + heads * positions * 4)
 
 
 def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int, cache_prefix: bool = True,
@@ -121,7 +147,7 @@ def _validation_loss(lm, verbalizer: Verbalizer, batches: list[_Batch], pad_id: 
     lm.eval()
     shards = [batch.shard(dist) for batch in batches]
     total = sum(_loss_step(lm, verbalizer, b, pad_id, precision=precision).item() * len(b.pairs) for batch in shards
-                for b in batch.micro_batches(micro_batch_tokens(precision)))
+                for b in batch.micro_batches(micro_batch_tokens(precision, lm)))
     total, count = dist.sum(total, sum(len(b.pairs) for b in shards))
     return total / count
 
