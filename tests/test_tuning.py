@@ -120,7 +120,8 @@ def test_saved_lora_reloads_with_the_same_predictions(tiny_model, tiny_task, tmp
 def test_a_lora_artifact_reloads_where_merging_rounds_differently_but_not_with_a_changed_adapter(
         tiny_model, tiny_task, tmp_path, monkeypatch):
     """Merging an adapter is float arithmetic whose last bits depend on the device (a GPU merged to other bits than
-    the run that saved it): the artifact is checked by its adapter's numbers, so it loads; a changed adapter does not."""
+    the run that saved it): the artifact is checked by its adapter's numbers, so it loads; a changed adapter does
+    not."""
     from peft.tuners.tuners_utils import BaseTuner
     from safetensors.torch import load_file, save_file
 
