@@ -134,10 +134,9 @@ class CausalLMPredictor:
             model = load_model(directory / "model")
         else:
             from peft import PeftModel
-
-            base = load_base_model(directory, payload)
             from safetensors.torch import load_file
 
+            base = load_base_model(directory, payload)
             try:
                 adapted = PeftModel.from_pretrained(copy.deepcopy(base.lm), directory / "adapter",
                                                     local_files_only=True)

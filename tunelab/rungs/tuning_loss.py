@@ -98,9 +98,10 @@ def micro_batch_tokens(precision: str, lm: torch.nn.Module | None = None) -> int
     (34% of a 512-token step): larger micro-batches pay that less often. (Storing the frozen base in bf16 instead
     measured no faster on passages, 9.5 s, and twice as slow on words.)
 
-    On a GPU (`lm` on CUDA) the CPU's size leaves it launch-bound: one or two passages a pass, thousands of small
-    kernels each (an H200 took over 65 s an epoch on 540 sotu passages). There the micro-batch takes a quarter of
-    the free memory by `activation_bytes_per_token`, never fewer tokens than on a CPU."""
+    On a GPU (`lm` on CUDA) the CPU's size means one or two passages a pass, thousands of small kernels each: an
+    H200 took over 65 s an epoch on 540 sotu passages, most likely launch-bound (not profiled). There the
+    micro-batch takes a quarter of the free memory by `activation_bytes_per_token`, never fewer tokens than on a
+    CPU (not yet timed on a GPU)."""
     cpu_size = MICRO_BATCH_TOKENS * (2 if precision == "bf16" else 1)
     device = next(lm.parameters()).device if lm is not None else None
     if device is None or device.type != "cuda":
