@@ -9,9 +9,13 @@ a scheme may choose (which nodes stay fp32, calibration ranges); every figure is
   change on the held-out texts) ranks the nodes; the k worst are excluded;
 - dynamic, one text per call: the activations' range from one text, not from the batch it shares;
 - static (QOperator, QDQ): activation ranges calibrated on the held-out texts (MinMax);
-- weight-only 8-bit in blocks of 32 (MatMulNBits; needs the `onnx-ir` package, skipped and said so without it).
+- weight-only 8-bit in blocks of 32 (MatMulNBits; needs the `onnx-ir` package, skipped and said so without it);
+- int8-aware fine-tuning, then dynamic: a copy of the student fine-tuned on its training texts with the export's
+  int8 arithmetic simulated in torch (FakeInt8), its float forward held to the student's probabilities and its int8
+  forward to the float one's; judged against that fine-tuned student (what its export would be gated on).
 
     python bench/int8.py [--tasks vader,subjectivity] [--out runs/bench-ship] [--exclude 2,4,8,16,24]
+                         [--int8-aware-epochs 3] [--skip-schemes]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from harness import examples_per_s
 from rich.console import Console
 from rich.table import Table
@@ -108,6 +113,85 @@ class Workbench:
         quantizer.model.save_model_to_file(str(self.folder / "model.onnx"), False)
 
 
+def _fake_int8_activation(x: torch.Tensor) -> torch.Tensor:
+    """What onnxruntime's DynamicQuantizeLinear does to a product's input (uint8, one scale for the whole tensor, its
+    range widened to hold 0). Gradients pass the rounding straight through and reach the range too, so training can
+    shrink the outliers that set it (as learned-step-size quantization does)."""
+    low, high = torch.clamp(x.min(), max=0), torch.clamp(x.max(), min=0)
+    scale = (high - low) / 255
+    if scale.detach() == 0:
+        return x
+    zero = torch.clamp(torch.round(-low.detach() / scale.detach()), 0, 255)
+    steps = x / scale
+    rounded = steps + (torch.clamp(torch.round(steps) + zero, 0, 255) - zero - steps).detach()
+    return rounded * scale
+
+
+def _fake_int8_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A product's weights as the export stores them: symmetric int8 (-127..127), one scale per output row."""
+    scale = torch.clamp(weight.detach().abs().amax(dim=1, keepdim=True), min=1e-12) / 127
+    return weight + (torch.clamp(torch.round(weight / scale), -127, 127) * scale - weight).detach()
+
+
+class FakeInt8:
+    """Within the block, every Linear and Embedding of `module` computes as the export's dynamic int8 does: products
+    take uint8 inputs (per tensor) and int8 weights (per row); an embedding table is quantized as an activation
+    (uint8, one scale for the table: onnxruntime's Gather quantization). Attention's own products stay float."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.saved = module, []
+
+    def __enter__(self):
+        import torch.nn.functional as F
+
+        for layer in self.module.modules():
+            if isinstance(layer, torch.nn.Linear):
+                def linear(x, layer=layer):
+                    return F.linear(_fake_int8_activation(x), _fake_int8_weight(layer.weight), layer.bias)
+                self.saved.append((layer, layer.forward))
+                layer.forward = linear
+            elif isinstance(layer, torch.nn.Embedding):
+                def lookup(ids, layer=layer):
+                    return F.embedding(ids, _fake_int8_activation(layer.weight), layer.padding_idx)
+                self.saved.append((layer, layer.forward))
+                layer.forward = lookup
+        return self
+
+    def __exit__(self, *exc):
+        for layer, forward in self.saved:
+            layer.forward = forward
+        self.saved = []
+
+
+def int8_aware(student, texts: list[str], *, epochs: int, lr: float, batch_size: int = 32, seed: int = 0):
+    """A copy of the student fine-tuned so that its int8 form predicts what its float form predicts: on `texts`, the
+    float forward keeps the original student's probabilities and the fake-int8 forward learns the float one's (KL
+    both), so the two move together and stay near where the student was."""
+    import copy
+
+    tuned = copy.deepcopy(student)
+    tuned.set_precision("fp32")
+    targets = predict(tuned, texts).probs  # the float student's, whatever precision `student` scores in
+    optimizer = torch.optim.AdamW(tuned.encoder.parameters(), lr=lr, weight_decay=0.0)
+    generator = np.random.default_rng(seed)
+    tuned.encoder.train()
+    for _ in range(epochs):
+        order = generator.permutation(len(texts))
+        for start in range(0, len(texts), batch_size):
+            chosen = order[start : start + batch_size]
+            batch, target = [texts[i] for i in chosen], torch.tensor(targets[chosen], dtype=torch.float32)
+            floating = torch.log_softmax(tuned.logits(batch), -1)
+            with FakeInt8(tuned.encoder):
+                integer = torch.log_softmax(tuned.logits(batch), -1)
+            loss = (torch.nn.functional.kl_div(floating, target, reduction="batchmean")
+                    + torch.nn.functional.kl_div(integer, floating.exp(), reduction="batchmean"))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    tuned.encoder.eval()
+    return tuned
+
+
 def one_task(name: str, args) -> list[dict]:
     task = load_task(name)
     kept, held = split_examples(list(task.train), task.kind, args.validation / len(task.train), 0)  # as bench/ship.py
@@ -125,7 +209,7 @@ def one_task(name: str, args) -> list[dict]:
     with tempfile.TemporaryDirectory() as scratch:
         bench = Workbench(load_predictor(args.out / name / "student"), Path(scratch))
 
-        def measure(arm: str, per_text: bool = False) -> None:
+        def measure(arm: str, per_text: bool = False, bench=bench, reference=reference) -> None:
             predictor = bench.predictor()
             probs = (np.concatenate([predict(predictor, [t]).probs for t in texts]) if per_text
                      else predict(predictor, texts).probs)
@@ -142,6 +226,22 @@ def one_task(name: str, args) -> list[dict]:
         measure("ONNX fp32")
         bench.dynamic()
         measure("dynamic int8 (the export's)")
+        if args.int8_aware_epochs:
+            started = time.perf_counter()
+            tuned = int8_aware(student, [e.text for e in kept], epochs=args.int8_aware_epochs, lr=3e-5)
+            seconds = time.perf_counter() - started
+            tuned_probs = predict(tuned, texts).probs
+            accuracy = [float(np.mean(p.argmax(axis=1) == gold)) for p in (reference, tuned_probs)]
+            console.print(f"  {name}: int8-aware fine-tuning, {args.int8_aware_epochs} epochs on {len(kept)} texts in "
+                          f"{seconds:.0f} s: test accuracy {accuracy[0]:.3f} -> {accuracy[1]:.3f}, same label as the "
+                          f"student {np.mean(reference.argmax(axis=1) == tuned_probs.argmax(axis=1)):.2%}")
+            (Path(scratch) / "int8-aware").mkdir()
+            aware = Workbench(tuned, Path(scratch) / "int8-aware")
+            aware.dynamic()
+            measure(f"int8-aware fine-tuning ({args.int8_aware_epochs} epochs), then dynamic int8; against the "
+                    "fine-tuned student", bench=aware, reference=tuned_probs)
+        if args.skip_schemes:
+            return _finish(rows, name, torch_speed)
         measure("dynamic int8, one text per call", per_text=True)
         started = time.perf_counter()
         damage = {}
@@ -166,6 +266,10 @@ def one_task(name: str, args) -> list[dict]:
         else:
             bench.weight_only()
             measure("weight-only 8-bit, blocks of 32 (MatMulNBits)")
+    return _finish(rows, name, torch_speed)
+
+
+def _finish(rows: list[dict], name: str, torch_speed: float) -> list[dict]:
     for row in rows:
         row.update(task=name, vs_torch=row["speed"] / torch_speed if row.get("speed") else None)
     return rows
@@ -177,6 +281,9 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=100, help="as bench/ship.py's")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-ship"), help="where bench/ship.py wrote")
     parser.add_argument("--exclude", default="2,4,8,16,24", help="k values: the k most sensitive nodes left fp32")
+    parser.add_argument("--int8-aware-epochs", type=int, default=3, help="0: no int8-aware fine-tuning arm")
+    parser.add_argument("--skip-schemes", action="store_true",
+                        help="only the torch rows, the export's dynamic int8 and the int8-aware arm")
     args = parser.parse_args()
     args.exclude = [int(k) for k in args.exclude.split(",") if k]
     for name in args.tasks.split(","):
