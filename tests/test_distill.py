@@ -8,7 +8,7 @@ from helpers import one_error_line, run_cli, task_args
 
 from tunelab.errors import ConfigError, InputError
 from tunelab.models import make_model
-from tunelab.predictor import load_predictor, predict, save_predictor
+from tunelab.predictor import ENCODER_BATCH, load_predictor, predict, save_predictor
 from tunelab.rungs.distill import (
     DistillConfig,
     _student_loss,
@@ -208,3 +208,15 @@ def test_auto_student_training_times_a_micro_batch_each_way_and_follows_it(tiny_
     fixed, _ = distill(teacher, tiny_task, DistillConfig(student="pruned:1", epochs=1, batch_size=4, precision="fp32"),
                        transfer_texts=texts)
     assert fixed.meta["precision_record"]["training_step_speedup"] is None  # asked for: nothing timed
+
+
+def test_an_encoder_student_predicts_short_texts_in_large_batches(tiny_model, tiny_task, tiny_encoder_dir):
+    teacher = few_shot(tiny_model, tiny_task, PromptConfig(shots=0))
+    student = make_student(teacher, tiny_task, DistillConfig(student=f"encoder:{tiny_encoder_dir}"), {})
+    student.encoder.eval()
+    sizes, predict_batch = [], student.predict_batch
+    student.predict_batch = lambda texts: sizes.append(len(texts)) or predict_batch(texts)
+    texts = [f"good {i}" for i in range(300)]
+    whole = predict(student, texts).probs
+    assert sizes == [ENCODER_BATCH, 300 - ENCODER_BATCH]  # not predict's default of 32 a call
+    assert torch.allclose(torch.tensor(whole[:5]), torch.tensor(predict(student, texts[:5]).probs), atol=1e-5)

@@ -24,7 +24,7 @@ from tunelab.models import (
     make_model,
     module_facts,
 )
-from tunelab.predictor import Predictions, Predictor, write_artifact_json
+from tunelab.predictor import ENCODER_BATCH, Predictions, Predictor, write_artifact_json
 from tunelab.rungs.causal_lm import CausalLMPredictor
 from tunelab.scoring.length import (
     TRAIN_MAX_TOKENS,
@@ -81,6 +81,7 @@ class EncoderStudent:
     """A small pretrained encoder with a classification (or one-value regression) head; reads the bare text."""
 
     rung = "distill"
+    min_batch_size = ENCODER_BATCH
 
     def __init__(self, encoder: torch.nn.Module, tokenizer, *, kind: str, label_names: tuple[str, ...], meta: dict):
         self.encoder, self.tokenizer, self.meta = encoder, tokenizer, meta

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.errors import ModelError
-from tunelab.predictor import Predictions
+from tunelab.predictor import ENCODER_BATCH, Predictions
 from tunelab.scoring.length import fit_texts, special_frame, window_spans
 
 ENCODER_SPECIAL_TOKENS = 2  # [CLS] and [SEP], as rungs/students.py
@@ -51,6 +51,7 @@ class OnnxPredictor:
     """The exported student: onnxruntime on CPU (or the GPU provider when onnxruntime has one)."""
 
     rung = "onnx"
+    min_batch_size = ENCODER_BATCH  # as the torch student's (dynamic int8 on vader words: 2,805 -> 3,897 examples/s)
 
     def __init__(self, directory: Path, payload: dict):
         import onnxruntime
