@@ -12,10 +12,12 @@ a scheme may choose (which nodes stay fp32, calibration ranges); every figure is
 - weight-only 8-bit in blocks of 32 (MatMulNBits; needs the `onnx-ir` package, skipped and said so without it);
 - int8-aware fine-tuning, then dynamic: a copy of the student fine-tuned on its training texts with the export's
   int8 arithmetic simulated in torch (FakeInt8), its float forward held to the student's probabilities and its int8
-  forward to the float one's; judged against that fine-tuned student (what its export would be gated on).
+  forward to the float one's; judged against that fine-tuned student (what its export would be gated on);
+- with --outliers, the arms aimed at the activations' outlier channels: the word table int8 per column,
+  SmoothQuant's per-channel scaling, and one activation range per token (a graph of standard operators).
 
     python bench/int8.py [--tasks vader,subjectivity] [--out runs/bench-ship] [--exclude 2,4,8,16,24]
-                         [--int8-aware-epochs 3] [--skip-schemes]
+                         [--int8-aware-epochs 3] [--skip-schemes] [--outliers [--smooth 0.5,0.85]]
 """
 
 from __future__ import annotations
@@ -166,6 +168,83 @@ class FakeInt8:
         self.saved = []
 
 
+class _ScaledInput(torch.nn.Module):
+    """A Linear whose input is first divided by per-channel factors that its weight's columns were multiplied by:
+    the same function, with the input's outlier channels moved into the weight (exported as a Mul before the MatMul)."""
+
+    def __init__(self, linear: torch.nn.Linear, factors: torch.Tensor):
+        super().__init__()
+        self.linear = linear
+        self.register_buffer("inverse", 1 / factors)
+        with torch.no_grad():
+            linear.weight.mul_(factors)
+
+    def forward(self, x):
+        return self.linear(x * self.inverse)
+
+
+def smoothed(student, texts: list[str], alpha: float):
+    """A copy of the student with SmoothQuant's per-channel scaling (Xiao et al., 2022): each encoder product's input
+    channel j is divided by max|X_j|^alpha / max|W_j|^(1-alpha) (maxima over `texts`) and the weight's column j
+    multiplied by it. SmoothQuant folds the division into the LayerNorm before; in BERT (post-LN) that LayerNorm's
+    output is also the residual, so folding would change the function and the division stays an explicit multiply.
+    The pooler and the classifier, whose inputs have no outliers, are left alone."""
+    import copy
+
+    smooth = copy.deepcopy(student)
+    smooth.set_precision("fp32")
+    maxima, hooks = {}, []
+    products = {name: layer for name, layer in smooth.encoder.named_modules()
+                if isinstance(layer, torch.nn.Linear) and ".encoder.layer." in f".{name}"}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1]).amax(dim=0)
+            maxima[name] = torch.maximum(maxima[name], seen) if name in maxima else seen
+        return hook
+
+    hooks = [layer.register_forward_hook(record(name)) for name, layer in products.items()]
+    predict(smooth, texts)
+    for hook in hooks:
+        hook.remove()
+    modules = dict(smooth.encoder.named_modules())
+    for name, layer in products.items():
+        columns = layer.weight.detach().abs().amax(dim=0).clamp(min=1e-5)
+        factors = (maxima[name].clamp(min=1e-5) ** alpha / columns ** (1 - alpha)).clamp(min=1e-5)
+        parent, attribute = name.rsplit(".", 1)
+        setattr(modules[parent], attribute, _ScaledInput(layer, factors))
+    return smooth
+
+
+def word_table_per_column(path: Path) -> None:
+    """Rewrite the ONNX file's word-embedding look-up to an int8 table with one scale per column, dequantized after
+    the look-up (Gather, then DequantizeLinear on the last axis). Written here because onnxruntime's quantizers
+    give a Gather one scale for the whole table (or 4-bit blocks), and the table's few large columns make that
+    scale coarse for every other column; the position and token-type tables (0.8 MB) stay float."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    initializers = {i.name: i for i in model.graph.initializer}
+    for index, node in enumerate(model.graph.node):
+        if node.op_type == "Gather" and "word_embeddings" in node.input[0] and node.input[0] in initializers:
+            table = numpy_helper.to_array(initializers[node.input[0]])
+            scales = (np.maximum(np.abs(table).max(axis=0), 1e-12) / 127).astype(np.float32)
+            quantized = np.clip(np.round(table / scales), -127, 127).astype(np.int8)
+            name, looked_up = node.input[0] + "_int8", node.output[0]
+            model.graph.initializer.remove(initializers[node.input[0]])
+            model.graph.initializer.extend([numpy_helper.from_array(quantized, name),
+                                            numpy_helper.from_array(scales, name + "_scale"),
+                                            numpy_helper.from_array(np.zeros(len(scales), np.int8), name + "_zero")])
+            node.input[0], node.output[0] = name, looked_up + "_int8"
+            model.graph.node.insert(index + 1, helper.make_node(
+                "DequantizeLinear", [looked_up + "_int8", name + "_scale", name + "_zero"], [looked_up], axis=-1,
+                name=name + "_dequantize"))
+            onnx.save(model, str(path))
+            return
+    raise ValueError(f"{path}: no word-embedding look-up found")
+
+
 def int8_aware(student, texts: list[str], *, epochs: int, lr: float, batch_size: int = 32, seed: int = 0):
     """A copy of the student fine-tuned so that its int8 form predicts what its float form predicts: on `texts`, the
     float forward keeps the original student's probabilities and the fake-int8 forward learns the float one's (KL
@@ -243,6 +322,8 @@ def one_task(name: str, args) -> list[dict]:
             aware.dynamic()
             measure(f"int8-aware fine-tuning ({args.int8_aware_epochs} epochs), then dynamic int8; against the "
                     "fine-tuned student", bench=aware, reference=tuned_probs)
+        if args.outliers:
+            outlier_arms(student, bench, measure, [e.text for e in kept], args.smooth)
         if args.skip_schemes:
             return _finish(rows, name, torch_speed)
         measure("dynamic int8, one text per call", per_text=True)
@@ -272,6 +353,79 @@ def one_task(name: str, args) -> list[dict]:
     return _finish(rows, name, torch_speed)
 
 
+def per_token_int8(source: Path, target: Path) -> None:
+    """Rewrite every product of a float graph with a constant weight (MatMul) as int8 with one activation range per
+    token: each token's row gets its own uint8 scale and zero point, the weight int8 per column, and the zero points
+    come out through the weight's column sums: y = s * (q @ W8 * w_scale - z * colsum(W8 * w_scale)).
+    Written here because onnxruntime's dynamic quantization has one range per tensor, and its MatMulInteger refuses
+    a zero point per row; this is built from standard operators (about 17 a product), which is its cost."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(source))
+    initializers = {i.name: i for i in model.graph.initializer}
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(value, np.float32), name) for name, value in
+                                    (("per_token_zero", 0.0), ("per_token_255", 255.0), ("per_token_tiny", 1e-12))])
+    nodes = []
+    for node in model.graph.node:
+        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" else None
+        if weight is None or len(weight.dims) != 2:
+            nodes.append(node)
+            continue
+        values = numpy_helper.to_array(weight)
+        w_scale = (np.maximum(np.abs(values).max(axis=0), 1e-12) / 127).astype(np.float32)
+        w8 = np.clip(np.round(values / w_scale), -127, 127).astype(np.int8)
+        prefix = node.name.replace("/", "_") + "_per_token"
+        model.graph.initializer.remove(weight)
+        model.graph.initializer.extend([numpy_helper.from_array(w8, prefix + "_w8"),
+                                        numpy_helper.from_array(w_scale, prefix + "_w_scale"),
+                                        numpy_helper.from_array(w8.astype(np.float32).sum(axis=0) * w_scale,
+                                                                prefix + "_colsum")])
+
+        def op(kind, inputs, suffix, **attributes):
+            nodes.append(helper.make_node(kind, inputs, [prefix + suffix], name=prefix + suffix, **attributes))
+            return prefix + suffix
+
+        x = node.input[0]
+        high = op("Max", [op("ReduceMax", [x], "_max", axes=[-1], keepdims=1), "per_token_zero"], "_high")
+        low = op("Min", [op("ReduceMin", [x], "_min", axes=[-1], keepdims=1), "per_token_zero"], "_low")
+        scale = op("Max", [op("Div", [op("Sub", [high, low], "_range"), "per_token_255"], "_scale0"),
+                           "per_token_tiny"], "_scale")
+        zero = op("Round", [op("Div", [op("Neg", [low], "_minus_low"), scale], "_zero0")], "_zero")
+        steps = op("Add", [op("Round", [op("Div", [x, scale], "_steps0")], "_steps1"), zero], "_steps")
+        q = op("Cast", [op("Clip", [steps, "per_token_zero", "per_token_255"], "_clipped")], "_q",
+               to=TensorProto.UINT8)
+        product = op("Cast", [op("MatMulInteger", [q, prefix + "_w8"], "_int32")], "_product", to=TensorProto.FLOAT)
+        centred = op("Sub", [op("Mul", [product, prefix + "_w_scale"], "_scaled"),
+                             op("Mul", [zero, prefix + "_colsum"], "_offset")], "_centred")
+        nodes.append(helper.make_node("Mul", [centred, scale], [node.output[0]], name=prefix + "_out"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(target))
+
+
+def outlier_arms(student, bench: Workbench, measure, calibration: list[str], alphas) -> None:
+    """The arms aimed at the activations' outlier channels: the word table per column, SmoothQuant's scaling (its
+    maxima from the student's training texts) and one activation range per token, alone and together."""
+    folder = bench.folder / "model.onnx"
+    bench.dynamic(op_types_to_quantize=["MatMul", "Gemm"])
+    word_table_per_column(folder)
+    measure("dynamic int8, the word table int8 per column")
+    per_token_int8(bench.graph, folder)
+    word_table_per_column(folder)
+    measure("per-token int8, word table per column")
+    for alpha in alphas:
+        scratch = bench.scratch / f"smooth-{alpha}"
+        scratch.mkdir()
+        smooth = Workbench(smoothed(student, calibration, alpha), scratch)
+        smooth.dynamic(op_types_to_quantize=["MatMul", "Gemm"])
+        word_table_per_column(smooth.folder / "model.onnx")
+        measure(f"SmoothQuant (alpha {alpha}), dynamic int8, word table per column", bench=smooth)
+        per_token_int8(smooth.graph, smooth.folder / "model.onnx")
+        word_table_per_column(smooth.folder / "model.onnx")
+        measure(f"SmoothQuant (alpha {alpha}), per-token int8, word table per column", bench=smooth)
+
+
 def _finish(rows: list[dict], name: str, torch_speed: float) -> list[dict]:
     for row in rows:
         row.update(task=name, vs_torch=row["speed"] / torch_speed if row.get("speed") else None)
@@ -285,10 +439,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-ship"), help="where bench/ship.py wrote")
     parser.add_argument("--exclude", default="2,4,8,16,24", help="k values: the k most sensitive nodes left fp32")
     parser.add_argument("--int8-aware-epochs", type=int, default=3, help="0: no int8-aware fine-tuning arm")
+    parser.add_argument("--outliers", action="store_true",
+                        help="the arms aimed at outlier channels: word table per column, SmoothQuant, per-token ranges")
+    parser.add_argument("--smooth", default="0.5,0.85", help="SmoothQuant migration strengths (alpha) to try")
     parser.add_argument("--skip-schemes", action="store_true",
                         help="only the torch rows, the export's dynamic int8 and the int8-aware arm")
     args = parser.parse_args()
     args.exclude = [int(k) for k in args.exclude.split(",") if k]
+    args.smooth = [float(a) for a in args.smooth.split(",") if a]
     for name in args.tasks.split(","):
         if not (args.out / name / "student").is_dir():
             raise SystemExit(f"{args.out / name / 'student'}: no student; run python bench/ship.py --out {args.out}")
@@ -307,7 +465,8 @@ def main() -> None:
         table.add_row(row["task"], row["arm"], f"{figures['agreement']:.2%}", f"{row['same_and_within']:.2%}",
                       f"{figures['max_prob_difference']:.3f}", f"{figures['ece_drift']:.4f}",
                       f"{row['speed']:,.0f}" if row["speed"] else "-",
-                      f"{row['vs_torch']:.2f}x" if row["vs_torch"] else "-", f"{row['mb']:.1f}",
+                      f"{row['vs_torch']:.2f}x" if row["vs_torch"] else "-",
+                      f"{row['mb']:.1f}" if row["mb"] else "-",
                       "passed" if figures["passes"] else "refused")
     console.print(table)
 
