@@ -40,6 +40,17 @@ def test_training_keeps_bf16_only_where_a_timed_step_is_fast_enough():
     untimed = lambda precision: pytest.fail("timed without need")  # noqa: E731
     assert choose_training_precision({"requested": "bf16", "precision": "bf16"}, untimed)["precision"] == "bf16"
     assert choose_training_precision({"requested": "auto", "precision": "fp32"}, untimed)["precision"] == "fp32"
+    failed = {"requested": "auto", "precision": "fp32", "parity": {"passes": False}}
+    assert choose_training_precision(failed, untimed)["precision"] == "fp32"
+
+
+def test_training_times_bf16_where_only_the_predictors_speed_turned_it_down():
+    # as on the H200: bf16 in parity, the bf16 predictor slower (launch-bound), a training step twice as fast
+    slower_predictor = {"requested": "auto", "precision": "fp32", "parity": {"passes": True},
+                        "predictor_speedup": 0.48}
+    trained = choose_training_precision(slower_predictor, {"fp32": 2.0, "bf16": 1.0}.get)
+    assert trained["precision"] == "bf16" and trained["training_step_speedup"] == 2.0
+    assert choose_training_precision(slower_predictor, {"fp32": 1.0, "bf16": 1.0}.get)["precision"] == "fp32"
 
 
 def test_auto_lora_training_records_its_timed_step_and_follows_it(tiny_model, tiny_task, tmp_path, monkeypatch):

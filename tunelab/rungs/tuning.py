@@ -40,7 +40,7 @@ from tunelab.rungs.tuning_loss import (
     _validation_loss,
     micro_batch_tokens,
 )
-from tunelab.scoring.precision import choose_precision, choose_training_precision
+from tunelab.scoring.precision import choose_precision, choose_training_precision, may_train_in_bf16
 from tunelab.scoring.tokens import PrefixCache, row_tokens
 from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
 from tunelab.tasks import Task, split_examples
@@ -255,7 +255,7 @@ def finetune(
             restore_checkpoint(out_dir / CHECKPOINTS, progress, lm, optimizer, scheduler)
 
         lengths = [len(ids) for ids in model.tokenizer(train_texts, add_special_tokens=False)["input_ids"]]
-        if progress["epoch"] == 0 and not progress["history"] and training_precision["precision"] == "bf16":
+        if progress["epoch"] == 0 and not progress["history"] and may_train_in_bf16(training_precision):
             first = _batches(verbalizer, train, config, _epoch_order(lengths, passes, config, 0), max_length)[0]
             timed = partial(_seconds_per_token, lm, verbalizer, first, pad_id, not checkpointing, trainable)
             training_precision = dist.broadcast(  # rank 0's clock decides for all
