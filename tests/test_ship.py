@@ -16,7 +16,7 @@ from tunelab.rungs.distill import distill
 from tunelab.rungs.prompting import few_shot
 from tunelab.ship.calibration import CalibratedPredictor, calibrate, fit_temperature, with_temperature
 from tunelab.ship.cascade import CascadePredictor, build_cascade, choose_threshold
-from tunelab.ship.export import export_onnx, parity_figures
+from tunelab.ship.export import export_lines, export_onnx, parity_figures
 
 
 def test_a_temperature_never_changes_the_predicted_label_and_fits_overconfidence():
@@ -104,6 +104,10 @@ def test_onnx_export_passes_parity_and_serves_without_torch(student_dir, tiny_ta
     assert facts["parity"]["passes"] and facts["parity"]["agreement"] == 1.0
     assert facts["parity"]["max_prob_difference"] < 1e-4
     exported, student = load_predictor(tmp_path / "onnx"), load_predictor(student_dir)
+    speed = facts["speed"]  # both measured here, so the user sees which one is faster on this machine
+    assert speed["texts"] == len(texts) and speed["torch_precision"] == student.precision
+    assert speed["torch_examples_per_s"] > 0 and speed["export_examples_per_s"] > 0
+    assert "examples/s" in export_lines(facts, tmp_path / "onnx")[-1]
     assert exported.rung == "onnx" and exported.params_total == student.params_total
     assert np.allclose(predict(exported, texts).probs, predict(student, texts).probs, atol=1e-4)
     assert exported.count_windows(texts[-1:]) == student.count_windows(texts[-1:]) != [1]
