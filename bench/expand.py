@@ -9,12 +9,15 @@
    at least --target-precision) and on currencies and languages (held out: measured at that floor), in
    --precision-languages; beam search (confidence = mean token probability) and sampling with self-consistency
    (confidence = the share of --samples candidates that agree); the precision/recall curve over the floor; then
-   the same with a generator LoRA-tuned on --tune-types (countries, regions, months, days: none of the three);
+   the same with a generator LoRA-tuned on --tune-types (countries, regions, months, days, units: none of
+   the three);
    and beam search with back-translation (a term kept only when the model names its concept in English again).
 3. /match: find_terms over a 100k-term list built from CLDR names (territories and languages in every locale)
    against a naive loop that tests every term, per text of a few hundred characters; server time, in process.
 
     python bench/expand.py [--concepts 40] [--languages de,fr,es,...] [--per-language 3] [--epochs 2]
+                           [--skip throughput,quality,match] [--tune-types countries-train,regions,months,days,units]
+                           [--decodings beam,sample,back-translated] [--skip-prompted]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from tunelab.offline.matching import at_word_boundaries, build_automaton, find_t
 from tunelab.offline.terms import Term, term_entries
 
 LANGUAGES = "de,fr,es,it,pt,nl,pl,ru,ja,zh"
+DEFAULT_TUNE_TYPES = "countries-train,regions,months,days"
 REPEATS = 3  # each throughput arm runs this many times; the table shows the median (single runs varied by 20%)
 
 
@@ -82,7 +86,8 @@ def quality(args) -> list[dict]:
 
 def tuned_generator(args) -> tuple[Path, dict]:
     """The generator LoRA-tuned on --tune-types (never the validation or held-out types), in the precision languages."""
-    folder = args.out / "generator-types"
+    folder = args.out / ("generator-types" if args.tune_types == DEFAULT_TUNE_TYPES
+                         else "generator-" + args.tune_types.replace(",", "+"))
     if not (folder / "tunelab-generator.json").is_file():
         run_tunelab("expand-tune", "--pairs", args.tune_types, "--languages", args.precision_languages, "--epochs",
                     str(args.epochs), "--out", str(folder), "--overwrite")
@@ -96,7 +101,9 @@ def precision_curves(args) -> dict:
                  "sample": ["--decoding", "sample", "--per-language", str(args.samples)],
                  "beam, back-translated": ["--decoding", "beam", "--per-language", str(args.per_language),
                                            "--back-translate"]}
-    generators = {"prompted": []}
+    short = {"beam": "beam", "sample": "sample", "beam, back-translated": "back-translated"}
+    decodings = {name: flags for name, flags in decodings.items() if short[name] in args.decodings.split(",")}
+    generators = {} if args.skip_prompted else {"prompted": []}
     if args.tune_types:
         folder, facts = tuned_generator(args)
         generators[f"tuned on {args.tune_types} ({facts['pairs']} pairs, {facts['train_seconds']:.0f} s)"] = [
@@ -209,7 +216,10 @@ def main():
     parser.add_argument("--precision-languages", default="de,fr,es,it,pt")
     parser.add_argument("--samples", type=int, default=5, help="sampled candidates a pair (self-consistency)")
     parser.add_argument("--target-precision", type=float, default=0.5)
-    parser.add_argument("--tune-types", default="countries-train,regions,months,days",
+    parser.add_argument("--decodings", default="beam,sample,back-translated",
+                        help="the precision part's decodings: beam, sample, back-translated (beam, then checked)")
+    parser.add_argument("--skip-prompted", action="store_true", help="precision part: the tuned generator only")
+    parser.add_argument("--tune-types", default=DEFAULT_TUNE_TYPES,
                         help="built-in types the precision part's tuned generator learns from ('' for none)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

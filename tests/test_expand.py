@@ -132,6 +132,8 @@ def test_training_pairs_come_from_several_cldr_types_and_an_unknown_type_is_name
     assert countries <= {p.source for p in pairs}
     with pytest.raises(InputError, match="not a built-in concept type: planets"):
         read_pairs("regions,planets", ("de",))
+    units = read_pairs("units", ("de",))
+    assert Shot("square kilometers", "de", "Quadratkilometer") in units and len(units) > 100
 
 
 @pytest.mark.parametrize("lines, message", [

@@ -52,7 +52,7 @@ def expand(
 @with_config_flags(generation_configs.GeneratorTuneConfig)
 def expand_tune(
     pairs: str = Option(..., "--pairs", help="Training pairs JSONL (source, language, name), or built-in "
-                        "concept types, comma-separated: countries-train,regions,months,days."),
+                        "concept types, comma-separated: countries-train,regions,months,days,units."),
     out: Path = Option(..., "--out", help="Folder for the tuned generator (LoRA merged)."),
     languages: Optional[str] = Option(None, help="Languages of the built-in pairs (default: 50)."),
     nproc: int = NPROC, overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,

@@ -31,7 +31,16 @@ CLDR_TYPES = {
     "regions": lambda locale: {c: n for c, n in locale.territories.items() if c.isdigit()},  # "Western Europe"
     "months": lambda locale: {str(k): n for k, n in locale.months["format"]["wide"].items()},
     "days": lambda locale: {str(k): n for k, n in locale.days["format"]["wide"].items()},
+    "units": lambda locale: _unit_names(locale),  # "square kilometers": names built of parts, as currencies' are
 }
+
+
+def _unit_names(locale) -> dict[str, str]:
+    """CLDR's long unit names in `locale` ({"area-square-kilometer": "Quadratkilometer"}), where it has one."""
+    from babel.units import get_unit_name
+
+    names = {code: get_unit_name(code, length="long", locale=locale) for code in locale.unit_display_names}
+    return {code: name for code, name in names.items() if name}
 
 
 @dataclass(frozen=True)
