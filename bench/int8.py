@@ -323,7 +323,8 @@ def one_task(name: str, args) -> list[dict]:
             measure(f"int8-aware fine-tuning ({args.int8_aware_epochs} epochs), then dynamic int8; against the "
                     "fine-tuned student", bench=aware, reference=tuned_probs)
         if args.outliers:
-            outlier_arms(student, bench, measure, [e.text for e in kept], args.smooth)
+            outlier_arms(student, bench, measure, [e.text for e in kept], (held_texts, reference_held),
+                         args.smooth)
         if args.skip_schemes:
             return _finish(rows, name, torch_speed)
         measure("dynamic int8, one text per call", per_text=True)
@@ -353,7 +354,7 @@ def one_task(name: str, args) -> list[dict]:
     return _finish(rows, name, torch_speed)
 
 
-def per_token_int8(source: Path, target: Path) -> None:
+def per_token_int8(source: Path, target: Path, keep_float: tuple[str, ...] = ()) -> None:
     """Rewrite every product of a float graph with a constant weight (MatMul) as int8 with one activation range per
     token: each token's row gets its own uint8 scale and zero point, the weight int8 per column, and the zero points
     come out through the weight's column sums: y = s * (q @ W8 * w_scale - z * colsum(W8 * w_scale)).
@@ -368,7 +369,7 @@ def per_token_int8(source: Path, target: Path) -> None:
                                     (("per_token_zero", 0.0), ("per_token_255", 255.0), ("per_token_tiny", 1e-12))])
     nodes = []
     for node in model.graph.node:
-        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" else None
+        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" and node.name not in keep_float else None
         if weight is None or len(weight.dims) != 2:
             nodes.append(node)
             continue
@@ -404,9 +405,12 @@ def per_token_int8(source: Path, target: Path) -> None:
     onnx.save(model, str(target))
 
 
-def outlier_arms(student, bench: Workbench, measure, calibration: list[str], alphas) -> None:
+def outlier_arms(student, bench: Workbench, measure, calibration: list[str], held: tuple[list[str], np.ndarray],
+                 alphas) -> None:
     """The arms aimed at the activations' outlier channels: the word table per column, SmoothQuant's scaling (its
-    maxima from the student's training texts) and one activation range per token, alone and together."""
+    maxima from the student's training texts) and one activation range per token, alone and together; then, for the
+    first alpha, the fewest most damaging products left fp32 for the held-out texts `held` (texts, the student's
+    probabilities) to pass the gate (each product's damage: its largest change on them, quantized alone)."""
     folder = bench.folder / "model.onnx"
     bench.dynamic(op_types_to_quantize=["MatMul", "Gemm"])
     word_table_per_column(folder)
@@ -424,6 +428,22 @@ def outlier_arms(student, bench: Workbench, measure, calibration: list[str], alp
         per_token_int8(smooth.graph, smooth.folder / "model.onnx")
         word_table_per_column(smooth.folder / "model.onnx")
         measure(f"SmoothQuant (alpha {alpha}), per-token int8, word table per column", bench=smooth)
+        if alpha != alphas[0]:
+            continue
+        texts, reference = held
+        products = [n for n in smooth.weight_nodes() if "MatMul" in n]
+        damage = {}
+        for product in products:
+            per_token_int8(smooth.graph, smooth.folder / "model.onnx", keep_float=tuple(set(products) - {product}))
+            damage[product] = float(np.abs(predict(smooth.predictor(), texts).probs - reference).max())
+        ranked = sorted(products, key=damage.get, reverse=True)
+        for k in range(len(ranked) + 1):
+            per_token_int8(smooth.graph, smooth.folder / "model.onnx", keep_float=tuple(ranked[:k]))
+            word_table_per_column(smooth.folder / "model.onnx")
+            if parity_figures(reference, predict(smooth.predictor(), texts).probs, None)["passes"]:
+                break
+        measure(f"SmoothQuant (alpha {alpha}), per-token int8, word table per column, {k} of {len(ranked)} products "
+                "fp32 (the fewest that pass on the held-out texts)", bench=smooth)
 
 
 def _finish(rows: list[dict], name: str, torch_speed: float) -> list[dict]:
