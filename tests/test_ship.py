@@ -155,6 +155,25 @@ def test_export_refuses_what_it_cannot_export(tiny_model, tiny_task, tmp_path):
     save_predictor(few_shot(tiny_model, tiny_task, PromptConfig()), tmp_path / "prompt")
     with pytest.raises(ConfigError, match="encoder student"):
         export_onnx(tmp_path / "prompt", tmp_path / "out", ["good"])
+    fit_baseline(tiny_task, BaselineConfig("tfidf"), out_dir=tmp_path / "tfidf")
+    with pytest.raises(ConfigError, match="TF-IDF has no network"):
+        export_onnx(tmp_path / "tfidf", tmp_path / "out", ["good"])
+
+
+@pytest.mark.parametrize("long_texts", ["windows", "cut"])
+def test_the_embed_baseline_exports_with_its_head_and_reads_long_texts_as_it_does(tiny_task, tmp_path, long_texts):
+    fit_baseline(tiny_task, BaselineConfig("embed", long_texts=long_texts), out_dir=tmp_path / "embed")
+    long_text = " ".join(["good bad nice sad fine poor kind grim"] * 40)  # ~320 tokens: past the 256 it reads
+    texts = [e.text for e in tiny_task.test] + [long_text]
+    facts = export_onnx(tmp_path / "embed", tmp_path / "onnx", texts)
+    assert facts["parity"]["passes"] and facts["parity"]["max_prob_difference"] < 1e-4
+    assert (tmp_path / "onnx" / "head.json").is_file()
+    exported, baseline = load_predictor(tmp_path / "onnx"), load_predictor(tmp_path / "embed")
+    assert exported.params_total == baseline.params_total and exported.params_trainable == 385
+    windows, truncated = exported.count_windows([long_text])[0], exported.count_truncated([long_text])
+    assert (windows >= 2 and truncated == 0) if long_texts == "windows" else (windows == 1 and truncated == 1)
+    assert [windows] == baseline.count_windows([long_text]) and truncated == baseline.count_truncated([long_text])
+    assert np.allclose(predict(exported, texts).probs, predict(baseline, texts).probs, atol=1e-4)
 
 
 def test_calibrate_command_needs_held_out_examples(tiny_model, tiny_task, tmp_path):

@@ -60,7 +60,8 @@ def cascade(
 @app.command()
 @with_config_flags(TaskSource)
 def export(
-    model: Path = Argument(..., help="A saved encoder student (tunelab distill --student minilm)."),
+    model: Path = Argument(..., help="A saved encoder student (tunelab distill --student minilm) or embed "
+                           "baseline (tunelab baseline --method embed)."),
     out: Path = Option(..., "--out", help="Folder for the exported predictor."),
     format: str = Option("onnx", "--format", help="onnx (the one format)."),
     quantize: Optional[str] = Option(None, "--quantize", help="int8: 8-bit weights (onnxruntime dynamic)."),

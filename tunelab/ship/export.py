@@ -1,12 +1,14 @@
-"""Export a student to ONNX (optionally with int8 weights), refused unless the export predicts what the torch
-predictor predicts.
+"""Export a student (or the embed baseline) to ONNX, optionally with int8 weights, refused unless the export
+predicts what the torch predictor predicts.
 
 What is exported: the encoder student (a BERT-style sequence classifier, MiniLM by default), the rung that is meant
-to be shipped. The graph comes from torch.onnx.export (torch's own exporter, no extra converter to keep in step
-with transformers); int8 is onnxruntime's dynamic quantization (weights stored in 8 bits, activations quantized per
-batch at run time: no calibration data needed, and matrix products run on the CPU's integer units). The causal-LM
-rungs (tuned teacher, pruned student, probe) are not exported: their key/value-cache prompts and label scoring are
-not one graph, and onnxruntime's generative API is a separate package; a clear error says so.
+to be shipped, and the embed baseline (its frozen MiniLM pooled in the graph, its linear head in `head.json`). The
+graph comes from torch.onnx.export (torch's own exporter, no extra converter to keep in step with transformers);
+int8 is onnxruntime's dynamic quantization (weights stored in 8 bits, activations quantized per batch at run time:
+no calibration data needed, and matrix products run on the CPU's integer units). The causal-LM rungs (tuned
+teacher, pruned student) are not exported: their key/value-cache prompts and label scoring are not one graph, and
+onnxruntime's generative API is a separate package; nor is the probe (it reads a causal LM's states) or TF-IDF (no
+network to export). A clear error says so.
 
 The gate: on the task's test texts (or given texts) the export must give the same label as the torch predictor on
 at least 99.5% of them, every probability within PROB_TOLERANCE, and (with labels) an ECE within 0.01 of the torch
@@ -29,7 +31,9 @@ from tunelab.atomic import replace_folder
 from tunelab.errors import ConfigError, ModelError
 from tunelab.measure.evaluate import expected_calibration_error
 from tunelab.predictor import ARTIFACT_FILE, FORMAT_VERSION, load_predictor, predict
+from tunelab.rungs.baseline import EMBED_OVERLAP, BaselinePredictor
 from tunelab.rungs.students import ENCODER_OVERLAP, EncoderStudent
+from tunelab.ship.onnx_predictor import HEAD_FILE, OnnxPredictor
 
 AGREEMENT = 0.995
 # Half a calibration bin, as the bf16 parity check (scoring/precision.py): a moved probability matters where it
@@ -55,18 +59,58 @@ def parity_figures(reference: np.ndarray, exported: np.ndarray, gold: np.ndarray
     return figures
 
 
-def _export_graph(student: EncoderStudent, path: Path) -> None:
-    """The encoder's graph with dynamic batch and sequence axes (torch.onnx.export)."""
-    encoder = student.encoder.float().eval().to("cpu")
-    sample = student.tokenizer(["a b c", "a"], padding=True, return_tensors="pt")
+def _export_graph(student, path: Path) -> None:
+    """The encoder's graph (an encoder student's, or the embed baseline's pooled embedder) with dynamic batch and
+    sequence axes (torch.onnx.export)."""
+    module, tokenizer, output = _exportable(student, path)
+    encoder = module.float().eval().to("cpu")
+    sample = tokenizer(["a b c", "a"], padding=True, return_tensors="pt")
+    if output == "vectors" and "token_type_ids" not in sample:
+        sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
     names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
-    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {output: {0: "batch"}}
     # The tracer warns about every shape test it freezes; the parity gate below checks the graph on texts of many
     # lengths (windows included), which is the check those warnings ask for.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(encoder, tuple(sample[name] for name in names), str(path), input_names=names,
-                          output_names=["logits"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+                          output_names=[output], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+
+
+class _PooledEmbedder(torch.nn.Module):
+    """The embed baseline's frozen encoder as one graph: mean pooling over the mask, L2-normalised (as
+    MiniLMEmbedder); the linear head is applied after a long text's windows are averaged, outside the graph."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def _exportable(predictor, predictor_dir) -> tuple[torch.nn.Module, object, str]:
+    """(module, tokenizer, output name) of a predictor export supports; ConfigError for the others."""
+    if isinstance(predictor, EncoderStudent):
+        return predictor.encoder, predictor.tokenizer, "logits"
+    if isinstance(predictor, BaselinePredictor) and predictor.embed is not None:
+        embedder = predictor.embed.embedder
+        return _PooledEmbedder(embedder.encoder), embedder.tokenizer, "vectors"
+    raise ConfigError(f"{predictor_dir}: a {predictor.rung} predictor; export supports the encoder student "
+                      "(tunelab distill --student minilm or encoder:PATH) and the embed baseline (tunelab baseline "
+                      "--method embed). Causal-LM rungs and the probe score through prompts or a causal LM's states, "
+                      "which this export does not cover; TF-IDF has no network to export")
+
+
+def _head(predictor) -> dict:
+    """The embed baseline's linear head as plain numbers (the export's `head.json`)."""
+    linear = predictor.linear
+    return {"coef": np.atleast_2d(linear.coef_).tolist(), "intercept": np.atleast_1d(linear.intercept_).tolist(),
+            "classes": [str(c) for c in getattr(linear, "classes_", [])], "value_range": predictor.value_range}
 
 
 def export_onnx(predictor_dir: str | Path, out_dir: str | Path, texts: list[str], *, gold_labels=None,
@@ -83,14 +127,12 @@ def export_onnx(predictor_dir: str | Path, out_dir: str | Path, texts: list[str]
     if not texts:
         raise ConfigError("the parity check needs texts: give --task/--train or --texts")
     student = load_predictor(predictor_dir)
-    if not isinstance(student, EncoderStudent):
-        raise ConfigError(f"{predictor_dir}: a {student.rung} predictor; export supports the encoder student "
-                          "(tunelab distill --student minilm or encoder:PATH). Causal-LM rungs score labels through "
-                          "prompts and a key/value cache, which is not one ONNX graph")
+    _, tokenizer, output = _exportable(student, predictor_dir)
     if quantize not in (None, "int8"):
         raise ConfigError(f"--quantize must be int8, got {quantize!r}")
-    as_saved = student.precision
-    student.set_precision("fp32")  # the reference is the fp32 torch predictor
+    as_saved = getattr(student, "precision", "fp32")
+    if output == "logits":
+        student.set_precision("fp32")  # the reference is the fp32 torch predictor
     reference = predict(student, texts).probs if student.kind == "classification" else None
     gold = None
     if gold_labels is not None and student.kind == "classification":
@@ -98,8 +140,6 @@ def export_onnx(predictor_dir: str | Path, out_dir: str | Path, texts: list[str]
     facts: dict = {}
 
     def fill(folder: Path) -> None:
-        from tunelab.ship.onnx_predictor import OnnxPredictor
-
         with tempfile.TemporaryDirectory() as scratch:
             graph = Path(scratch) / "model.onnx"
             _export_graph(student, graph)
@@ -116,15 +156,21 @@ def export_onnx(predictor_dir: str | Path, out_dir: str | Path, texts: list[str]
                                  per_channel=True)
             else:
                 graph.replace(folder / "model.onnx")
-        student.tokenizer.save_pretrained(folder / "tokenizer")
+        tokenizer.save_pretrained(folder / "tokenizer")
         (folder / "tokenizer" / "tokenizer.json").replace(folder / "tokenizer.json")  # all the tokenizers library reads
         shutil.rmtree(folder / "tokenizer")
+        if output == "vectors":  # the embed baseline: windows averaged, then its linear head (head.json)
+            (folder / HEAD_FILE).write_text(json.dumps(_head(student)), encoding="utf-8")
+            reading = {"long_texts": student.embed.long_texts, "overlap": EMBED_OVERLAP, "spec": "embed baseline"}
+        else:
+            reading = {"long_texts": student.long_texts, "overlap": ENCODER_OVERLAP,
+                       "spec": student.meta.get("spec", "encoder")}
         payload = {"format_version": FORMAT_VERSION, "rung": "onnx", "kind": student.kind,
                    "labels": list(student.label_names), "max_length": student.max_length,
-                   "long_texts": student.long_texts, "overlap": ENCODER_OVERLAP,
-                   "pad_id": student.tokenizer.pad_token_id, "quantize": quantize,
+                   "long_texts": reading["long_texts"], "overlap": reading["overlap"], "output": output,
+                   "pad_id": tokenizer.pad_token_id, "quantize": quantize,
                    "source": {"path": str(predictor_dir), "fingerprint": student.fingerprint,
-                              "spec": student.meta.get("spec", "encoder")},
+                              "spec": reading["spec"]},
                    "params_total": student.params_total, "params_trainable": student.params_trainable}
         exported = OnnxPredictor(folder, payload)
         if student.kind == "classification":
@@ -142,7 +188,8 @@ def export_onnx(predictor_dir: str | Path, out_dir: str | Path, texts: list[str]
         facts.update(payload, bytes=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()))
         # An export is for serving without torch, not always for speed: on a CPU with bf16 matrix units the torch
         # student in bf16 outran the fp32 export 1.8x (machine D, vader words); the user sees which is faster here.
-        student.set_precision(as_saved)
+        if output == "logits":
+            student.set_precision(as_saved)
         facts["speed"] = {"texts": len(texts), "torch_precision": as_saved,
                           "torch_examples_per_s": _examples_per_s(student, texts),
                           "export_examples_per_s": _examples_per_s(exported, texts)}
@@ -171,7 +218,8 @@ def export_lines(facts: dict, out_dir: str | Path) -> list[str]:
         speed = facts["speed"]
         ratio = speed["export_examples_per_s"] / speed["torch_examples_per_s"]
         lines.append(f"speed on these {speed['texts']} texts here: export {speed['export_examples_per_s']:,.0f} "
-                     f"examples/s, torch student ({speed['torch_precision']}) {speed['torch_examples_per_s']:,.0f}: "
-                     f"{ratio:.2f}x" + ("; the export is for serving without torch, not for speed on this machine"
-                                         if ratio < 1 else ""))
+                     f"examples/s, the torch predictor ({speed['torch_precision']}) "
+                     f"{speed['torch_examples_per_s']:,.0f}: {ratio:.2f}x"
+                     + ("; the export is for serving without torch, not for speed on this machine" if ratio < 1
+                        else ""))
     return lines

@@ -1,9 +1,12 @@
-"""An exported encoder student, run by onnxruntime: a predictor that needs neither torch nor transformers.
+"""An exported encoder student or embed baseline, run by onnxruntime: a predictor that needs neither torch nor
+transformers.
 
-The folder holds `model.onnx` (fp32, or int8 weights), `tokenizer.json` (read by the `tokenizers` library) and
-`tunelab.json` (labels, the student's length policy, the parity figures the export passed). It reads texts exactly
-as the torch student does (scoring/length.py: whole texts in windows whose logits are averaged, or head + tail),
-so eval, predict, serve and bias accept it like any predictor; serving it imports no torch (a test checks).
+The folder holds `model.onnx` (fp32, or int8 weights), `tokenizer.json` (read by the `tokenizers` library),
+`tunelab.json` (labels, the length policy, the parity figures the export passed) and, for an embed baseline,
+`head.json` (its logistic or ridge regression's numbers, applied here after the windows' embeddings are
+averaged). It reads texts exactly as the torch predictor does (scoring/length.py: whole texts in windows whose
+outputs are averaged, or head + tail), so eval, predict, serve and bias accept it like any predictor; serving it
+imports no torch (a test checks).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from tunelab.scoring.length import fit_texts, special_frame, window_spans
 
 ENCODER_SPECIAL_TOKENS = 2  # [CLS] and [SEP], as rungs/students.py
 ENCODER_OVERLAP = 32
+HEAD_FILE = "head.json"  # an exported embed baseline's linear head (coefficients, intercepts, classes)
 
 
 class _Encoded:
@@ -67,6 +71,9 @@ class OnnxPredictor:
         self.tokenizer = TokenizerAdapter(Tokenizer.from_file(str(self.directory / "tokenizer.json")))
         self.pad_id = int(payload["pad_id"])
         self.max_length, self.long_texts = int(payload["max_length"]), payload["long_texts"]
+        self.overlap, self.output = int(payload.get("overlap", ENCODER_OVERLAP)), payload.get("output", "logits")
+        self.head = (json.loads((self.directory / HEAD_FILE).read_text(encoding="utf-8"))
+                     if self.output == "vectors" else None)
 
     @property
     def params_total(self) -> int:
@@ -79,6 +86,8 @@ class OnnxPredictor:
     @property
     def fingerprint(self) -> str:
         digest = hashlib.sha256((self.directory / "model.onnx").read_bytes())
+        if self.head is not None:
+            digest.update(json.dumps(self.head, sort_keys=True).encode())
         digest.update(json.dumps([self.kind, list(self.label_names), self.max_length, self.long_texts,
                                   self.payload.get("quantize")]).encode())
         return digest.hexdigest()[:16]
@@ -94,7 +103,7 @@ class OnnxPredictor:
         if self.long_texts != "windows":
             cut = [text for text, _ in fit_texts(self.tokenizer, texts, room)]
             return [[before + row[:room] + after] for row in self.tokenizer(cut, add_special_tokens=False).input_ids]
-        stride = max(1, room - min(ENCODER_OVERLAP, room // 4))
+        stride = max(1, room - min(self.overlap, room // 4))
         return [[before + row[a:b] + after for a, b in window_spans(len(row), room, stride)]
                 for row in self.tokenizer(texts, add_special_tokens=False).input_ids]
 
@@ -107,6 +116,15 @@ class OnnxPredictor:
         return [len(w) for w in self._windows(texts)]
 
     def logits(self, texts: list[str]) -> np.ndarray:
+        """The student's logits averaged over each text's windows; for an embed baseline, its head's scores of the
+        windows' embeddings averaged and normalised again (as rungs/baseline.py reads long texts)."""
+        outputs = self._averaged(texts)
+        if self.head is None:
+            return outputs
+        vectors = outputs / np.maximum(np.linalg.norm(outputs, axis=1, keepdims=True), 1e-12)
+        return vectors @ np.asarray(self.head["coef"]).T + np.asarray(self.head["intercept"])
+
+    def _averaged(self, texts: list[str]) -> np.ndarray:
         per_text = self._windows(texts)
         rows = [ids for windows in per_text for ids in windows]
         width = max(map(len, rows))
@@ -117,7 +135,7 @@ class OnnxPredictor:
         feed = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self.inputs:
             feed["token_type_ids"] = np.zeros_like(ids)
-        out = self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.inputs})[0]
+        out = self.session.run([self.output], {k: v for k, v in feed.items() if k in self.inputs})[0]
         owner = np.repeat(np.arange(len(texts)), [len(w) for w in per_text])
         summed = np.zeros((len(texts), out.shape[1]))
         np.add.at(summed, owner, out)
@@ -125,10 +143,27 @@ class OnnxPredictor:
 
     def predict_batch(self, texts: list[str]) -> Predictions:
         logits = self.logits(texts)
+        if self.head is not None:
+            return self._head_predictions(logits)
         if self.kind == "classification":
             shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
             return Predictions("classification", self.label_names, probs=shifted / shifted.sum(axis=1, keepdims=True))
         return Predictions("regression", values=logits[:, 0])
+
+    def _head_predictions(self, scores: np.ndarray) -> Predictions:
+        """What scikit-learn's fitted model gives for these scores: logistic regression's probabilities (one score:
+        the second class's log-odds), in the predictor's label order; ridge's values, clipped to the training range."""
+        if self.kind == "regression":
+            low, high = self.head["value_range"]
+            return Predictions("regression", values=np.clip(scores[:, 0], low, high))
+        if scores.shape[1] == 1:
+            second = 1 / (1 + np.exp(-scores[:, 0]))
+            probs = np.stack([1 - second, second], axis=1)
+        else:
+            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+            probs = shifted / shifted.sum(axis=1, keepdims=True)
+        order = [self.head["classes"].index(label) for label in self.label_names]
+        return Predictions("classification", self.label_names, probs=probs[:, order])
 
     def save(self, directory: Path) -> None:
         raise ModelError("an ONNX predictor is written by `tunelab export`, not saved again")
