@@ -53,6 +53,22 @@ def test_training_times_bf16_where_only_the_predictors_speed_turned_it_down():
     assert choose_training_precision(slower_predictor, {"fp32": 1.0, "bf16": 1.0}.get)["precision"] == "fp32"
 
 
+def test_a_timed_training_step_waits_for_the_gpu_before_reading_the_clock(monkeypatch):
+    import torch
+
+    from tunelab import training
+
+    synced, waited = [], []
+    real = training.synchronize
+    monkeypatch.setattr(training, "synchronize", lambda device: synced.append(device) or real(device))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    weight = torch.nn.Parameter(torch.ones(3))
+    assert training.backward_seconds(lambda: (weight * 2).sum(), [weight]) >= 0 and weight.grad is None
+    assert synced == [torch.device("cpu")] * 4 and waited == []  # before and after each of two passes; CPU: no wait
+    real(torch.device("cuda", 0))
+    assert waited == [torch.device("cuda", 0)]  # on a GPU backward() returns before its kernels have run
+
+
 def test_auto_lora_training_records_its_timed_step_and_follows_it(tiny_model, tiny_task, tmp_path, monkeypatch):
     from tunelab.config import TuneConfig
     from tunelab.rungs import tuning

@@ -83,13 +83,22 @@ def training_step(parameters: list[torch.nn.Parameter], optimizer: torch.optim.O
 # Checkpoints: safetensors and JSON only, each a folder written atomically, then a pointer file
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs kernels asynchronously; a CPU has nothing queued)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def backward_seconds(loss: Callable[[], torch.Tensor], parameters: list[torch.nn.Parameter]) -> float:
     """Seconds of one forward and backward of `loss()`, timed after an untimed pass (allocation, kernel
     selection); the gradients are dropped, so no optimizer step sees them (the trainers' timed precision choice)."""
     seconds = 0.0
+    device = parameters[0].device if parameters else torch.device("cpu")
     for _ in range(2):
+        synchronize(device)
         started = time.perf_counter()
         loss().backward()
+        synchronize(device)  # a GPU runs the kernels after backward() returns: time them, not their launches
         seconds = time.perf_counter() - started
     for parameter in parameters:
         parameter.grad = None
