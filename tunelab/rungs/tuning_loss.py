@@ -99,9 +99,9 @@ def micro_batch_tokens(precision: str, lm: torch.nn.Module | None = None) -> int
     measured no faster on passages, 9.5 s, and twice as slow on words.)
 
     On a GPU (`lm` on CUDA) the CPU's size means one or two passages a pass, thousands of small kernels each: an
-    H200 took over 65 s an epoch on 540 sotu passages, most likely launch-bound (not profiled). There the
-    micro-batch takes a quarter of the free memory by `activation_bytes_per_token`, never fewer tokens than on a
-    CPU (not yet timed on a GPU)."""
+    H200 took over 65 s an epoch on 540 sotu passages. There the micro-batch takes a quarter of the free memory by
+    `activation_bytes_per_token`, never fewer tokens than on a CPU: the same H200 then ran ~20 s an epoch (LoRA,
+    fp32, with the per-epoch scoring of bench/lora_docs.py --curve)."""
     cpu_size = MICRO_BATCH_TOKENS * (2 if precision == "bf16" else 1)
     device = next(lm.parameters()).device if lm is not None else None
     if device is None or device.type != "cuda":
@@ -147,8 +147,9 @@ def _validation_loss(lm, verbalizer: Verbalizer, batches: list[_Batch], pad_id: 
     """The mean loss over the validation batches; in a data-parallel job each process scores its shard."""
     lm.eval()
     shards = [batch.shard(dist) for batch in batches]
+    tokens = micro_batch_tokens(precision, lm)  # once: on a GPU it reads the free memory
     total = sum(_loss_step(lm, verbalizer, b, pad_id, precision=precision).item() * len(b.pairs) for batch in shards
-                for b in batch.micro_batches(micro_batch_tokens(precision, lm)))
+                for b in batch.micro_batches(tokens))
     total, count = dist.sum(total, sum(len(b.pairs) for b in shards))
     return total / count
 
