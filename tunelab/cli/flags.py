@@ -79,7 +79,7 @@ def config_from(config_class, given: dict):
     return getattr(config_class, "from_flags", config_class)(**config_fields(config_class, given))
 
 
-BASE_MODEL = Option("smollm2", "--model", help="'smollm2' (bundled GGUF), an HF folder or a .gguf file.")
+BASE_MODEL = Option("smollm2", "--model", help="'smollm2' or 'gemma3-270m' (bundled), an HF folder or a .gguf file.")
 PREDICTOR = Option(..., "--model", help="A saved tunelab predictor folder.")
 JSON = Option(False, "--json", help="Print one JSON object per result instead of a table.")
 OVERWRITE = Option(False, "--overwrite", help="Replace whatever --out holds.")
