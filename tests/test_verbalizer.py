@@ -79,6 +79,20 @@ def _metaspace() -> PreTrainedTokenizerFast:
 TOKENIZERS = {"byte-level": _byte_level(), "metaspace": _metaspace()}
 SIZES = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
              max_position_embeddings=512, initializer_range=0.3)  # large weights: large logits, visible transforms
+
+
+def _gemma3_config(vocab_size: int) -> Gemma3TextConfig:
+    """Gemma 3 as the 270M model is built (sliding-window layers with a global one between them, each with its own
+    rotary base; query scaling by query_pre_attn_scalar, not head_dim; sandwich norms; embeddings scaled by
+    sqrt(hidden)), shrunk: a 6-token window, so the few-shot prompts' rows reach past it and the prefix cache,
+    cropped and repeated, must keep the window right."""
+    return Gemma3TextConfig(vocab_size=vocab_size, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=24,
+                            sliding_window=6, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                             "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+                            final_logit_softcapping=3.0, **{**SIZES, "num_hidden_layers": 3})
+
+
 ARCHITECTURES = {
     "llama": lambda v: LlamaForCausalLM(LlamaConfig(vocab_size=v, num_key_value_heads=1, **SIZES)),
     "mistral": lambda v: MistralForCausalLM(MistralConfig(vocab_size=v, num_key_value_heads=1, sliding_window=256,
@@ -87,9 +101,7 @@ ARCHITECTURES = {
     "qwen3": lambda v: Qwen3ForCausalLM(Qwen3Config(vocab_size=v, num_key_value_heads=1, head_dim=16, **SIZES)),
     "gemma2": lambda v: Gemma2ForCausalLM(Gemma2Config(vocab_size=v, num_key_value_heads=1, head_dim=16,
                                                        final_logit_softcapping=3.0, sliding_window=256, **SIZES)),
-    "gemma3": lambda v: Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=v, num_key_value_heads=1, head_dim=16,
-                                                           final_logit_softcapping=3.0, sliding_window=256,
-                                                           **SIZES)),
+    "gemma3": lambda v: Gemma3ForCausalLM(_gemma3_config(v)),
     "phi3": lambda v: Phi3ForCausalLM(Phi3Config(vocab_size=v, num_key_value_heads=1, pad_token_id=1, **SIZES)),
     "gpt2": lambda v: GPT2LMHeadModel(GPT2Config(vocab_size=v, n_embd=32, n_layer=2, n_head=2, n_positions=512,
                                                  initializer_range=0.3, bos_token_id=0, eos_token_id=0)),
@@ -147,7 +159,7 @@ def test_the_transforms_and_the_tokenizers_matter():
         assert apart != tokenizer("".join(pieces), add_special_tokens=False).input_ids
 
 
-@pytest.mark.parametrize("architecture", ["llama", "gpt2", "gemma2"])
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "gemma2", "gemma3"])
 def test_scores_do_not_depend_on_batch_size_or_batch_mates(architecture, sentence_task):
     predictor = few_shot(_model(architecture, "metaspace"), sentence_task, PromptConfig(shots=1))
     text = "great acting and a kind story"
@@ -159,7 +171,7 @@ def test_scores_do_not_depend_on_batch_size_or_batch_mates(architecture, sentenc
     assert np.allclose(predict(predictor, texts, batch_size=8).probs, by_one, atol=1e-5)
 
 
-@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma2", "phi3", "gpt2", "gpt-neox", "granite"])
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma2", "gemma3", "phi3", "gpt2", "gpt-neox", "granite"])
 def test_lora_merge_keeps_the_count_changes_the_scores_and_loads_with_plain_transformers(
         architecture, sentence_task, tmp_path):
     from peft import PeftModel
@@ -189,7 +201,7 @@ def test_lora_merge_keeps_the_count_changes_the_scores_and_loads_with_plain_tran
     assert abs(scores[0, 0].item() - reference) < 1e-4
 
 
-@pytest.mark.parametrize("architecture", ["llama", "gpt2", "gpt-neox", "gemma2", "granite", "phi3"])
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "gpt-neox", "gemma2", "gemma3", "granite", "phi3"])
 def test_pruned_students_load_score_and_save(architecture, sentence_task, tmp_path):
     model = _model(architecture, "metaspace")
     pruned = make_model(prune_layers(model.lm, 1), model.tokenizer, device=torch.device("cpu"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -92,6 +92,22 @@ class PrefixCache:
 
     ids: list[int]
     kv: object | None = None
+    shorter: dict = field(default_factory=dict)  # usable length -> the cache of that many prefix tokens
+
+    def kv_for(self, lm, keep: int):
+        """The inference cache of the first `keep` prefix tokens (not to be appended to: callers copy it). Cropped
+        from the whole prefix's cache where that can be done; a sliding-window layer (Gemma 2 and 3, Mistral) that
+        has filled its window keeps no states to crop back to, so there the shorter prefix is encoded once."""
+        if keep == len(self.ids):
+            return self.kv
+        if keep not in self.shorter:
+            try:
+                cache = copy.deepcopy(self.kv)
+                cache.crop(keep - len(self.ids))  # a negative count drops that many of the newest positions
+            except RuntimeError:
+                cache = encode_prefix(lm, self.ids[:keep]).kv
+            self.shorter[keep] = cache
+        return self.shorter[keep]
 
 
 @torch.no_grad()
@@ -140,9 +156,7 @@ def _cache_for(lm, prefix: PrefixCache, keep: int, n_rows: int):
         out = lm(input_ids=torch.tensor([prefix.ids[:keep]], device=device), use_cache=True, logits_to_keep=1)
         cache = returned_cache(out)
     else:  # the forward pass appends to the cache: a shared one is copied first
-        cache = copy.deepcopy(prefix.kv)
-        if keep < len(prefix.ids):
-            cache.crop(keep - len(prefix.ids))  # a negative count drops that many of the newest positions
+        cache = copy.deepcopy(prefix.kv_for(lm, keep))
     cache.batch_repeat_interleave(n_rows)
     return cache
 
@@ -166,29 +180,41 @@ def label_log_likelihoods(lm: torch.nn.Module, prefix: PrefixCache, pairs: list[
             targets += [(r, t - 1 - keep, pair.ids[t], qi, li) for t in range(pair.label_start, len(pair.ids))]
     row_list = list(rows)
     lengths = [len(row) for row in row_list]
-    n_keep = max(lengths[r] - position for r, position, *_ in targets)
     width = max(lengths)
+    # Rows are left-padded, so that every scored position sits in the last columns and the head runs on few of
+    # them; but a sliding-window layer counts its window in columns, pads included, so a left-padded row whose
+    # prefix and row reach past the window would see fewer real tokens than it does alone. Then rows are
+    # right-padded: every real token keeps its column, and the kept columns reach back to the earliest scored one.
+    start = [0 if _window_reached(lm, keep + width) else width - length for length in lengths]
+    n_keep = width - min(start[r] + position for r, position, *_ in targets)
     input_ids = torch.full((len(row_list), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(row_list), keep + width), dtype=torch.long)
     attention_mask[:, :keep] = 1
     position_ids = torch.full((len(row_list), width), keep, dtype=torch.long)
     for i, row in enumerate(row_list):
-        input_ids[i, width - len(row):] = torch.tensor(row)
-        attention_mask[i, keep + width - len(row):] = 1
-        position_ids[i, width - len(row):] = torch.arange(keep, keep + len(row))
+        input_ids[i, start[i] : start[i] + len(row)] = torch.tensor(row)
+        attention_mask[i, keep + start[i] : keep + start[i] + len(row)] = 1
+        position_ids[i, start[i] : start[i] + len(row)] = torch.arange(keep, keep + len(row))
     cache = _cache_for(lm, prefix, keep, len(row_list))
     out = lm(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
              position_ids=position_ids.to(device), use_cache=cache is not None, logits_to_keep=n_keep,
              **{cache_argument_name(lm): cache})
     log_probs = torch.log_softmax(out.logits.float(), dim=-1)  # (rows, n_keep, vocab)
     row_index, position, token, query_index, label_index = (torch.tensor(c, device=device) for c in zip(*targets))
-    column = position - torch.tensor(lengths, device=device)[row_index] + n_keep
+    column = position + torch.tensor(start, device=device)[row_index] - (width - n_keep)
     token_log_probs = log_probs[row_index, column, token]  # (n_targets,)
     shape = (len(pairs), len(pairs[0]))
     scores = torch.zeros(shape, device=device).index_put((query_index, label_index), token_log_probs, accumulate=True)
     counts = torch.zeros(shape, device=device).index_put((query_index, label_index), torch.ones_like(token_log_probs),
                                                          accumulate=True)
     return scores, counts
+
+
+def _window_reached(lm, columns: int) -> bool:
+    """Whether a sliding-window attention layer of `lm` (Gemma 2 and 3, Mistral) would drop some of `columns`."""
+    model = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    window = getattr(model.config, "sliding_window", None)
+    return isinstance(window, int) and columns > window
 
 
 @torch.no_grad()
