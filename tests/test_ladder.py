@@ -146,7 +146,7 @@ def test_the_recommendation_never_names_a_rung_below_the_target_when_another_rea
 def test_the_recommendation_names_every_faster_compatible_rung_with_its_trade_off():
     from tunelab.ladder import recommend
     from tunelab.ladder.choice import examples_to_decide
-    from tunelab.report.ladder import faster_lines
+    from tunelab.report.ladder import trade_off_table
     from tunelab.tasks import Example, make_task
 
     test = [Example(f"t{i}", "positive") for i in range(40)]
@@ -161,8 +161,9 @@ def test_the_recommendation_names_every_faster_compatible_rung_with_its_trade_of
     assert list(faster) == ["embed", "distill"]  # by speed ratio; zero is below the target
     assert faster["embed"]["speed_ratio"] == 50.0 and faster["distill"]["speed_ratio"] == 20.0
     assert faster["embed"]["difference"] == pytest.approx(37 / 40 - 1.0)
-    lines = faster_lines(choice, len(test))
-    assert len(lines) == 2 and "embed serves 50.0x lora's examples/s" in lines[0]
+    table = trade_off_table(choice, len(test))  # one row per faster rung, fastest first
+    assert len(table) == 6 and table[4].startswith("| embed | 50.0x | 500.0 | -0.075 [")
+    assert table[5].startswith("| distill | 20.0x")
     # intervals narrow as 1/sqrt(n): halving the half-width takes four times the examples
     assert examples_to_decide(100, [0.0, 0.2], 0.05) == 400 and examples_to_decide(100, [0.0, 0.2], 0.0) is None
 
@@ -222,3 +223,54 @@ def test_a_ladder_budget_cuts_training_short_and_the_report_says_so(tiny_model, 
     markdown = (tmp_path / "cut" / "report.md").read_text()
     assert "Cut short by its budget: lora (training stopped after 1 of" in markdown
     assert "Padding in the fine-tuning batches" in markdown
+
+
+def test_the_model_axis_runs_each_llm_rung_per_model_and_tests_the_size_claim(tiny_model, word_tokenizer, tiny_task,
+                                                                              tmp_path):
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tunelab.ladder.axis import run_models
+    from tunelab.models import make_model
+
+    torch.manual_seed(1)  # a larger Gemma 3 shape: sliding and global layers
+    gemma = make_model(Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(word_tokenizer), hidden_size=48, intermediate_size=53, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"], pad_token_id=1)),
+        word_tokenizer, name="tiny-gemma3", device=torch.device("cpu"))
+    assert gemma.params_total > tiny_model.params_total
+    config = LadderConfig(rungs=("tfidf", "zero", "lora", "distill"), curve=(0,), epochs=1, student="pruned:1",
+                          search_budget_s=0, target_quality=None)
+    loaded = []
+    report = run_models({"big": lambda: loaded.append("big") or gemma, "small": lambda: loaded.append("small")
+                         or tiny_model}, tiny_task, config, tmp_path / "axis")
+    assert loaded == ["big", "small"]  # one after the other, as each run starts
+    assert list(report["rungs"]) == ["tfidf", "zero@small", "zero@big", "lora@small", "lora@big", "distill@small",
+                                     "distill@big"]  # the baseline once; the smaller model first within a rung
+    assert not (tmp_path / "axis" / "small" / "tfidf").exists()
+    assert report["rungs"]["lora@big"]["metrics"]["params_total"] == gemma.params_total
+    assert set(report["choice"]["status"]) == set(report["rungs"])  # the choice spans every (model, rung)
+    claim = {row["rung"]: row for row in report["size_claim"]}
+    assert list(claim) == ["zero", "lora", "distill"]
+    for row in claim.values():
+        low, high = row["interval"]
+        assert low <= row["difference"] <= high
+        assert row["verdict"] == ("holds" if low > 0 else "does not hold" if high < 0 else
+                                  "cannot tell on this test set")
+        big, small = report["rungs"][f"{row['rung']}@big"], report["rungs"][f"{row['rung']}@small"]
+        assert row["difference"] == pytest.approx(big["metrics"]["accuracy"] - small["metrics"]["accuracy"])
+    assert claim["zero"]["params_ratio"] == pytest.approx(gemma.params_total / tiny_model.params_total)
+    markdown = (tmp_path / "axis" / "report.md").read_text()
+    assert "Does a larger base model predict better?" in markdown and "| lora@big |" in markdown
+    html = (tmp_path / "axis" / "report.html").read_text()
+    assert "quality-by-model-size" in html and "size-claim" in html
+    assert (tmp_path / "axis" / "big" / "report.json").is_file()
+
+
+def test_the_model_axis_refuses_one_model_or_a_repeated_one():
+    from tunelab.ladder.axis import check_labels
+
+    for labels, message in ((["smollm2"], "two or more"), (["a", "a"], "twice"), (["a", "../b"], "cannot name")):
+        with pytest.raises(ConfigError, match=message):
+            check_labels(labels)

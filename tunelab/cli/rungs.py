@@ -198,19 +198,35 @@ def bias(model: Path = PREDICTOR, as_json: bool = JSON, *, given: dict):
 @with_config_flags(TaskSource, configs.LadderConfig)
 def ladder(
     out: Path = Option(..., "--out", help="Run folder: one subfolder per rung, plus the reports."),
-    model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
+    model: str = BASE_MODEL,
+    models: Optional[str] = Option(None, "--models", help="Comma list of base models (e.g. smollm2,gemma3-270m): "
+                                   "every LLM rung on each, the baselines once, one report; replaces --model."),
+    as_json: bool = JSON, *, given: dict,
 ):
     """Run every rung on one task; write report.html, report.md and report.json; name the cheapest good rung."""
     from tunelab.ladder import ladder_task, run
+    from tunelab.ladder.axis import check_labels, run_models
+    from tunelab.models import model_label
     from tunelab.report.ladder import summary_lines
 
     config = config_from(configs.LadderConfig, given)
+    specs = [spec.strip() for spec in models.split(",") if spec.strip()] if models is not None else None
+    if specs is not None:
+        check_labels([model_label(spec) for spec in specs])
     loaded_task = ladder_task(config_from(TaskSource, given), config)
-    base = load_base(model)
-    with progress(transient=False) as bars:
-        done = bars.bar("ladder: rungs done", len(config.rungs))
-        report = run(base, loaded_task, config, out, on_step=lambda rung, state: done(int(state != "start")),
-                     on_plan=lambda lines: err_console.print("\n".join(lines), highlight=False, markup=False))
+    on_plan = lambda lines: err_console.print("\n".join(lines), highlight=False, markup=False)  # noqa: E731
+    if specs is None:
+        base = load_base(model)
+        with progress(transient=False) as bars:
+            done = bars.bar("ladder: rungs done", len(config.rungs))
+            report = run(base, loaded_task, config, out, on_step=lambda rung, state: done(int(state != "start")),
+                         on_plan=on_plan)
+    else:  # each model is loaded as its run starts (a status line, not a bar: rich shows one live display)
+        report = run_models({model_label(spec): lambda spec=spec: load_base(spec) for spec in specs}, loaded_task,
+                            config, out, on_plan=on_plan,
+                            on_model=lambda label: err_console.print(f"ladder on {label}", highlight=False),
+                            on_step=lambda rung, state: state == "done" and err_console.print(
+                                f"  {rung} done", highlight=False))
     print_lines(report, summary_lines(report, out), as_json)
 
 

@@ -8,6 +8,7 @@ conclusions, report/ renders them as report.json, report.md and a self-contained
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -47,7 +48,8 @@ from tunelab.rungs.prompting import few_shot
 from tunelab.rungs.search import validation_task
 from tunelab.tasks import Task
 
-__all__ = ["LadderConfig", "check_task", "label_scarce", "ladder_task", "quick_task", "recommend", "run"]
+__all__ = ["LadderConfig", "check_task", "label_scarce", "ladder_task", "prepare_task", "quick_task", "recommend",
+           "run"]
 
 
 def run(
@@ -68,11 +70,7 @@ def run(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_task(task, config)
-    if config.quick:
-        task = quick_task(task, config)
-    if config.train_labels is not None:
-        task = label_scarce(task, config.train_labels, config.seed)
+    task = prepare_task(task, config)
     started = time.perf_counter()
     base_weights = weights_fingerprint(model.lm)  # hashed before anything runs: prompting must change none
     precision = ladder_precision(model, task, config)
@@ -146,6 +144,7 @@ def run(
     report = {
         "task": task.name, "kind": task.kind, "n_train": len(task.train), "n_test": len(task.test),
         "split_note": task.split_note, "model": model.name, "base_params": model.params_total,
+        "test_fingerprint": test_fingerprint(task),
         "config": dataclasses.asdict(config), "precision": precision, "rungs": results, "few_shot_curve": curve,
         "sensitivity": spread, "parameter_facts": parameter_facts(model, base_weights, out_dir, results),
         "choice": recommend(results, task, config.target_quality), "interval_method": METHOD,
@@ -160,6 +159,25 @@ def run(
     }
     write_reports(report, out_dir)
     return report
+
+
+def prepare_task(task: Task, config: LadderConfig) -> Task:
+    """The task as the ladder runs it: checked, subsampled for --quick, labels withheld for --train-labels (the
+    same seed gives the same split, so runs on different models are paired example by example)."""
+    check_task(task, config)
+    if config.quick:
+        task = quick_task(task, config)
+    if config.train_labels is not None:
+        task = label_scarce(task, config.train_labels, config.seed)
+    return task
+
+
+def test_fingerprint(task: Task) -> str:
+    """A hash of the test split's texts and labels: reports compared example by example must share it."""
+    digest = hashlib.sha256()
+    for example in task.test:
+        digest.update(json.dumps([example.text, example.label]).encode())
+    return digest.hexdigest()[:16]
 
 
 def rungs_left_out(task: Task, config: LadderConfig) -> dict[str, str]:

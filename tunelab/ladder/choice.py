@@ -59,7 +59,7 @@ def _status(interval: list[float] | None, quality: float, target: float) -> str:
     return "reaches" if low >= target else "below" if high < target else "compatible"
 
 
-def _paired(results: dict, task: Task, first: str, second: str) -> dict:
+def paired_quality(results: dict, task: Task, first: str, second: str) -> dict:
     """first's quality minus second's, with its interval on paired resamples of the test split."""
     encode = (lambda outputs: np.array([task.labels.index(o) if o in task.labels else len(task.labels)
                                         for o in outputs])) if task.is_classification else np.array
@@ -68,19 +68,20 @@ def _paired(results: dict, task: Task, first: str, second: str) -> dict:
                              encode(results[second]["test_outputs"]))
 
 
-def recommend(results: dict, task: Task, target: float | None) -> dict:
+def recommend(results: dict, task: Task, target: float | None, order: list[str] | None = None) -> dict:
     """The rung to build: the lowest on the ladder (least effort) whose interval reaches the target (else one whose
     interval holds it, said so); without a target, the lowest one that cannot be told apart from the best rung.
     Also the fastest rung to serve among those, each rung's standing against the target, and the rungs that
-    cannot be told apart from the recommended one (paired bootstrap of the quality difference)."""
+    cannot be told apart from the recommended one (paired bootstrap of the quality difference). `order` is the
+    ladder's order of the results' keys, least effort first (default: RUNGS')."""
     metric = quality_metric(task.kind)
-    ordered = [r for r in RUNGS if r in results]
+    ordered = order or [r for r in RUNGS if r in results]
     quality = {r: headline_quality(results[r]["metrics"]) for r in ordered}
     intervals = {r: results[r]["metrics"].get("intervals", {}).get(metric) for r in ordered}
     comparable = [r for r in ordered if "test_outputs" in results[r]]
     best = max(ordered, key=quality.get)
     if target is None:
-        status = {r: "tied with the best" if r == best or (r in comparable and best in comparable and not _paired(
+        status = {r: "tied with the best" if r == best or (r in comparable and best in comparable and not paired_quality(
             results, task, best, r)["distinguishable"]) else "below the best" for r in ordered}
         candidates, basis = [r for r in ordered if status[r] == "tied with the best"], "tied"
     else:
@@ -92,7 +93,7 @@ def recommend(results: dict, task: Task, target: float | None) -> dict:
     chosen = candidates[0] if candidates else None
     speed = {r: results[r]["metrics"]["examples_per_s"] for r in ordered}
     fastest = max(candidates, key=speed.get) if candidates else None
-    against_chosen = {r: _paired(results, task, r, chosen) for r in comparable if chosen in comparable and r != chosen}
+    against_chosen = {r: paired_quality(results, task, r, chosen) for r in comparable if chosen in comparable and r != chosen}
     faster = {r: trade_off(r, chosen, speed, against_chosen.get(r), quality, intervals, target, len(task.test))
               for r in ordered if chosen is not None and r != chosen and speed[r] > speed[chosen]
               and status[r] in ("reaches", "compatible", "tied with the best")}

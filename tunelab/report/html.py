@@ -6,8 +6,17 @@ from __future__ import annotations
 
 import html
 
+from tunelab.measure.evaluate import headline_quality
 from tunelab.report.console import with_interval
-from tunelab.report.ladder import plan_lines, recommendation_lines, rung_rows, search_lines, verdict_lines
+from tunelab.report.ladder import (
+    plan_lines,
+    recommendation_lines,
+    rung_rows,
+    search_lines,
+    size_claim_lines,
+    trade_off_table,
+    verdict_lines,
+)
 
 
 def _figures(report: dict) -> dict:
@@ -45,6 +54,19 @@ def _figures(report: dict) -> dict:
                "quality-vs-build": scatter("train_seconds", "seconds to build",
                                            "Cost frontier: quality vs cost to build")}
     figures["quality-vs-build"].update_xaxes(type="linear")
+    if report.get("size_claim"):  # the model axis: one line per rung kind across the base models' sizes
+        by_kind = go.Figure()
+        for rung in dict.fromkeys(row["rung"] for row in report["size_claim"]):
+            points = sorted((r for r in report["rungs"].values() if r.get("kind") == rung and r.get("base_params")),
+                            key=lambda r: r["base_params"])
+            by_kind.add_scatter(x=[r["base_params"] for r in points],
+                                y=[headline_quality(r["metrics"]) for r in points], mode="lines+markers", name=rung,
+                                text=[r["model"] for r in points],
+                                hovertemplate=rung + " on %{text}: %{y:.3f}<extra></extra>")
+        figures["quality-by-model-size"] = by_kind.update_layout(
+            title="Quality vs base model parameters, per rung kind", xaxis=dict(title="base model parameters",
+                                                                               type="log"),
+            yaxis_title=metric, **{**layout, "showlegend": True})
     slices = go.Figure()
     key = "accuracy" if metric == "accuracy" else "mae"
     for rung, result in report["rungs"].items():
@@ -117,6 +139,27 @@ document.querySelectorAll("table.sortable th").forEach((header, column) => heade
 """
 
 
+def _markdown_tables(lines: list[str], element_id: str) -> str:
+    """Lines as report/ladder.py writes them for report.md (paragraphs and pipe tables) as HTML."""
+    if not lines:
+        return ""
+    parts, table = [], []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                table.append([html.escape(cell.strip()) for cell in line.strip("|").split("|")])
+            continue
+        if table:
+            head, *body = table
+            parts.append("<table class='sortable'><thead><tr>" + "".join(f"<th>{c}</th>" for c in head)
+                         + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row)
+                                                            + "</tr>" for row in body) + "</tbody></table>")
+            table = []
+        if line:
+            parts.append(f"<p>{html.escape(line)}</p>")
+    return f"<div id='{element_id}'>{''.join(parts)}</div>"
+
+
 def html_page(report: dict) -> str:
     import plotly.offline
 
@@ -171,6 +214,8 @@ border-radius:6px;padding:0 12px;margin:6px;width:250px}}dt{{font-weight:bold}}d
 {table}<p>Intervals: {escape(report.get('interval_method', '-'))}. Standing: against the target when one is
 given, else against the best rung.</p>
 <h2>Recommendation</h2><div id="choice">{paragraphs(recommendation_lines(report))}</div>
+{_markdown_tables(trade_off_table(report["choice"], report["n_test"]), "trade-offs")}
+{_markdown_tables(size_claim_lines(report), "size-claim")}
 <div id="search">{paragraphs(search_lines(report))}</div>
 <h2>Rungs</h2><div id="cards">{cards}</div>
 <h2>Plots</h2>{figures}

@@ -59,7 +59,6 @@ def recommendation_lines(report: dict) -> list[str]:
                f"interval holds it (a larger test set would settle whether it is reached)")
     lines = [f"Recommended: {chosen}, {why}. Fastest to serve among the rungs that reach it "
              f"({', '.join(choice['candidates'])}): {choice['fastest_to_serve']}."]
-    lines += faster_lines(choice, report["n_test"])
     tied = choice.get("indistinguishable", [])
     if tied:
         lines.append(f"{chosen} cannot be told apart from {', '.join(tied)} on this test set (the paired interval "
@@ -71,29 +70,65 @@ def recommendation_lines(report: dict) -> list[str]:
     return lines
 
 
-def faster_lines(choice: dict, n_test: int) -> list[str]:
+def trade_off_rows(choice: dict, n_test: int) -> list[dict]:
     """Every rung faster than the recommended one whose interval is also compatible with the target (or tied with
-    the best): the speed it buys, the quality it may cost (paired), and how many test examples would decide."""
-    chosen, metric, lines = choice["cheapest_to_build"], choice["metric"], []
+    the best): the speed it buys, the quality it may cost (paired), and what would decide between them."""
+    rows = []
     for rung, found in choice.get("faster_compatible", {}).items():
         bounds = found.get("difference_interval")
-        cost = (f"{found['difference']:+.3f} [{bounds[0]:+.3f}, {bounds[1]:+.3f}] in {metric} against {chosen}"
-                if bounds else "no paired comparison")
-        line = (f"Faster and also compatible: {rung} serves {found['speed_ratio']:.1f}x {chosen}'s examples/s "
-                f"({found['examples_per_s']:,.1f}), {cost}.")
-        to_tell = found.get("examples_to_tell_apart")
-        to_target = found.get("examples_to_settle_target")
-        if to_tell and bounds and bounds[0] <= 0 <= bounds[1]:
-            line += (f" About {to_tell:,} test examples (this run has {n_test:,}) would tell whether that difference "
-                     "is real.")
-        elif bounds and not bounds[0] <= 0 <= bounds[1]:
-            line += " The difference is real on this test set: choose by what the speed is worth."
-        elif bounds:
-            line += " The two agree on this test set."
+        to_tell, to_target = found.get("examples_to_tell_apart"), found.get("examples_to_settle_target")
+        if not bounds:
+            tells = "no paired comparison"
+        elif not bounds[0] <= 0 <= bounds[1]:
+            tells = "real on this test set: choose by what the speed is worth"
+        elif to_tell:
+            tells = f"about {to_tell:,} test examples (this run has {n_test:,}) would tell"
+        else:
+            tells = "the two agree on this test set"
         if to_target and choice["status"].get(rung) == "compatible":
-            amount = f"About {to_target:,}" if to_target > n_test else "A slightly larger test set"
-            line += f" {amount} would settle whether {rung} reaches the target {choice['target']}."
-        lines.append(line)
+            amount = f"about {to_target:,}" if to_target > n_test else "a slightly larger test set"
+            tells += f"; {amount} would settle the target {choice['target']}"
+        rows.append({"rung": rung, "speed_ratio": found["speed_ratio"], "examples_per_s": found["examples_per_s"],
+                     "difference": (f"{found['difference']:+.3f} [{bounds[0]:+.3f}, {bounds[1]:+.3f}]" if bounds
+                                    else "-"), "what_would_tell": tells})
+    return rows
+
+
+TRADE_OFF_HEADER = ["faster rung", "x examples/s", "examples/s", "paired difference", "what would tell"]
+
+
+def trade_off_table(choice: dict, n_test: int) -> list[str]:
+    """The trade-offs as one Markdown table, against the recommended rung."""
+    rows = trade_off_rows(choice, n_test)
+    if not rows:
+        return []
+    chosen, metric = choice["cheapest_to_build"], choice["metric"]
+    return [f"Faster rungs also compatible, against {chosen} ({metric}, paired):", "",
+            "| " + " | ".join(TRADE_OFF_HEADER) + " |", "|---|---|---|---|---|",
+            *(f"| {r['rung']} | {r['speed_ratio']:.1f}x | {r['examples_per_s']:,.1f} | {r['difference']} "
+              f"| {r['what_would_tell']} |" for r in rows)]
+
+
+def size_claim_lines(report: dict) -> list[str]:
+    """The course's claim, "more parameters almost always predict better", tested per rung kind."""
+    rows = report.get("size_claim") or []
+    if not rows:
+        return []
+    metric = report["choice"]["metric"]
+    lines = [f"Larger ({rows[0]['larger']}) minus smaller ({rows[0]['smaller']}) base model, per rung kind, {metric} "
+             "with its paired 95% interval; cost ratios larger / smaller:", "",
+             f"| rung | {rows[0]['smaller']} | {rows[0]['larger']} | difference [95%] | verdict | params x "
+             "| examples/s x | build s x |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        bounds = row["interval"]
+        verdict = row["verdict"] + (f" (about {row['examples_to_tell']:,} test examples would tell)"
+                                    if row.get("examples_to_tell") else "")
+        build = f"{row['build_ratio']:.2f}" if row.get("build_ratio") is not None else "-"
+        lines.append(f"| {row['rung']} | {row['quality_smaller']:.3f} | {row['quality_larger']:.3f} "
+                     f"| {row['difference']:+.3f}" + (f" [{bounds[0]:+.3f}, {bounds[1]:+.3f}]" if bounds else "")
+                     + f" | {verdict} | {row['params_ratio']:.2f} | {row['speed_ratio']:.2f} | {build} |")
+    held = sum(row["verdict"] == "holds" for row in rows)
+    lines += ["", f"The claim holds on {held} of {len(rows)} rung kinds on this test set."]
     return lines
 
 
@@ -177,6 +212,13 @@ def markdown(report: dict) -> str:
                      f"| {row['verdict']} |")
     lines += ["", f"Intervals: {report.get('interval_method', '-')}.", "", "## Recommendation", ""]
     lines += recommendation_lines(report)
+    if trade_off_table(report["choice"], report["n_test"]):
+        lines += ["", *trade_off_table(report["choice"], report["n_test"])]
+    if report.get("size_claim"):
+        lines += ["", "## Does a larger base model predict better?", "", *size_claim_lines(report)]
+        lines += ["", "Each model's own ladder: " + ", ".join(f"[{m['label']}]({m['report']}) ({m['params']:,} "
+                                                             f"parameters, {m['precision']})"
+                                                             for m in report["models"])]
     if search_lines(report):
         lines += ["", *search_lines(report)]
     lines += ["", "## Bias verdicts", ""]
@@ -201,14 +243,16 @@ def summary_lines(report: dict, out_dir: str | Path) -> list[str]:
     """The console summary of a ladder run: one line per rung (quality with its interval), the parameter facts,
     the recommendation."""
     metric = report["choice"]["metric"]
+    width = max(9, *(len(rung) + 1 for rung in report["rungs"]))
     lines = [f"ladder on {report['task']} ({report['n_test']} test examples) -> {out_dir}/report.html",
-             f"{'rung':<9}{metric + ' [95% interval]':>28}{'ex/s':>10}{'params':>14}{'trainable':>14}{'build s':>9}"
+             f"{'rung':<{width}}{metric + ' [95% interval]':>28}{'ex/s':>10}{'params':>14}{'trainable':>14}{'build s':>9}"
              f"{'probe gap':>11}  verdict"]
     for row in rung_rows(report):
-        lines.append(f"{row['rung']:<9}{with_interval(row['quality'], row['interval']):>28}"
+        lines.append(f"{row['rung']:<{width}}{with_interval(row['quality'], row['interval']):>28}"
                      f"{row['examples_per_s']:>10.1f}{row['params_total']:>14,}{row['params_trainable']:>14,}"
                      f"{row['train_seconds']:>9.1f}{row['counterfactual_gap']:>11.3f}  {row['verdict']}")
     lines += search_lines(report)
     lines += [f"{'holds' if fact['holds'] else 'BROKEN'}: {fact['fact']} ({fact['evidence']})"
               for fact in report["parameter_facts"]]
-    return lines + recommendation_lines(report)
+    return lines + recommendation_lines(report) + trade_off_table(report["choice"], report["n_test"]) + (
+        size_claim_lines(report))
