@@ -1,15 +1,18 @@
 """How close to the machine each rung's hot loop runs: this CPU's (or GPU's) measured matmul peak, fp32 and bf16,
 at the model's own shapes, and each loop's achieved FLOP/s as a share of the peak of the precision it runs in.
 
-Loops (SmolLM2-135M unless said): label scoring on State of the Union passages (~300-token prompts) and on VADER
-words, one LoRA and one full fine-tuning step on passages, the MiniLM student's prediction, greedy generation.
+Loops: label scoring on State of the Union passages (~300-token prompts) and on VADER words, the probe's feature
+reading (the decoder without its head) on passages, one LoRA and one full fine-tuning step on passages, the MiniLM
+student's prediction, greedy generation. `--models smollm2,gemma3-270m` runs every model loop on each model in the
+same run and ends with a table of each model's speed against the first's on the same texts and precision (what a
+262k-token vocabulary costs Gemma 3 against SmolLM2's 49k: the head runs only at the scored positions).
 FLOPs are counted from the model's config and the tokens actually processed (padding excluded): a forward pass is
 2 x (non-embedding parameters) per token, plus attention (4 x layers x hidden x context per token) and the output
 head at the scored positions; a LoRA step is 2 forwards' worth (activation gradients, no frozen weight gradients),
 a full step 3. Each loop runs in fp32 and in bf16 in the same run (the naive baseline is fp32), and torch.profiler
 says where the time goes (matrix products, attention, the rest).
 
-    python bench/roofline.py [--passages 32] [--words 200] [--skip profile]
+    python bench/roofline.py [--passages 32] [--words 200] [--skip profile] [--models smollm2,gemma3-270m]
 """
 
 from __future__ import annotations
@@ -82,6 +85,18 @@ def scoring_loop(model, task, texts: list[str], precision: str) -> dict:
     seconds = best_seconds(lambda: predict(predictor, texts), 2)  # the rungs' batching (length_batches)
     scored = sum(len(pair.ids) - pair.label_start for row in pairs for pair in row)
     return {"seconds": seconds, "tokens": tokens, "flops": forward_flops(model.lm.config, tokens, context, scored)}
+
+
+def probe_loop(model, task, texts: list[str], precision: str) -> dict:
+    """The probe's reading of texts (no feature cache): the decoder's pooled states of four layers, no LM head."""
+    from tunelab.scoring.hidden import HiddenStates, Reading, candidate_layers
+
+    layers = candidate_layers(model.lm.config.num_hidden_layers)
+    states = HiddenStates(model, Reading(layers, 512, 448, precision), None)
+    tokens = sum(map(len, states.token_ids(texts)))
+    seconds = best_seconds(lambda: states.features(texts), 1)
+    return {"seconds": seconds, "tokens": tokens, "flops": forward_flops(model.lm.config, tokens, tokens / len(texts)
+                                                                         / 2, 0)}
 
 
 def training_step_of(model, task, method: str, precision: str, n: int):
@@ -181,44 +196,67 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=200)
     parser.add_argument("--skip", default="", help="comma list: profile")
     parser.add_argument("--only", default="", help="comma list of loop names' first words (label, LoRA, ...)")
+    parser.add_argument("--models", default="smollm2", help="comma list of base models, each run on every model loop")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma list")
     args = parser.parse_args()
     device = choose_device()
-    model = load_model()
-    config = model.lm.config
     console = Console(width=160)
-    peaks = {p: matmul_peak(dtype, device, config.hidden_size, config.intermediate_size)
-             for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    console.print(f"device {device}, {torch.get_num_threads()} threads; matmul peak at the model's shapes: "
-                  f"fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s "
-                  f"({peaks['bf16'] / peaks['fp32']:.1f}x)")
     sotu, vader = load_task("sotu-party"), load_task("vader")
     passages = [e.text for e in sotu.test[: args.passages]]
     words = [e.text for e in vader.test[: args.words]]
-    loops = {
-        "label scoring, passages": lambda p: scoring_loop(model, sotu, passages, p),
-        # the earlier bf16 path, the naive baseline of the bf16 copy: autocast casting fp32 weights on every call
-        "label scoring, passages, autocast": lambda p: scoring_loop(autocast_only(model), sotu, passages, p),
-        "label scoring, words": lambda p: scoring_loop(model, vader, words, p),
-        "label scoring, words, autocast": lambda p: scoring_loop(autocast_only(model), vader, words, p),
-        "LoRA step, 8 passages": lambda p: training_loop(model, sotu, "lora", p, 8),
-        "full step, 8 passages": lambda p: training_loop(model, sotu, "full", p, 8),
-        "MiniLM student, passages": lambda p: student_loop(passages, p),
-        "greedy generation, 16 tokens": lambda p: generation_loop(model, words[:32], p),
-    }
-    table = Table(title="achieved FLOP/s against the measured peak (tokens: real ones, padding excluded)")
-    for column in ("loop", "precision", "tokens", "seconds", "tokens/s", "GFLOP/s", "share of peak", "bf16 / fp32"):
-        table.add_column(column, justify="left" if column in ("loop", "precision") else "right")
+    precisions = args.precisions.split(",")
     only = tuple(word for word in args.only.split(",") if word)
-    for name, loop in ((n, f) for n, f in loops.items() if not only or n.startswith(only)):
-        fp32 = loop("fp32")
-        bf16 = loop("bf16")
-        for precision, result in (("fp32", fp32), ("bf16", bf16)):
-            rate = result["flops"] / result["seconds"]
-            table.add_row(name, precision, f"{result['tokens']:,}", f"{result['seconds']:.2f}",
-                          f"{result['tokens'] / result['seconds']:,.0f}", f"{rate / 1e9:,.0f}",
-                          f"{rate / peaks[precision]:.0%}",
-                          f"{fp32['seconds'] / bf16['seconds']:.2f}x" if precision == "bf16" else "")
-    console.print(table)
+    measured = {}  # (model, loop, precision) -> result
+    specs = args.models.split(",")
+    for spec in specs:
+        model = load_model(spec)
+        config = model.lm.config
+        peaks = {p: matmul_peak(dtype, device, config.hidden_size, config.intermediate_size)
+                 for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+        console.print(f"{spec}: device {device}, {torch.get_num_threads()} threads; matmul peak at the model's shapes:"
+                      f" fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s "
+                      f"({peaks['bf16'] / peaks['fp32']:.1f}x)")
+        loops = {
+            "label scoring, passages": lambda p: scoring_loop(model, sotu, passages, p),
+            # the earlier bf16 path, the naive baseline of the bf16 copy: autocast casting fp32 weights on every call
+            "label scoring, passages, autocast": lambda p: scoring_loop(autocast_only(model), sotu, passages, p),
+            "label scoring, words": lambda p: scoring_loop(model, vader, words, p),
+            "label scoring, words, autocast": lambda p: scoring_loop(autocast_only(model), vader, words, p),
+            "probe reading, passages": lambda p: probe_loop(model, sotu, passages, p),
+            "LoRA step, 8 passages": lambda p: training_loop(model, sotu, "lora", p, 8),
+            "full step, 8 passages": lambda p: training_loop(model, sotu, "full", p, 8),
+            "MiniLM student, passages": lambda p: student_loop(passages, p),
+            "greedy generation, 16 tokens": lambda p: generation_loop(model, words[:32], p),
+        }
+        table = Table(title=f"{spec}: achieved FLOP/s against the measured peak (tokens: real ones, padding excluded)")
+        for column in ("loop", "precision", "tokens", "seconds", "tokens/s", "GFLOP/s", "share of peak",
+                       "bf16 / fp32"):
+            table.add_column(column, justify="left" if column in ("loop", "precision") else "right")
+        for name, loop in ((n, f) for n, f in loops.items() if not only or n.startswith(only)):
+            if name.startswith("MiniLM") and spec != specs[0]:
+                continue  # the student reads no base model
+            results = {p: loop(p) for p in precisions}
+            for precision, result in results.items():
+                measured[spec, name, precision] = result
+                rate = result["flops"] / result["seconds"]
+                table.add_row(name, precision, f"{result['tokens']:,}", f"{result['seconds']:.2f}",
+                              f"{result['tokens'] / result['seconds']:,.0f}", f"{rate / 1e9:,.0f}",
+                              f"{rate / peaks[precision]:.0%}",
+                              f"{results['fp32']['seconds'] / result['seconds']:.2f}x"
+                              if precision == "bf16" and "fp32" in results else "")
+        console.print(table)
+    if len(specs) > 1:  # the same texts, loop and precision: the ratio of seconds is the ratio of examples/s
+        ratios = Table(title=f"examples/s of each model against {specs[0]}'s, same texts, same precision, same run")
+        for column in ("loop", "precision", *(f"{spec} s" for spec in specs), *(f"{spec} / {specs[0]}"
+                                                                            for spec in specs[1:])):
+            ratios.add_column(column)
+        for (spec, name, precision), first in ((k, v) for k, v in measured.items() if k[0] == specs[0]):
+            others = [measured.get((other, name, precision)) for other in specs[1:]]
+            if all(others):
+                ratios.add_row(name, precision, *(f"{r['seconds']:.2f}" for r in (first, *others)),
+                               *(f"{first['seconds'] / r['seconds']:.2f}x" for r in others))
+        console.print(ratios)
+    model = load_model(specs[0])
     if "profile" not in args.skip:
         shares = Table(title="where the time goes (torch.profiler, self CPU time)")
         kinds = ("matrix products", "attention", "dtype conversions", "other")
