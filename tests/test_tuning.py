@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import signal
 import subprocess
@@ -452,3 +453,43 @@ def test_a_budget_that_ends_at_an_epoch_boundary_keeps_the_finished_epoch(tiny_m
     training = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "t").meta["training"]
     assert training["cut_short"] == {"epoch": 2, "steps_run": 0, "steps_in_epoch": per_epoch, "budget_s": 100.0}
     assert training["epochs_run"] == training["best_epoch"] == 1 and len(training["history"]) == 1
+
+
+def test_a_widened_bf16_linear_gives_fp32_gradients_of_its_input():
+    from tunelab.rungs.low_precision import _WidenedLinear
+
+    torch.manual_seed(0)
+    weight = torch.randn(5, 3).to(torch.bfloat16)
+    x = torch.randn(4, 3, requires_grad=True)
+    y = _WidenedLinear.apply(x, weight, None)
+    assert y.dtype == torch.float32 and torch.allclose(y, x @ weight.float().T)
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.ones(4, 5) @ weight.float())
+
+
+def test_lora_on_a_bf16_base_trains_reloads_as_trained_and_leaves_the_base_alone(tiny_model, tiny_task, tmp_path):
+    from tunelab.models import weights_fingerprint
+    from tunelab.predictor import load_predictor, predict
+
+    before = weights_fingerprint(tiny_model.lm)
+    config = TuneConfig(method="lora", base_precision="bf16", epochs=2, lr=5e-2, batch_size=4, val_fraction=0.25,
+                        min_steps=0)
+    tuned = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "bf16")
+    frozen = {p.dtype for name, p in tuned.model.lm.named_parameters() if "lora_" not in name}
+    adapters = {p.dtype for name, p in tuned.model.lm.named_parameters() if "lora_" in name}
+    assert frozen == {torch.bfloat16} and adapters == {torch.float32}  # half the base's memory; fp32 adapters
+    assert tuned.params_total == tiny_model.params_total  # the adapter merges into the base's own weights
+    assert weights_fingerprint(tiny_model.lm) == before and next(tiny_model.lm.parameters()).dtype == torch.float32
+    texts = [e.text for e in tiny_task.test]
+    loaded = load_predictor(tmp_path / "bf16")
+    assert loaded.fingerprint == tuned.fingerprint
+    assert np.allclose(predict(loaded, texts).probs, predict(tuned, texts).probs, atol=1e-6)
+    fp32 = finetune(tiny_model, tiny_task, dataclasses.replace(config, base_precision="fp32"), out_dir=tmp_path / "f")
+    assert fp32.fingerprint != tuned.fingerprint  # another base, another model
+
+
+def test_a_bf16_base_is_for_unmerged_lora_only():
+    with pytest.raises(ConfigError, match="base-precision bf16 applies"):
+        TuneConfig(method="full", base_precision="bf16")
+    with pytest.raises(ConfigError, match="base-precision bf16 applies"):
+        TuneConfig(method="lora", base_precision="bf16", merge=True)

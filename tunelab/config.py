@@ -109,6 +109,10 @@ class TuneConfig:
     patience: Annotated[int, "Epochs without a better validation loss before stopping."] = 2
     seed: Annotated[int, "Seed for initialisation and data order."] = 0
     merge: Annotated[bool, "LoRA: also write the merged model."] = False
+    # bf16: the frozen base stored in bf16 (half its fp32 memory), the adapters and their optimizer state in fp32;
+    # products in bf16 where the device is fast at it, else each layer's weight widened to fp32 for its own product
+    # (rungs/low_precision.py). The artifact then serves the adapter unmerged on the same bf16 base.
+    base_precision: Annotated[Literal["fp32", "bf16"], "LoRA: store the frozen base in fp32 or bf16."] = "fp32"
     # A training set too small for this many steps in `epochs` passes is repeated within each epoch: 32 examples in
     # batches of 16 for 2 epochs would otherwise be 4 optimizer steps. Chosen on vader-valence with 32 labels (LoRA,
     # Spearman on the 400 test words): 4 steps 0.695, 30 steps 0.775, 60 0.775, 120 0.782; checked on vader and
@@ -148,6 +152,11 @@ class TuneConfig:
             problems.append(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if self.merge and self.method != "lora":
             problems.append("--merge applies to --method lora only")
+        if self.base_precision not in ("fp32", "bf16"):
+            problems.append(f"--base-precision must be fp32 or bf16, got {self.base_precision!r}")
+        elif self.base_precision == "bf16" and (self.method != "lora" or self.merge):
+            problems.append("--base-precision bf16 applies to --method lora without --merge (a merge into bf16 "
+                            "weights would round the adapter away)")
         if problems:
             raise ConfigError(problems)
 

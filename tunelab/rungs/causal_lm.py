@@ -13,6 +13,7 @@ import torch
 from tunelab.errors import ModelError
 from tunelab.models import Model, load_model, make_model
 from tunelab.predictor import Predictions, load_base_model, save_base_reference, write_artifact_json
+from tunelab.rungs.low_precision import bf16_copy
 from tunelab.scoring.length import text_tokens
 from tunelab.scoring.precision import autocast
 from tunelab.scoring.tokens import PrefixCache, encode_prefix, label_log_likelihoods
@@ -20,7 +21,7 @@ from tunelab.scoring.verbalizer import Verbalizer
 
 _META_KEYS = ("method", "base_name", "params_trainable", "config", "training", "metrics", "versions", "student_type",
               "teacher", "teacher_fingerprint", "spec", "params_teacher", "kept_layers", "max_length", "precision",
-              "precision_record")
+              "precision_record", "base_precision", "params_total")
 
 
 def adapter_fingerprint(base_fingerprint: str, state: dict[str, torch.Tensor], config) -> str:
@@ -35,6 +36,11 @@ def adapter_fingerprint(base_fingerprint: str, state: dict[str, torch.Tensor], c
         digest.update(name.encode())
         digest.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def base_fingerprint(fingerprint: str, base_precision: str) -> str:
+    """A base's fingerprint as an adapter sees it: a bf16-stored base is another set of numbers."""
+    return fingerprint if base_precision == "fp32" else f"{fingerprint}/{base_precision}"
 
 
 class CausalLMPredictor:
@@ -65,7 +71,8 @@ class CausalLMPredictor:
 
     @property
     def params_total(self) -> int:
-        return self.model.params_total  # a merged LoRA model: exactly the base model's count
+        # a merged LoRA model: exactly the base model's count; one served unmerged (on a bf16 base) records it
+        return self.meta.get("params_total") or self.model.params_total
 
     @property
     def params_trainable(self) -> int:
@@ -137,15 +144,20 @@ class CausalLMPredictor:
             from safetensors.torch import load_file
 
             base = load_base_model(directory, payload)
-            try:
-                adapted = PeftModel.from_pretrained(copy.deepcopy(base.lm), directory / "adapter",
+            base_precision = payload.get("base_precision", "fp32")
+            try:  # on a bf16 base as it was trained (unmerged), else merged into a copy of the fp32 base
+                adapted = PeftModel.from_pretrained(bf16_copy(base.lm) if base_precision == "bf16" else
+                                                    copy.deepcopy(base.lm), directory / "adapter",
                                                     local_files_only=True)
                 state = load_file(directory / "adapter" / "adapter_model.safetensors")
             except (OSError, ValueError, KeyError, RuntimeError) as err:
                 raise ModelError(f"{directory / 'adapter'}: cannot load the LoRA adapter ({err})") from None
             config = adapted.peft_config["default"]
-            model = make_model(adapted.merge_and_unload(), base.tokenizer, name=f"{base.name}+lora", device=base.device)
-            model._fingerprint = adapter_fingerprint(base.fingerprint, state, config)
+            model = make_model(adapted if base_precision == "bf16" else adapted.merge_and_unload(), base.tokenizer,
+                               name=f"{base.name}+lora", device=base.device)
+            model.lm.requires_grad_(False)
+            model._fingerprint = adapter_fingerprint(base_fingerprint(base.fingerprint, base_precision), state,
+                                                     config)
         meta = {key: payload[key] for key in _META_KEYS if key in payload}
         predictor = cls(model, Verbalizer.from_description(model.tokenizer, payload), meta, rung=payload["rung"])
         if "model" not in payload.get("weights", ["model"]) and predictor.fingerprint != payload.get("fingerprint"):

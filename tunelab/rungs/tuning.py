@@ -32,7 +32,8 @@ from tunelab.errors import ConfigError, TrainingError
 from tunelab.measure.evaluate import evaluate, peak_rss_mb
 from tunelab.models import Model, count_parameters, make_model
 from tunelab.predictor import ARTIFACT_FILE
-from tunelab.rungs.causal_lm import CausalLMPredictor, adapter_fingerprint
+from tunelab.rungs.causal_lm import CausalLMPredictor, adapter_fingerprint, base_fingerprint
+from tunelab.rungs.low_precision import bf16_copy
 from tunelab.rungs.tuning_loss import (
     _Batch,
     _batches,
@@ -232,7 +233,8 @@ def finetune(
 
     with torch.random.fork_rng(devices=[]):  # weight init and dropout draw from the global RNG; keep ours apart
         torch.manual_seed(config.seed)
-        lm = copy.deepcopy(model.lm)  # the base model object stays as it was
+        # the base model object stays as it was: training runs on a copy (in bf16 for --base-precision bf16)
+        lm = bf16_copy(model.lm) if config.base_precision == "bf16" else copy.deepcopy(model.lm)
         lora = None
         if checkpointing:  # recompute activations in backward: memory per layer input, not per operation
             _checkpointing(lm, True)
@@ -330,7 +332,8 @@ def finetune(
         from peft import get_peft_model_state_dict
 
         adapter = {"config": lora, "state": {k: v.contiguous() for k, v in get_peft_model_state_dict(lm).items()}}
-        lm = lm.merge_and_unload()
+        if config.base_precision == "fp32":
+            lm = lm.merge_and_unload()
     if checkpointing:
         _checkpointing(lm, False)
     lm.eval()
@@ -338,10 +341,11 @@ def finetune(
         parameter.requires_grad_(False)
     tuned = make_model(lm, model.tokenizer, name=f"{model.name}+{config.method}", device=model.device)
     if adapter is not None and not config.merge:  # loaded back by merging again (merged weights load as saved)
-        tuned._fingerprint = adapter_fingerprint(model.fingerprint, adapter["state"], lora)
+        tuned._fingerprint = adapter_fingerprint(base_fingerprint(model.fingerprint, config.base_precision),
+                                                 adapter["state"], lora)
     meta = {
         "method": config.method, "base_name": model.name, "params_trainable": params_trainable,
-        "config": asdict(config), "max_length": max_length,
+        "config": asdict(config), "max_length": max_length, "base_precision": config.base_precision,
         "training": {"epochs_run": progress["epoch"], "best_epoch": progress["best_epoch"],
                      "train_seconds": progress["train_seconds"], "history": progress["history"],
                      "n_train": len(train), "passes_per_epoch": passes, "n_validation": len(validation),
@@ -354,7 +358,9 @@ def finetune(
                                      "tokens_per_s": sum(rates)}},
         "versions": library_versions(),
     }
-    if params_total != tuned.params_total:
+    if config.base_precision == "bf16":  # the adapter is served unmerged: its weights merge into the base's
+        meta["params_total"] = params_total
+    elif params_total != tuned.params_total:
         raise TrainingError(f"internal: merged model has {tuned.params_total} parameters, base {params_total}")
     predictor = CausalLMPredictor(tuned, verbalizer, meta, rung="tune", adapter=adapter,
                                   base_model=model if lora else None)

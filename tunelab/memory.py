@@ -1,0 +1,311 @@
+"""The memory plan: what a run will hold (weights, gradients, optimizer states, activations, processes) against what
+this process may use, decided before the model is loaded for the run, so that a run that cannot fit is refused in
+one line instead of being killed by the kernel (exit 137, nothing said) or by CUDA half-way through.
+
+Weights, gradients and optimizer states are counted from the model's own configuration, built on the `meta` device
+(shapes only, no memory). Activations are measured, not taken from a formula: a copy of the model with two decoder
+layers of the real shapes (random weights, a small vocabulary) runs forward passes at two token counts under the
+method's own autograd setup, and the bytes autograd saves for backward give the bytes per token per layer; the
+output head's share (logits at the scored positions) is added from the real vocabulary. The limit is the cgroup's
+memory.max where a container sets one, else the memory the kernel says is available; on a GPU its free memory.
+accelerate's `estimate-memory` and the tables of torchtune and LLaMA-Factory count weights the same way; none of
+them measures activations on the model at hand or refuses a run, hence this module.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from tunelab.errors import TunelabError
+
+METHODS = ("score", "probe", "lora", "full")
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+HEADROOM = 0.9  # plan to at most 90% of the limit: the allocator's slack and the estimate's own error
+MEASURE_LAYERS = 2
+CHECKPOINTING_MICRO_TOKENS = 512
+
+
+class MemoryError_(TunelabError):
+    """A run that will not fit in the memory this process may use (refused before it starts)."""
+
+
+def process_rss() -> int:
+    """This process's resident memory now, in bytes (Linux /proc; the peak where /proc is missing)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cgroup_room() -> tuple[int, str] | None:
+    """Bytes the process's cgroup still allows (memory.max - memory.current, cgroup v2; v1's limit_in_bytes)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        candidates = []
+        if controllers == "":  # v2
+            candidates.append((Path("/sys/fs/cgroup") / path.lstrip("/"), "memory.max", "memory.current"))
+        elif "memory" in controllers.split(","):  # v1
+            candidates.append((Path("/sys/fs/cgroup/memory") / path.lstrip("/"), "memory.limit_in_bytes",
+                               "memory.usage_in_bytes"))
+        for folder, limit_file, usage_file in candidates:
+            while True:  # a limit can be set on any ancestor
+                try:
+                    limit = (folder / limit_file).read_text().strip()
+                    usage = int((folder / usage_file).read_text().strip())
+                    if limit != "max" and int(limit) < 1 << 60:
+                        return int(limit) - usage, f"cgroup {limit_file} {int(limit) / 2**30:.1f} GiB"
+                except (OSError, ValueError):
+                    pass
+                if folder == folder.parent or folder.name in ("cgroup", "memory"):
+                    break
+                folder = folder.parent
+    return None
+
+
+def _available_ram() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def memory_room(device: torch.device | None = None) -> tuple[int, str]:
+    """(bytes this process may still take, where that figure comes from). TUNELAB_MEMORY_LIMIT_MB overrides it."""
+    if os.environ.get("TUNELAB_MEMORY_LIMIT_MB"):
+        limit = int(float(os.environ["TUNELAB_MEMORY_LIMIT_MB"]) * 2**20)
+        return max(0, limit - process_rss()), f"TUNELAB_MEMORY_LIMIT_MB {limit / 2**30:.1f} GiB"
+    if device is not None and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free, "free GPU memory"
+    available = _available_ram()
+    room = _cgroup_room()
+    if room is not None and room[0] < available:
+        return room
+    return available, "available RAM"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the plan needs to know of a model: its config and parameter counts (no weights)."""
+
+    config: object
+    params: int
+    embedding_params: int
+
+    @classmethod
+    def of(cls, config) -> ModelShape:
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            lm = AutoModelForCausalLM.from_config(config)
+        params = sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values())
+        return cls(config, params, lm.get_input_embeddings().weight.numel())
+
+
+@dataclass
+class MemoryPlan:
+    """One decision, made before a run: its memory parts in bytes, the limit, and how the trainers should run."""
+
+    method: str
+    precision: str  # of the forward pass
+    base_precision: str  # how the frozen weights are stored
+    processes: int
+    micro_batch_tokens: int
+    checkpointing: bool
+    parts: dict[str, int]
+    room: int
+    room_source: str
+    reason: str = ""
+    alternatives: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= HEADROOM * self.room
+
+    def describe(self) -> dict:
+        return {**asdict(self), "total": self.total, "fits": self.fits}
+
+    def line(self) -> str:
+        parts = ", ".join(f"{name} {gb(value)}" for name, value in self.parts.items() if value)
+        return (f"{self.method} ({self.base_precision} base, {self.precision} compute, {self.processes} process"
+                f"{'es' if self.processes > 1 else ''}): needs {gb(self.total)} ({parts}); "
+                f"{gb(self.room)} free ({self.room_source})")
+
+    def refusal(self) -> str:
+        fixes = "; ".join(self.alternatives) if self.alternatives else "a smaller model or a machine with more memory"
+        return f"will not fit: {self.line()}. Would fit: {fixes}"
+
+
+def gb(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+_MEASURED: dict = {}
+
+
+def activation_bytes(config, method: str, precision: str, checkpointing: bool) -> tuple[float, float]:
+    """(bytes autograd keeps per token per decoder layer, bytes per token at the embedding), measured on a copy of
+    the model's shape with MEASURE_LAYERS layers and random weights. With checkpointing a layer keeps only its
+    input. Inference keeps nothing for backward: its transient use is about one layer's worth."""
+    key = (config.to_json_string(), method, precision, checkpointing)
+    if key in _MEASURED:
+        return _MEASURED[key]
+    from transformers import AutoModelForCausalLM
+
+    small = config.__class__.from_dict({**config.to_dict(), "num_hidden_layers": MEASURE_LAYERS, "vocab_size": 512,
+                                        **({"layer_types": config.layer_types[:MEASURE_LAYERS]}
+                                           if getattr(config, "layer_types", None) else {})})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        lm = AutoModelForCausalLM.from_config(small)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lm = get_peft_model(lm, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    elif method != "full":
+        lm.requires_grad_(False)
+    lm.train(method in ("lora", "full"))
+    weights = {p.untyped_storage().data_ptr() for p in lm.parameters()}
+
+    def saved_bytes(tokens: int) -> int:
+        seen: dict[int, int] = {}
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in weights:
+                seen[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        ids = torch.randint(0, small.vocab_size, (1, tokens))
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
+                torch.autocast("cpu", dtype=dtype, enabled=precision == "bf16"):
+            if method in ("lora", "full"):
+                lm(input_ids=ids, logits_to_keep=1).logits.sum()
+            else:
+                with torch.no_grad():
+                    lm(input_ids=ids, logits_to_keep=1)
+        return sum(seen.values())
+
+    low, high = 64, 192
+    per_token = (saved_bytes(high) - saved_bytes(low)) / (high - low)
+    hidden_bytes = config.hidden_size * BYTES[precision if precision != "fp32" else "fp32"]
+    if method in ("score", "probe"):  # nothing is kept; a layer's intermediates live while it runs
+        per_layer = 0.0
+    elif checkpointing:
+        per_layer = hidden_bytes  # the layer's input; the rest is recomputed a layer at a time
+    else:
+        per_layer = per_token / MEASURE_LAYERS
+    _MEASURED[key] = (per_layer, per_token / MEASURE_LAYERS + 16 * hidden_bytes)
+    return _MEASURED[key]
+
+
+def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precision: str = "fp32",
+         tokens: int = 512, rows: int = 8, scored: int = 2, processes: int = 1, lora_r: int = 8,
+         device: torch.device | None = None, checkpointing: bool | None = None,
+         room: tuple[int, str] | None = None, baseline: int | None = None, loaded: bool = False) -> MemoryPlan:
+    """The memory plan of one run: `tokens` row tokens a forward pass (a micro-batch), `rows` rows and `scored`
+    positions each whose logits the head computes; `processes` data-parallel processes on this machine, each
+    holding its own copy. `checkpointing` None lets the plan choose (on only where the run would not fit without
+    it). `loaded`: the base model is already in this process's memory (counted in `baseline`, the process now)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}")
+    config = shape.config
+    room_bytes, source = room or memory_room(device)
+    baseline = process_rss() if baseline is None else baseline
+    weight_bytes = shape.params * BYTES[base_precision]
+    layers = config.num_hidden_layers
+    hidden = config.hidden_size
+    adapter = 0
+    if method == "lora":  # rank r on every linear of every layer: about r x (in + out) per projection
+        feed_forward = getattr(config, "intermediate_size", 4 * hidden)
+        adapter = layers * lora_r * (4 * 2 * hidden + 3 * (hidden + feed_forward))
+
+    def parts_for(use_checkpointing: bool, micro_tokens: int) -> dict[str, int]:
+        per_layer, per_token_other = activation_bytes(config, method, precision, use_checkpointing)
+        if method in ("score", "probe"):
+            per_layer = activation_bytes(config, "full", precision, False)[0] / 4  # one layer live at a time
+            activations = int(micro_tokens * (per_layer + per_token_other))
+        else:
+            activations = int(micro_tokens * (per_layer * layers + per_token_other))
+            if use_checkpointing:  # one layer's activations are recomputed at a time in backward
+                activations += int(micro_tokens * activation_bytes(config, method, precision, False)[0])
+        logits = rows * scored * config.vocab_size * 4 * (3 if method in ("lora", "full") else 2)
+        parts = {"process": baseline if not loaded else baseline - weight_bytes,
+                 "weights": weight_bytes,
+                 # finetune trains a copy of the base (the caller's model stays as it was)
+                 "training copy": weight_bytes if method in ("lora", "full") else 0,
+                 "bf16 inference copy": shape.params * 2 if method in ("score", "probe") and precision == "bf16"
+                 and base_precision == "fp32" else 0,
+                 "gradients": shape.params * 4 if method == "full" else adapter * 4,
+                 "optimizer": shape.params * 8 if method == "full" else adapter * 12,
+                 "activations": activations + logits}
+        return {name: value * (processes if name != "process" or processes > 1 else 1) for name, value in
+                parts.items()}
+
+    micro = tokens
+    choose = checkpointing is None
+    use_checkpointing = bool(checkpointing)
+    parts = parts_for(use_checkpointing, micro)
+    reason = "checkpointing off: the activations fit" if choose else "as asked"
+    if choose and method in ("lora", "full") and sum(parts.values()) > HEADROOM * room_bytes:
+        use_checkpointing, reason = True, "checkpointing on: without it the activations would not fit"
+        parts = parts_for(True, micro)
+    result = MemoryPlan(method, precision, base_precision, processes, micro, use_checkpointing, parts, room_bytes,
+                        source, reason)
+    if not result.fits:
+        result.alternatives = _alternatives(shape, method, precision=precision, base_precision=base_precision,
+                                            tokens=tokens, rows=rows, scored=scored, processes=processes,
+                                            room=(room_bytes, source), baseline=baseline, loaded=loaded)
+    return result
+
+
+def _alternatives(shape: ModelShape, method: str, **kwargs) -> list[str]:
+    """The changes that would make a refused run fit, each checked by planning it."""
+    found = []
+    trials = []
+    if method == "full":
+        trials.append(("--method lora", dict(method="lora")))
+    if kwargs["base_precision"] == "fp32":
+        trials.append(("--base-precision bf16 (the frozen weights in bf16)", dict(base_precision="bf16")))
+        if method == "full":
+            trials.append(("--method lora --base-precision bf16", dict(method="lora", base_precision="bf16")))
+    if kwargs["processes"] > 1:
+        trials.append(("--nproc 1", dict(processes=1)))
+    if kwargs["tokens"] > 128:
+        trials.append((f"micro-batches of {kwargs['tokens'] // 4} tokens (--max-length or --batch-size smaller)",
+                       dict(tokens=kwargs["tokens"] // 4, rows=max(1, kwargs["rows"] // 4))))
+    for text, change in trials:
+        settings = {**kwargs, **change}
+        method_tried = settings.pop("method", method)
+        tried = plan(shape, method_tried, checkpointing=None, **settings)
+        if tried.fits:
+            found.append(f"{text}: {gb(tried.total)}")
+    return found
+
+
+def check(plan_: MemoryPlan) -> MemoryPlan:
+    """The plan, or a refusal in one line before anything is loaded or written.
+
+    Raises:
+        MemoryError_: the run will not fit.
+    """
+    if not plan_.fits:
+        raise MemoryError_(plan_.refusal())
+    return plan_

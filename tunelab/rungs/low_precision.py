@@ -1,0 +1,58 @@
+"""A frozen base held in bf16 for LoRA: half the memory of its fp32 weights, the adapters and their optimizer
+state in fp32.
+
+Where the forward pass runs in bf16 (a device fast at it: autocast), the bf16 weights are used as they are. Where
+it runs in fp32 (a CPU without bf16 units, where bf16 products measured 0.01x fp32), each frozen linear layer
+widens its weight to fp32 for its own product only: autograd keeps the bf16 weight, not the widened one, so no
+fp32 copy of the whole model ever exists. PyTorch has no module that stores weights in one dtype and multiplies in
+another without autocast, hence the small autograd function here.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+
+class _WidenedLinear(torch.autograd.Function):
+    """y = x W^T + b with a frozen low-precision W widened to x's dtype for this product alone."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight)
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (weight,) = ctx.saved_tensors
+        return grad_output @ weight.to(grad_output.dtype), None, None
+
+
+def _widened_forward(module: torch.nn.Linear):
+    def forward(x):
+        if x.dtype == module.weight.dtype:  # under autocast (bf16 compute): the ordinary product
+            return F.linear(x, module.weight, module.bias)
+        return _WidenedLinear.apply(x, module.weight, module.bias)
+
+    return forward
+
+
+def _widened_embedding(module, args, output):
+    """Embeddings looked up from a bf16 table continue in fp32 unless autocast runs the layers in bf16."""
+    return output if torch.is_autocast_enabled(output.device.type) else output.float()
+
+
+def bf16_copy(lm: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `lm` whose floating-point parameters are stored in bf16, made parameter by parameter (never a
+    second full fp32 copy); buffers (rotary frequencies) stay as they are, tied weights stay tied."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=p.requires_grad)
+            for p in lm.parameters() if p.is_floating_point()}
+    copied = copy.deepcopy(lm, memo)
+    for module in copied.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.bfloat16:
+            module.forward = _widened_forward(module)
+        elif isinstance(module, torch.nn.Embedding) and module.weight.dtype == torch.bfloat16:
+            module.register_forward_hook(_widened_embedding)
+    return copied
