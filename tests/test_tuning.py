@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import LlamaConfig
 
 from tunelab.errors import ConfigError, ModelError, TrainingError
 from tunelab.models import load_model
@@ -339,11 +340,45 @@ def test_checkpointing_turns_on_from_its_prompt_length_and_changes_no_gradient(t
     train = [Example(LONG + f" {i}", "positive" if i % 2 else "negative") for i in range(4)]
     task = make_task("tickets", "classification", train, train[:2], template="Ticket: {text}\nLabel: {label}")
     config = TuneConfig(method="lora", epochs=1, batch_size=2, max_length=48, val_fraction=0.5, min_steps=0)
-    checkpointed = lambda out: finetune(tiny_bpe_model, task, config, out_dir=tmp_path / out).meta["training"][  # noqa: E731
-        "gradient_checkpointing"]
-    assert not checkpointed("off")  # 48-token prompts are far below CHECKPOINTING_FROM
-    monkeypatch.setattr(tuning, "CHECKPOINTING_FROM", 48)
-    assert checkpointed("on")
+    tuned = finetune(tiny_bpe_model, task, config, out_dir=tmp_path / "off")
+    plan = tuned.meta["training"]["memory_plan"]
+    assert not tuned.meta["training"]["gradient_checkpointing"] and not plan["checkpointing"] and plan["fits"]
+    assert plan["parts"]["training copy"] == tiny_bpe_model.params_total * 4  # the copy finetune trains
+
+
+def test_the_memory_plan_turns_checkpointing_on_only_where_it_must_and_refuses_what_cannot_fit(tiny_model):
+    from tunelab.errors import MemoryPlanError
+    from tunelab.memory import ModelShape, check, plan
+
+    shape = ModelShape(tiny_model.lm.config, tiny_model.params_total, 0)
+    ample = plan(shape, "full", tokens=4096, room=(1 << 40, "test"), baseline=0)
+    assert not ample.checkpointing and ample.fits
+    recomputed = plan(shape, "full", tokens=4096, checkpointing=True, room=(1 << 40, "test"), baseline=0)
+    assert recomputed.parts["activations"] < ample.parts["activations"]
+    between = (recomputed.total + ample.total) / 2 / 0.9  # fits only with checkpointing
+    tight = plan(shape, "full", tokens=4096, room=(int(between), "test"), baseline=0)
+    assert tight.checkpointing and tight.fits and "checkpointing on" in tight.reason
+    full = tiny_model.params_total
+    assert ample.parts["gradients"] == 4 * full and ample.parts["optimizer"] == 8 * full  # fp32 grads, AdamW moments
+    assert plan(shape, "full", tokens=4096, processes=3, room=(1 << 40, "t"), baseline=0).total > 2.9 * ample.total
+    # weights large against activations, as in a real model: full does not fit where LoRA does
+    wide = ModelShape.of(LlamaConfig(vocab_size=20000, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=1))
+    lora = plan(wide, "lora", tokens=64, room=(1 << 40, "t"), baseline=0)
+    refused = plan(wide, "full", tokens=64, room=(int(lora.total / 0.85), "cgroup memory.max 0.0 GiB"), baseline=0)
+    assert not refused.fits and refused.alternatives[0].startswith("--method lora")
+    with pytest.raises(MemoryPlanError, match=r"^will not fit: full .* needs .* Would fit: --method lora"):
+        check(refused)
+
+
+def test_a_run_that_will_not_fit_is_refused_before_anything_is_written(tiny_model, tiny_task, tmp_path,
+                                                                        monkeypatch):
+    from tunelab.errors import MemoryPlanError
+
+    monkeypatch.setenv("TUNELAB_MEMORY_LIMIT_MB", "1")
+    with pytest.raises(MemoryPlanError, match="will not fit"):
+        finetune(tiny_model, tiny_task, TuneConfig(method="full", min_steps=0), out_dir=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
 
 
 def test_a_small_training_set_is_repeated_to_reach_min_steps(tiny_model, tiny_task, tmp_path):

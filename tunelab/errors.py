@@ -5,7 +5,8 @@ exit 2.
      ├── ConfigError   a flag or config field out of range (all problems listed at once)
      ├── InputError    a data file, line or field that cannot be used
      ├── ModelError    a model or artifact folder that cannot be loaded
-     └── TrainingError training that cannot go on (NaN loss, nothing to resume)
+     ├── TrainingError training that cannot go on (NaN loss, nothing to resume)
+     └── MemoryPlanError a run that will not fit in the memory at hand (refused before it starts)
 """
 
 from __future__ import annotations
@@ -52,3 +53,7 @@ class ModelError(TunelabError):
 
 class TrainingError(TunelabError):
     """Training stopped: the message says what happened and what was kept."""
+
+
+class MemoryPlanError(TunelabError):
+    """A run the memory plan refuses: what it needs, what there is, and what would fit (tunelab/memory.py)."""

@@ -21,17 +21,13 @@ from pathlib import Path
 
 import torch
 
-from tunelab.errors import TunelabError
+from tunelab.errors import MemoryPlanError
 
 METHODS = ("score", "probe", "lora", "full")
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 HEADROOM = 0.9  # plan to at most 90% of the limit: the allocator's slack and the estimate's own error
 MEASURE_LAYERS = 2
 CHECKPOINTING_MICRO_TOKENS = 512
-
-
-class MemoryError_(TunelabError):
-    """A run that will not fit in the memory this process may use (refused before it starts)."""
 
 
 def process_rss() -> int:
@@ -229,7 +225,7 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
     config = shape.config
     room_bytes, source = room or memory_room(device)
     baseline = process_rss() if baseline is None else baseline
-    weight_bytes = shape.params * BYTES[base_precision]
+    weight_bytes = shape.params * 4  # a base model is loaded in fp32 (models.load_model)
     layers = config.num_hidden_layers
     hidden = config.hidden_size
     adapter = 0
@@ -249,8 +245,8 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
         logits = rows * scored * config.vocab_size * 4 * (3 if method in ("lora", "full") else 2)
         parts = {"process": baseline if not loaded else baseline - weight_bytes,
                  "weights": weight_bytes,
-                 # finetune trains a copy of the base (the caller's model stays as it was)
-                 "training copy": weight_bytes if method in ("lora", "full") else 0,
+                 # finetune trains a copy of the base (the caller's model stays as it was), in bf16 on request
+                 "training copy": shape.params * BYTES[base_precision] if method in ("lora", "full") else 0,
                  "bf16 inference copy": shape.params * 2 if method in ("score", "probe") and precision == "bf16"
                  and base_precision == "fp32" else 0,
                  "gradients": shape.params * 4 if method == "full" else adapter * 4,
@@ -304,8 +300,8 @@ def check(plan_: MemoryPlan) -> MemoryPlan:
     """The plan, or a refusal in one line before anything is loaded or written.
 
     Raises:
-        MemoryError_: the run will not fit.
+        MemoryPlanError: the run will not fit.
     """
     if not plan_.fits:
-        raise MemoryError_(plan_.refusal())
+        raise MemoryPlanError(plan_.refusal())
     return plan_

@@ -57,11 +57,9 @@ from tunelab.training import (
 )
 
 WARMUP_FRACTION = 0.1
-# Tokens per prompt from which gradient checkpointing is on. Measured on 64 sotu passages (~300-token prompts, LoRA,
-# micro-batches of 512 row tokens): without it 225 tokens/s and 3.3 GB peak, with it 158 tokens/s and 2.4 GB, so
-# it pays only where one row's activations alone would be several GB (training prompts are capped at 512 tokens
-# unless --max-length asks for more).
-CHECKPOINTING_FROM = 1024
+# Gradient checkpointing is the memory plan's choice (plan_memory): on only where the run would not fit without it.
+# Measured on 64 sotu passages (~300-token prompts, LoRA, micro-batches of 512 row tokens): without it 225 tokens/s
+# and 3.3 GB peak, with it 158 tokens/s and 2.4 GB.
 CHECKPOINTS = "checkpoints"
 
 
@@ -220,7 +218,6 @@ def finetune(
     verbalizer = Verbalizer.for_task(model.tokenizer, task)
     pad_id = model.tokenizer.pad_token_id
     max_length = resolve_max_length(verbalizer, [e.text for e in train], config.max_length, model.lm)
-    checkpointing = max_length >= CHECKPOINTING_FROM
     train_texts = [e.text for e in train]
     # auto: train in bf16 where the base model's scores in bf16 agree with fp32 on training texts
     if progress is not None and "training_precision" in progress:  # a resumed run trains as it began
@@ -231,6 +228,11 @@ def finetune(
             choose_precision(base, config.precision, train_texts, model.device, task.value_range)
             if dist.is_main else None)
 
+    # decided once, before the training copy is made: a run that would not fit stops here, in one line
+    lengths = [len(ids) for ids in model.tokenizer(train_texts, add_special_tokens=False)["input_ids"]]
+    memory = dist.broadcast(plan_memory(model, config, training_precision["precision"], max_length, lengths,
+                                        dist.world) if dist.is_main else None)
+    checkpointing = memory["checkpointing"]
     with torch.random.fork_rng(devices=[]):  # weight init and dropout draw from the global RNG; keep ours apart
         torch.manual_seed(config.seed)
         # the base model object stays as it was: training runs on a copy (in bf16 for --base-precision bf16)
@@ -256,14 +258,17 @@ def finetune(
         else:
             restore_checkpoint(out_dir / CHECKPOINTS, progress, lm, optimizer, scheduler)
 
-        lengths = [len(ids) for ids in model.tokenizer(train_texts, add_special_tokens=False)["input_ids"]]
         if progress["epoch"] == 0 and not progress["history"] and may_train_in_bf16(training_precision):
             first = _batches(verbalizer, train, config, _epoch_order(lengths, passes, config, 0), max_length)[0]
             timed = partial(_seconds_per_token, lm, verbalizer, first, pad_id, not checkpointing, trainable)
             training_precision = dist.broadcast(  # rank 0's clock decides for all
                 choose_training_precision(training_precision, timed) if dist.is_main else None)
             progress["training_precision"] = training_precision
-        max_tokens = micro_batch_tokens(training_precision["precision"], lm)
+        # the plan's micro-batch, in the precision training settled on (bf16 activations take half the room)
+        scale = {("bf16", "fp32"): 2.0, ("fp32", "bf16"): 0.5}.get(
+            (training_precision["precision"], memory["precision"]), 1.0)
+        max_tokens = min(micro_batch_tokens(training_precision["precision"], lm),
+                         int(memory["micro_batch_tokens"] * scale))
         prefix = PrefixCache(verbalizer.prefix_ids(verbalizer.fmt.instruction) if not checkpointing else [])
         shuffled = dataclasses.replace(config, length_groups=False)  # what plain shuffling would pad, for the record
         shuffled_batches = _batches(verbalizer, train, config, _epoch_order(lengths, passes, shuffled, 0), max_length)
@@ -351,6 +356,7 @@ def finetune(
                      "n_train": len(train), "passes_per_epoch": passes, "n_validation": len(validation),
                      "peak_rss_mb": peak_rss_mb(),
                      "n_truncated": progress.get("n_truncated", 0), "gradient_checkpointing": checkpointing,
+                     "memory_plan": memory,
                      "padding": {"grouped": padding["grouped"], "shuffled_share": padding["shuffled_share"],
                                  "share": _share(padding["real_tokens"], padding["run_tokens"])},
                      "cut_short": progress.get("cut_short"),
@@ -372,6 +378,34 @@ def finetune(
     return predictor
 
 
+def plan_memory(model: Model, config: TuneConfig, precision: str, max_length: int, lengths: list[int],
+                processes: int = 1) -> dict:
+    """The run's memory plan (tunelab/memory.py): the largest micro-batch, up to the precision's default, that fits
+    with or without gradient checkpointing (checkpointing only where it must: it recomputes every layer).
+
+    Raises:
+        MemoryPlanError: not even one prompt a micro-batch fits; the line says what would.
+    """
+    from tunelab.memory import ModelShape, check, plan
+
+    shape = ModelShape(model.lm.config, model.params_total, model.lm.get_input_embeddings().weight.numel())
+    row = min(max_length, sorted(lengths)[len(lengths) // 2] + 16) if lengths else max_length  # a median prompt
+    tokens, first = micro_batch_tokens(precision, model.lm), None
+    while True:
+        found = plan(shape, config.method, precision=precision, base_precision=config.base_precision, tokens=tokens,
+                     rows=max(1, tokens // row), processes=processes, lora_r=config.lora_r, device=model.device,
+                     loaded=True)
+        first = first or found
+        if found.fits or tokens <= max_length:
+            break
+        tokens //= 2
+    if not found.fits:
+        check(first)
+    if tokens < micro_batch_tokens(precision, model.lm):
+        found.reason += f"; micro-batches of {tokens} tokens, the most that fit"
+    return found.describe()
+
+
 def time_training_step(model: Model, task: Task, config: TuneConfig) -> float:
     """Seconds per training example of one optimizer step as `finetune` would run it (same method, precision,
     length policy, batch size and micro-batches), timed on a copy of the model after a warm-up step on the same
@@ -380,9 +414,13 @@ def time_training_step(model: Model, task: Task, config: TuneConfig) -> float:
     verbalizer = Verbalizer.for_task(model.tokenizer, task)
     max_length = resolve_max_length(verbalizer, [e.text for e in task.train], config.max_length, model.lm)
     precision = "bf16" if config.precision == "bf16" else "fp32"
+    lengths = [len(ids) for ids in model.tokenizer([e.text for e in train], add_special_tokens=False)["input_ids"]]
+    memory = plan_memory(model, config, precision, max_length, lengths)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        lm = copy.deepcopy(model.lm)
+        lm = bf16_copy(model.lm) if config.base_precision == "bf16" else copy.deepcopy(model.lm)
+        if memory["checkpointing"]:
+            _checkpointing(lm, True)
         if config.method == "lora":
             lm, _ = _with_adapter(lm, config)
         trainable = [p for p in lm.parameters() if p.requires_grad]
@@ -393,8 +431,8 @@ def time_training_step(model: Model, task: Task, config: TuneConfig) -> float:
         for _ in range(2):
             started = time.perf_counter()
             training_step(trainable, optimizer, (_loss_step(lm, verbalizer, micro, model.tokenizer.pad_token_id,
-                                                            max_length < CHECKPOINTING_FROM, precision)
-                                                 for micro in batch.micro_batches(micro_batch_tokens(precision, lm))))
+                                                            not memory["checkpointing"], precision)
+                                                 for micro in batch.micro_batches(memory["micro_batch_tokens"])))
             seconds = time.perf_counter() - started
     return seconds / len(train)
 
