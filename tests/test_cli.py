@@ -182,3 +182,27 @@ def test_eval_refuses_a_folder_that_is_not_a_predictor(tmp_path):
 
 def test_bad_model_spec_is_one_line(tmp_path):
     assert "not a model folder" in one_error_line(run_cli("info", "--model", tmp_path))
+
+
+def test_info_memory_plans_every_method_without_loading_weights(model_dir):
+    result = run_cli("info", "--model", model_dir, "--memory", "--json")
+    assert result.exit_code == 0, result.output
+    plans = json.loads(result.stdout)["plans"]
+    assert [(p["method"], p["base_precision"]) for p in plans] == [
+        ("score", "fp32"), ("probe", "fp32"), ("lora", "fp32"), ("lora", "bf16"), ("full", "fp32")]
+    by = {(p["method"], p["base_precision"]): p for p in plans}
+    assert by["full", "fp32"]["parts"]["optimizer"] > 0 == by["score", "fp32"]["parts"]["optimizer"]
+    assert by["lora", "bf16"]["parts"]["training copy"] * 2 == by["lora", "fp32"]["parts"]["training copy"]
+    assert all(p["fits"] == (p["total"] <= 0.9 * p["room"]) for p in plans)
+
+
+def test_tune_refuses_a_run_that_will_not_fit_or_more_processes_than_cores(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_MEMORY_LIMIT_MB", "1")
+    line = one_error_line(run_cli("tune", *task_args(), "--model", model_dir, "--method", "full",
+                                  "--out", tmp_path / "out"))
+    assert "will not fit: full" in line and "needs" in line and "free (TUNELAB_MEMORY_LIMIT_MB" in line
+    assert not (tmp_path / "out").exists()
+    monkeypatch.delenv("TUNELAB_MEMORY_LIMIT_MB")
+    line = one_error_line(run_cli("tune", *task_args(), "--model", model_dir, "--nproc", "999",
+                                  "--out", tmp_path / "out"))
+    assert "--nproc 999: this process may run on" in line and not (tmp_path / "out").exists()

@@ -171,9 +171,13 @@ def activation_bytes(config, method: str, precision: str, checkpointing: bool) -
         torch.manual_seed(0)
         lm = AutoModelForCausalLM.from_config(small)
     if method == "lora":
+        import warnings
+
         from peft import LoraConfig, get_peft_model
 
-        lm = get_peft_model(lm, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+        with warnings.catch_warnings():  # peft reads a property that transformers 5 deprecates; not ours to fix
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+            lm = get_peft_model(lm, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     elif method != "full":
         lm.requires_grad_(False)
     lm.train(method in ("lora", "full"))
@@ -305,3 +309,24 @@ def check(plan_: MemoryPlan) -> MemoryPlan:
     if not plan_.fits:
         raise MemoryPlanError(plan_.refusal())
     return plan_
+
+
+PLANNED = (("score", "fp32"), ("probe", "fp32"), ("lora", "fp32"), ("lora", "bf16"), ("full", "fp32"))
+
+
+def plans_for(config, *, processes: int = 1, tokens: int = 512, rows: int = 8,
+              device: torch.device | None = None) -> list[MemoryPlan]:
+    """The plan of every method (and LoRA on a bf16 base) for a model config, before the model is loaded."""
+    shape = ModelShape.of(config)
+    room = memory_room(device)
+    baseline = process_rss()
+    return [plan(shape, method, base_precision=base, tokens=tokens, rows=rows, processes=processes, room=room,
+                 baseline=baseline, device=device) for method, base in PLANNED]
+
+
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity, as a container or taskset sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

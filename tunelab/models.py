@@ -260,6 +260,35 @@ def load_model(spec: str | Path = DEFAULT_MODEL, *, device: torch.device | None 
     return model
 
 
+def model_config(spec: str | Path = DEFAULT_MODEL, *, status=None):
+    """The transformers config of `spec` without loading its weights (a GGUF is converted first, once), for plans
+    made before a model is loaded.
+
+    Raises:
+        ModelError: the spec names nothing loadable.
+    """
+    from transformers import AutoConfig
+
+    key = str(spec)
+    if key in _LOADED:
+        return _LOADED[key].lm.config
+    say = status or (lambda message: None)
+    if key in BUNDLED_MODELS or key.endswith(".gguf"):
+        gguf_path = BUNDLED_MODELS[key].locate(say) if key in BUNDLED_MODELS else Path(key)
+        if not gguf_path.is_file():
+            raise ModelError(f"{key}: GGUF file not found")
+        folder = _converted_gguf(gguf_path, say)[0]
+    else:
+        folder = Path(key)
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"{key}: not a model folder (no config.json)")
+        check_model_folder(folder)
+    try:
+        return AutoConfig.from_pretrained(folder, **LOCAL_ONLY)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelError(f"{key}: unreadable config ({_first_line(err)})") from None
+
+
 def make_model(lm, tokenizer, *, name: str = "in-memory", source: str | None = None,
                device: torch.device | None = None) -> Model:
     """Wrap an LM and tokenizer (e.g. a tiny random one built in a test) as a Model on the chosen device."""

@@ -97,6 +97,28 @@ def load_base(spec: str):
         return load_model(spec, status=lambda message: status.update(message))
 
 
+def check_processes(nproc: int) -> None:
+    """Refuse more processes than cores: each needs a core of its own (more only wait on each other, each holding
+    its own copy of the model)."""
+    from tunelab.errors import ConfigError
+    from tunelab.memory import cores
+
+    if nproc > cores():
+        raise ConfigError(f"--nproc {nproc}: this process may run on {cores()} cores; use --nproc {cores()} or fewer")
+
+
+def check_memory(spec: str, method: str, base_precision: str = "fp32", processes: int = 1) -> None:
+    """Refuse, before the model is loaded, a run whose memory plan does not fit (one line, exit 2)."""
+    from tunelab.memory import ModelShape, check, plan
+    from tunelab.models import choose_device, model_config
+
+    check_processes(processes)
+    with err_console.status(f"planning memory for {spec}") as status:
+        config = model_config(spec, status=lambda message: status.update(message))
+        check(plan(ModelShape.of(config), method, base_precision=base_precision, processes=processes,
+                   device=choose_device()))
+
+
 def load_saved(directory: Path):
     from tunelab.predictor import load_predictor
 
@@ -127,6 +149,7 @@ def launch_processes(nproc: int) -> None:
 
     from tunelab.distributed import launch_command, threads_per_process
 
+    check_processes(nproc)
     argv, skip = [], False
     for arg in sys.argv[1:]:  # the command as typed, less --nproc (each process is one of the N)
         if skip or arg.startswith("--nproc="):

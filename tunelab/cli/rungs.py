@@ -16,6 +16,7 @@ from tunelab.cli.flags import (
     NPROC,
     OVERWRITE,
     PREDICTOR,
+    check_memory,
     config_fields,
     config_from,
     given_flags,
@@ -32,11 +33,23 @@ from tunelab.tasks import TaskSource
 
 
 @app.command()
-def info(model: str = BASE_MODEL, as_json: bool = JSON):
+def info(
+    model: str = BASE_MODEL,
+    memory: bool = Option(False, "--memory", help="Print the memory plan of every method instead (no weights "
+                          "are loaded)."),
+    nproc: int = NPROC, as_json: bool = JSON,
+):
     """Model facts: architecture, layers, hidden size, vocabulary, parameter counts, device, dtype."""
     from tunelab.predictor import describe_artifact, is_artifact
     from tunelab.report.console import fact_lines
 
+    if memory:
+        from tunelab.memory import plans_for
+        from tunelab.models import choose_device, model_config
+
+        plans = plans_for(model_config(model), processes=nproc, device=choose_device())
+        lines = [f"{'fits' if p.fits else 'WILL NOT FIT'}: {p.line()}" for p in plans]
+        return print_lines({"model": model, "plans": [p.describe() for p in plans]}, lines, as_json)
     facts = describe_artifact(load_saved(Path(model))) if is_artifact(model) else load_base(model).describe()
     print_lines(facts, fact_lines(facts), as_json)
 
@@ -96,6 +109,7 @@ def tune(
     from tunelab.rungs.tuning import finetune, run_summary, training_examples, training_notes
 
     config, loaded_task = config_from(configs.TuneConfig, given), load_task_from(given)
+    check_memory(model, config.method, config.base_precision, nproc)  # before any process loads the model
     if nproc > 1:
         return launch_processes(nproc)
     base = load_base(model)
