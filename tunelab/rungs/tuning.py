@@ -116,6 +116,7 @@ def run_summary(predictor: CausalLMPredictor, out_dir: Path | None = None) -> di
             "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"],
             "passes_per_epoch": training.get("passes_per_epoch", 1), "distributed": training.get("distributed"),
             "padding": training.get("padding"), "cut_short": training.get("cut_short"),
+            "memory_plan": training.get("memory_plan"),
             **({"out": str(out_dir)} if out_dir is not None else {})}
 
 
