@@ -350,7 +350,7 @@ def test_the_memory_plan_turns_checkpointing_on_only_where_it_must_and_refuses_w
     from tunelab.errors import MemoryPlanError
     from tunelab.memory import ModelShape, check, plan
 
-    shape = ModelShape(tiny_model.lm.config, tiny_model.params_total, 0)
+    shape = ModelShape(tiny_model.lm.config, tiny_model.params_total)
     ample = plan(shape, "full", tokens=4096, room=(1 << 40, "test"), baseline=0)
     assert not ample.checkpointing and ample.fits
     recomputed = plan(shape, "full", tokens=4096, checkpointing=True, room=(1 << 40, "test"), baseline=0)

@@ -98,16 +98,15 @@ class ModelShape:
 
     config: object
     params: int
-    embedding_params: int
+    file_bytes: int = 0  # the weight files on disk: mapped while the model loads, beside the weights being filled
 
     @classmethod
-    def of(cls, config) -> ModelShape:
+    def of(cls, config, file_bytes: int = 0) -> ModelShape:
         from transformers import AutoModelForCausalLM
 
         with torch.device("meta"):
             lm = AutoModelForCausalLM.from_config(config)
-        params = sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values())
-        return cls(config, params, lm.get_input_embeddings().weight.numel())
+        return cls(config, sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values()), file_bytes)
 
 
 @dataclass
@@ -128,7 +127,11 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
-        return sum(self.parts.values())
+        """The peak: loading (the weights and their mapped files) or running (everything else), whichever is more."""
+        parts = dict(self.parts)
+        loading = parts.pop("mapped files (loading)", 0)
+        running = sum(value for name, value in parts.items() if name not in ("process", "weights"))
+        return parts.get("process", 0) + parts.get("weights", 0) + max(loading, running)
 
     @property
     def fits(self) -> bool:
@@ -248,7 +251,7 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
                 activations += int(micro_tokens * activation_bytes(config, method, precision, False)[0])
         logits = rows * scored * config.vocab_size * 4 * (3 if method in ("lora", "full") else 2)
         parts = {"process": baseline if not loaded else baseline - weight_bytes,
-                 "weights": weight_bytes,
+                 "weights": weight_bytes, "mapped files (loading)": 0 if loaded else shape.file_bytes,
                  # finetune trains a copy of the base (the caller's model stays as it was), in bf16 on request
                  "training copy": shape.params * BYTES[base_precision] if method in ("lora", "full") else 0,
                  "bf16 inference copy": shape.params * 2 if method in ("score", "probe") and precision == "bf16"
@@ -314,10 +317,10 @@ def check(plan_: MemoryPlan) -> MemoryPlan:
 PLANNED = (("score", "fp32"), ("probe", "fp32"), ("lora", "fp32"), ("lora", "bf16"), ("full", "fp32"))
 
 
-def plans_for(config, *, processes: int = 1, tokens: int = 512, rows: int = 8,
+def plans_for(config, file_bytes: int = 0, *, processes: int = 1, tokens: int = 512, rows: int = 8,
               device: torch.device | None = None) -> list[MemoryPlan]:
     """The plan of every method (and LoRA on a bf16 base) for a model config, before the model is loaded."""
-    shape = ModelShape.of(config)
+    shape = ModelShape.of(config, file_bytes)
     room = memory_room(device)
     baseline = process_rss()
     return [plan(shape, method, base_precision=base, tokens=tokens, rows=rows, processes=processes, room=room,

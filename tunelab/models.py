@@ -260,9 +260,9 @@ def load_model(spec: str | Path = DEFAULT_MODEL, *, device: torch.device | None 
     return model
 
 
-def model_config(spec: str | Path = DEFAULT_MODEL, *, status=None):
-    """The transformers config of `spec` without loading its weights (a GGUF is converted first, once), for plans
-    made before a model is loaded.
+def model_config(spec: str | Path = DEFAULT_MODEL, *, status=None) -> tuple[object, int]:
+    """The transformers config of `spec` and the bytes of its weight files, without loading its weights (a GGUF is
+    converted first, once), for plans made before a model is loaded.
 
     Raises:
         ModelError: the spec names nothing loadable.
@@ -271,7 +271,7 @@ def model_config(spec: str | Path = DEFAULT_MODEL, *, status=None):
 
     key = str(spec)
     if key in _LOADED:
-        return _LOADED[key].lm.config
+        return _LOADED[key].lm.config, 0
     say = status or (lambda message: None)
     if key in BUNDLED_MODELS or key.endswith(".gguf"):
         gguf_path = BUNDLED_MODELS[key].locate(say) if key in BUNDLED_MODELS else Path(key)
@@ -283,8 +283,9 @@ def model_config(spec: str | Path = DEFAULT_MODEL, *, status=None):
         if not (folder / "config.json").is_file():
             raise ModelError(f"{key}: not a model folder (no config.json)")
         check_model_folder(folder)
+    weights = list(folder.glob("*.safetensors")) or list(folder.glob("*.bin"))
     try:
-        return AutoConfig.from_pretrained(folder, **LOCAL_ONLY)
+        return AutoConfig.from_pretrained(folder, **LOCAL_ONLY), sum(path.stat().st_size for path in weights)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelError(f"{key}: unreadable config ({_first_line(err)})") from None
 

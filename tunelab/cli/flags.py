@@ -114,8 +114,8 @@ def check_memory(spec: str, method: str, base_precision: str = "fp32", processes
 
     check_processes(processes)
     with err_console.status(f"planning memory for {spec}") as status:
-        config = model_config(spec, status=lambda message: status.update(message))
-        check(plan(ModelShape.of(config), method, base_precision=base_precision, processes=processes,
+        config, file_bytes = model_config(spec, status=lambda message: status.update(message))
+        check(plan(ModelShape.of(config, file_bytes), method, base_precision=base_precision, processes=processes,
                    device=choose_device()))
 
 

@@ -47,7 +47,7 @@ def info(
         from tunelab.memory import plans_for
         from tunelab.models import choose_device, model_config
 
-        plans = plans_for(model_config(model), processes=nproc, device=choose_device())
+        plans = plans_for(*model_config(model), processes=nproc, device=choose_device())
         lines = [f"{'fits' if p.fits else 'WILL NOT FIT'}: {p.line()}" for p in plans]
         return print_lines({"model": model, "plans": [p.describe() for p in plans]}, lines, as_json)
     facts = describe_artifact(load_saved(Path(model))) if is_artifact(model) else load_base(model).describe()

@@ -389,7 +389,7 @@ def plan_memory(model: Model, config: TuneConfig, precision: str, max_length: in
     """
     from tunelab.memory import ModelShape, check, plan
 
-    shape = ModelShape(model.lm.config, model.params_total, model.lm.get_input_embeddings().weight.numel())
+    shape = ModelShape(model.lm.config, model.params_total)
     row = min(max_length, sorted(lengths)[len(lengths) // 2] + 16) if lengths else max_length  # a median prompt
     tokens, first = micro_batch_tokens(precision, model.lm), None
     while True:
