@@ -53,6 +53,9 @@ def test_every_rung_runs_and_the_parameter_facts_hold(ladder_run, tiny_model):
     for name in ("report.json", "report.md", "report.html"):
         assert (out / name).is_file()
     assert "| lora |" in (out / "report.md").read_text()
+    for rung in ("probe", "zero", "few", "lora", "full"):  # each LLM rung planned; its peak its own, not the process's
+        assert report["rungs"][rung]["memory_plan_mb"] > 0 and report["rungs"][rung]["peak_is_the_rungs_own"]
+    assert report["rungs"]["tfidf"]["peak_rss_mb"] < max(r["peak_rss_mb"] for r in report["rungs"].values())
 
 
 def test_an_interrupted_ladder_resumes_from_finished_steps(ladder_run, tiny_model, tiny_task):

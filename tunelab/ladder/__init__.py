@@ -40,7 +40,7 @@ from tunelab.ladder.steps import (
     tune_step,
 )
 from tunelab.measure.bias import BiasConfig, load_probes
-from tunelab.measure.evaluate import peak_rss_mb
+from tunelab.measure.evaluate import peak_rss_mb, reset_peak_rss
 from tunelab.measure.intervals import METHOD
 from tunelab.models import Model, weights_fingerprint
 from tunelab.report.files import write_reports
@@ -91,8 +91,10 @@ def run(
                      sensitivity_evaluations=sensitivity_count(k_values, variants),
                      n_validation=len(validation_task(task, SearchConfig(seed=config.seed)).test),
                      spent_s=time.perf_counter() - started)
+    memory = memory_plans(model, task, config, tokens)  # a rung that cannot fit stops the ladder before any work
     if on_plan:
-        on_plan(plan.lines())
+        on_plan(plan.lines() + [f"  memory: {', '.join(f'{rung} {mb / 1024:.1f} GiB' for rung, mb in memory.items())}"
+                                f" planned at most (tunelab info --memory)"])
     planned_at = time.perf_counter()  # the ETA counts from here: resolving the precision and the probes came before
     results, seconds = {}, {}
     for rung in (r for r in RUNGS if r in config.rungs):
@@ -107,6 +109,7 @@ def run(
             on_step(rung, "start")
         folder.mkdir(parents=True, exist_ok=True)
         step_started = time.perf_counter()
+        own_peak = reset_peak_rss()  # each rung's peak memory is its own, not the process's so far
         if rung in BASELINES:
             result = baseline_step(task, rung, folder, bias, config, on_progress)
         elif rung == "probe":
@@ -125,6 +128,7 @@ def run(
             result = distill_step(task, teacher, folder, bias, config, on_progress,
                                   teacher_metrics=results[teacher.parent.name]["metrics"], budget_s=plan.budget(rung))
         result.update(rung=rung, step_seconds=time.perf_counter() - step_started, peak_rss_mb=peak_rss_mb(),
+                      peak_is_the_rungs_own=own_peak, memory_plan_mb=memory.get(rung),
                       artifact=str(folder / "predictor"))
         write_json(done_file, result)
         results[rung] = result
@@ -178,6 +182,34 @@ def test_fingerprint(task: Task) -> str:
     for example in task.test:
         digest.update(json.dumps([example.text, example.label]).encode())
     return digest.hexdigest()[:16]
+
+
+def memory_plans(model: Model, task: Task, config: LadderConfig, tokens: dict) -> dict[str, float]:
+    """Each LLM rung's memory plan, MB (tunelab/memory.py), the model being loaded already.
+
+    Raises:
+        MemoryPlanError: a rung that will not fit, named.
+    """
+    from tunelab.config import TuneConfig
+    from tunelab.errors import MemoryPlanError
+    from tunelab.memory import ModelShape, check, plan
+    from tunelab.rungs.tuning import plan_memory
+
+    shape, planned = ModelShape(model.lm.config, model.params_total), {}
+    lengths = [len(ids) for ids in model.tokenizer([e.text for e in task.train[:200]],
+                                                   add_special_tokens=False)["input_ids"]]
+    for rung in config.rungs:
+        try:
+            if rung in ("lora", "full"):
+                found = plan_memory(model, TuneConfig(method=rung, precision=config.precision), config.precision,
+                                    max(lengths, default=16) + 32, lengths)
+                planned[rung] = found["total"] / 2**20
+            elif rung in ("probe", "zero", "one", "few"):
+                planned[rung] = check(plan(shape, "probe" if rung == "probe" else "score", precision=config.precision,
+                                           device=model.device, loaded=True)).total / 2**20
+        except MemoryPlanError as err:
+            raise MemoryPlanError(f"the {rung} rung {err} (or leave it out: --rungs)") from None
+    return planned
 
 
 def rungs_left_out(task: Task, config: LadderConfig) -> dict[str, str]:

@@ -21,7 +21,8 @@ def rung_rows(report: dict) -> list[dict]:
             "interval": metrics.get("intervals", {}).get(metric), "examples_per_s": metrics["examples_per_s"],
             "latency_ms": metrics["latency_ms_per_example"], "params_total": metrics["params_total"],
             "params_trainable": metrics["params_trainable"], "train_seconds": result.get("train_seconds", 0.0),
-            "peak_rss_mb": result["peak_rss_mb"], "fingerprint": metrics["fingerprint"],
+            "peak_rss_mb": result["peak_rss_mb"], "plan_mb": result.get("memory_plan_mb"),
+            "fingerprint": metrics["fingerprint"],
             "slice_gap": next(iter(slices["largest_gap"].values())),
             "slice_gap_interval": (slices.get("gap_interval") or {}).get("interval"),
             "counterfactual_gap": probes.get("gap", probes["max_gap"]),
@@ -200,13 +201,14 @@ def markdown(report: dict) -> str:
     lines = [f"# tunelab ladder: {report['task']} ({report['model']})", "",
              f"{report['n_train']} training and {report['n_test']} test examples. {report['split_note']}".strip(), "",
              f"| rung | {metric} [95% interval] | standing | examples/s | latency ms | params total | params trainable "
-             f"| build s | peak RSS MB (process, so far) | test texts cut / max tokens | largest slice gap "
+             f"| build s | peak RSS MB (the rung's own) / plan | test texts cut / max tokens | largest slice gap "
              f"| counterfactual gap | probe verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rung_rows(report):
         lines.append(f"| {row['rung']} | {with_interval(row['quality'], row['interval'])} | {row['standing']} "
                      f"| {row['examples_per_s']:.1f} | {row['latency_ms']:.1f} | {row['params_total']:,} "
-                     f"| {row['params_trainable']:,} | {row['train_seconds']:.1f} | {row['peak_rss_mb']:,.0f} "
+                     f"| {row['params_trainable']:,} | {row['train_seconds']:.1f} | {row['peak_rss_mb']:,.0f} / "
+                     f"{'-' if row['plan_mb'] is None else format(row['plan_mb'], ',.0f')} "
                      f"| {row['length']} | {with_interval(row['slice_gap'], row['slice_gap_interval'])} "
                      f"| {with_interval(row['counterfactual_gap'], row['counterfactual_interval'])} "
                      f"| {row['verdict']} |")
