@@ -207,3 +207,25 @@ def test_fuzzing_from_the_openapi_schema_finds_no_5xx_and_every_error_is_json(st
 
             no_server_error()
     assert len(seen) >= 40 and any(status >= 400 for status in seen)  # the fuzzing did reach the error paths
+
+
+def test_a_bearer_token_guards_every_route_but_healthz_and_is_never_logged(store_path, tmp_path, capfd):
+    from tunelab.errors import InputError
+
+    token = "s3cret-token-0123456789"
+    (tmp_path / "token").write_text(token + "\n")
+    with LoopbackServer(create_app(ServeConfig(store=store_path, token_file=tmp_path / "token"))) as client:
+        assert client.get("/healthz").status_code == 200  # a load balancer's probe needs no secret
+        for method, path, body in (("GET", "/predict?text=good", None), ("POST", "/match", {"text": "good"}),
+                                   ("GET", "/metrics", None), ("GET", "/docs", None)):
+            refused = client.request(method, path, json=body)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", path
+            wrong = client.request(method, path, json=body, headers={"Authorization": f"Bearer {token}x"})
+            assert wrong.status_code == 401, path
+        good = client.get("/predict", params={"text": "good"}, headers={"Authorization": f"Bearer {token}"})
+        assert good.status_code == 200 and good.json()["input"] == "good"
+    out, err = capfd.readouterr()
+    assert token not in out + err
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(InputError, match="empty: the token file must hold one non-empty line"):
+        create_app(ServeConfig(store=store_path, token_file=tmp_path / "empty"))

@@ -52,6 +52,9 @@ class ServeConfig:
     live_batch: Annotated[int, "Misses the live model predicts together."] = 32
     # past it a request gets 503 at once
     max_live_pending: Annotated[int, "Misses waiting for the live model before 503."] = 256
+    # a service with fields and live misses is the one people put on a network: a shared secret on every route but
+    # /healthz, compared in constant time, never logged
+    token_file: Annotated[Path | None, "File holding a bearer token every request but /healthz must send."] = None
 
     def __post_init__(self):
         problems = []

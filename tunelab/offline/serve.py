@@ -9,8 +9,10 @@ bounded in number and dropped when their client goes away.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 import unicodedata
+from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, InputError
 from tunelab.offline.bulk import normalise, text_key
 from tunelab.offline.config import ServeConfig
 from tunelab.offline.matching import Matcher
@@ -125,6 +127,40 @@ async def _client_gone(request: Request) -> None:
 
 
 # -- ASGI middleware: body limit and metrics ------------------------------------------------------------------------
+def read_token(path: Path) -> bytes:
+    """The bearer token in `path` (surrounding white space dropped).
+
+    Raises:
+        InputError: no such file, or an empty one.
+    """
+    try:
+        token = Path(path).read_bytes().strip()
+    except OSError as err:
+        raise InputError(f"cannot read the token ({err.strerror})", path=path) from None
+    if not token or b"\n" in token:
+        raise InputError("the token file must hold one non-empty line", path=path)
+    return token
+
+
+class _BearerToken:
+    """Every request but /healthz must carry `Authorization: Bearer <token>`; else 401, before anything is read.
+    hmac.compare_digest compares in constant time, so the answer's timing says nothing of the token."""
+
+    OPEN = frozenset({"/healthz"})
+
+    def __init__(self, app, *, token: bytes):
+        self.app, self.expected = app, b"Bearer " + token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in self.OPEN:
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = JSONResponse({"detail": "a bearer token is required (Authorization: Bearer ...)"},
+                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class _LimitsAndMetrics:
     """Body limit on the bytes actually received (chunked or not, before any parsing) and request metrics
     labelled by route, as plain ASGI middleware (Starlette's BaseHTTPMiddleware costs about a millisecond a
@@ -301,6 +337,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     routes = {route.path for route in app.routes}
     app.add_middleware(_LimitsAndMetrics, max_body_bytes=config.max_body_bytes, routes=routes, requests=requests,
                        latency=latency)
+    if config.token_file is not None:  # added last: it runs first, so a refused request is read no further
+        app.add_middleware(_BearerToken, token=read_token(config.token_file))
     return app
 
 
