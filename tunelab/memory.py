@@ -38,8 +38,9 @@ def process_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _cgroup_room() -> tuple[int, str] | None:
-    """Bytes the process's cgroup still allows (memory.max - memory.current, cgroup v2; v1's limit_in_bytes)."""
+def _cgroup_room() -> tuple[int, str, int] | None:
+    """(bytes the process's cgroup still allows, where that comes from, the limit): memory.max - memory.current
+    (cgroup v2) or limit_in_bytes - usage_in_bytes (v1), on the nearest folder up the tree that sets one."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -58,7 +59,7 @@ def _cgroup_room() -> tuple[int, str] | None:
                     limit = (folder / limit_file).read_text().strip()
                     usage = int((folder / usage_file).read_text().strip())
                     if limit != "max" and int(limit) < 1 << 60:
-                        return int(limit) - usage, f"cgroup {limit_file} {int(limit) / 2**30:.1f} GiB"
+                        return int(limit) - usage, f"cgroup {limit_file} {int(limit) / 2**30:.1f} GiB", int(limit)
                 except (OSError, ValueError):
                     pass
                 if folder == folder.parent or folder.name in ("cgroup", "memory"):
@@ -77,19 +78,20 @@ def _available_ram() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def memory_room(device: torch.device | None = None) -> tuple[int, str]:
-    """(bytes this process may still take, where that figure comes from). TUNELAB_MEMORY_LIMIT_MB overrides it."""
+def memory_room(device: torch.device | None = None) -> tuple[int, str, int | None]:
+    """(bytes this process may still take beyond what it holds, where that figure comes from, the limit on all it
+    may hold where one is set). TUNELAB_MEMORY_LIMIT_MB overrides it."""
     if os.environ.get("TUNELAB_MEMORY_LIMIT_MB"):
         limit = int(float(os.environ["TUNELAB_MEMORY_LIMIT_MB"]) * 2**20)
-        return max(0, limit - process_rss()), f"TUNELAB_MEMORY_LIMIT_MB {limit / 2**30:.1f} GiB"
+        return max(0, limit - process_rss()), f"TUNELAB_MEMORY_LIMIT_MB {limit / 2**30:.1f} GiB", limit
     if device is not None and device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free, "free GPU memory"
+        return free, "free GPU memory", None
     available = _available_ram()
     room = _cgroup_room()
     if room is not None and room[0] < available:
         return room
-    return available, "available RAM"
+    return available, "available RAM", None
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ class MemoryPlan:
         parts = ", ".join(f"{name} {gb(value)}" for name, value in self.parts.items() if value)
         return (f"{self.method} ({self.base_precision} base, {self.precision} compute, {self.processes} process"
                 f"{'es' if self.processes > 1 else ''}): needs {gb(self.total)} ({parts}); "
-                f"{gb(self.room)} free ({self.room_source})")
+                f"this process may hold {gb(self.room)} ({self.room_source})")
 
     def refusal(self) -> str:
         fixes = "; ".join(self.alternatives) if self.alternatives else "a smaller model or a machine with more memory"
@@ -222,7 +224,7 @@ def activation_bytes(config, method: str, precision: str, checkpointing: bool) -
 def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precision: str = "fp32",
          tokens: int = 512, rows: int = 8, scored: int = 2, processes: int = 1, lora_r: int = 8,
          device: torch.device | None = None, checkpointing: bool | None = None,
-         room: tuple[int, str] | None = None, baseline: int | None = None, loaded: bool = False) -> MemoryPlan:
+         room: tuple | None = None, baseline: int | None = None, loaded: bool = False) -> MemoryPlan:
     """The memory plan of one run: `tokens` row tokens a forward pass (a micro-batch), `rows` rows and `scored`
     positions each whose logits the head computes; `processes` data-parallel processes on this machine, each
     holding its own copy. `checkpointing` None lets the plan choose (on only where the run would not fit without
@@ -230,9 +232,13 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     config = shape.config
-    room_bytes, source = room or memory_room(device)
-    baseline = process_rss() if baseline is None else baseline
+    free, source, cap = (*(room or memory_room(device)), None)[:3]
+    on_gpu = device is not None and device.type == "cuda"
+    baseline = 0 if on_gpu else process_rss() if baseline is None else baseline  # host memory is not the GPU's
     weight_bytes = shape.params * 4  # a base model is loaded in fp32 (models.load_model)
+    # what this process may hold in all: the free memory and what it holds already (the plan counts both)
+    room_bytes = free + (weight_bytes if on_gpu and loaded else baseline)
+    room_bytes = min(room_bytes, cap) if cap else room_bytes  # shared pages count in RSS, not against a limit
     layers = config.num_hidden_layers
     hidden = config.hidden_size
     adapter = 0
@@ -275,7 +281,8 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
     if not result.fits:
         result.alternatives = _alternatives(shape, method, precision=precision, base_precision=base_precision,
                                             tokens=tokens, rows=rows, scored=scored, processes=processes,
-                                            room=(room_bytes, source), baseline=baseline, loaded=loaded)
+                                            room=(free, source, cap), baseline=baseline, loaded=loaded,
+                                            device=device)
     return result
 
 
