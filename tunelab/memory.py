@@ -160,11 +160,12 @@ def gb(n: int) -> str:
 _MEASURED: dict = {}
 
 
-def activation_bytes(config, method: str, precision: str, checkpointing: bool) -> tuple[float, float]:
-    """(bytes autograd keeps per token per decoder layer, bytes per token at the embedding), measured on a copy of
-    the model's shape with MEASURE_LAYERS layers and random weights. With checkpointing a layer keeps only its
-    input. Inference keeps nothing for backward: its transient use is about one layer's worth."""
-    key = (config.to_json_string(), method, precision, checkpointing)
+def layer_activation_bytes(config, method: str, precision: str) -> float:
+    """Bytes autograd keeps for backward per token per decoder layer when training with `method` (lora or full),
+    measured on a copy of the model's shapes with MEASURE_LAYERS layers, random weights and a small vocabulary:
+    the saved tensors that are not weights, at two token counts, per token and per layer. The measuring model
+    runs on the CPU; what autograd saves is the same on a GPU."""
+    key = (config.to_json_string(), method, precision)
     if key in _MEASURED:
         return _MEASURED[key]
     from transformers import AutoModelForCausalLM
@@ -183,9 +184,7 @@ def activation_bytes(config, method: str, precision: str, checkpointing: bool) -
         with warnings.catch_warnings():  # peft reads a property that transformers 5 deprecates; not ours to fix
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
             lm = get_peft_model(lm, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
-    elif method != "full":
-        lm.requires_grad_(False)
-    lm.train(method in ("lora", "full"))
+    lm.train()
     weights = {p.untyped_storage().data_ptr() for p in lm.parameters()}
 
     def saved_bytes(tokens: int) -> int:
@@ -198,27 +197,32 @@ def activation_bytes(config, method: str, precision: str, checkpointing: bool) -
             return tensor
 
         ids = torch.randint(0, small.vocab_size, (1, tokens))
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
-                torch.autocast("cpu", dtype=dtype, enabled=precision == "bf16"):
-            if method in ("lora", "full"):
-                lm(input_ids=ids, logits_to_keep=1).logits.sum()
-            else:
-                with torch.no_grad():
-                    lm(input_ids=ids, logits_to_keep=1)
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            lm(input_ids=ids, logits_to_keep=1)
         return sum(seen.values())
 
     low, high = 64, 192
-    per_token = (saved_bytes(high) - saved_bytes(low)) / (high - low)
-    hidden_bytes = config.hidden_size * BYTES[precision if precision != "fp32" else "fp32"]
-    if method in ("score", "probe"):  # nothing is kept; a layer's intermediates live while it runs
-        per_layer = 0.0
-    elif checkpointing:
-        per_layer = hidden_bytes  # the layer's input; the rest is recomputed a layer at a time
-    else:
-        per_layer = per_token / MEASURE_LAYERS
-    _MEASURED[key] = (per_layer, per_token / MEASURE_LAYERS + 16 * hidden_bytes)
+    _MEASURED[key] = (saved_bytes(high) - saved_bytes(low)) / (high - low) / MEASURE_LAYERS
     return _MEASURED[key]
+
+
+def activations(config, method: str, precision: str, tokens: int, checkpointing: bool) -> int:
+    """Activation bytes of a forward (and backward) pass over `tokens` row tokens. Training keeps each layer's
+    saved tensors (with checkpointing only each layer's input, and one layer's tensors while it is recomputed);
+    inference keeps nothing, and what one layer makes while it runs is taken as a quarter of what training keeps
+    of it (within the 25% of the measured peaks, bench/model_scale.py). A few hidden-size vectors per token are
+    added for the embeddings, the final norm and the residual stream."""
+    hidden = config.hidden_size * BYTES[precision]
+    layers = config.num_hidden_layers
+    per_layer = layer_activation_bytes(config, "full" if method in ("score", "probe") else method, precision)
+    if method in ("score", "probe"):
+        per_token = per_layer / 4
+    elif checkpointing:
+        per_token = hidden * layers + per_layer
+    else:
+        per_token = per_layer * layers
+    return int(tokens * (per_token + 16 * hidden))
 
 
 def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precision: str = "fp32",
@@ -247,16 +251,9 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
         adapter = layers * lora_r * (4 * 2 * hidden + 3 * (hidden + feed_forward))
 
     def parts_for(use_checkpointing: bool, micro_tokens: int) -> dict[str, int]:
-        per_layer, per_token_other = activation_bytes(config, method, precision, use_checkpointing)
-        if method in ("score", "probe"):
-            per_layer = activation_bytes(config, "full", precision, False)[0] / 4  # one layer live at a time
-            activations = int(micro_tokens * (per_layer + per_token_other))
-        else:
-            activations = int(micro_tokens * (per_layer * layers + per_token_other))
-            if use_checkpointing:  # one layer's activations are recomputed at a time in backward
-                activations += int(micro_tokens * activation_bytes(config, method, precision, False)[0])
+        activation = activations(config, method, precision, micro_tokens, use_checkpointing)
         logits = rows * scored * config.vocab_size * 4 * (3 if method in ("lora", "full") else 2)
-        parts = {"process": baseline if not loaded else baseline - weight_bytes,
+        parts = {"process": max(0, baseline - weight_bytes) if loaded else baseline,
                  "weights": weight_bytes, "mapped files (loading)": 0 if loaded else shape.file_bytes,
                  # finetune trains a copy of the base (the caller's model stays as it was), in bf16 on request
                  "training copy": shape.params * BYTES[base_precision] if method in ("lora", "full") else 0,
@@ -264,9 +261,8 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
                  and base_precision == "fp32" else 0,
                  "gradients": shape.params * 4 if method == "full" else adapter * 4,
                  "optimizer": shape.params * 8 if method == "full" else adapter * 12,
-                 "activations": activations + logits}
-        return {name: value * (processes if name != "process" or processes > 1 else 1) for name, value in
-                parts.items()}
+                 "activations": activation + logits}
+        return {name: value * processes for name, value in parts.items()}  # each process holds all of it
 
     micro = tokens
     choose = checkpointing is None
