@@ -206,3 +206,19 @@ def test_tune_refuses_a_run_that_will_not_fit_or_more_processes_than_cores(model
     line = one_error_line(run_cli("tune", *task_args(), "--model", model_dir, "--nproc", "999",
                                   "--out", tmp_path / "out"))
     assert "--nproc 999: this process may run on" in line and not (tmp_path / "out").exists()
+
+
+def test_every_command_shows_one_example_whose_flags_it_takes_and_the_list_follows_the_ladder():
+    from tunelab.cli.app import COMMAND_ORDER
+
+    commands = dict(_commands(typer.main.get_command(app)))
+    for name, command in commands.items():
+        examples = [line.strip() for line in command.help.splitlines() if line.strip().startswith("Example:")]
+        assert len(examples) == 1, name
+        words = examples[0].removeprefix("Example:").split()
+        assert words[: 1 + len(name)] == ["tunelab", *name], (name, examples[0])
+        flags = {opt for param in command.params for opt in param.opts}
+        assert {w for w in words if w.startswith("--")} <= flags, (name, examples[0])
+    listed = [line.split()[1] for line in run_cli("--help").output.splitlines()
+              if line.startswith("│ ") and len(line.split()) > 1 and line.split()[1] in COMMAND_ORDER]
+    assert listed == list(COMMAND_ORDER)

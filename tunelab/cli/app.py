@@ -18,8 +18,17 @@ from typer.core import TyperGroup
 from tunelab.errors import ConfigError, TunelabError
 
 
+# `tunelab --help` lists the commands in the order a user climbs the ladder, then ships and serves
+COMMAND_ORDER = ("info", "baseline", "probe", "prompt", "tune", "distill", "ladder", "eval", "bias", "calibrate",
+                 "cascade", "export", "predict", "store", "serve", "expand", "expand-tune")
+
+
 class _OneErrorLine(TyperGroup):
     """The one error boundary: a TunelabError raised by any command becomes one line on stderr and exit 2."""
+
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: COMMAND_ORDER.index(name) if name in COMMAND_ORDER else len(names))
 
     def invoke(self, ctx):
         try:

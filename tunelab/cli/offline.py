@@ -37,7 +37,10 @@ def expand(
     evaluate: Optional[str] = Option(None, "--evaluate", help="Reference JSONL (id, language, names) or countries."),
     model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
-    """Generate names of concepts in many languages offline into a term store (then: serve --terms)."""
+    """Generate names of concepts in many languages offline into a term store (then: serve --terms).
+
+    Example: tunelab expand --concepts countries --languages de,fr --store terms.sqlite
+    """
     from tunelab.generation.expand import run_expand, summary_lines
 
     config = config_from(generation_configs.ExpandConfig, given)
@@ -57,7 +60,10 @@ def expand_tune(
     languages: Optional[str] = Option(None, help="Languages of the built-in pairs (default: 50)."),
     nproc: int = NPROC, overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
-    """LoRA-tune the generator on (name, language) -> name pairs, loss on the name only; use it with expand."""
+    """LoRA-tune the generator on (name, language) -> name pairs, loss on the name only; use it with expand.
+
+    Example: tunelab expand-tune --pairs countries-train --out runs/generator
+    """
     from tunelab.generation.concepts import read_pairs
     from tunelab.generation.tuning import tune_generator
     from tunelab.report.console import fact_lines
@@ -83,7 +89,10 @@ def predict_command(
     text_field: str = Option("text", help="Field holding the input text (JSONL or CSV)."),
     as_json: bool = JSON, *, given: dict,
 ):
-    """Offline inference: predict every new distinct input into a store; reruns compute only what is missing."""
+    """Offline inference: predict every new distinct input into a store; reruns compute only what is missing.
+
+    Example: tunelab predict --model runs/student --input queries.txt --store preds.sqlite
+    """
     from tunelab.offline.bulk import predict_file
     from tunelab.report.console import fact_lines
 
@@ -98,7 +107,10 @@ def predict_command(
 @app.command("serve")
 @with_config_flags(offline_configs.ServeConfig)
 def serve_command(*, given: dict):
-    """Serve stored predictions over HTTP (FastAPI + uvicorn): /predict, /match, /healthz, /metrics, /docs."""
+    """Serve stored predictions over HTTP (FastAPI + uvicorn): /predict, /match, /healthz, /metrics, /docs.
+
+    Example: tunelab serve --store preds.sqlite --token-file token.txt
+    """
     from tunelab.offline.serve import serve
 
     config = config_from(offline_configs.ServeConfig, given)
@@ -108,7 +120,10 @@ def serve_command(*, given: dict):
 
 @store_app.command("info")
 def store_info(store: Path = typer.Argument(..., help="A prediction store."), as_json: bool = JSON):
-    """Rows per model fingerprint and per label."""
+    """Rows per model fingerprint and per label.
+
+    Example: tunelab store info preds.sqlite
+    """
     from tunelab.offline.store import read_summary, summary_lines
 
     summary = read_summary(store)
@@ -121,7 +136,10 @@ def store_export(
     out: Path = typer.Argument(..., help="Destination: .jsonl, or .csv."),
     fingerprint: Optional[str] = Option(None, help="Only this model's rows."),
 ):
-    """Export stored predictions as JSONL or CSV."""
+    """Export stored predictions as JSONL or CSV.
+
+    Example: tunelab store export preds.sqlite preds.csv
+    """
     from tunelab.offline.store import export_store
 
     err_console.print(f"wrote {export_store(store, out, fingerprint):,} rows to {out}")

@@ -39,7 +39,10 @@ def info(
                           "are loaded)."),
     nproc: int = NPROC, as_json: bool = JSON,
 ):
-    """Model facts: architecture, layers, hidden size, vocabulary, parameter counts, device, dtype."""
+    """Model facts: architecture, layers, hidden size, vocabulary, parameter counts, device, dtype.
+
+    Example: tunelab info --model gemma3-270m --memory
+    """
     from tunelab.predictor import describe_artifact, is_artifact
     from tunelab.report.console import fact_lines
 
@@ -63,7 +66,10 @@ def prompt(
     sensitivity: bool = Option(False, "--sensitivity", help="Quality spread over shot sets, orders, templates, K."),
     model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
-    """Zero-, one- or few-shot prompting, scored by label log-likelihood on the test split."""
+    """Zero-, one- or few-shot prompting, scored by label log-likelihood on the test split.
+
+    Example: tunelab prompt --task vader --shots 0,1,4
+    """
     from tunelab.rungs.prompting import prompt_configs, run_prompts
 
     flags = config_fields(configs.PromptConfig, given)
@@ -105,7 +111,10 @@ def tune(
     resume: bool = Option(False, "--resume", help="Continue an interrupted run in --out."),
     nproc: int = NPROC, overwrite: bool = OVERWRITE, model: str = BASE_MODEL, as_json: bool = JSON, *, given: dict,
 ):
-    """Fine-tune the base model (full or LoRA) on a task, evaluate it and save it."""
+    """Fine-tune the base model (full or LoRA) on a task, evaluate it and save it.
+
+    Example: tunelab tune --task vader --method lora --out runs/lora
+    """
     from tunelab.rungs.tuning import finetune, run_summary, training_examples, training_notes
 
     config, loaded_task = config_from(configs.TuneConfig, given), load_task_from(given)
@@ -133,7 +142,10 @@ def baseline(
     out: Path = Option(..., "--out", help="Folder for the baseline predictor."),
     overwrite: bool = OVERWRITE, as_json: bool = JSON, *, given: dict,
 ):
-    """A classical baseline (TF-IDF or frozen embeddings + a linear model), evaluated and saved as a predictor."""
+    """A classical baseline (TF-IDF or frozen embeddings + a linear model), evaluated and saved as a predictor.
+
+    Example: tunelab baseline --task vader --method tfidf --out runs/tfidf
+    """
     from tunelab.rungs.baseline import fit_baseline, summary_lines
 
     config, loaded_task = config_from(configs.BaselineConfig, given), load_task_from(given)
@@ -151,7 +163,10 @@ def probe(
     out: Path = Option(..., "--out", help="Folder for the probe predictor."),
     model: str = BASE_MODEL, overwrite: bool = OVERWRITE, as_json: bool = JSON, *, given: dict,
 ):
-    """A linear head on the frozen base model's pooled hidden states (layer and pooling chosen on validation)."""
+    """A linear head on the frozen base model's pooled hidden states (layer and pooling chosen on validation).
+
+    Example: tunelab probe --task sotu-party --out runs/probe
+    """
     from tunelab.rungs.probe import fit_probe, summary_lines
 
     config, loaded_task = config_from(configs.ProbeConfig, given), load_task_from(given)
@@ -174,7 +189,10 @@ def distill(
     transfer: Optional[Path] = Option(None, help="Unlabeled texts for the teacher to label (lines, JSONL, CSV)."),
     nproc: int = NPROC, as_json: bool = JSON, *, given: dict,
 ):
-    """Distil a teacher into a smaller, faster student; report how much faster and how much worse."""
+    """Distil a teacher into a smaller, faster student; report how much faster and how much worse.
+
+    Example: tunelab distill --teacher runs/lora --task vader --out runs/student
+    """
     from tunelab.rungs.distill import distill as run_distill
     from tunelab.rungs.distill import read_transfer_texts, summary_lines
 
@@ -197,7 +215,10 @@ def distill(
 @app.command()
 @with_config_flags(TaskSource, configs.BiasConfig)
 def bias(model: Path = PREDICTOR, as_json: bool = JSON, *, given: dict):
-    """Quality per data slice (fairlearn) and counterfactual name probes, with a verdict."""
+    """Quality per data slice (fairlearn) and counterfactual name probes, with a verdict.
+
+    Example: tunelab bias --model runs/lora --task vader
+    """
     from tunelab.measure.bias import bias_report, check_inputs, summary_lines
 
     config, loaded_task = config_from(configs.BiasConfig, given), load_task_from(given)
@@ -217,7 +238,10 @@ def ladder(
                                    "every LLM rung on each, the baselines once, one report; replaces --model."),
     as_json: bool = JSON, *, given: dict,
 ):
-    """Run every rung on one task; write report.html, report.md and report.json; name the cheapest good rung."""
+    """Run every rung on one task; write report.html, report.md and report.json; name the cheapest good rung.
+
+    Example: tunelab ladder --quick --models smollm2,gemma3-270m --out runs/models
+    """
     from tunelab.ladder import ladder_task, run
     from tunelab.ladder.axis import check_labels, run_models
     from tunelab.models import model_label
@@ -250,7 +274,10 @@ def eval_command(
     model: Path = PREDICTOR, batch_size: Optional[int] = Option(None, help="Examples per forward pass."),
     as_json: bool = JSON, *, given: dict,
 ):
-    """Evaluate any saved predictor on a task's test split."""
+    """Evaluate any saved predictor on a task's test split.
+
+    Example: tunelab eval --model runs/lora --task vader --json
+    """
     from tunelab.measure.evaluate import evaluate
     from tunelab.predictor import check_fits_task
 

@@ -23,7 +23,10 @@ def calibrate(
     out: Path = Option(..., "--out", help="Folder for the calibrated predictor."),
     validation: Optional[Path] = VALIDATION, overwrite: bool = OVERWRITE, as_json: bool = JSON, *, given: dict,
 ):
-    """Temperature scaling: one temperature fitted on held-out examples; ECE before and after, with intervals."""
+    """Temperature scaling: one temperature fitted on held-out examples; ECE before and after, with intervals.
+
+    Example: tunelab calibrate --model runs/lora --task vader --out runs/lora-calibrated
+    """
     from tunelab.ship.calibration import calibrate as fit
     from tunelab.ship.calibration import calibration_report, held_out_examples
 
@@ -44,7 +47,10 @@ def cascade(
     max_escalated: Optional[float] = Option(None, help="Escalate at most this share instead."),
     validation: Optional[Path] = VALIDATION, overwrite: bool = OVERWRITE, as_json: bool = JSON, *, given: dict,
 ):
-    """Fast model first, strong model for what it is unsure of; the threshold chosen on held-out examples."""
+    """Fast model first, strong model for what it is unsure of; the threshold chosen on held-out examples.
+
+    Example: tunelab cascade --fast runs/student --strong runs/lora --task vader --out runs/cascade
+    """
     from tunelab.ship.calibration import held_out_examples
     from tunelab.ship.cascade import build_cascade, cascade_report
 
@@ -68,7 +74,10 @@ def export(
     overwrite: bool = OVERWRITE, as_json: bool = JSON, *, given: dict,
 ):
     """Export to ONNX (int8 with --quantize int8); refused unless it predicts what the torch predictor does on the
-    task's test texts."""
+    task's test texts.
+
+    Example: tunelab export runs/student --task vader --out runs/student-onnx
+    """
     from tunelab.errors import ConfigError
     from tunelab.ship.export import export_lines, export_onnx
 
