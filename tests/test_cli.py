@@ -222,3 +222,31 @@ def test_every_command_shows_one_example_whose_flags_it_takes_and_the_list_follo
     listed = [line.split()[1] for line in run_cli("--help").output.splitlines()
               if line.startswith("│ ") and len(line.split()) > 1 and line.split()[1] in COMMAND_ORDER]
     assert listed == list(COMMAND_ORDER)
+
+
+def test_output_that_is_not_a_terminal_gets_plain_lines_with_elapsed_time_and_an_eta():
+    import io
+    import time as clock
+
+    from rich.console import Console
+
+    from tunelab.report.console import PlainProgress, heartbeat, progress_bars
+
+    log = io.StringIO()
+    console = Console(file=log, force_terminal=False, width=200)
+    now = [0.0]
+    bars = PlainProgress(console, every_s=30, clock=lambda: now[0])
+    step = bars.bar("scoring the test split", 400)
+    for seconds in (1, 10, 31, 40, 100):  # one line at the start, one past 30 s, one at the end
+        now[0] = seconds
+        step(50 if seconds < 100 else 200)
+    lines = log.getvalue().splitlines()
+    assert lines == ["scoring the test split: started (400 to do)",
+                     "scoring the test split: 150/400, 30 s elapsed, ETA 50 s",
+                     "scoring the test split: done, 400 in 99 s"]
+    with progress_bars(console) as chosen:
+        assert isinstance(chosen, PlainProgress)
+    beats = io.StringIO()
+    with heartbeat(Console(file=beats, force_terminal=False), lambda: "ladder: lora running", every_s=0.05):
+        clock.sleep(0.3)
+    assert beats.getvalue().count("ladder: lora running") >= 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -245,6 +246,7 @@ def ladder(
     from tunelab.ladder import ladder_task, run
     from tunelab.ladder.axis import check_labels, run_models
     from tunelab.models import model_label
+    from tunelab.report.console import heartbeat
     from tunelab.report.ladder import summary_lines
 
     config = config_from(configs.LadderConfig, given)
@@ -252,19 +254,31 @@ def ladder(
     if specs is not None:
         check_labels([model_label(spec) for spec in specs])
     loaded_task = ladder_task(config_from(TaskSource, given), config)
-    on_plan = lambda lines: err_console.print("\n".join(lines), highlight=False, markup=False)  # noqa: E731
-    if specs is None:
-        base = load_base(model)
-        with progress(transient=False) as bars:
-            done = bars.bar("ladder: rungs done", len(config.rungs))
-            report = run(base, loaded_task, config, out, on_step=lambda rung, state: done(int(state != "start")),
-                         on_plan=on_plan)
-    else:  # each model is loaded as its run starts (a status line, not a bar: rich shows one live display)
-        report = run_models({model_label(spec): lambda spec=spec: load_base(spec) for spec in specs}, loaded_task,
-                            config, out, on_plan=on_plan,
-                            on_model=lambda label: err_console.print(f"ladder on {label}", highlight=False),
-                            on_step=lambda rung, state: state == "done" and err_console.print(
-                                f"  {rung} done", highlight=False))
+    now = {"step": "checks and probes", "since": time.monotonic(), "started": time.monotonic(), "eta": None}
+
+    def on_plan(lines):
+        err_console.print("\n".join(lines), highlight=False, markup=False)
+
+    def on_estimate(seconds):  # a model-axis run plans each model's ladder as it starts
+        now["eta"] = time.monotonic() + seconds
+
+    def on_step(rung, state):
+        now.update(step=rung, since=time.monotonic())
+        err_console.print(f"ladder: {rung} {'started' if state == 'start' else state}", highlight=False)
+
+    def describe():  # a line every ~30 s where output is not a terminal (a CI log, `make run | tee`)
+        left = f", about {max(0.0, now['eta'] - time.monotonic()):.0f} s left by the plan" if now["eta"] else ""
+        return (f"ladder: {now['step']} running for {time.monotonic() - now['since']:.0f} s, "
+                f"{time.monotonic() - now['started']:.0f} s elapsed{left}")
+
+    with heartbeat(err_console, describe):
+        if specs is None:
+            base = load_base(model)
+            report = run(base, loaded_task, config, out, on_step=on_step, on_plan=on_plan, on_estimate=on_estimate)
+        else:  # each model is loaded as its run starts
+            report = run_models({model_label(spec): lambda spec=spec: load_base(spec) for spec in specs},
+                                loaded_task, config, out, on_plan=on_plan, on_step=on_step, on_estimate=on_estimate,
+                                on_model=lambda label: err_console.print(f"ladder on {label}", highlight=False))
     print_lines(report, summary_lines(report, out), as_json)
 
 

@@ -61,11 +61,13 @@ def run(
     on_step: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_plan: Callable[[list[str]], None] | None = None,
+    on_estimate: Callable[[float], None] | None = None,
 ) -> dict:
     """Run the chosen rungs on one task into `out_dir` (resuming finished steps) and write the reports.
 
     Before any work: the precision is resolved once for every rung (`auto`: bf16 where fast and in parity), the
-    plan is probed and handed to `on_plan(lines)` (each section's estimate and budget, an ETA).
+    plan is probed and handed to `on_plan(lines)` (each section's estimate and budget, an ETA) and its estimated
+    seconds to `on_estimate(seconds)`.
     `on_step(rung, "start" | "done" | "skipped")` and `on_progress(n)` report progress.
     """
     out_dir = Path(out_dir)
@@ -95,6 +97,8 @@ def run(
     if on_plan:
         on_plan(plan.lines() + [f"  memory: {', '.join(f'{rung} {mb / 1024:.1f} GiB' for rung, mb in memory.items())}"
                                 f" planned at most (tunelab info --memory)"])
+    if on_estimate:
+        on_estimate(plan.estimate_s)
     planned_at = time.perf_counter()  # the ETA counts from here: resolving the precision and the probes came before
     results, seconds = {}, {}
     for rung in (r for r in RUNGS if r in config.rungs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Callable
 
@@ -38,8 +39,75 @@ class ProgressBars:
         return lambda *values: self.progress.console.print(f"{name}: " + " ".join(map(str, values)))
 
 
+class PlainProgress:
+    """ProgressBars' callbacks as plain lines, for output that is not a terminal (a CI log, `make run | tee`): a
+    line when a section starts, one every `every_s` seconds with the count, the elapsed time and an ETA, and one
+    when it ends. Bars redrawn in place would print nothing there until the end."""
+
+    def __init__(self, console, every_s: float = 30.0, clock=time.monotonic):
+        self.console, self.every_s, self.clock = console, every_s, clock
+        self.state: dict[str, dict] = {}
+        self.totals: dict[str, int] = {}
+
+    def _say(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def bar(self, name: str, total: int | None = None) -> Callable[..., None]:
+        def advance(n: int = 1, *_ignored):
+            now = self.clock()
+            state = self.state.get(name)
+            if state is None:
+                known = total or self.totals.get(name)
+                state = self.state[name] = {"done": 0, "total": known, "started": now, "said": now}
+                self._say(f"{name}: started" + (f" ({known:,} to do)" if known else ""))
+            state["done"] += n
+            elapsed = now - state["started"]
+            if state["total"] and state["done"] >= state["total"]:
+                self._say(f"{name}: done, {state['done']:,} in {elapsed:.0f} s")
+                state["total"] = None  # said once
+            elif now - state["said"] >= self.every_s:
+                state["said"] = now
+                left = state["total"] and elapsed / state["done"] * (state["total"] - state["done"])
+                self._say(f"{name}: {state['done']:,}" + (f"/{state['total']:,}" if state["total"] else "")
+                          + f", {elapsed:.0f} s elapsed" + (f", ETA {left:.0f} s" if left else ""))
+        return advance
+
+    def total(self, name: str) -> Callable[[int], None]:
+        return lambda n: self.totals.__setitem__(name, n)
+
+    def note(self, name: str) -> Callable[..., None]:
+        return lambda *values: self._say(f"{name}: " + " ".join(map(str, values)))
+
+
+@contextmanager
+def heartbeat(console, describe: Callable[[], str], every_s: float = 30.0):
+    """Where output is not a terminal, a line every `every_s` seconds from `describe()` while the block runs (a
+    long step prints nothing else in between); nothing on a terminal, where bars show the same."""
+    if console.is_terminal:
+        yield
+        return
+    import threading
+
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(every_s):
+            console.print(describe(), highlight=False, markup=False, soft_wrap=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 @contextmanager
 def progress_bars(console, transient: bool = True):
+    if not console.is_terminal:
+        yield PlainProgress(console)
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console, transient=transient) as progress:
