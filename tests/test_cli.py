@@ -192,7 +192,8 @@ def test_info_memory_plans_every_method_without_loading_weights(model_dir):
         ("score", "fp32"), ("probe", "fp32"), ("lora", "fp32"), ("lora", "bf16"), ("full", "fp32")]
     by = {(p["method"], p["base_precision"]): p for p in plans}
     assert by["full", "fp32"]["parts"]["optimizer"] > 0 == by["score", "fp32"]["parts"]["optimizer"]
-    assert by["lora", "bf16"]["parts"]["training copy"] * 2 == by["lora", "fp32"]["parts"]["training copy"]
+    assert by["lora", "bf16"]["parts"]["weights"] * 2 == by["lora", "fp32"]["parts"]["weights"]  # loaded in bf16
+    assert by["lora", "bf16"]["parts"]["training copy"] == 0 < by["lora", "fp32"]["parts"]["training copy"]
     assert all(p["fits"] == (p["total"] <= 0.9 * p["room"]) for p in plans)
 
 

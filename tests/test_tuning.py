@@ -528,3 +528,22 @@ def test_a_bf16_base_is_for_unmerged_lora_only():
         TuneConfig(method="full", base_precision="bf16")
     with pytest.raises(ConfigError, match="base-precision bf16 applies"):
         TuneConfig(method="lora", base_precision="bf16", merge=True)
+
+
+def test_lora_on_a_base_loaded_in_bf16_shares_its_weights_and_reloads_on_the_same_base(tiny_model, tiny_task,
+                                                                                        tmp_path):
+    tiny_model.save(tmp_path / "base")
+    base = load_model(tmp_path / "base", precision="bf16")
+    assert base.weights_precision == "bf16" and base is not load_model(tmp_path / "base")
+    config = TuneConfig(method="lora", base_precision="bf16", epochs=1, lr=5e-2, batch_size=4, val_fraction=0.25,
+                        min_steps=0)
+    tuned = finetune(base, tiny_task, config, out_dir=tmp_path / "lora")
+    plan = tuned.meta["training"]["memory_plan"]
+    assert plan["parts"]["training copy"] == 0 and plan["parts"]["weights"] == 2 * base.params_total
+    stored = {p.untyped_storage().data_ptr() for p in base.lm.parameters()}
+    frozen = [p for name, p in tuned.model.lm.named_parameters() if "lora_" not in name]
+    assert all(p.untyped_storage().data_ptr() in stored for p in frozen)  # lent, not copied
+    loaded = load_predictor(tmp_path / "lora")
+    texts = [e.text for e in tiny_task.test]
+    assert loaded.fingerprint == tuned.fingerprint
+    assert np.allclose(predict(loaded, texts).probs, predict(tuned, texts).probs, atol=1e-6)

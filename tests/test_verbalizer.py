@@ -227,3 +227,27 @@ def test_fit_text_keeps_head_and_tail_within_the_budget():
     assert was_cut and cut.startswith("Subject: ref") and cut.endswith(", Ann") and "[...]" in cut
     assert len(tokenizer(cut, add_special_tokens=False).input_ids) <= 44  # the marker's tokens may merge a little
     assert fit_text(tokenizer, "short", 20) == ("short", False)
+
+
+MANY_LABELS = ["good film", "bad film", "kind story", "cruel story", "happy ending", "sad ending", "lovely cast",
+               "vile plot", "great acting", "awful acting", "nice", "grim"]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3", "gpt2", "qwen2", "gemma2"])
+@pytest.mark.parametrize("tokenizer_name", list(TOKENIZERS))
+def test_many_labels_read_each_query_once_and_score_as_the_reference(architecture, tokenizer_name, monkeypatch):
+    from tunelab.scoring import tokens
+
+    texts = POSITIVE + NEGATIVE + ["a fine cast", "a dull plot"]
+    examples = [Example(text, label) for text, label in zip(texts, MANY_LABELS)]
+    task = make_task("aspects", "classification", examples, examples[:4], template="Review: {text}\nAspect: {label}")
+    predictor = few_shot(_model(architecture, tokenizer_name), task, PromptConfig(shots=1))
+    texts = [e.text for e in task.test] + ["x"]
+    taken = []
+    original = tokens._shared_query_scores
+    monkeypatch.setattr(tokens, "_shared_query_scores", lambda *a: taken.append(1) or original(*a))
+    shared = predictor.log_likelihoods(texts)
+    assert taken, "the shared-query path was not taken"
+    assert torch.allclose(shared, _reference(predictor, texts), atol=1e-4)
+    monkeypatch.setattr(tokens, "SHARED_QUERY_SAVING", float("inf"))  # the one-pass rows, for comparison
+    assert torch.allclose(predictor.log_likelihoods(texts), shared, atol=1e-4)

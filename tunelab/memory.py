@@ -228,7 +228,8 @@ def activations(config, method: str, precision: str, tokens: int, checkpointing:
 def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precision: str = "fp32",
          tokens: int = 512, rows: int = 8, scored: int = 2, processes: int = 1, lora_r: int = 8,
          device: torch.device | None = None, checkpointing: bool | None = None,
-         room: tuple | None = None, baseline: int | None = None, loaded: bool = False) -> MemoryPlan:
+         room: tuple | None = None, baseline: int | None = None, loaded: bool = False,
+         weights_precision: str = "fp32") -> MemoryPlan:
     """The memory plan of one run: `tokens` row tokens a forward pass (a micro-batch), `rows` rows and `scored`
     positions each whose logits the head computes; `processes` data-parallel processes on this machine, each
     holding its own copy. `checkpointing` None lets the plan choose (on only where the run would not fit without
@@ -239,7 +240,7 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
     free, source, cap = (*(room or memory_room(device)), None)[:3]
     on_gpu = device is not None and device.type == "cuda"
     baseline = 0 if on_gpu else process_rss() if baseline is None else baseline  # host memory is not the GPU's
-    weight_bytes = shape.params * 4  # a base model is loaded in fp32 (models.load_model)
+    weight_bytes = shape.params * BYTES[weights_precision]  # as loaded: fp32, or bf16 for a bf16 LoRA base
     # what this process may hold in all: the free memory and what it holds already (the plan counts both)
     room_bytes = free + (weight_bytes if on_gpu and loaded else baseline)
     room_bytes = min(room_bytes, cap) if cap else room_bytes  # shared pages count in RSS, not against a limit
@@ -255,8 +256,10 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
         logits = rows * scored * config.vocab_size * 4 * (3 if method in ("lora", "full") else 2)
         parts = {"process": max(0, baseline - weight_bytes) if loaded else baseline,
                  "weights": weight_bytes, "mapped files (loading)": 0 if loaded else shape.file_bytes,
-                 # finetune trains a copy of the base (the caller's model stays as it was), in bf16 on request
-                 "training copy": shape.params * BYTES[base_precision] if method in ("lora", "full") else 0,
+                 # finetune trains a copy of the base (the caller's model stays as it was), in bf16 on request;
+                 # a base loaded in bf16 lends its weights to that copy (rungs/low_precision.bf16_copy)
+                 "training copy": 0 if method not in ("lora", "full") or base_precision == weights_precision == "bf16"
+                 else shape.params * BYTES[base_precision],
                  "bf16 inference copy": shape.params * 2 if method in ("score", "probe") and precision == "bf16"
                  and base_precision == "fp32" else 0,
                  "gradients": shape.params * 4 if method == "full" else adapter * 4,
@@ -278,7 +281,7 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
         result.alternatives = _alternatives(shape, method, precision=precision, base_precision=base_precision,
                                             tokens=tokens, rows=rows, scored=scored, processes=processes,
                                             room=(free, source, cap), baseline=baseline, loaded=loaded,
-                                            device=device)
+                                            device=device, weights_precision=weights_precision)
     return result
 
 
@@ -289,9 +292,11 @@ def _alternatives(shape: ModelShape, method: str, **kwargs) -> list[str]:
     if method == "full":
         trials.append(("--method lora", dict(method="lora")))
     if kwargs["base_precision"] == "fp32":
-        trials.append(("--base-precision bf16 (the frozen weights in bf16)", dict(base_precision="bf16")))
+        bf16 = dict(base_precision="bf16", weights_precision="bf16")
+        if method == "lora":
+            trials.append(("--base-precision bf16 (the frozen weights in bf16)", bf16))
         if method == "full":
-            trials.append(("--method lora --base-precision bf16", dict(method="lora", base_precision="bf16")))
+            trials.append(("--method lora --base-precision bf16", dict(method="lora", **bf16)))
     if kwargs["processes"] > 1:
         trials.append(("--nproc 1", dict(processes=1)))
     if kwargs["tokens"] > 128:
@@ -327,7 +332,7 @@ def plans_for(config, file_bytes: int = 0, *, processes: int = 1, tokens: int = 
     room = memory_room(device)
     baseline = process_rss()
     return [plan(shape, method, base_precision=base, tokens=tokens, rows=rows, processes=processes, room=room,
-                 baseline=baseline, device=device) for method, base in PLANNED]
+                 baseline=baseline, device=device, weights_precision=base) for method, base in PLANNED]
 
 
 def cores() -> int:

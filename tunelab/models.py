@@ -113,6 +113,11 @@ class Model:
         return count_parameters(self.lm)[0]
 
     @property
+    def weights_precision(self) -> str:
+        """How the weights are stored: fp32 (as tunelab loads a model), or bf16 (`load_model(precision="bf16")`)."""
+        return "bf16" if next(self.lm.parameters()).dtype == torch.bfloat16 else "fp32"
+
+    @property
     def params_trainable(self) -> int:
         return count_parameters(self.lm)[1]
 
@@ -121,7 +126,7 @@ class Model:
         stored in bf16, made on first use and again whenever `lm`'s weights change in place. Autocast over fp32
         weights casts every weight again on every forward pass: 19% of label scoring's time on passages here
         (docs/BENCHMARKS.md, roofline); the copy costs 2 bytes a parameter (270 MB for SmolLM2-135M)."""
-        if precision != "bf16":
+        if precision != "bf16" or self.weights_precision == "bf16":
             return self.lm
         versions = sum(p._version for p in self.lm.parameters())  # bumped by every in-place change of a weight
         if self._bf16 is None or self._bf16[1] != versions:
@@ -208,52 +213,59 @@ def model_label(spec: str | Path) -> str:
 _LOADED: dict[str, Model] = {}
 
 
-def load_model(spec: str | Path = DEFAULT_MODEL, *, device: torch.device | None = None, status=None) -> Model:
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def load_model(spec: str | Path = DEFAULT_MODEL, *, device: torch.device | None = None, status=None,
+               precision: str = "fp32") -> Model:
     """Load `spec`: a bundled model's name ("smollm2", "gemma3-270m": BUNDLED_MODELS), an HF folder, or a .gguf file.
 
     Loaded models are cached per process. A GGUF is de-quantised once and the result kept as an HF folder under
     TUNELAB_HOME/models (the GGUF reader takes ~40 s on 2 cores; the converted folder loads in under a second).
-    `status` is an optional callable receiving progress messages.
+    `status` is an optional callable receiving progress messages. `precision` "bf16" stores the weights in bf16
+    (half the memory: LoRA's frozen base, `--base-precision bf16`); the fingerprint of a model converted from a
+    GGUF is the file's either way, that of a folder hashes the weights as loaded.
 
     Raises:
         ModelError: the spec names nothing loadable.
     """
-    key = str(spec)
+    key = str(spec) if precision == "fp32" else f"{spec}@{precision}"
     if key in _LOADED:
         return _LOADED[key]
+    spec = str(spec)
     say = status or (lambda message: None)
-    if key in BUNDLED_MODELS:
-        gguf_path, name = BUNDLED_MODELS[key].locate(say), BUNDLED_MODELS[key].name
-    elif key.endswith(".gguf"):
-        gguf_path, name = Path(key), Path(key).stem
+    if spec in BUNDLED_MODELS:
+        gguf_path, name = BUNDLED_MODELS[spec].locate(say), BUNDLED_MODELS[spec].name
+    elif spec.endswith(".gguf"):
+        gguf_path, name = Path(spec), Path(spec).stem
         if not gguf_path.is_file():
-            raise ModelError(f"{key}: GGUF file not found")
+            raise ModelError(f"{spec}: GGUF file not found")
     else:
-        gguf_path, name = None, Path(key).name
+        gguf_path, name = None, Path(spec).name
     if gguf_path is not None:
         folder, fingerprint = _converted_gguf(gguf_path, say)
     else:
-        folder, fingerprint = Path(key), None
+        folder, fingerprint = Path(spec), None
         if not (folder / "config.json").is_file():
             names = " or ".join(map(repr, BUNDLED_MODELS))
-            raise ModelError(f"{key}: not a model folder (no config.json); use {names}, a .gguf file, "
+            raise ModelError(f"{spec}: not a model folder (no config.json); use {names}, a .gguf file, "
                              "or a folder written by save_pretrained / tunelab")
         architectures = check_model_folder(folder).get("architectures") or []
         if architectures and not any(a.endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
-            raise ModelError(f"{key}: not a causal language model (config.json names {', '.join(architectures)}); "
+            raise ModelError(f"{spec}: not a causal language model (config.json names {', '.join(architectures)}); "
                              "tunelab scores labels with a decoder that predicts the next token")
     say(f"loading {name}")
     try:
-        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=_has_safetensors(folder),
-                                                  **MODEL_LOCAL_ONLY)
+        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=WEIGHT_DTYPES[precision],
+                                                  use_safetensors=_has_safetensors(folder), **MODEL_LOCAL_ONLY)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
-        raise ModelError(f"{key}: cannot load a causal language model ({_first_line(err)})") from None
+        raise ModelError(f"{spec}: cannot load a causal language model ({_first_line(err)})") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **LOCAL_ONLY)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
-        raise ModelError(f"{key}: no usable tokenizer ({_first_line(err)}); save the tokenizer into the folder "
+        raise ModelError(f"{spec}: no usable tokenizer ({_first_line(err)}); save the tokenizer into the folder "
                          "(tokenizer.save_pretrained)") from None
-    model = make_model(lm, tokenizer, name=name, source=key, device=device)
+    model = make_model(lm, tokenizer, name=name, source=spec, device=device)
     if fingerprint:
         model._fingerprint = fingerprint
     _LOADED[key] = model

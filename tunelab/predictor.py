@@ -242,7 +242,8 @@ def save_base_reference(model: Model, directory: Path) -> dict:
     if base is None:
         model.save(directory / "base")
         base = "base"
-    return {"base_model": base, "base_fingerprint": model.fingerprint}
+    return {"base_model": base, "base_fingerprint": model.fingerprint,
+            **({"base_weights": "bf16"} if model.weights_precision == "bf16" else {})}
 
 
 def load_base_model(directory: Path, payload: dict) -> Model:
@@ -254,7 +255,7 @@ def load_base_model(directory: Path, payload: dict) -> Model:
     base = payload["base_model"]
     from tunelab.models import load_model
 
-    model = load_model(directory / base if base == "base" else base)
+    model = load_model(directory / base if base == "base" else base, precision=payload.get("base_weights", "fp32"))
     if model.fingerprint != payload["base_fingerprint"]:
         raise ModelError(f"{directory}: base model {base} has fingerprint {model.fingerprint}, "
                          f"but this predictor was made with {payload['base_fingerprint']}")

@@ -89,12 +89,12 @@ def load_task_from(given: dict):
     return config_from(TaskSource, given).load()
 
 
-def load_base(spec: str):
+def load_base(spec: str, precision: str = "fp32"):
     from tunelab.models import load_model
 
     quiet_transformers()
     with err_console.status(f"loading {spec}") as status:
-        return load_model(spec, status=lambda message: status.update(message))
+        return load_model(spec, status=lambda message: status.update(message), precision=precision)
 
 
 def check_processes(nproc: int) -> None:
@@ -116,7 +116,7 @@ def check_memory(spec: str, method: str, base_precision: str = "fp32", processes
     with err_console.status(f"planning memory for {spec}") as status:
         config, file_bytes = model_config(spec, status=lambda message: status.update(message))
         check(plan(ModelShape.of(config, file_bytes), method, base_precision=base_precision, processes=processes,
-                   device=choose_device()))
+                   device=choose_device(), weights_precision=base_precision))
 
 
 def load_saved(directory: Path):

@@ -122,7 +122,7 @@ def tune(
     check_memory(model, config.method, config.base_precision, nproc)  # before any process loads the model
     if nproc > 1:
         return launch_processes(nproc)
-    base = load_base(model)
+    base = load_base(model, config.base_precision)  # a bf16 LoRA base is loaded in bf16: half the memory
     with progress() as bars:
         predictor = finetune(base, loaded_task, config, out_dir=out, resume=resume, overwrite=overwrite,
                              on_step=bars.bar(f"{config.method}: training", training_examples(loaded_task, config)),

@@ -395,7 +395,7 @@ def plan_memory(model: Model, config: TuneConfig, precision: str, max_length: in
     while True:
         found = plan(shape, config.method, precision=precision, base_precision=config.base_precision, tokens=tokens,
                      rows=max(1, tokens // row), processes=processes, lora_r=config.lora_r, device=model.device,
-                     loaded=True)
+                     loaded=True, weights_precision=model.weights_precision)
         first = first or found
         if found.fits or tokens <= max_length:
             break

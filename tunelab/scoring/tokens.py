@@ -161,6 +161,29 @@ def _cache_for(lm, prefix: PrefixCache, keep: int, n_rows: int):
     return cache
 
 
+def _query_context(row_pairs: list[Pair], keep: int) -> int:
+    """How many tokens of one query's prompts every label shares and none of them scores: the query's context,
+    read once for all its labels (at least `keep`, the shared prefix)."""
+    first = row_pairs[0].ids
+    common = min(_common_length(first, pair.ids) for pair in row_pairs)
+    return max(keep, min(common, min(pair.label_start for pair in row_pairs) - 1))
+
+
+# Reading each query once pays where it saves at least this share of the row tokens (two passes instead of one).
+SHARED_QUERY_SAVING = 1.5
+
+
+def _shared_query_saving(pairs: list[list[Pair]], keep: int) -> float:
+    """Row tokens one pass runs (each distinct label row holds the whole query) over what reading each query once
+    and then only its labels' tokens runs."""
+    one_pass = sum(len(row) for row in {pair.ids[keep:-1] for row_pairs in pairs for pair in row_pairs})
+    shared = 0
+    for row_pairs in pairs:
+        context = _query_context(row_pairs, keep)
+        shared += context - keep + sum(len(row) for row in {pair.ids[context:-1] for pair in row_pairs})
+    return one_pass / max(1, shared)
+
+
 def label_log_likelihoods(lm: torch.nn.Module, prefix: PrefixCache, pairs: list[list[Pair]], pad_id: int):
     """Summed log p(label tokens | everything before them) for every pair: ((queries, labels), token counts).
 
@@ -171,6 +194,10 @@ def label_log_likelihoods(lm: torch.nn.Module, prefix: PrefixCache, pairs: list[
     """
     device = next(lm.parameters()).device
     keep = _usable_prefix(prefix, pairs)
+    if prefix.kv is not None and _shared_query_saving(pairs, keep) >= SHARED_QUERY_SAVING:
+        shared = _shared_query_scores(lm, prefix, pairs, pad_id, keep)
+        if shared is not None:
+            return shared
     rows: dict[tuple[int, ...], int] = {}
     targets = []  # (row, position in row, token, query, label)
     for qi, row_pairs in enumerate(pairs):
@@ -199,7 +226,13 @@ def label_log_likelihoods(lm: torch.nn.Module, prefix: PrefixCache, pairs: list[
     out = lm(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
              position_ids=position_ids.to(device), use_cache=cache is not None, logits_to_keep=n_keep,
              **{cache_argument_name(lm): cache})
-    log_probs = torch.log_softmax(out.logits.float(), dim=-1)  # (rows, n_keep, vocab)
+    return _gather_scores(out.logits, targets, start, width, n_keep, pairs, device)
+
+
+def _gather_scores(logits, targets: list, start: list[int], width: int, n_keep: int, pairs, device):
+    """Sum each (query, label)'s target tokens' log-probabilities out of the kept columns of `logits`
+    (rows, n_keep, vocab); `start[r]` is the column where row r's first token sits."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (rows, n_keep, vocab)
     row_index, position, token, query_index, label_index = (torch.tensor(c, device=device) for c in zip(*targets))
     column = position + torch.tensor(start, device=device)[row_index] - (width - n_keep)
     token_log_probs = log_probs[row_index, column, token]  # (n_targets,)
@@ -208,6 +241,59 @@ def label_log_likelihoods(lm: torch.nn.Module, prefix: PrefixCache, pairs: list[
     counts = torch.zeros(shape, device=device).index_put((query_index, label_index), torch.ones_like(token_log_probs),
                                                          accumulate=True)
     return scores, counts
+
+
+def _shared_query_scores(lm, prefix: PrefixCache, pairs: list[list[Pair]], pad_id: int, keep: int):
+    """label_log_likelihoods for many labels of several tokens: each query's context is read once (a pass whose
+    key/value cache then holds every query), then every label's own tokens on top of its query's cache (a second
+    pass), so the cost grows with the labels' tokens, not with the labels times the query. Both passes left-pad:
+    masked columns sit between a query and its labels' tokens, which attention skips and the explicit positions
+    ignore. None where a sliding window would see that padding (the one-pass path is exact there)."""
+    device = next(lm.parameters()).device
+    contexts = [_query_context(row_pairs, keep) for row_pairs in pairs]
+    queries = [row_pairs[0].ids[keep:context] for row_pairs, context in zip(pairs, contexts)]
+    rows: dict[tuple[int, tuple[int, ...]], int] = {}
+    targets = []  # (row, position in row, token, query, label)
+    for qi, (row_pairs, context) in enumerate(zip(pairs, contexts)):
+        for li, pair in enumerate(row_pairs):
+            r = rows.setdefault((qi, pair.ids[context:-1]), len(rows))
+            targets += [(r, t - 1 - context, pair.ids[t], qi, li) for t in range(pair.label_start, len(pair.ids))]
+    row_list = list(rows)
+    query_width = max(map(len, queries))
+    width = max(len(row) for _, row in row_list)
+    if query_width == 0 or _window_reached(lm, keep + query_width + width):
+        return None
+    # pass 1: the queries after the shared prefix
+    ids = torch.full((len(queries), query_width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(queries), keep + query_width), dtype=torch.long)
+    mask[:, :keep] = 1
+    positions = torch.full((len(queries), query_width), keep, dtype=torch.long)
+    for i, query in enumerate(queries):
+        start = query_width - len(query)
+        ids[i, start:] = torch.tensor(query, dtype=torch.long)
+        mask[i, keep + start:] = 1
+        positions[i, start:] = torch.arange(keep, keep + len(query))
+    cache = _cache_for(lm, prefix, keep, len(queries))
+    out = lm(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+             use_cache=True, logits_to_keep=1, **{cache_argument_name(lm): cache})
+    cache = returned_cache(out)
+    owner = torch.tensor([qi for qi, _ in row_list], device=device)
+    cache.reorder_cache(owner)  # each label row continues from its own query's keys and values
+    # pass 2: each label's own tokens
+    lengths = [len(row) for _, row in row_list]
+    n_keep = max(lengths[r] - position for r, position, *_ in targets)
+    ids = torch.full((len(row_list), width), pad_id, dtype=torch.long)
+    row_mask = torch.zeros((len(row_list), width), dtype=torch.long)
+    positions = torch.zeros((len(row_list), width), dtype=torch.long)
+    for i, (qi, row) in enumerate(row_list):
+        start, first = width - len(row), keep + len(queries[qi])
+        ids[i, start:] = torch.tensor(row, dtype=torch.long)
+        row_mask[i, start:] = 1
+        positions[i, start:] = torch.arange(first, first + len(row))
+    attention_mask = torch.cat([mask.to(device)[owner], row_mask.to(device)], dim=1)
+    out = lm(input_ids=ids.to(device), attention_mask=attention_mask, position_ids=positions.to(device),
+             use_cache=True, logits_to_keep=n_keep, **{cache_argument_name(lm): cache})
+    return _gather_scores(out.logits, targets, [width - length for length in lengths], width, n_keep, pairs, device)
 
 
 def _window_reached(lm, columns: int) -> bool:
