@@ -266,6 +266,10 @@ def ladder(
         now.update(step=rung, since=time.monotonic())
         err_console.print(f"ladder: {rung} {'started' if state == 'start' else state}", highlight=False)
 
+    def on_model(label):
+        now.update(step=f"loading {label}", since=time.monotonic(), eta=None)
+        err_console.print(f"ladder on {label}", highlight=False)
+
     def describe():  # a line every ~30 s where output is not a terminal (a CI log, `make run | tee`)
         left = f", about {max(0.0, now['eta'] - time.monotonic()):.0f} s left by the plan" if now["eta"] else ""
         return (f"ladder: {now['step']} running for {time.monotonic() - now['since']:.0f} s, "
@@ -278,7 +282,7 @@ def ladder(
         else:  # each model is loaded as its run starts
             report = run_models({model_label(spec): lambda spec=spec: load_base(spec) for spec in specs},
                                 loaded_task, config, out, on_plan=on_plan, on_step=on_step, on_estimate=on_estimate,
-                                on_model=lambda label: err_console.print(f"ladder on {label}", highlight=False))
+                                on_model=on_model)
     print_lines(report, summary_lines(report, out), as_json)
 
 
