@@ -60,8 +60,10 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, hidden: int, intermedi
 
 def forward_flops(config, tokens: int, context: float, scored: int) -> float:
     """One forward pass: 2 x non-embedding parameters per token, attention, and the head at `scored` positions."""
-    hidden, kv_share = config.hidden_size, config.num_key_value_heads / config.num_attention_heads
-    layer = 2 * hidden * hidden * (1 + kv_share) + 3 * hidden * config.intermediate_size  # q, o; k, v; the MLP
+    hidden = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads  # Gemma 3: 256, not 160
+    queries, keys = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    layer = 2 * hidden * (queries + keys) + 3 * hidden * config.intermediate_size  # q, o; k, v; the MLP
     attention = 4 * config.num_hidden_layers * hidden * context
     head = 2 * scored * hidden * config.vocab_size
     return tokens * (2 * config.num_hidden_layers * layer + attention) + head
