@@ -129,11 +129,7 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
-        """The peak: loading (the weights and their mapped files) or running (everything else), whichever is more."""
-        parts = dict(self.parts)
-        loading = parts.pop("mapped files (loading)", 0)
-        running = sum(value for name, value in parts.items() if name not in ("process", "weights"))
-        return parts.get("process", 0) + parts.get("weights", 0) + max(loading, running)
+        return peak(self.parts)
 
     @property
     def fits(self) -> bool:
@@ -151,6 +147,14 @@ class MemoryPlan:
     def refusal(self) -> str:
         fixes = "; ".join(self.alternatives) if self.alternatives else "a smaller model or a machine with more memory"
         return f"will not fit: {self.line()}. Would fit: {fixes}"
+
+
+def peak(parts: dict[str, int]) -> int:
+    """The most held at once: loading (the weights and their mapped files) or running (everything else)."""
+    parts = dict(parts)
+    loading = parts.pop("mapped files (loading)", 0)
+    running = sum(value for name, value in parts.items() if name not in ("process", "weights"))
+    return parts.get("process", 0) + parts.get("weights", 0) + max(loading, running)
 
 
 def gb(n: int) -> str:
@@ -267,15 +271,14 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
                  "activations": activation + logits}
         return {name: value * processes for name, value in parts.items()}  # each process holds all of it
 
-    micro = tokens
     choose = checkpointing is None
     use_checkpointing = bool(checkpointing)
-    parts = parts_for(use_checkpointing, micro)
+    parts = parts_for(use_checkpointing, tokens)
     reason = "checkpointing off: the activations fit" if choose else "as asked"
-    if choose and method in ("lora", "full") and sum(parts.values()) > HEADROOM * room_bytes:
+    if choose and method in ("lora", "full") and peak(parts) > HEADROOM * room_bytes:
         use_checkpointing, reason = True, "checkpointing on: without it the activations would not fit"
-        parts = parts_for(True, micro)
-    result = MemoryPlan(method, precision, base_precision, processes, micro, use_checkpointing, parts, room_bytes,
+        parts = parts_for(True, tokens)
+    result = MemoryPlan(method, precision, base_precision, processes, tokens, use_checkpointing, parts, room_bytes,
                         source, reason)
     if not result.fits:
         result.alternatives = _alternatives(shape, method, precision=precision, base_precision=base_precision,
