@@ -229,10 +229,11 @@ def finetune(
             choose_precision(base, config.precision, train_texts, model.device, task.value_range)
             if dist.is_main else None)
 
-    # decided once, before the training copy is made: a run that would not fit stops here, in one line
+    # decided once, before the training copy is made: a run that would not fit stops here, in one line. Each
+    # process plans for itself; `tune --nproc N` planned N processes together before starting them.
     lengths = [len(ids) for ids in model.tokenizer(train_texts, add_special_tokens=False)["input_ids"]]
-    memory = dist.broadcast(plan_memory(model, config, training_precision["precision"], max_length, lengths,
-                                        dist.world) if dist.is_main else None)
+    memory = dist.broadcast(plan_memory(model, config, training_precision["precision"], max_length, lengths)
+                            if dist.is_main else None)
     checkpointing = memory["checkpointing"]
     with torch.random.fork_rng(devices=[]):  # weight init and dropout draw from the global RNG; keep ours apart
         torch.manual_seed(config.seed)
