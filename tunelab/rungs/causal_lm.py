@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -146,9 +147,11 @@ class CausalLMPredictor:
             base = load_base_model(directory, payload)
             base_precision = payload.get("base_precision", "fp32")
             try:  # on a bf16 base as it was trained (unmerged), else merged into a copy of the fp32 base
-                adapted = PeftModel.from_pretrained(bf16_copy(base.lm) if base_precision == "bf16" else
-                                                    copy.deepcopy(base.lm), directory / "adapter",
-                                                    local_files_only=True)
+                with warnings.catch_warnings():  # peft reads a property that transformers 5 deprecates
+                    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+                    adapted = PeftModel.from_pretrained(bf16_copy(base.lm) if base_precision == "bf16" else
+                                                        copy.deepcopy(base.lm), directory / "adapter",
+                                                        local_files_only=True)
                 state = load_file(directory / "adapter" / "adapter_model.safetensors")
             except (OSError, ValueError, KeyError, RuntimeError) as err:
                 raise ModelError(f"{directory / 'adapter'}: cannot load the LoRA adapter ({err})") from None
