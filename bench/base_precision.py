@@ -61,7 +61,8 @@ def main() -> None:
         table.add_row(name, f"{fp32[metric]:.3f}", f"{bf16[metric]:.3f}",
                       f"{paired['difference']:+.3f} [{low:+.3f}, {high:+.3f}]",
                       f"{np.mean(outputs['bf16'] == outputs['fp32']):.1%}",
-                      f"{fp32['train_seconds']:.0f} / {bf16['train_seconds']:.0f}", f"{fp32_peak:.2f} / {bf16_peak:.2f}")
+                      f"{fp32['train_seconds']:.0f} / {bf16['train_seconds']:.0f}",
+                      f"{fp32_peak:.2f} / {bf16_peak:.2f}")
     Console(width=160).print(table)
 
 

@@ -27,7 +27,6 @@ METHODS = ("score", "probe", "lora", "full")
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 HEADROOM = 0.9  # plan to at most 90% of the limit: the allocator's slack and the estimate's own error
 MEASURE_LAYERS = 2
-CHECKPOINTING_MICRO_TOKENS = 512
 
 
 def process_rss() -> int:

@@ -81,8 +81,9 @@ def recommend(results: dict, task: Task, target: float | None, order: list[str] 
     comparable = [r for r in ordered if "test_outputs" in results[r]]
     best = max(ordered, key=quality.get)
     if target is None:
-        status = {r: "tied with the best" if r == best or (r in comparable and best in comparable and not paired_quality(
-            results, task, best, r)["distinguishable"]) else "below the best" for r in ordered}
+        status = {r: "tied with the best" if r == best or (r in comparable and best in comparable and not
+                                                           paired_quality(results, task, best, r)["distinguishable"])
+                  else "below the best" for r in ordered}
         candidates, basis = [r for r in ordered if status[r] == "tied with the best"], "tied"
     else:
         status = {r: _status(intervals[r], quality[r], target) for r in ordered}
@@ -93,7 +94,8 @@ def recommend(results: dict, task: Task, target: float | None, order: list[str] 
     chosen = candidates[0] if candidates else None
     speed = {r: results[r]["metrics"]["examples_per_s"] for r in ordered}
     fastest = max(candidates, key=speed.get) if candidates else None
-    against_chosen = {r: paired_quality(results, task, r, chosen) for r in comparable if chosen in comparable and r != chosen}
+    against_chosen = {r: paired_quality(results, task, r, chosen) for r in comparable
+                      if chosen in comparable and r != chosen}
     faster = {r: trade_off(r, chosen, speed, against_chosen.get(r), quality, intervals, target, len(task.test))
               for r in ordered if chosen is not None and r != chosen and speed[r] > speed[chosen]
               and status[r] in ("reaches", "compatible", "tied with the best")}

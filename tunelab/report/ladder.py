@@ -247,7 +247,8 @@ def summary_lines(report: dict, out_dir: str | Path) -> list[str]:
     metric = report["choice"]["metric"]
     width = max(9, *(len(rung) + 1 for rung in report["rungs"]))
     lines = [f"ladder on {report['task']} ({report['n_test']} test examples) -> {out_dir}/report.html",
-             f"{'rung':<{width}}{metric + ' [95% interval]':>28}{'ex/s':>10}{'params':>14}{'trainable':>14}{'build s':>9}"
+             f"{'rung':<{width}}{metric + ' [95% interval]':>28}{'ex/s':>10}{'params':>14}{'trainable':>14}"
+             f"{'build s':>9}"
              f"{'probe gap':>11}  verdict"]
     for row in rung_rows(report):
         lines.append(f"{row['rung']:<{width}}{with_interval(row['quality'], row['interval']):>28}"
