@@ -109,3 +109,12 @@ def test_the_output_head_gets_a_contiguous_input_and_the_same_logits(tiny_model)
     for parameter in tiny_model.lm.parameters():  # frozen, as every tuned model: the path that was slow
         parameter.requires_grad_(False)
     assert tiny_model.inference_lm("bf16").get_output_embeddings()._forward_pre_hooks  # the bf16 copy keeps it
+
+
+def test_a_released_model_is_loaded_afresh(tiny_model, tmp_path):
+    from tunelab.models import release
+
+    tiny_model.save(tmp_path / "m")
+    first = load_model(tmp_path / "m", device=torch.device("cpu"))
+    release(first)
+    assert load_model(tmp_path / "m", device=torch.device("cpu")) is not first

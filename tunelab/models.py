@@ -272,6 +272,13 @@ def load_model(spec: str | Path = DEFAULT_MODEL, *, device: torch.device | None 
     return model
 
 
+def release(model: Model) -> None:
+    """Drop `model` from the process's cache of loaded models, so that its memory goes once nothing else holds it
+    (the model axis of the ladder runs one base model after another)."""
+    for key in [key for key, loaded in _LOADED.items() if loaded is model]:
+        del _LOADED[key]
+
+
 def model_config(spec: str | Path = DEFAULT_MODEL, *, status=None) -> tuple[object, int]:
     """The transformers config of `spec` and the bytes of its weight files, without loading its weights (a GGUF is
     converted first, once), for plans made before a model is loaded.

@@ -20,7 +20,7 @@ from tunelab.errors import ConfigError
 from tunelab.ladder.choice import examples_to_decide, paired_quality, recommend
 from tunelab.ladder.steps import BASELINES
 from tunelab.measure.evaluate import headline_quality
-from tunelab.models import Model
+from tunelab.models import Model, release
 from tunelab.report.files import write_reports
 from tunelab.tasks import Task
 
@@ -69,8 +69,10 @@ def run_models(
         rungs = config.rungs if index == 0 else tuple(r for r in config.rungs if r not in BASELINES)
         if on_model:
             on_model(label)
-        reports[label] = run(load(), task, dataclasses.replace(config, rungs=rungs), out_dir / label,
-                             **run_callbacks)
+        model = load()
+        reports[label] = run(model, task, dataclasses.replace(config, rungs=rungs), out_dir / label, **run_callbacks)
+        release(model)  # the next model's run need not hold this one
+        del model
     joined = join_reports(reports, prepare_task(task, config), config, wall_seconds=time.perf_counter() - started)
     write_reports(joined, out_dir)
     return joined
