@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from harness import run_with_peak
 from rich.console import Console
 from rich.table import Table
 
@@ -28,13 +27,10 @@ def tuned(task: str, model: str, base: str, out: Path) -> tuple[dict, float]:
     """`tunelab tune` in its own process: its --json result and its peak RSS in GiB."""
     command = [sys.executable, "-m", "tunelab.cli", "tune", "--task", task, "--model", model, "--method", "lora",
                "--base-precision", base, "--precision", "fp32", "--out", str(out), "--overwrite", "--json"]
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        stdout.seek(0), stderr.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            sys.exit(f"{' '.join(command)} failed: {stderr.read()[-2000:]}")
-        return json.loads(stdout.read().strip().splitlines()[-1]), usage.ru_maxrss / 2**20
+    code, _, peak, stdout, stderr = run_with_peak(command)
+    if code != 0:
+        sys.exit(f"{' '.join(command)} failed: {stderr[-2000:]}")
+    return json.loads(stdout.strip().splitlines()[-1]), peak
 
 
 def main() -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
+import time
 
 
 def run_tunelab(*args: str) -> dict:
@@ -31,3 +34,15 @@ def examples_per_s(predictor, texts: list[str], repeats: int = 3, *, warm_up: bo
         predict(predictor, texts)
         best = min(best, time.perf_counter() - started)
     return len(texts) / best
+
+
+def run_with_peak(command: list[str], preexec_fn=None) -> tuple[int, float, float, str, str]:
+    """`command` in its own process: (exit status, seconds, its own peak RSS in GiB from os.wait4's ru_maxrss,
+    stdout, stderr)."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, preexec_fn=preexec_fn)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        out.seek(0), err.seek(0)
+        return os.waitstatus_to_exitcode(status), seconds, usage.ru_maxrss / 2**20, out.read(), err.read()

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from harness import run_with_peak
 from rich.console import Console
 from rich.table import Table
 
@@ -55,19 +54,11 @@ def build(shape: str, folder: Path, tokenizer_source: str) -> None:
 
 
 def run_measured(command: list[str], cgroup: Path | None) -> tuple[int, float, float, str]:
-    """Popen + wait4 on the child itself: its own ru_maxrss (KiB on Linux)."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, text=True,
-                                   preexec_fn=(lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid())))
-                                   if cgroup else None)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        stdout, stderr = out.read(), err.read()
+    """(exit status, seconds, peak RSS in GiB, stdout or the error line) of one command in its own process."""
+    code, seconds, peak, stdout, stderr = run_with_peak(
+        command, (lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid()))) if cgroup else None)
     text = stdout if code == 0 else (stderr.strip().splitlines() or [f"(killed, exit {code}, nothing said)"])[-1]
-    return code, seconds, usage.ru_maxrss / 2**20, text
+    return code, seconds, peak, text
 
 
 def make_cgroup(gib: float) -> Path:

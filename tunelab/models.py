@@ -12,7 +12,7 @@ import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Callable
 from pathlib import Path
 
@@ -417,8 +417,16 @@ class MiniLMEmbedder:
 
 
 def _file_sha256(path: Path) -> str:
+    """The file's sha256, computed once per process for a file that has not changed since (a command plans its
+    memory from the converted folder, then loads it: one read of a GGUF of hundreds of MB, not two)."""
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=16)
+def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
