@@ -193,7 +193,9 @@ def test_info_memory_plans_every_method_without_loading_weights(model_dir):
     by = {(p["method"], p["base_precision"]): p for p in plans}
     assert by["full", "fp32"]["parts"]["optimizer"] > 0 == by["score", "fp32"]["parts"]["optimizer"]
     assert by["lora", "bf16"]["parts"]["weights"] * 2 == by["lora", "fp32"]["parts"]["weights"]  # loaded in bf16
-    assert by["lora", "bf16"]["parts"]["training copy"] == 0 < by["lora", "fp32"]["parts"]["training copy"]
+    assert by["lora", "bf16"]["parts"]["training copy"] == by["lora", "fp32"]["parts"]["training copy"] == 0
+    assert by["full", "fp32"]["parts"]["training copy"] > 0  # full fine-tuning trains a copy; LoRA shares the base
+    assert by["lora", "fp32"]["parts"]["merged copy (after training)"] > 0
     assert all(p["fits"] == (p["total"] <= 0.9 * p["room"]) for p in plans)
 
 

@@ -77,9 +77,24 @@ def test_full_finetuning_updates_every_parameter_and_keeps_the_count(tiny_model,
     assert all(torch.equal(before[k], v) for k, v in tiny_model.lm.state_dict().items()), "base must stay intact"
 
 
-def test_lora_trains_only_adapters_and_merges_to_the_base_count(tiny_model, tiny_task, tmp_path):
+def test_lora_trains_only_adapters_and_merges_to_the_base_count(tiny_model, tiny_task, tmp_path, monkeypatch):
+    import tunelab.rungs.tuning as tuning
+    from tunelab.models import weights_fingerprint
+
+    before = weights_fingerprint(tiny_model.lm)
+    stored = {p.untyped_storage().data_ptr() for p in tiny_model.lm.parameters()}
+    trained, shared = [], []
+    adapt = tuning._with_adapter
+    monkeypatch.setattr(tuning, "_with_adapter", lambda lm, config: trained.append(lm) or adapt(lm, config))
+
+    def on_step(n, loss):  # during training the frozen weights are the caller's own tensors, not a copy
+        shared.append(all(p.untyped_storage().data_ptr() in stored
+                          for name, p in trained[0].named_parameters() if "lora_" not in name))
+
     config = TuneConfig(method="lora", lora_r=4, lr=1e-2, **FAST)
-    predictor = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "l")
+    predictor = finetune(tiny_model, tiny_task, config, out_dir=tmp_path / "l", on_step=on_step)
+    assert shared and all(shared)
+    assert weights_fingerprint(tiny_model.lm) == before  # the merge wrote fresh tensors, not the shared ones
     linears = [m for name, m in tiny_model.lm.named_modules()
                if isinstance(m, torch.nn.Linear) and "lm_head" not in name]
     assert predictor.params_trainable == sum(4 * (m.in_features + m.out_features) for m in linears)
@@ -343,7 +358,7 @@ def test_checkpointing_turns_on_from_its_prompt_length_and_changes_no_gradient(t
     tuned = finetune(tiny_bpe_model, task, config, out_dir=tmp_path / "off")
     plan = tuned.meta["training"]["memory_plan"]
     assert not tuned.meta["training"]["gradient_checkpointing"] and not plan["checkpointing"] and plan["fits"]
-    assert plan["parts"]["training copy"] == tiny_bpe_model.params_total * 4  # the copy finetune trains
+    assert plan["parts"]["training copy"] == 0  # LoRA trains on the caller's own frozen weights
 
 
 def test_the_memory_plan_turns_checkpointing_on_only_where_it_must_and_refuses_what_cannot_fit(tiny_model):

@@ -149,11 +149,20 @@ class MemoryPlan:
 
 
 def peak(parts: dict[str, int]) -> int:
-    """The most held at once: loading (the weights and their mapped files) or running (everything else)."""
+    """The most held at once: loading (the weights and their mapped files), running (everything else) or merging
+    (the merged copy, once the training's activations are gone)."""
     parts = dict(parts)
     loading = parts.pop("mapped files (loading)", 0)
+    merging = parts.pop("merged copy (after training)", 0)
     running = sum(value for name, value in parts.items() if name not in ("process", "weights"))
-    return parts.get("process", 0) + parts.get("weights", 0) + max(loading, running)
+    return parts.get("process", 0) + parts.get("weights", 0) + max(loading, running, merging)
+
+
+def linear_params(shape: "ModelShape") -> int:
+    """Parameters outside the embedding tables and the head: the linear layers an adapter on all-linear adapts."""
+    config = shape.config
+    tables = 1 if getattr(config, "tie_word_embeddings", False) else 2
+    return max(0, shape.params - tables * config.vocab_size * config.hidden_size)
 
 
 def gb(n: int) -> str:
@@ -259,10 +268,13 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
         logits = rows * scored * config.vocab_size * 4 * (3 if method in ("lora", "full") else 2)
         parts = {"process": max(0, baseline - weight_bytes) if loaded else baseline,
                  "weights": weight_bytes, "mapped files (loading)": 0 if loaded else shape.file_bytes,
-                 # finetune trains a copy of the base (the caller's model stays as it was), in bf16 on request;
-                 # a base loaded in bf16 lends its weights to that copy (rungs/low_precision.bf16_copy)
-                 "training copy": 0 if method not in ("lora", "full") or base_precision == weights_precision == "bf16"
-                 else shape.params * BYTES[base_precision],
+                 # full fine-tuning trains a copy (the caller's model stays as it was); LoRA shares the frozen
+                 # weights, or holds them in bf16 on request (rungs/low_precision)
+                 "training copy": shape.params * 4 if method == "full" else shape.params * 2
+                 if method == "lora" and base_precision == "bf16" and weights_precision == "fp32" else 0,
+                 # an fp32 LoRA merges into fresh copies of the adapted (linear) weights once training is over
+                 "merged copy (after training)": linear_params(shape) * 4
+                 if method == "lora" and base_precision == "fp32" else 0,
                  "bf16 inference copy": shape.params * 2 if method in ("score", "probe") and precision == "bf16"
                  and base_precision == "fp32" else 0,
                  "gradients": shape.params * 4 if method == "full" else adapter * 4,

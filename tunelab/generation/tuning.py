@@ -8,7 +8,6 @@ was trained with; `expand --model DIR` reads that file and prompts it the same w
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import time
@@ -25,6 +24,7 @@ from tunelab.generation.concepts import Shot
 from tunelab.generation.config import GeneratorTuneConfig
 from tunelab.generation.prompts import render_prompt
 from tunelab.models import Model, count_parameters
+from tunelab.rungs.low_precision import merge_adapter, shared_copy
 from tunelab.training import adamw, training_step
 
 GENERATOR_FILE = "tunelab-generator.json"
@@ -79,7 +79,7 @@ def tune_generator(model: Model, pairs: list[Shot], out_dir: str | Path, config:
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        lm = get_peft_model(copy.deepcopy(model.lm), LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+        lm = get_peft_model(shared_copy(model.lm), LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
                                                                target_modules="all-linear", task_type="CAUSAL_LM"))
     trainable = [p for p in lm.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
@@ -105,7 +105,7 @@ def tune_generator(model: Model, pairs: list[Shot], out_dir: str | Path, config:
     seconds = time.perf_counter() - started
     if not dist.is_main:
         return {}  # rank 0 saves the one generator
-    merged = lm.merge_and_unload()
+    merged = merge_adapter(lm)
     facts = {"base_model": model.name, "base_fingerprint": model.fingerprint, "pairs": len(pairs),
              "languages": sorted({p.language for p in pairs}), "config": asdict(config), "epoch_losses": losses,
              "train_seconds": seconds, "params_total": count_parameters(merged)[0], "params_trainable": n_trainable,

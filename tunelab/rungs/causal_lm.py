@@ -3,7 +3,6 @@ zero-shot prompt, saved as an artifact folder (the full model, or a LoRA adapter
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import warnings
@@ -14,7 +13,7 @@ import torch
 from tunelab.errors import ModelError
 from tunelab.models import Model, load_model, make_model
 from tunelab.predictor import Predictions, load_base_model, save_base_reference, write_artifact_json
-from tunelab.rungs.low_precision import bf16_copy
+from tunelab.rungs.low_precision import bf16_copy, merge_adapter, shared_copy
 from tunelab.scoring.length import text_tokens
 from tunelab.scoring.precision import autocast
 from tunelab.scoring.tokens import PrefixCache, encode_prefix, label_log_likelihoods
@@ -146,17 +145,17 @@ class CausalLMPredictor:
 
             base = load_base_model(directory, payload)
             base_precision = payload.get("base_precision", "fp32")
-            try:  # on a bf16 base as it was trained (unmerged), else merged into a copy of the fp32 base
+            try:  # on a bf16 base as it was trained (unmerged), else merged into fresh weights beside the fp32 base
                 with warnings.catch_warnings():  # peft reads a property that transformers 5 deprecates
                     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
                     adapted = PeftModel.from_pretrained(bf16_copy(base.lm) if base_precision == "bf16" else
-                                                        copy.deepcopy(base.lm), directory / "adapter",
+                                                        shared_copy(base.lm), directory / "adapter",
                                                         local_files_only=True)
                 state = load_file(directory / "adapter" / "adapter_model.safetensors")
             except (OSError, ValueError, KeyError, RuntimeError) as err:
                 raise ModelError(f"{directory / 'adapter'}: cannot load the LoRA adapter ({err})") from None
             config = adapted.peft_config["default"]
-            model = make_model(adapted if base_precision == "bf16" else adapted.merge_and_unload(), base.tokenizer,
+            model = make_model(adapted if base_precision == "bf16" else merge_adapter(adapted), base.tokenizer,
                                name=f"{base.name}+lora", device=base.device)
             model.lm.requires_grad_(False)
             model._fingerprint = adapter_fingerprint(base_fingerprint(base.fingerprint, base_precision), state,

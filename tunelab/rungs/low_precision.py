@@ -1,5 +1,6 @@
-"""A frozen base held in bf16 for LoRA: half the memory of its fp32 weights, the adapters and their optimizer
-state in fp32.
+"""The frozen base a LoRA adapter trains on, without a second full copy of the weights: in fp32 it shares the
+caller's weights (`shared_copy`, merged afterwards into fresh tensors layer by layer: `merge_adapter`); in bf16
+(`bf16_copy`) it takes half the memory of the fp32 weights, the adapters and their optimizer state in fp32.
 
 Where the forward pass runs in bf16 (a device fast at it: autocast), the bf16 weights are used as they are. Where
 it runs in fp32 (a CPU without bf16 units, where bf16 products measured 0.01x fp32), each frozen linear layer
@@ -56,3 +57,24 @@ def bf16_copy(lm: torch.nn.Module) -> torch.nn.Module:
         elif isinstance(module, torch.nn.Embedding) and module.weight.dtype == torch.bfloat16:
             module.register_forward_hook(_widened_embedding)
     return copied
+
+
+def shared_copy(lm: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `lm`'s modules whose parameters share the caller's tensors: for LoRA, whose base never changes,
+    a deep copy would hold a second full set of weights through training. `merge_adapter` keeps the caller's
+    weights as they were."""
+    memo = {id(p): torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in lm.parameters()}
+    return copy.deepcopy(lm, memo)
+
+
+def merge_adapter(peft_model) -> torch.nn.Module:
+    """The adapter merged into fresh weights, one adapted layer at a time, and the plain model returned: peft's
+    `merge_and_unload` adds in place, into weights a `shared_copy` shares with the caller's model."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            base = module.get_base_layer()
+            base.weight = torch.nn.Parameter(base.weight.detach().clone(), requires_grad=False)
+            module.merge()
+    return peft_model.unload()

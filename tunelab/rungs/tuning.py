@@ -33,7 +33,7 @@ from tunelab.measure.evaluate import evaluate, peak_rss_mb
 from tunelab.models import Model, count_parameters, make_model
 from tunelab.predictor import ARTIFACT_FILE
 from tunelab.rungs.causal_lm import CausalLMPredictor, adapter_fingerprint, base_fingerprint
-from tunelab.rungs.low_precision import bf16_copy
+from tunelab.rungs.low_precision import bf16_copy, merge_adapter, shared_copy
 from tunelab.rungs.tuning_loss import (
     _Batch,
     _batches,
@@ -92,6 +92,14 @@ def _checkpointing(lm, on: bool) -> None:
         getattr(lm, f"{kind}_checkpointing_enable")(**{f"{kind}_checkpointing_kwargs": {"use_reentrant": False}})
     else:
         getattr(lm, f"{kind}_checkpointing_disable")()
+
+
+def training_copy(lm: torch.nn.Module, config: TuneConfig) -> torch.nn.Module:
+    """The model training changes, the caller's staying as it was: LoRA trains on its frozen base (shared, or in
+    bf16 with --base-precision bf16); full fine-tuning on a copy of its own."""
+    if config.base_precision == "bf16":
+        return bf16_copy(lm)
+    return shared_copy(lm) if config.method == "lora" else copy.deepcopy(lm)
 
 
 def _with_adapter(lm, config: TuneConfig):
@@ -238,7 +246,7 @@ def finetune(
     with torch.random.fork_rng(devices=[]):  # weight init and dropout draw from the global RNG; keep ours apart
         torch.manual_seed(config.seed)
         # the base model object stays as it was: training runs on a copy (in bf16 for --base-precision bf16)
-        lm = bf16_copy(model.lm) if config.base_precision == "bf16" else copy.deepcopy(model.lm)
+        lm = training_copy(model.lm, config)
         lora = None
         if checkpointing:  # recompute activations in backward: memory per layer input, not per operation
             _checkpointing(lm, True)
@@ -340,7 +348,7 @@ def finetune(
 
         adapter = {"config": lora, "state": {k: v.contiguous() for k, v in get_peft_model_state_dict(lm).items()}}
         if config.base_precision == "fp32":
-            lm = lm.merge_and_unload()
+            lm = merge_adapter(lm)
     if checkpointing:
         _checkpointing(lm, False)
     lm.eval()
@@ -420,7 +428,7 @@ def time_training_step(model: Model, task: Task, config: TuneConfig) -> float:
     memory = plan_memory(model, config, precision, max_length, lengths)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        lm = bf16_copy(model.lm) if config.base_precision == "bf16" else copy.deepcopy(model.lm)
+        lm = training_copy(model.lm, config)
         if memory["checkpointing"]:
             _checkpointing(lm, True)
         if config.method == "lora":
