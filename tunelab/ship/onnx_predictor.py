@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.errors import ModelError
+from tunelab.errors import ConfigError, ModelError
 from tunelab.predictor import ENCODER_BATCH, Predictions
 from tunelab.scoring.length import fit_texts, special_frame, window_spans
 
@@ -25,6 +25,16 @@ ENCODER_SPECIAL_TOKENS = 2  # [CLS] and [SEP], as rungs/students.py
 ENCODER_OVERLAP = 32
 HEAD_FILE = "head.json"  # an exported embed baseline's linear head (coefficients, intercepts, classes)
 
+
+
+def require_onnx() -> None:
+    """The onnx extra (`make test` installs it; `make run` does not need it), or one line saying so."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"ONNX export and serving need {' and '.join(missing)}: pip install '.[onnx]' in "
+                          "tunelab's folder (or run `make test`, which installs it)")
 
 class _Encoded:
     def __init__(self, input_ids, offset_mapping=None):
@@ -58,6 +68,7 @@ class OnnxPredictor:
     min_batch_size = ENCODER_BATCH  # as the torch student's (dynamic int8 on vader words: 2,805 -> 3,897 examples/s)
 
     def __init__(self, directory: Path, payload: dict):
+        require_onnx()
         import onnxruntime
         from tokenizers import Tokenizer
 
