@@ -75,6 +75,7 @@ def test_two_processes_train_the_weights_one_process_trains_on_the_same_global_b
     double = run(tunelab(*args, "--out", tmp_path / "two", "--nproc", "2"))  # torch.distributed.run, 2 x gloo
     assert double.returncode == 0, double.stderr
     assert "starting 2 processes" in double.stderr
+    assert double.stderr.count("training: done") == 1  # rank 0 alone shows progress
     assert_same_weights(tmp_path / "one", tmp_path / "two")
     report = json.loads(double.stdout.strip().splitlines()[-1])  # rank 0 alone prints
     training = json.loads((tmp_path / "two" / "tunelab.json").read_text())["training"]

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import os
 import sys
 import types
 import typing
@@ -129,9 +130,13 @@ def load_saved(directory: Path):
 
 @contextmanager
 def progress(transient: bool = True):
-    """Progress bars on stderr (report.ProgressBars); each of its methods gives a library function its callback."""
-    from tunelab.report.console import progress_bars
+    """Progress bars on stderr (report.ProgressBars); each of its methods gives a library function its callback.
+    In a data-parallel job only rank 0 shows progress: every process would print the same lines."""
+    from tunelab.report.console import NoProgress, progress_bars
 
+    if int(os.environ.get("RANK", "0")) > 0:
+        yield NoProgress()
+        return
     with progress_bars(err_console, transient) as bars:
         yield bars
 
@@ -144,7 +149,6 @@ NPROC = Option(1, "--nproc", min=1, help="Processes to train in, on this machine
 def launch_processes(nproc: int) -> None:
     """Run this same command in `nproc` processes under torch.distributed.run, each with cores/nproc torch threads;
     exits with the job's status (non-zero when any process failed)."""
-    import os
     import subprocess
 
     from tunelab.distributed import launch_command, threads_per_process

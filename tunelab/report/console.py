@@ -79,6 +79,19 @@ class PlainProgress:
         return lambda *values: self._say(f"{name}: " + " ".join(map(str, values)))
 
 
+class NoProgress:
+    """ProgressBars' callbacks that say nothing: the other processes of a data-parallel job, whose rank 0 reports."""
+
+    def bar(self, name: str, total: int | None = None) -> Callable[..., None]:
+        return lambda *_ignored: None
+
+    def total(self, name: str) -> Callable[[int], None]:
+        return lambda n: None
+
+    def note(self, name: str) -> Callable[..., None]:
+        return lambda *values: None
+
+
 @contextmanager
 def heartbeat(console, describe: Callable[[], str], every_s: float = 30.0):
     """Where output is not a terminal, a line every `every_s` seconds from `describe()` while the block runs (a
