@@ -150,7 +150,7 @@ def held_out_examples(task: Task, validation_path: str | Path | None, members: l
         if payload["rung"] == "tune":
             config = payload["config"]
             _, validation = split_examples(list(task.train), task.kind, config["val_fraction"], config["seed"])
-            return validation, f"the validation split {member} held out of training ({len(validation)} examples)"
+            return validation, f"the validation split {member} held out of training"
     raise ConfigError("no held-out examples: give --validation FILE (labelled examples none of the models trained "
                       "on), or a fine-tuned (tunelab tune) predictor, whose own validation split is used")
 
