@@ -44,6 +44,22 @@ def test_calibrated_predictor_round_trips_and_refuses_too_few_examples(tiny_mode
     assert predict(loaded, texts).labels == predict(prompt, texts).labels
 
 
+def test_the_calibration_report_gives_the_ece_change_with_its_paired_interval(tiny_model, tiny_task, tmp_path):
+    import re
+
+    from tunelab.ship.calibration import calibration_report
+
+    prompt = few_shot(tiny_model, tiny_task, PromptConfig())
+    calibrated = calibrate(prompt, list(tiny_task.train) * 2, tiny_task, source="the training words, twice")
+    report = calibration_report(calibrated, tiny_task, tmp_path / "c")
+    before, after = report["test_ece_before"]["ece"], report["test_ece_after"]["ece"]
+    change = next(line for line in report["lines"] if line.startswith("ECE after - before"))
+    low, high = map(float, re.search(r"\[([-+.\d]+), ([-+.\d]+)\], paired", change).groups())
+    assert f"{after - before:+.3f}" in change and low <= round(after - before, 3) <= high
+    verdict = "lowered" if high < 0 else "raised" if low > 0 else "no clear change"
+    assert verdict in change
+
+
 @pytest.fixture
 def two_members(tiny_model, tiny_task, tmp_path):
     fast = fit_baseline(tiny_task, BaselineConfig("tfidf"), out_dir=tmp_path / "fast")

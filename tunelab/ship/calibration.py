@@ -174,8 +174,27 @@ def calibration_report(calibrated: CalibratedPredictor, task: Task, out_dir: str
              f"ECE on the test split ({len(gold)} examples): {before['ece']:.3f} {_bounds(before)} before, "
              f"{after['ece']:.3f} {_bounds(after)} after; accuracy unchanged "
              f"({float(np.mean(probs.argmax(axis=1) == gold)):.3f}: a temperature never changes the predicted label)",
-             f"saved to {out_dir}"]
+             _ece_change(probs, tempered, gold), f"saved to {out_dir}"]
     return {**fit, "temperature": calibrated.temperature, "fingerprint": calibrated.fingerprint, "lines": lines}
+
+
+def _ece_change(probs: np.ndarray, tempered: np.ndarray, gold: np.ndarray) -> str:
+    """The change in test ECE with its paired interval (the same resamples for both), and what it says."""
+    def ece(p, idx):
+        return expected_calibration_error(p[idx].max(axis=1), (p[idx].argmax(axis=1) == gold[idx]).astype(float))
+
+    everything = np.arange(len(gold))
+    change = ece(tempered, everything) - ece(probs, everything)
+    bounds = interval(lambda idx: ece(tempered, idx) - ece(probs, idx), len(gold))
+    said = f"ECE after - before: {change:+.3f}"
+    if bounds is None:
+        return said
+    said += f" [{bounds[0]:+.3f}, {bounds[1]:+.3f}], paired"
+    if bounds[1] < 0:
+        return said + ": calibration lowered it"
+    if bounds[0] > 0:
+        return said + ": calibration raised it on this test split; keep the uncalibrated predictor"
+    return said + ": no clear change on this test split"
 
 
 def _bounds(figure: dict) -> str:
