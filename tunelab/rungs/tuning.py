@@ -245,7 +245,7 @@ def finetune(
     checkpointing = memory["checkpointing"]
     with torch.random.fork_rng(devices=[]):  # weight init and dropout draw from the global RNG; keep ours apart
         torch.manual_seed(config.seed)
-        # the base model object stays as it was: training runs on a copy (in bf16 for --base-precision bf16)
+        # the caller's model stays as it was: LoRA trains on its shared frozen weights, full fine-tuning on a copy
         lm = training_copy(model.lm, config)
         lora = None
         if checkpointing:  # recompute activations in backward: memory per layer input, not per operation
