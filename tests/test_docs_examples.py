@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+import tunelab
 from helpers import run_cli
 from tunelab.cli.app import app
 from tunelab.models import make_model
@@ -72,8 +73,6 @@ def twins(tmp_path_factory):
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    import tunelab
-
     # trained on the built-in tasks' own texts: a few tokens a word, as a real tokenizer reads them
     vader, sotu = tunelab.load_task("vader"), tunelab.load_task("sotu-party")
     corpus = [e.text for e in vader.train] + list(vader.unlabeled) + [e.text for e in list(sotu.train)[:150]]
