@@ -47,15 +47,20 @@ def fenced(page: Path, language: str) -> list[str]:
     return [body for lang, body in FENCE.findall(page.read_text()) if lang == language]
 
 
+def command_lines(block: str) -> list[str]:
+    """A block's lines with continuation lines joined."""
+    return block.replace("\\\n", " ").splitlines()
+
+
 def shell_commands(block: str) -> list[list[str]]:
     """A shell block's commands as argument lists: continuation lines joined, comments dropped."""
-    joined = block.replace("\\\n", " ")
-    return [words for line in joined.splitlines() if (words := shlex.split(line, comments=True))]
+    return [words for line in command_lines(block) if (words := shlex.split(line, comments=True))]
 
 
 def tunelab_args(words: list[str]) -> list[str] | None:
-    """The tunelab arguments of a command line, whichever way it starts tunelab."""
-    if words[0] == "tunelab":
+    """The tunelab arguments of a command line (shown after a `$` prompt or not), whichever way it starts tunelab."""
+    words = words[1:] if words[:1] == ["$"] else words
+    if words[:1] == ["tunelab"]:
         return words[1:]
     if "tunelab.cli" in words:  # torchrun / accelerate launch ... -m tunelab.cli ARGS
         return words[words.index("tunelab.cli") + 1:]
@@ -172,7 +177,6 @@ def _launcher(words: list[str], world: dict) -> None:
         args[1] = str(ROOT / words[1])
     if words[0] == "torchrun":
         args[2:2] = ["torch.distributed.run", "--standalone"]
-        args = [a for a in args if a not in ("--nnodes",)]
     elif words[0] == "accelerate":
         args[2:3] = ["accelerate.commands.launch"]
     args += ["--model", str(world["models"]["smollm2"])]
@@ -255,9 +259,10 @@ def documented_commands() -> list[tuple[Path, list[str]]]:
     found = []
     for page in PAGES + REFERENCE_PAGES:
         text = page.read_text()
-        lines = [words for body in (b for _, b in FENCE.findall(text)) for words in _safe_split(body)]
-        lines += [shlex.split(m) for m in re.findall(r"`(tunelab [^`]+)`", text) if _splits(m)]
-        found += [(page, args) for words in lines if words and (args := tunelab_args(words))]
+        lines = [line for _, body in FENCE.findall(text) for line in command_lines(body)]
+        lines += re.findall(r"`(tunelab [^`]+)`", text)
+        found += [(page, args) for line in lines if _splits(line)
+                  and (words := shlex.split(line, comments=True)) and (args := tunelab_args(words))]
     return found
 
 
@@ -269,19 +274,12 @@ def _splits(line: str) -> bool:
         return False
 
 
-def _safe_split(block: str) -> list[list[str]]:
-    joined = block.replace("\\\n", " ")
-    return [shlex.split(line, comments=True) for line in joined.splitlines()
-            if (line.strip().startswith(("tunelab ", "$ tunelab ")) or "tunelab.cli" in line) and _splits(line)]
-
-
 def test_every_documented_flag_is_in_the_commands_help():
     commands = {c for c in app.registered_commands}
     names = {c.name or c.callback.__name__.replace("_", "-") for c in commands}
     helps: dict[tuple[str, ...], set[str]] = {}
     checked = 0
     for page, args in documented_commands():
-        args = [a for a in args if a != "$"]
         head = [a for a in args if not a.startswith("-")][:2]
         if not head or head[0] not in names | {"store"}:
             continue
