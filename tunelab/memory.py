@@ -158,6 +158,16 @@ def peak(parts: dict[str, int]) -> int:
     return parts.get("process", 0) + parts.get("weights", 0) + max(loading, running, merging)
 
 
+def _training_copy_bytes(shape: "ModelShape", method: str, base_precision: str, weights_precision: str) -> int:
+    """Full fine-tuning trains an fp32 copy (the caller's model stays as it was); LoRA shares the frozen weights,
+    or makes a bf16 copy of fp32 ones for --base-precision bf16 (rungs/low_precision)."""
+    if method == "full":
+        return shape.params * 4
+    if method == "lora" and base_precision == "bf16" and weights_precision == "fp32":
+        return shape.params * 2
+    return 0
+
+
 def linear_params(shape: "ModelShape") -> int:
     """Parameters outside the embedding tables and the head: the linear layers an adapter on all-linear adapts."""
     config = shape.config
@@ -268,10 +278,7 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
         logits = rows * scored * config.vocab_size * 4 * (3 if method in ("lora", "full") else 2)
         parts = {"process": max(0, baseline - weight_bytes) if loaded else baseline,
                  "weights": weight_bytes, "mapped files (loading)": 0 if loaded else shape.file_bytes,
-                 # full fine-tuning trains a copy (the caller's model stays as it was); LoRA shares the frozen
-                 # weights, or holds them in bf16 on request (rungs/low_precision)
-                 "training copy": shape.params * 4 if method == "full" else shape.params * 2
-                 if method == "lora" and base_precision == "bf16" and weights_precision == "fp32" else 0,
+                 "training copy": _training_copy_bytes(shape, method, base_precision, weights_precision),
                  # an fp32 LoRA merges into fresh copies of the adapted (linear) weights once training is over
                  "merged copy (after training)": linear_params(shape) * 4
                  if method == "lora" and base_precision == "fp32" else 0,
