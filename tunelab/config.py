@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from tunelab.errors import ConfigError
+from tunelab.tasks.fields import template_fields
 
 RUNGS = ("tfidf", "embed", "probe", "zero", "one", "few", "lora", "full", "distill", "cascade")
 POOLINGS = ("auto", "mean", "last", "mean+last")  # rungs/probe.py
@@ -383,10 +384,17 @@ def at_least_one(*flags: tuple[str, int]) -> list[str]:
     return [f"{flag} must be >= 1, got {value}" for flag, value in flags if value < 1]
 
 
-def template_problems(template: str) -> list[str]:
+def template_problems(template: str, fields: tuple[str, ...] | None = None) -> list[str]:
+    """What keeps a template from being scored: no input in it, or a label that does not end it. With the task's
+    `fields` known, a template must name only those (and a one-text task only {text})."""
     problems = []
-    if template.count("{text}") != 1:
-        problems.append(f"--template must contain {{text}} exactly once, got {template!r}")
+    named = template_fields(template)
+    if not named and template.count("{text}") != 1:
+        problems.append(f"--template must contain {{text}} exactly once (or name the task's fields), got {template!r}")
+    if fields is not None and set(named) - set(fields):
+        have = ", ".join(f"{{{name}}}" for name in fields) or "{text} only"
+        problems.append(f"--template names {', '.join(sorted(set(named) - set(fields)))}, which the task does not "
+                        f"have (its input: {have})")
     if not template.rstrip().endswith("{label}") or template.count("{label}") != 1:
         problems.append(f"--template must end with {{label}} (the label is scored after it), got {template!r}")
     return problems

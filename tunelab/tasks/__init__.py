@@ -11,9 +11,10 @@ from typing import Annotated
 from tunelab.errors import InputError
 from tunelab.tasks import builtin
 from tunelab.tasks.core import SPLIT_SEED, Example, Kind, Task, make_task, split_examples
+from tunelab.tasks.fields import default_template, parse_field_names
 from tunelab.tasks.files import read_examples, read_rows, read_text_file
 
-BUILTIN_TASKS = ("vader", "vader-valence", "subjectivity", "fruit", "sotu-party", "sotu-year")
+BUILTIN_TASKS = ("vader", "vader-valence", "subjectivity", "fruit", "sotu-party", "sotu-year", "spam")
 __all__ = ["BUILTIN_TASKS", "SPLIT_SEED", "Example", "Kind", "Task", "TaskSource", "load_task", "make_task",
            "read_examples", "read_rows", "read_text_file", "split_examples"]
 
@@ -21,17 +22,19 @@ __all__ = ["BUILTIN_TASKS", "SPLIT_SEED", "Example", "Kind", "Task", "TaskSource
 @dataclass(frozen=True)
 class TaskSource:
     """Where a command's task comes from: the flags every task-reading command shares (help beside each type)."""
-    task: Annotated[str | None, "Built-in task: vader, vader-valence, subjectivity, fruit, sotu-party, sotu-year."] = (
-        None)
+    task: Annotated[str | None, "Built-in task: vader, vader-valence, subjectivity, fruit, sotu-party, sotu-year, "
+                                "spam."] = None
     train: Annotated[Path | None, "Training examples, JSONL or CSV."] = None
     test: Annotated[Path | None, "Test examples; without it a fixed-seed stratified split of --train is made."] = None
     text_field: Annotated[str, "Field holding the input text."] = "text"
+    text_fields: Annotated[str | None, "Several input fields, comma-separated (e.g. subject,body); a template "
+                                       "names each ({subject})."] = None
     label_field: Annotated[str, "Field holding the label or value."] = "label"
     kind: Annotated[Kind, "classification or regression (for --train files)."] = "classification"
 
     def load(self) -> Task:
         return load_task(self.task, train_path=self.train, test_path=self.test, text_field=self.text_field,
-                         label_field=self.label_field, kind=self.kind)
+                         text_fields=self.text_fields, label_field=self.label_field, kind=self.kind)
 
 
 def load_task(
@@ -40,6 +43,7 @@ def load_task(
     train_path: str | Path | None = None,
     test_path: str | Path | None = None,
     text_field: str = "text",
+    text_fields: str | None = None,
     label_field: str = "label",
     kind: Kind = "classification",
 ) -> Task:
@@ -50,6 +54,8 @@ def load_task(
     """
     if kind not in ("classification", "regression"):
         raise InputError(f"--kind must be classification or regression, got {kind!r}")
+    if name is not None and text_fields:
+        raise InputError("--text-fields is for --train files; a built-in task has its own fields")
     if name is not None and train_path is not None:
         raise InputError("give either --task or --train, not both")
     if name is not None:
@@ -62,9 +68,11 @@ def load_task(
         raise InputError("no task given: use --task NAME or --train FILE [--test FILE]")
     if test_path is not None and Path(test_path).resolve() == Path(train_path).resolve():
         raise InputError("--test names the same file as --train", path=test_path)
-    fields = dict(text_field=text_field, label_field=label_field, kind=kind)
+    names = parse_field_names(text_fields) if text_fields else ()
+    fields = dict(text_field=text_field, text_fields=names, label_field=label_field, kind=kind)
     train = read_examples(train_path, **fields)
     test = read_examples(test_path, **fields) if test_path is not None else None
+    shape = {"text_fields": names, "template": default_template(names)} if names else {}
     return make_task(Path(train_path).stem, kind, train, test, train_path=train_path, test_path=test_path,
-                     label_field=label_field)
+                     label_field=label_field, **shape)
 

@@ -39,6 +39,7 @@ class Task:
     template: str = "Text: {text}\nLabel: {label}"
     split_note: str = ""  # how the test split was made, reported to the user
     slice_field: str | None = None  # the examples' field that bias reports slice by (None: text length bands)
+    text_fields: tuple[str, ...] = ()  # several input fields: each example's text is their record (fields.py)
 
     @property
     def is_classification(self) -> bool:

@@ -10,14 +10,17 @@ from pathlib import Path
 
 from tunelab.errors import InputError
 from tunelab.tasks.core import Example, Kind
+from tunelab.tasks.fields import join_fields
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
 def read_examples(
-    path: str | Path, *, text_field: str = "text", label_field: str = "label", kind: Kind = "classification"
+    path: str | Path, *, text_field: str = "text", label_field: str = "label", kind: Kind = "classification",
+    text_fields: tuple[str, ...] = (),
 ) -> list[Example]:
-    """Read labelled examples from a .jsonl/.json (one object per line) or .csv file.
+    """Read labelled examples from a .jsonl/.json (one object per line) or .csv file; with `text_fields`, each
+    example's text is the record of those fields (tasks/fields.py).
 
     Raises:
         InputError: naming the file, the line and the field of the first problem found.
@@ -25,8 +28,9 @@ def read_examples(
     path = Path(path)
     if path.suffix.lower() not in (".csv", *JSONL_SUFFIXES):
         raise InputError("examples must be a JSONL (.jsonl, .json, .ndjson) or .csv file", path=path)
-    examples = [_example(path, line, row, text_field, label_field, kind)
-                for line, row in read_rows(path, (text_field, "--text-field"), (label_field, "--label-field"))]
+    inputs = [(name, "--text-fields") for name in text_fields] or [(text_field, "--text-field")]
+    examples = [_example(path, line, row, text_fields or (text_field,), label_field, kind)
+                for line, row in read_rows(path, *inputs, (label_field, "--label-field"))]
     if not examples:
         raise InputError("holds no examples", path=path)
     return examples
@@ -106,13 +110,34 @@ def _csv_rows(path: Path, text: str, fields):
         csv.field_size_limit(previous_limit)
 
 
-def _example(path: Path, line: int, row: dict, text_field: str, label_field: str, kind: Kind) -> Example:
-    for name, flag in ((text_field, "--text-field"), (label_field, "--label-field")):
-        if row.get(name) is None:
-            raise InputError("is missing", path=path, line=line, field=name, hint=f"use {flag} to name it")
-    text = row[text_field]
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("must be a non-empty string", path=path, line=line, field=text_field)
+def input_text(path: Path, line: int, row: dict, text_fields: tuple[str, ...], hint: str | None = None) -> str:
+    """The row's text: its one text field stripped, or the record of its several fields. `hint`: what to say of
+    a missing field (default: the flag that names it).
+
+    Raises:
+        InputError: a field missing, not a string, or (a single text field) empty.
+    """
+    flag = "--text-fields" if len(text_fields) > 1 else "--text-field"
+    for name in text_fields:
+        value = row.get(name)
+        if value is None:
+            raise InputError("is missing", path=path, line=line, field=name, hint=hint or f"use {flag} to name it")
+        if not isinstance(value, str):
+            raise InputError(f"must be a string, got {type(value).__name__}", path=path, line=line, field=name)
+    if len(text_fields) > 1:
+        if not any(row[name].strip() for name in text_fields):
+            raise InputError(f"every field of {', '.join(text_fields)} is empty", path=path, line=line)
+        return join_fields(row, text_fields)
+    text = row[text_fields[0]].strip()
+    if not text:
+        raise InputError("must be a non-empty string", path=path, line=line, field=text_fields[0])
+    return text
+
+
+def _example(path: Path, line: int, row: dict, text_fields: tuple[str, ...], label_field: str, kind: Kind) -> Example:
+    if row.get(label_field) is None:
+        raise InputError("is missing", path=path, line=line, field=label_field, hint="use --label-field to name it")
+    text = input_text(path, line, row, text_fields)
     label = row[label_field]
     if kind == "regression":
         try:
@@ -122,14 +147,14 @@ def _example(path: Path, line: int, row: dict, text_field: str, label_field: str
         if isinstance(label, bool) or not math.isfinite(value):
             raise InputError(f"must be a finite number for a regression task, got {label!r}",
                              path=path, line=line, field=label_field)
-        return Example(text.strip(), value, line, _other_fields(row, text_field, label_field))
+        return Example(text, value, line, _other_fields(row, text_fields, label_field))
     if isinstance(label, (dict, list)) or str(label).strip() == "":
         raise InputError(f"must be a non-empty string or number, got {label!r}", path=path, line=line,
                          field=label_field)
-    return Example(text.strip(), str(label).strip(), line, _other_fields(row, text_field, label_field))
+    return Example(text, str(label).strip(), line, _other_fields(row, text_fields, label_field))
 
 
-def _other_fields(row: dict, text_field: str, label_field: str) -> dict:
-    return {key: value for key, value in row.items() if key not in (text_field, label_field)}
+def _other_fields(row: dict, text_fields: tuple[str, ...], label_field: str) -> dict:
+    return {key: value for key, value in row.items() if key not in text_fields and key != label_field}
 
 
