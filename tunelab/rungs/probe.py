@@ -46,6 +46,7 @@ from tunelab.scoring.hidden import HiddenStates, Reading, candidate_layers
 from tunelab.scoring.precision import PARITY_TEXTS, bf16_is_fast, comparable, resolve_precision
 from tunelab.scoring.verbalizer import PromptFormat
 from tunelab.tasks import Task, split_examples
+from tunelab.tasks.fields import default_template
 
 # C of logistic regression on standardised states (ridge uses alpha = 1 / C): hidden sizes of 500-2,000 dimensions
 # and a few hundred examples need strong regularisation, so the grid reaches far below scikit-learn's default of 1.
@@ -53,12 +54,13 @@ STRENGTHS = (0.001, 0.01, 0.1, 1.0)
 POOLED = ("mean", "last", "mean+last")
 
 
-def prompt_frame(task: Task) -> tuple[str, str]:
+def prompt_frame(task: Task) -> tuple[str, str, str]:
     """The task's zero-shot prompt around a text: (instruction and the template up to {text}, the template from
-    {text} up to {label}). Read inside it, the last token's state is where the model would say the label."""
+    {text} up to {label}, and for several fields the template between them). Read inside it, the last token's
+    state is where the model would say the label."""
     fmt = PromptFormat.from_template(task.template, task.instruction)
-    head, _, tail = fmt.query_format.partition("{text}")
-    return fmt.instruction + head, tail
+    head, tail = fmt.frame()
+    return fmt.instruction + head, tail, fmt.inner_format if fmt.fields else ""
 
 
 def pooled(features: np.ndarray, layer_index: int, pooling: str) -> np.ndarray:
@@ -114,6 +116,7 @@ class ProbePredictor(LinearPipeline):
         return {"layers_read": list(self.reading.layers), "layer": self.layer, "pooling": self.pooling,
                 "window": self.reading.window, "stride": self.reading.stride, "precision": self.reading.precision,
                 "before": self.reading.before, "after": self.reading.after,
+                **({"inner": self.reading.inner} if self.reading.inner else {}),
                 "linear_model": type(self.linear).__name__}
 
     @cached_property
@@ -174,7 +177,7 @@ class ProbePredictor(LinearPipeline):
             linear.coef_, linear.intercept_ = tensors["coef"], float(tensors["intercept"][0])
         linear.n_features_in_ = tensors["coef"].shape[-1]
         reading = Reading(tuple(payload["layers_read"]), payload["window"], payload["stride"], payload["precision"],
-                          payload["before"], payload["after"])
+                          payload["before"], payload["after"], payload.get("inner", ""))
         value_range = tuple(payload["value_range"]) if payload.get("value_range") else None
         meta = {key: payload[key] for key in ("config", "training", "selection", "metrics") if key in payload}
         return cls(load_base_model(directory, payload), Pipeline([("scale", scale), ("model", linear)]),
@@ -217,15 +220,17 @@ def fit_probe(model: Model, task: Task, config: ProbeConfig = ProbeConfig(), *, 
     if task.test and measure:
         predictor.meta["metrics"] = evaluate(predictor.uncached(), task)
     if out_dir is not None:
-        save_predictor(predictor, out_dir)
+        save_predictor(predictor, out_dir, task.text_fields)
     return predictor
 
 
 def _fit(model: Model, task: Task, config: ProbeConfig, layers: tuple[int, ...], precision: str,
          cache: FeatureCache, on_progress) -> ProbePredictor:
     started = time.perf_counter()
-    before, after = prompt_frame(task) if config.frame == "prompt" else ("", "")
-    reading = Reading(tuple(layers), config.window, config.window - config.overlap, precision, before, after)
+    before, after, inner = prompt_frame(task) if config.frame == "prompt" else ("", "", "")
+    if task.text_fields and not inner:  # no prompt frame: the fields as the default template shows them
+        inner = PromptFormat.from_template(default_template(task.text_fields), "").inner_format
+    reading = Reading(tuple(layers), config.window, config.window - config.overlap, precision, before, after, inner)
     states = HiddenStates(model, reading, cache)
     train = list(task.train)
     features, windows, from_cache = states.features([e.text for e in train], on_progress)

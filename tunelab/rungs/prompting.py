@@ -35,6 +35,7 @@ from tunelab.scoring.precision import autocast, choose_precision
 from tunelab.scoring.tokens import PrefixCache, encode_prefix, label_log_likelihoods
 from tunelab.scoring.verbalizer import PromptFormat, Verbalizer, rating_label
 from tunelab.tasks import Example, Task
+from tunelab.tasks.fields import probe_record
 
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # Zhao et al. 2021, "Calibrate Before Use", section 5
 
@@ -181,7 +182,9 @@ class PromptPredictor:
         inputs (contextual calibration, Zhao et al. 2021) or, given `texts`, on real unlabeled inputs (batch
         calibration, Zhou et al. 2023: the mean label probability over a batch of inputs is the bias)."""
         self.calibration = None
-        probe = list(CONTENT_FREE_INPUTS) if texts is None else texts
+        fields = self.verbalizer.fmt.fields  # several fields: every field content-free
+        probe = ([probe_record(text, fields) if fields else text for text in CONTENT_FREE_INPUTS] if texts is None
+                 else texts)
         probs = torch.softmax(self.log_likelihoods(probe), dim=-1).mean(0)
         self.calibration = torch.log(probs).tolist()
 
@@ -210,7 +213,7 @@ class PromptPredictor:
 
 def check_fits(config: PromptConfig, task: Task) -> None:
     """Raises ConfigError when K exceeds the training set or the task's template cannot be scored."""
-    problems = template_problems(config.template or task.template)
+    problems = template_problems(config.template or task.template, task.text_fields)
     if config.shots > len(task.train):
         problems.append(f"--shots {config.shots} is larger than the training set ({len(task.train)} examples)")
     if problems:
@@ -329,6 +332,6 @@ def run_prompts(load_model, task: Task, configs: list[PromptConfig], *, save: Pa
         results.append({**metrics, "shots": config.shots, "select": config.select, "calibrate": config.calibrate,
                         "shots_dropped": predictor.shots_dropped, "notes": predictor.notes, "model": model.name})
         if save is not None:
-            save_predictor(predictor, save)
+            save_predictor(predictor, save, task.text_fields)
     return results
 

@@ -141,7 +141,7 @@ def run_search(load_model: Callable[[], Model], task: Task, base: PromptConfig, 
     result = search(load_model(), task, base, config, on_config=on_config)
     metrics = evaluate(result.predictor, task, batch_size=base.batch_size)
     if save is not None:
-        save_predictor(result.predictor, save)
+        save_predictor(result.predictor, save, task.text_fields)
     return result, {**metrics, "shots": result.config.shots, "select": result.config.select,
                     "calibrate": result.config.calibrate, "searched": describe(result.config, base),
                     "validation": result.validation, "n_validation": result.n_validation,

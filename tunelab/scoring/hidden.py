@@ -25,6 +25,7 @@ from tunelab.scoring.feature_cache import FeatureCache, feature_key
 from tunelab.scoring.length import special_frame, window_spans
 from tunelab.scoring.precision import autocast
 from tunelab.scoring.tokens import cache_argument_name, returned_cache
+from tunelab.tasks.fields import fill
 
 BATCH_TOKENS = 2048  # padded tokens per forward pass: small batches keep a CPU's activations in cache (predictor.py)
 FORMAT = 1  # bump when the way features are computed changes: old cache entries then stop matching
@@ -47,6 +48,7 @@ class Reading:
     precision: str = "fp32"
     before: str = ""  # text placed before each window (the task's prompt up to its text), "" for none
     after: str = ""  # and after it (the prompt from the text to its label): the last token is then the prompt's
+    inner: str = ""  # several fields: the prompt between `before` and `after` ("{subject}\nBody: {body}")
 
 
 class HiddenStates:
@@ -63,7 +65,8 @@ class HiddenStates:
         special_before, special_after = special_frame(self.tokenizer)  # e.g. a BOS, given to every window
         self._prefix = special_before + (self._ids(reading.before) if reading.before else [])
         self._suffix = (self._ids(reading.after) if reading.after else []) + special_after
-        frame = hashlib.sha256(json.dumps([reading.before, reading.after]).encode()).hexdigest()[:16]
+        frame_parts = [reading.before, reading.after] + ([reading.inner] if reading.inner else [])
+        frame = hashlib.sha256(json.dumps(frame_parts).encode()).hexdigest()[:16]
         self._settings = (f"v{FORMAT}|{model.fingerprint}|layers={','.join(map(str, reading.layers))}|"
                           f"window={reading.window}|stride={reading.stride}|{reading.precision}|frame={frame}|"
                           "mean,last")
@@ -82,6 +85,8 @@ class HiddenStates:
         return max(1, self.reading.window - len(self._prefix) - len(self._suffix))
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
+        if self.reading.inner:  # records: the fields as the prompt shows them
+            texts = [fill(self.reading.inner, text) for text in texts]
         ids = self.tokenizer(texts, add_special_tokens=False).input_ids
         filler = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.tokenizer.pad_token_id
         return [row or [filler] for row in ids]  # an empty text still gets one token to read

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tunelab.errors import ConfigError
+from tunelab.tasks.fields import join_fields, split_fields
 
 if TYPE_CHECKING:  # annotations only: an exported (ONNX) predictor uses this policy without torch
     import torch
@@ -37,12 +38,17 @@ def check_max_length(wanted: int | None, model: torch.nn.Module, whose: str = "t
     return context
 
 
-def fit_texts(tokenizer, texts: list[str], max_tokens: int) -> list[tuple[str, bool]]:
+def fit_texts(tokenizer, texts: list[str], max_tokens: int, fields: tuple[str, ...] = ()) -> list[tuple[str, bool]]:
     """Each text cut to at most about `max_tokens` tokens, keeping its head and its tail with a marker between
     (a subject line and a signature both carry signal); the cut falls on token boundaries of the text's own
-    tokenization, all texts tokenized in one call. Returns (text, whether it was cut) per text."""
+    tokenization, all texts tokenized in one call. Returns (text, whether it was cut) per text.
+
+    With `fields`, the texts are records (tasks/fields.py) and the tokens are counted per field: fields within an
+    equal share of the budget stay whole, the longer ones share the rest and each is cut on its own."""
     if not texts:
         return []
+    if fields:
+        return _fit_records(tokenizer, texts, max_tokens, fields)
     marker = len(tokenizer(TRUNCATION_MARKER, add_special_tokens=False).input_ids)
     head, tail = (max(2, max_tokens - marker) + 1) // 2, max(2, max_tokens - marker) // 2
     fitted = []
@@ -53,6 +59,23 @@ def fit_texts(tokenizer, texts: list[str], max_tokens: int) -> list[tuple[str, b
         else:
             fitted.append((text[: offsets[head - 1][1]] + TRUNCATION_MARKER + text[offsets[len(offsets) - tail][0]:],
                            True))
+    return fitted
+
+
+def _fit_records(tokenizer, records: list[str], max_tokens: int, fields: tuple[str, ...]) -> list[tuple[str, bool]]:
+    values = [split_fields(record, fields) for record in records]
+    lengths = tokenizer([v[name] for v in values for name in fields], add_special_tokens=False).input_ids
+    fitted = []
+    for i, record_values in enumerate(values):
+        sizes = {name: len(lengths[i * len(fields) + k]) for k, name in enumerate(fields)}
+        shares, left = {}, max_tokens
+        for k, name in enumerate(sorted(fields, key=sizes.get)):  # shortest first: what they leave, the rest share
+            shares[name] = min(sizes[name], left // (len(fields) - k))
+            left -= shares[name]
+        cut = {name: fit_text(tokenizer, record_values[name], max(shares[name], 4))
+               if sizes[name] > shares[name] else (record_values[name], False) for name in fields}
+        fitted.append((join_fields({name: text for name, (text, _) in cut.items()}, fields),
+                       any(was_cut for _, was_cut in cut.values())))
     return fitted
 
 

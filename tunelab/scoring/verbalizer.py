@@ -13,6 +13,7 @@ import torch
 from tunelab.predictor import Predictions
 from tunelab.scoring.length import TRAIN_MAX_TOKENS, check_max_length, fit_texts, length_quantile
 from tunelab.scoring.tokens import Pair, special_lead, tokenize_pairs
+from tunelab.tasks.fields import empty_record, fill, template_fields
 
 SCALE_POINTS = 9  # regression verbalizer: ratings "1".."9"
 
@@ -33,8 +34,38 @@ class PromptFormat:
         separator = "\n\n" if "\n" in template else "\n"
         return cls(instruction, query_format, head[len(query_format):], separator)
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The input fields the template names ({subject}, {body}); empty for a one-text task."""
+        return template_fields(self.query_format)
+
+    @property
+    def blank(self) -> str:
+        """An input with nothing in it: "" or the record of empty fields (what a prompt holds besides the input)."""
+        return empty_record(self.fields) if self.fields else ""
+
     def query(self, text: str) -> str:
-        return self.query_format.replace("{text}", text)
+        return fill(self.query_format, text)
+
+    def frame(self) -> tuple[str, str]:
+        """The query's template before its first placeholder and after its last: what surrounds `inner(text)`."""
+        start, end = self._placeholder_span()
+        return self.query_format[:start], self.query_format[end:]
+
+    def inner(self, text: str) -> str:
+        """The query from its first placeholder to its last, filled: the text itself for a one-text template."""
+        return fill(self.inner_format, text)
+
+    @property
+    def inner_format(self) -> str:
+        start, end = self._placeholder_span()
+        return self.query_format[start:end]
+
+    def _placeholder_span(self) -> tuple[int, int]:
+        marks = [f"{{{name}}}" for name in ("text", *self.fields) if f"{{{name}}}" in self.query_format]
+        start = min(self.query_format.index(mark) for mark in marks)
+        end = max(self.query_format.rindex(mark) + len(mark) for mark in marks)
+        return start, end
 
     def label_text(self, label: str) -> str:
         return self.label_lead + label
@@ -131,13 +162,13 @@ class Verbalizer:
         if prefix not in self._overheads:
             if len(self._overheads) >= 64:  # per-query shot prefixes (similar selection) would grow it without end
                 self._overheads.clear()
-            self._overheads[prefix] = max(len(pair.ids) for pair in self.pairs(prefix, [""])[0])
+            self._overheads[prefix] = max(len(pair.ids) for pair in self.pairs(prefix, [self.fmt.blank])[0])
         return self._overheads[prefix]
 
     def fit(self, texts: list[str], max_length: int, prefix: str | None = None) -> tuple[list[str], int]:
         """Texts cut (head and tail, fit_text) so that prefix + query + the longest label fits in `max_length`
         tokens: the template and the cue before the label always survive. Returns the texts and how many were cut."""
-        fitted = fit_texts(self.tokenizer, texts, max(1, max_length - self.overhead(prefix)))
+        fitted = fit_texts(self.tokenizer, texts, max(1, max_length - self.overhead(prefix)), self.fmt.fields)
         return [text for text, _ in fitted], sum(cut for _, cut in fitted)
 
     def derive_max_length(self, texts: list[str], *, context: int, cap: int | None = None) -> int:

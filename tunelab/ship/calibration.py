@@ -168,7 +168,7 @@ def calibration_report(calibrated: CalibratedPredictor, task: Task, out_dir: str
     calibrated.meta["calibration"].update(test_ece_before=before, test_ece_after=after,
                                           test_reliability_after=reliability(tempered.max(axis=1), (
                                               tempered.argmax(axis=1) == gold).astype(float)))
-    save_predictor(calibrated, out_dir)
+    save_predictor(calibrated, out_dir, task.text_fields)
     fit = calibrated.meta["calibration"]
     lines = [f"temperature {calibrated.temperature:.3f}, fitted on {fit['fitted_on']} ({fit['n_validation']} examples)",
              f"ECE on the test split ({len(gold)} examples): {before['ece']:.3f} {_bounds(before)} before, "
