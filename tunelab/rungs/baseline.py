@@ -35,6 +35,7 @@ from tunelab.models import MiniLMEmbedder
 from tunelab.predictor import Predictions, save_predictor, write_artifact_json
 from tunelab.scoring.length import fit_texts, special_frame, text_tokens, window_spans
 from tunelab.tasks import Task
+from tunelab.tasks.fields import encoder_text, split_fields
 
 SHORT_TEXT_CHARS = 200  # median training text at most this long: add character n-grams (words alone are too few)
 EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces; longer texts: windows or a cut
@@ -45,13 +46,21 @@ STRENGTHS = np.logspace(-2, 3, 11)  # C of logistic regression (and 1/alpha of r
 class _Embed:
     """The frozen embedder as a scikit-learn step (a FunctionTransformer): texts -> L2-normalised vectors. A text
     longer than the encoder's 256 tokens is cut (head and tail kept) or read whole in overlapping windows whose
-    vectors are averaged (`long_texts`)."""
+    vectors are averaged (`long_texts`). Records of several fields are read as their values joined by the
+    encoder's separator token (encoder_text)."""
 
-    def __init__(self, long_texts: str = "windows"):
+    def __init__(self, long_texts: str = "windows", fields: tuple[str, ...] = ()):
         self.embedder, self.long_texts = MiniLMEmbedder(max_length=EMBED_MAX_TOKENS), long_texts
+        self.fields = tuple(fields)
         self.room = EMBED_MAX_TOKENS - 2  # [CLS] and [SEP] take 2 of the budget
 
+    def encoder_texts(self, texts) -> list[str]:
+        if not self.fields:
+            return list(texts)
+        return [encoder_text(text, self.fields, self.embedder.tokenizer.sep_token) for text in texts]
+
     def fit(self, texts: list[str]) -> list[tuple[str, bool]]:
+        texts = self.encoder_texts(texts)
         if self.long_texts == "windows":
             return [(text, False) for text in texts]
         return fit_texts(self.embedder.tokenizer, texts, self.room)
@@ -61,7 +70,7 @@ class _Embed:
         tokenizer = self.embedder.tokenizer
         before, after = special_frame(tokenizer)
         return [[before + row[a:b] + after for a, b in window_spans(len(row), self.room, self.room - EMBED_OVERLAP)]
-                for row in tokenizer(texts, add_special_tokens=False).input_ids]
+                for row in tokenizer(self.encoder_texts(texts), add_special_tokens=False).input_ids]
 
     def __call__(self, texts) -> np.ndarray:
         texts = list(texts)
@@ -73,6 +82,20 @@ class _Embed:
         summed = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
         np.add.at(summed, owner, vectors)
         return summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
+
+
+class _Field:
+    """One field of each record (a FunctionTransformer's function): what a per-field vectoriser reads.
+
+    A FeatureUnion of (pick a field -> TF-IDF) pipelines rather than scikit-learn's ColumnTransformer: a saved
+    baseline is rebuilt from its vocabularies and numbers without refitting (no pickles), and a ColumnTransformer
+    cannot be marked fitted from outside; the features are the same (one vectoriser per field, side by side)."""
+
+    def __init__(self, field: str, fields: tuple[str, ...]):
+        self.field, self.fields = field, tuple(fields)
+
+    def __call__(self, records) -> list[str]:
+        return [split_fields(record, self.fields)[self.field] for record in records]
 
 
 class LinearPipeline:
@@ -114,7 +137,8 @@ class BaselinePredictor(LinearPipeline):
     def _vectorizers(self) -> dict[str, TfidfVectorizer]:
         if self.embed:
             return {}
-        return dict(self.pipeline.named_steps["features"].transformer_list)
+        return {name: step.named_steps["tfidf"] if isinstance(step, Pipeline) else step
+                for name, step in self.pipeline.named_steps["features"].transformer_list}
 
     def _tensors(self) -> dict[str, np.ndarray]:
         tensors = {"coef": np.ascontiguousarray(self.linear.coef_, dtype=np.float64),
@@ -178,9 +202,11 @@ class BaselinePredictor(LinearPipeline):
         tensors = load_file(str(directory / "baseline.safetensors"))
         vocabularies = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
         kind, labels = payload["kind"], tuple(payload["labels"])
-        embed = _Embed(payload["features"].get("long_texts", "cut")) if payload["method"] == "embed" else None
+        embed = (_Embed(payload["features"].get("long_texts", "cut"), tuple(payload["features"].get("fields", ())))
+                 if payload["method"] == "embed" else None)
         features = _features(payload["features"], embed, vocabularies)
-        for name, vectorizer in ([] if embed else features.transformer_list):
+        for name, step in ([] if embed else features.transformer_list):
+            vectorizer = step.named_steps["tfidf"] if isinstance(step, Pipeline) else step
             if len(vectorizer.vocabulary) != len(tensors[f"idf_{name}"]):
                 raise ModelError(f"{directory}: vocabulary.json and baseline.safetensors disagree on {name} terms")
             vectorizer.idf_ = tensors[f"idf_{name}"]
@@ -202,23 +228,45 @@ def _feature_settings(pipeline: Pipeline) -> dict:
     """What a saved pipeline needs to rebuild its feature step."""
     features = pipeline.named_steps["features"]
     if isinstance(features, FunctionTransformer):
-        return {"embed": "all-MiniLM-L6-v2", "max_tokens": EMBED_MAX_TOKENS, "long_texts": features.func.long_texts,
-                "overlap": EMBED_OVERLAP}
-    return {name: {"analyzer": v.analyzer, "ngram_range": list(v.ngram_range), "sublinear_tf": v.sublinear_tf}
-            for name, v in features.transformer_list}
+        embed = features.func
+        return {"embed": "all-MiniLM-L6-v2", "max_tokens": EMBED_MAX_TOKENS, "long_texts": embed.long_texts,
+                "overlap": EMBED_OVERLAP, **({"fields": list(embed.fields)} if embed.fields else {})}
+    settings = {}
+    for name, step in features.transformer_list:
+        v = step.named_steps["tfidf"] if isinstance(step, Pipeline) else step
+        settings[name] = {"analyzer": v.analyzer, "ngram_range": list(v.ngram_range), "sublinear_tf": v.sublinear_tf}
+        if isinstance(step, Pipeline):
+            picker = step.named_steps["field"].func
+            settings[name].update(field=picker.field, fields=list(picker.fields))
+    return settings
 
 
 def _features(settings: dict, embed: _Embed | None, vocabularies: dict | None = None):
     """The feature step: a FunctionTransformer over the embedder, or a union of TF-IDF vectorizers."""
     if embed is not None:
         return FunctionTransformer(embed)
-    return FeatureUnion([(name, TfidfVectorizer(analyzer=s["analyzer"], ngram_range=tuple(s["ngram_range"]),
-                                                sublinear_tf=s["sublinear_tf"],
-                                                vocabulary=(vocabularies or {}).get(name)))
-                         for name, s in settings.items()])
+    steps = []
+    for name, s in settings.items():
+        vectorizer = TfidfVectorizer(analyzer=s["analyzer"], ngram_range=tuple(s["ngram_range"]),
+                                     sublinear_tf=s["sublinear_tf"], vocabulary=(vocabularies or {}).get(name))
+        if "field" in s:
+            picker = FunctionTransformer(_Field(s["field"], tuple(s["fields"])))
+            steps.append((name, Pipeline([("field", picker), ("tfidf", vectorizer)])))
+        else:
+            steps.append((name, vectorizer))
+    return FeatureUnion(steps)
 
 
-def _tfidf_settings(texts: list[str]) -> dict:
+def _tfidf_settings(texts: list[str], fields: tuple[str, ...] = ()) -> dict:
+    """Word 1-2-grams, and character 2-5-grams for short texts; for records, both per field (a field's own
+    vocabulary: "free" in a subject line is not "free" in a body)."""
+    if fields:
+        settings = {}
+        for field in fields:
+            values = _Field(field, fields)(texts)
+            for name, analyzer in _tfidf_settings(values).items():
+                settings[f"{field}.{name}"] = {**analyzer, "field": field, "fields": list(fields)}
+        return settings
     settings = {"word": {"analyzer": "word", "ngram_range": [1, 2], "sublinear_tf": True}}
     if statistics.median(len(t) for t in texts) <= SHORT_TEXT_CHARS:
         settings["char"] = {"analyzer": "char_wb", "ngram_range": [2, 5], "sublinear_tf": True}
@@ -254,8 +302,8 @@ def fit_baseline(task: Task, config: BaselineConfig = BaselineConfig(), *, out_d
     if out_dir is not None and Path(out_dir).exists() and not overwrite:
         raise ConfigError(f"{out_dir} exists; pass --overwrite to replace it")
     texts = [e.text for e in task.train]
-    embed = _Embed(config.long_texts) if config.method == "embed" else None
-    features = _features({} if embed else _tfidf_settings(texts), embed)
+    embed = _Embed(config.long_texts, task.text_fields) if config.method == "embed" else None
+    features = _features({} if embed else _tfidf_settings(texts, task.text_fields), embed)
     linear = _linear_model(task, config.seed)
     started = time.perf_counter()
     pipeline = Pipeline([("features", features), ("model", linear)])
@@ -278,7 +326,7 @@ def fit_baseline(task: Task, config: BaselineConfig = BaselineConfig(), *, out_d
     if task.test:
         predictor.meta["metrics"] = evaluate(predictor, task)
     if out_dir is not None:
-        save_predictor(predictor, out_dir)
+        save_predictor(predictor, out_dir, task.text_fields)
     return predictor
 
 
