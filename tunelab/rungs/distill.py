@@ -82,13 +82,14 @@ def regression_distillation_loss(student_values, teacher_values, gold, has_gold,
 # Transfer set and training
 
 
-def read_transfer_texts(path: str | Path) -> list[str]:
-    """Unlabeled texts, distinct: one per line, or JSONL objects with a "text" field (bulk.read_inputs).
+def read_transfer_texts(path: str | Path, text_fields: tuple[str, ...] = ()) -> list[str]:
+    """Unlabeled texts, distinct: one per line, or JSONL objects with a "text" field (bulk.read_inputs); for a task
+    of several fields, JSONL or CSV rows holding them.
 
     Raises:
         InputError: a missing file, an unreadable line, or no texts at all.
     """
-    texts = [text.strip() for text in read_inputs(path) if text.strip()]
+    texts = [text.strip() for text in read_inputs(path, text_fields=text_fields) if text.strip()]
     if not texts:
         raise InputError("holds no texts; the transfer set is empty", path=path)
     return list(dict.fromkeys(texts))
@@ -99,7 +100,7 @@ def _teacher_targets(teacher: Predictor, texts: list[str], gold: dict, task: Tas
     store = Store(tunelab_home() / "teacher-labels.sqlite")
     try:
         predict_all(teacher, texts, store, BulkConfig(batch_size=32), on_progress=on_progress)
-        keys = [text_key(normalise(text)) for text in texts]
+        keys = [text_key(normalise(text, fields=task.text_fields)) for text in texts]
         stored = store.get_many(teacher.fingerprint, keys)
     finally:
         store.close()
@@ -178,7 +179,8 @@ def distill(
     """
     check_fits_task(teacher, task, "the teacher", exact=True)
     texts = transfer_texts if transfer_texts is not None else [e.text for e in task.train] + list(task.unlabeled)
-    texts = list(dict.fromkeys(normalise(text) for text in texts if normalise(text)))
+    texts = [normalise(text, fields=task.text_fields) for text in texts]
+    texts = list(dict.fromkeys(text for text in texts if text))
     if not texts:
         raise InputError("the transfer set is empty: give --transfer FILE or a task with training texts")
     meta = {"teacher": teacher_name, "teacher_fingerprint": teacher.fingerprint, "spec": config.student,
@@ -186,7 +188,7 @@ def distill(
     student = make_student(teacher, task, config, meta)
     dist = from_env()  # a data-parallel job when a launcher started this process (distributed.py)
 
-    gold_labels = {normalise(e.text): e.label for e in task.train}
+    gold_labels = {normalise(e.text, fields=task.text_fields): e.label for e in task.train}
     if dist.active and not dist.is_main:
         dist.barrier()  # rank 0 labels the transfer set into the shared store; the others then read it back
     soft, gold, has_gold = _teacher_targets(teacher, texts, gold_labels, task, on_label_progress)
@@ -272,7 +274,7 @@ def distill(
     student.meta.update(training={"n_transfer": len(texts), "train_seconds": train_seconds, "cut_short": cut_short,
                                   "distributed": dist.describe()}, metrics=report)
     if out_dir is not None:
-        save_predictor(student, out_dir)
+        save_predictor(student, out_dir, task.text_fields)
     return student, report
 
 

@@ -38,6 +38,7 @@ from tunelab.scoring.length import (
 from tunelab.scoring.precision import autocast
 from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
 from tunelab.tasks import Task
+from tunelab.tasks.fields import encoder_text
 
 
 def decoder_layers(lm: torch.nn.Module) -> tuple[torch.nn.Module, str]:
@@ -101,7 +102,8 @@ class EncoderStudent:
         weights = Model(self.encoder, self.tokenizer, name="student").fingerprint
         decided_by = json.dumps([weights, self.kind, list(self.label_names)]
                                 + (["bf16"] if self.precision == "bf16" else [])
-                                + ([self.long_texts, self.max_length] if self.long_texts == "windows" else []))
+                                + ([self.long_texts, self.max_length] if self.long_texts == "windows" else [])
+                                + ([list(self.text_fields)] if self.text_fields else []))
         return hashlib.sha256(decided_by.encode()).hexdigest()[:16]
 
     def describe_model(self) -> dict:
@@ -115,8 +117,27 @@ class EncoderStudent:
     def long_texts(self) -> str:
         return self.meta.get("long_texts", "cut")  # artifacts from before windows cut
 
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        return tuple(self.meta.get("text_fields", ()))
+
+    @text_fields.setter
+    def text_fields(self, fields: tuple[str, ...]) -> None:  # load_predictor sets it from tunelab.json
+        if fields:
+            self.meta["text_fields"] = list(fields)
+        else:
+            self.meta.pop("text_fields", None)
+
+    def encoder_texts(self, texts: list[str]) -> list[str]:
+        """What the encoder reads: the text, or a record's values joined by its separator token (measured against
+        the encoder's text pair in bench/fields.py)."""
+        if not self.text_fields:
+            return texts
+        return [encoder_text(text, self.text_fields, self.tokenizer.sep_token) for text in texts]
+
     def _fit(self, texts: list[str]) -> list[tuple[str, bool]]:
         """The one length rule (head and tail kept), within the encoder's budget less its [CLS] and [SEP]."""
+        texts = self.encoder_texts(texts)
         if self.long_texts == "windows":
             return [(text, False) for text in texts]
         return fit_texts(self.tokenizer, texts, self.max_length - ENCODER_SPECIAL_TOKENS)
@@ -127,7 +148,7 @@ class EncoderStudent:
         stride = max(1, room - min(ENCODER_OVERLAP, room // 4))
         before, after = special_frame(self.tokenizer)
         return [[before + row[a:b] + after for a, b in window_spans(len(row), room, stride)]
-                for row in self.tokenizer(texts, add_special_tokens=False).input_ids]
+                for row in self.tokenizer(self.encoder_texts(texts), add_special_tokens=False).input_ids]
 
     def count_truncated(self, texts: list[str]) -> int:
         return sum(cut for _, cut in self._fit(texts))
@@ -194,7 +215,7 @@ def load_student(directory: Path, payload: dict):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics", "max_length",
-                                    "precision", "precision_record", "long_texts") if k in payload}
+                                    "precision", "precision_record", "long_texts", "text_fields") if k in payload}
     check_model_folder(directory / "model")
     try:
         encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model", **MODEL_LOCAL_ONLY)
@@ -246,9 +267,13 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
             encoder = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n_outputs, **MODEL_LOCAL_ONLY)
         tokenizer = AutoTokenizer.from_pretrained(path, **LOCAL_ONLY)
         context = check_max_length(config.max_length, encoder, "the student's")
-        derived = length_quantile([len(ids) for ids in tokenizer(_length_sample(task)).input_ids], context)
+        sample = _length_sample(task)
+        if task.text_fields:
+            sample = [encoder_text(text, task.text_fields, tokenizer.sep_token) for text in sample]
+        derived = length_quantile([len(ids) for ids in tokenizer(sample).input_ids], context)
+        fields = {"text_fields": list(task.text_fields)} if task.text_fields else {}
         meta = {**meta, "max_length": config.max_length or min(derived, context, TRAIN_MAX_TOKENS),
-                "long_texts": config.long_texts}
+                "long_texts": config.long_texts, **fields}
         student = EncoderStudent(encoder.to(choose_device()), tokenizer, kind=task.kind, label_names=task.labels,
                                  meta=meta)
     if student.params_total >= teacher.params_total:

@@ -361,6 +361,7 @@ def finetune(
     meta = {
         "method": config.method, "base_name": model.name, "params_trainable": params_trainable,
         "config": asdict(config), "max_length": max_length, "base_precision": config.base_precision,
+        **({"text_fields": list(task.text_fields)} if task.text_fields else {}),  # for bulk inputs and requests
         "training": {"epochs_run": progress["epoch"], "best_epoch": progress["best_epoch"],
                      "train_seconds": progress["train_seconds"], "history": progress["history"],
                      "n_train": len(train), "passes_per_epoch": passes, "n_validation": len(validation),

@@ -179,7 +179,7 @@ def cascade_report(built: CascadePredictor, task: Task, out_dir: str | Path, *, 
               "test_frontier": rows, "selection": built.meta["selection"]}
     built.meta["metrics"] = report["metrics"]
     built.meta["selection"]["test_frontier"] = rows
-    save_predictor(built, out_dir)
+    save_predictor(built, out_dir, task.text_fields)
     metric = next(k for k in ("accuracy",) if k in metrics)
     low, high = versus["interval"] or (versus["difference"],) * 2
     chosen = built.meta["selection"]["chosen"]

@@ -162,14 +162,16 @@ def export_onnx(predictor_dir: str | Path, out_dir: str | Path, texts: list[str]
         shutil.rmtree(folder / "tokenizer")
         if output == "vectors":  # the embed baseline: windows averaged, then its linear head (head.json)
             (folder / HEAD_FILE).write_text(json.dumps(_head(student)), encoding="utf-8")
-            reading = {"long_texts": student.embed.long_texts, "overlap": EMBED_OVERLAP, "spec": "embed baseline"}
+            reading = {"long_texts": student.embed.long_texts, "overlap": EMBED_OVERLAP, "spec": "embed baseline",
+                       "fields": student.embed.fields}
         else:
             reading = {"long_texts": student.long_texts, "overlap": ENCODER_OVERLAP,
-                       "spec": student.meta.get("spec", "encoder")}
+                       "spec": student.meta.get("spec", "encoder"), "fields": student.text_fields}
+        fields = {"text_fields": list(reading["fields"]), "separator": tokenizer.sep_token} if reading["fields"] else {}
         payload = {"format_version": FORMAT_VERSION, "rung": "onnx", "kind": student.kind,
                    "labels": list(student.label_names), "max_length": student.max_length,
                    "long_texts": reading["long_texts"], "overlap": reading["overlap"], "output": output,
-                   "pad_id": tokenizer.pad_token_id, "quantize": quantize,
+                   "pad_id": tokenizer.pad_token_id, "quantize": quantize, **fields,
                    "source": {"path": str(predictor_dir), "fingerprint": student.fingerprint,
                               "spec": reading["spec"]},
                    "params_total": student.params_total, "params_trainable": student.params_trainable}

@@ -20,6 +20,7 @@ import numpy as np
 from tunelab.errors import ConfigError, ModelError
 from tunelab.predictor import ENCODER_BATCH, Predictions
 from tunelab.scoring.length import fit_texts, special_frame, window_spans
+from tunelab.tasks.fields import encoder_text
 
 ENCODER_SPECIAL_TOKENS = 2  # [CLS] and [SEP], as rungs/students.py
 ENCODER_OVERLAP = 32
@@ -108,7 +109,12 @@ class OnnxPredictor:
                          f", onnxruntime)", "exported_from": self.payload["source"]["fingerprint"],
                 "parity": self.payload.get("parity")}
 
+    def _encoder_texts(self, texts: list[str]) -> list[str]:
+        fields, separator = tuple(self.payload.get("text_fields", ())), self.payload.get("separator")
+        return [encoder_text(text, fields, separator) for text in texts] if fields else texts
+
     def _windows(self, texts: list[str]) -> list[list[list[int]]]:
+        texts = self._encoder_texts(texts)
         before, after = special_frame(self.tokenizer)
         room = max(1, self.max_length - ENCODER_SPECIAL_TOKENS)
         if self.long_texts != "windows":
@@ -121,7 +127,8 @@ class OnnxPredictor:
     def count_truncated(self, texts: list[str]) -> int:
         if self.long_texts == "windows":
             return 0
-        return sum(cut for _, cut in fit_texts(self.tokenizer, texts, self.max_length - ENCODER_SPECIAL_TOKENS))
+        return sum(cut for _, cut in fit_texts(self.tokenizer, self._encoder_texts(texts),
+                                               self.max_length - ENCODER_SPECIAL_TOKENS))
 
     def count_windows(self, texts: list[str]) -> list[int]:
         return [len(w) for w in self._windows(texts)]
