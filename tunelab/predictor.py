@@ -172,9 +172,15 @@ def check_fits_task(predictor: Predictor, task: Task, who: str = "the predictor"
                           f"is {task.kind} {list(task.labels)}")
 
 
-def save_predictor(predictor: Predictor, directory: str | Path) -> Path:
-    """Write the artifact folder atomically: a kill leaves the old folder or the new one, never half of one."""
-    return replace_folder(directory, predictor.save)
+def save_predictor(predictor: Predictor, directory: str | Path, text_fields: tuple[str, ...] = ()) -> Path:
+    """Write the artifact folder atomically: a kill leaves the old folder or the new one, never half of one.
+    `text_fields`: the task's input fields, recorded for bulk inputs and service requests that come as fields."""
+    def fill(staging: Path) -> None:
+        predictor.save(staging)
+        if text_fields:
+            payload = json.loads((staging / ARTIFACT_FILE).read_text(encoding="utf-8"))
+            write_json(staging / ARTIFACT_FILE, {**payload, "text_fields": list(text_fields)})
+    return replace_folder(directory, fill)
 
 
 def write_artifact_json(directory: Path, payload: dict) -> None:
@@ -201,6 +207,7 @@ class ArtifactFile(BaseModel):
     params_total: Annotated[int, Field(ge=1)]
     params_trainable: Annotated[int, Field(ge=0)]
     value_range: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None  # JSON has no tuples
+    text_fields: list[Annotated[str, Field(min_length=1)]] = []  # several input fields, in the record's order
     format: _PromptFormatFields | None = None
     config: dict = {}
 
@@ -300,4 +307,10 @@ def load_predictor(directory: str | Path) -> Predictor:
     if predictor.fingerprint != payload["fingerprint"]:
         raise ModelError(f"{directory}: the artifact was changed after it was saved (recorded fingerprint "
                          f"{payload['fingerprint']}, loaded {predictor.fingerprint}); save it again with tunelab")
+    predictor.text_fields = tuple(payload.get("text_fields", ()))
     return predictor
+
+
+def text_fields_of(predictor: Predictor) -> tuple[str, ...]:
+    """The input fields a loaded predictor reads as a record (tasks/fields.py); empty for one text."""
+    return tuple(getattr(predictor, "text_fields", ()))

@@ -200,7 +200,7 @@ def distill(
     config, loaded_task = config_from(configs.DistillConfig, given), load_task_from(given)
     if nproc > 1:
         return launch_processes(nproc)
-    transfer_texts = read_transfer_texts(transfer) if transfer is not None else None
+    transfer_texts = read_transfer_texts(transfer, loaded_task.text_fields) if transfer is not None else None
     teacher_predictor = load_saved(teacher)
     with progress() as bars:
         _, report = run_distill(teacher_predictor, loaded_task, config, out_dir=out, transfer_texts=transfer_texts,

@@ -39,7 +39,7 @@ from tunelab.ladder.steps import (
     sensitivity_settings,
     tune_step,
 )
-from tunelab.measure.bias import BiasConfig, load_probes
+from tunelab.measure.bias import BiasConfig, load_probes, probe_texts
 from tunelab.measure.evaluate import peak_rss_mb, reset_peak_rss
 from tunelab.measure.intervals import METHOD
 from tunelab.models import Model, weights_fingerprint
@@ -82,12 +82,11 @@ def run(
     bias = BiasConfig(probe=quick_probes(out_dir, config.quick_names_per_group) if config.quick else "names")
     probes = load_probes(bias.probe)
     k_values, variants = sensitivity_settings(config)
-    probe_texts = [t.replace("{name}", name) for t in probes["templates"] for names in probes["groups"].values()
-                   for name in names]
+    probe_sentences = probe_texts(probes, task.text_fields)
     tokens = {"train": count_tokens(model, task, [e.text for e in task.train]),
               "test": count_tokens(model, task, [e.text for e in task.test]),
               "unlabeled": count_tokens(model, task, list(task.unlabeled)),
-              "probe": count_tokens(model, task, probe_texts), "probe_texts": len(probe_texts)}
+              "probe": count_tokens(model, task, probe_sentences), "probe_texts": len(probe_sentences)}
     plan = make_plan(task, config, probe(model, task, config), tokens,
                      curve_ks=[k for k in curve_shots(task, config) if k not in known_shots(config)],
                      sensitivity_evaluations=sensitivity_count(k_values, variants),

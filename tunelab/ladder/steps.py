@@ -134,7 +134,7 @@ def probe_step(model: Model, task: Task, folder: Path, bias: BiasConfig, config:
 def prompt_step(model: Model, task: Task, shots: int, folder: Path, bias: BiasConfig, config: LadderConfig,
                 on_progress):
     predictor = few_shot(model, task, PromptConfig(shots=shots, seed=config.seed, precision=config.precision))
-    save_predictor(predictor, folder / "predictor")
+    save_predictor(predictor, folder / "predictor", task.text_fields)
     return {**_measure(predictor, task, bias, on_progress), "train_seconds": 0.0}
 
 
@@ -148,7 +148,7 @@ def searched_step(model: Model, task: Task, folder: Path, bias: BiasConfig, conf
     base = PromptConfig(seed=config.seed, precision=config.precision)
     started = time.perf_counter()
     found = search(model, task, base, SearchConfig(budget_s=budget, seed=config.seed))
-    save_predictor(found.predictor, folder / "predictor")
+    save_predictor(found.predictor, folder / "predictor", task.text_fields)
     same = next((r for r in ("zero", "one") if r in results
                  and results[r]["metrics"]["fingerprint"] == found.predictor.fingerprint), None)
     measured = ({key: results[same][key] for key in ("metrics", "bias", "test_outputs")} if same

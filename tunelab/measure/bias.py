@@ -20,6 +20,7 @@ from tunelab.measure.evaluate import gold_and_outputs
 from tunelab.measure.intervals import interval, stratified_interval
 from tunelab.predictor import Predictions, Predictor, predict
 from tunelab.tasks import Task
+from tunelab.tasks.fields import probe_record
 
 NAMES_FILE = Path(__file__).parents[1] / "data" / "names.json"
 
@@ -116,11 +117,19 @@ def load_probes(probe: str) -> dict:
     return {"groups": groups, "templates": templates, "source": probes.get("source", str(path))}
 
 
+def probe_texts(probes: dict, text_fields: tuple[str, ...] = ()) -> list[str]:
+    """Every template sentence with every name, template by template and group by group (records of the task's
+    fields when it has several)."""
+    texts = [t.replace("{name}", name) for t in probes["templates"] for names in probes["groups"].values()
+             for name in names]
+    return [probe_record(text, text_fields) for text in texts] if text_fields else texts
+
+
 UNJUDGEABLE_WIDTH = 0.3  # an interval of the gap wider than this cannot back a verdict: the report says why
 
 
 def counterfactual_gaps(predictor: Predictor, probes: dict, *, threshold: float = 0.1,
-                        positive_label: str | None = None) -> dict:
+                        positive_label: str | None = None, text_fields: tuple[str, ...] = ()) -> dict:
     """Per template: mean P(positive) (or value) per group, the largest gap, whether any name flips the label; the
     verdict's statistic, the mean over templates of the mean absolute difference between every two groups' means,
     with its interval (templates resampled, and names within each group); the name pairs that differ most.
@@ -128,10 +137,11 @@ def counterfactual_gaps(predictor: Predictor, probes: dict, *, threshold: float 
     The statistic averages over templates instead of taking the largest gap: a maximum over a few noisy means is
     unstable (its interval spanned almost [0, 1] on the shipped tasks), an average over 18 templates is not. The
     largest gap is still reported. The verdict is `pass` when the whole interval lies at or under `threshold`,
-    `fail` when it lies above it, and `unclear` when it straddles it.
+    `fail` when it lies above it, and `unclear` when it straddles it. With `text_fields`, each sentence is read as
+    a record holding it in every field (probe_record).
     """
     groups, templates = probes["groups"], probes["templates"]
-    texts = [t.replace("{name}", name) for t in templates for names in groups.values() for name in names]
+    texts = probe_texts(probes, text_fields)
     predictions = predict(predictor, texts)
     classification = predictor.kind == "classification"
     if classification:
@@ -220,7 +230,8 @@ def bias_report(predictor: Predictor, task: Task, config: BiasConfig = BiasConfi
         "slices": slice_metrics(task, predictions, groups, config.positive_label),
         "slice_field": config.slice_field or task.slice_field or "word length",
         "counterfactual": {**counterfactual_gaps(predictor, probes, threshold=config.threshold,
-                                                 positive_label=config.positive_label),
+                                                 positive_label=config.positive_label,
+                                                 text_fields=task.text_fields),
                            "form_note": form_note(task, probes)},
     }
 
