@@ -17,12 +17,22 @@ from tunelab.errors import ConfigError, InputError
 from tunelab.measure.evaluate import truncation
 from tunelab.offline.config import BulkConfig
 from tunelab.offline.store import Store
-from tunelab.predictor import Predictions, Predictor, length_batches, load_predictor
+from tunelab.predictor import Predictions, Predictor, length_batches, load_predictor, read_artifact_json, text_fields_of
 from tunelab.tasks import read_rows
+from tunelab.tasks.fields import join_fields, split_fields
+from tunelab.tasks.files import JSONL_SUFFIXES, input_text
 
 
-def normalise(text: str, casefold: bool = False) -> str:
-    """Unicode NFC, whitespace runs collapsed to one space, trimmed; optionally case-folded."""
+def normalise(text: str, casefold: bool = False, fields: tuple[str, ...] = ()) -> str:
+    """Unicode NFC, whitespace runs collapsed to one space, trimmed; optionally case-folded. A record of several
+    `fields` is normalised field by field (its lines, and its field names, stay as they are).
+
+    Raises:
+        InputError: with `fields`, a text that is not a record of them.
+    """
+    if fields:
+        values = split_fields(text, fields)
+        return join_fields({name: normalise(value, casefold) for name, value in values.items()}, fields)
     text = " ".join(unicodedata.normalize("NFC", text).split())
     return text.casefold() if casefold else text
 
@@ -31,19 +41,27 @@ def text_key(normalised: str) -> str:
     return hashlib.sha256(normalised.encode("utf-8")).hexdigest()[:32]
 
 
-def read_inputs(path: str | Path, text_field: str = "text") -> list[str]:
-    """Texts from a file: one per line (.txt and others; blank lines skipped), JSONL objects, or a CSV column.
+def read_inputs(path: str | Path, text_field: str = "text", text_fields: tuple[str, ...] = ()) -> list[str]:
+    """Texts from a file: one per line (.txt and others; blank lines skipped), JSONL objects, or a CSV column; with
+    `text_fields`, the record of those fields of each JSONL object or CSV row.
 
     Raises:
         InputError: a missing file, undecodable bytes, a bad JSON line or a missing field, with its line.
     """
-    texts = []
-    for line, row in read_rows(path, (text_field, "--text-field")):
-        if not isinstance(row.get(text_field), str):
-            raise InputError("is missing or not a string", path=path, line=line, field=text_field,
-                             hint="use --text-field to name it")
-        texts.append(row[text_field])
-    return texts
+    names = text_fields or (text_field,)
+    if text_fields and Path(path).suffix.lower() not in (".csv", *JSONL_SUFFIXES):
+        raise InputError(f"this model reads the fields {', '.join(text_fields)}: give a JSONL or CSV file", path=path)
+    flag = "--text-fields" if text_fields else "--text-field"
+    hint = f"the model reads the fields {', '.join(text_fields)}"
+    return [input_text(Path(path), line, row, names, hint) if text_fields else _one_text(path, line, row, text_field)
+            for line, row in read_rows(path, *((name, flag) for name in names))]
+
+
+def _one_text(path, line: int, row: dict, text_field: str) -> str:
+    if not isinstance(row.get(text_field), str):
+        raise InputError("is missing or not a string", path=path, line=line, field=text_field,
+                         hint="use --text-field to name it")
+    return row[text_field]
 
 
 def _rows(predictions: Predictions, keys: list[str], texts: list[str]) -> list[tuple[str, str, dict]]:
@@ -71,13 +89,15 @@ def predict_all(
     if recorded and recorded.get("casefold", False) != config.casefold:
         raise ConfigError(f"{store.path} holds this model's predictions with casefold={recorded['casefold']}; "
                           "use the same setting (or another store)")
+    fields = text_fields_of(predictor)
     store.register(fingerprint, {"rung": predictor.rung, "kind": predictor.kind, "casefold": config.casefold,
-                                 "labels": list(predictor.label_names), "path": str(predictor_dir or "")})
+                                 "labels": list(predictor.label_names), "path": str(predictor_dir or ""),
+                                 **({"text_fields": list(fields)} if fields else {})})
     distinct: dict[str, str] = {}
     read = 0
     for text in texts:
         read += 1
-        normalised = normalise(text, config.casefold)
+        normalised = normalise(text, config.casefold, fields)
         if normalised:
             distinct.setdefault(text_key(normalised), normalised)
     already = store.stored_keys(fingerprint, distinct)
@@ -118,8 +138,10 @@ def predict_file(
     on_total: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict:
-    """`predict_all` from files: the inputs are read (and checked) before the saved predictor is loaded."""
-    texts = read_inputs(input_path, text_field)
+    """`predict_all` from files: the inputs are read (and checked) before the saved predictor is loaded; a model of
+    several fields reads those fields (its tunelab.json names them) of each row."""
+    fields = tuple(read_artifact_json(predictor_dir).get("text_fields", ()))
+    texts = read_inputs(input_path, text_field, fields)
     predictor = load_predictor(predictor_dir)
     store = Store(store_path)
     try:

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tunelab.errors import ConfigError, InputError
 from tunelab.offline.bulk import normalise, text_key
@@ -28,12 +28,25 @@ from tunelab.offline.matching import Matcher
 from tunelab.offline.store import Store
 from tunelab.offline.terms import TermStore, term_entries
 from tunelab.predictor import load_predictor, read_artifact_json
+from tunelab.tasks.fields import join_fields
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 
 
 class BatchRequest(BaseModel):
-    texts: list[str] = Field(min_length=1)
+    """A batch of inputs: `texts`, or for a model of several fields `fields` (one object, or a list of them)."""
+
+    texts: list[str] | None = Field(default=None, min_length=1)
+    fields: dict[str, str] | list[dict[str, str]] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.texts is None) == (self.fields is None):
+            raise ValueError('give "texts" (a list of strings) or "fields" (an object of the model\'s fields, or a '
+                             "list of them), not both")
+        if isinstance(self.fields, list) and not self.fields:
+            raise ValueError('"fields" is an empty list')
+        return self
 
 
 class MatchRequest(BaseModel):
@@ -228,10 +241,30 @@ def _checked(text: str, config: ServeConfig) -> str:
     return text
 
 
-def _predict_routes(app: FastAPI, config: ServeConfig, stored, answer_misses, live, casefold, fingerprint) -> None:
+def _records(fields: dict | list[dict], names: tuple[str, ...]) -> list[str]:
+    """The records of the request's field objects, in the model's field order.
+
+    Raises:
+        HTTPException: 422 for a model of one text, or an object that lacks one of the model's fields.
+    """
+    if not names:
+        raise HTTPException(422, 'this model reads one text: send {"texts": [...]}')
+    objects = [fields] if isinstance(fields, dict) else fields
+    for i, values in enumerate(objects):
+        missing = [name for name in names if name not in values]
+        if missing:
+            raise HTTPException(422, f"fields[{i}] lacks {', '.join(missing)} (this model reads {', '.join(names)})")
+    return [join_fields(values, names) for values in objects]
+
+
+def _predict_routes(app: FastAPI, config: ServeConfig, stored, answer_misses, live, casefold, fingerprint,
+                    fields: tuple[str, ...]) -> None:
     """GET and POST /predict: lookups in the prediction store (and live answers to misses)."""
     @app.get("/predict", summary="The stored prediction for one text")
     async def predict_one(request: Request, text: str = Query(..., min_length=1)):
+        if fields:
+            raise HTTPException(422, f"this model reads the fields {', '.join(fields)}: POST /predict with "
+                                     '{"fields": {...}}')
         answer = stored(text)
         if answer is None and live is not None:
             answer = (await answer_misses([text], request))[0]
@@ -240,17 +273,22 @@ def _predict_routes(app: FastAPI, config: ServeConfig, stored, answer_misses, li
                                       "fingerprint": fingerprint})
         return JSONResponse(answer)  # already plain JSON data: skip FastAPI's encoder on the hot path
 
-    @app.post("/predict", summary="Stored predictions for a batch of texts")
+    @app.post("/predict", summary='Stored predictions for a batch of texts, or of {"fields": ...} objects')
     async def predict_batch(body: BatchRequest, request: Request):
-        if len(body.texts) > config.max_batch:
+        if body.texts is not None and fields:
+            raise HTTPException(422, f"this model reads the fields {', '.join(fields)}: send "
+                                     '{"fields": {...}} objects')
+        texts = body.texts if body.texts is not None else _records(body.fields, fields)
+        if len(texts) > config.max_batch:
             raise HTTPException(413, f"batch over {config.max_batch} texts")
-        results = [stored(text) for text in body.texts]
+        results = [stored(text) for text in texts]
         missing = [i for i, answer in enumerate(results) if answer is None]
         if missing and live is not None:
-            for i, answer in zip(missing, await answer_misses([body.texts[i] for i in missing], request)):
+            for i, answer in zip(missing, await answer_misses([texts[i] for i in missing], request)):
                 results[i] = answer
         return {"results": [answer if answer is not None else
-                            {"input": normalise(body.texts[i], casefold), "found": False, "fingerprint": fingerprint}
+                            {"input": normalise(texts[i], casefold, fields), "found": False,
+                             "fingerprint": fingerprint}
                             for i, answer in enumerate(results)]}
 
 
@@ -258,7 +296,10 @@ def create_app(config: ServeConfig) -> FastAPI:
     """The FastAPI app answering from `config.store` and/or `config.terms` (opened read-only)."""
     store = Store(config.store, read_only=True) if config.store is not None else None
     fingerprint = _answering_fingerprint(store, config) if store is not None else None
-    casefold = bool(store.description(fingerprint).get("casefold", False)) if store else False  # as it was written
+    described = store.description(fingerprint) if store else {}
+    casefold = bool(described.get("casefold", False))  # as it was written
+    fields = tuple(described.get("text_fields") or (read_artifact_json(config.model).get("text_fields", ())
+                                                    if config.model is not None else ()))
     live = (_LiveModel(load_predictor(config.model), config.live_batch, config.max_live_pending)
             if config.on_miss == "live" else None)
     terms = None
@@ -292,7 +333,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         return JSONResponse({"detail": problems}, status_code=422)
 
     def stored(text: str) -> dict | None:
-        normalised = normalise(_checked(text, config), casefold)
+        normalised = normalise(_checked(text, config), casefold, fields)
         if not normalised:
             raise HTTPException(422, "text is empty after normalisation")
         found = store.get(fingerprint, text_key(normalised))
@@ -300,13 +341,13 @@ def create_app(config: ServeConfig) -> FastAPI:
         return {**found.as_dict(), "source": "store"} if found is not None else None
 
     async def answer_misses(texts: list[str], request: Request) -> list[dict]:
-        normalised = [normalise(text, casefold) for text in texts]
+        normalised = [normalise(text, casefold, fields) for text in texts]
         rows = await live.predict(normalised, request)
         return [{"input": text, **row, "fingerprint": live.predictor.fingerprint, "source": "live"}
                 for text, row in zip(normalised, rows)]
 
     if store is not None:
-        _predict_routes(app, config, stored, answer_misses, live, casefold, fingerprint)
+        _predict_routes(app, config, stored, answer_misses, live, casefold, fingerprint, fields)
 
     @app.post("/match", summary="Stored terms found in a live text (at most --max-matches), with their predictions "
                                 "or, with --terms, their concept and language")
