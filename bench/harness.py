@@ -46,3 +46,17 @@ def run_with_peak(command: list[str], preexec_fn=None) -> tuple[int, float, floa
         seconds = time.perf_counter() - started
         out.seek(0), err.seek(0)
         return os.waitstatus_to_exitcode(status), seconds, usage.ru_maxrss / 2**20, out.read(), err.read()
+
+
+def describe_cpu() -> str:
+    """The CPU by what it is: its model name, cores, and the vector units that decide speed here (a figure names
+    the CPU it was measured on; an AVX2-only AMD EPYC and one with AVX-512 BF16 share a model name)."""
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    units = ("AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags
+             else "AVX-512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else "no AVX2")
+    return f"{name} ({units}), {os.cpu_count()} cores"

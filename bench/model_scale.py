@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import run_with_peak
+from harness import describe_cpu, run_with_peak
 from rich.console import Console
 from rich.table import Table
 
@@ -100,9 +100,7 @@ def main() -> None:
     train, test = words(args.train, args.test, work)
     cgroup = make_cgroup(args.cgroup_gib) if args.cgroup_gib else None
     console = Console(width=180)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
-    console.print(f"{cpu}, {os.cpu_count()} cores; limit: {f'cgroup {args.cgroup_gib} GiB' if cgroup else 'none'};"
+    console.print(f"{describe_cpu()}; limit: {f'cgroup {args.cgroup_gib} GiB' if cgroup else 'none'};"
                   f" tokenizer of {SMOLLM2_NAME}; {args.train} training / {args.test} test words, --precision fp32")
     table = Table(title="speed per parameter, and the memory plan against the measured peak")
     for column in ("shape", "params", "run", "status", "seconds", "speed", "peak GiB", "plan GiB",
