@@ -162,3 +162,21 @@ def test_sotu_tasks_are_passages_from_disjoint_addresses(name):
     else:
         assert task.value_range == (1853.0, 2021.0) and all(1853 <= e.label <= 2021 for e in task.test)
     assert task.slice_field == "era" and all("era" in e.extra for e in task.test)
+
+
+def test_spam_task_is_two_fields_of_held_apart_mails():
+    task = load_task("spam")
+    assert (len(task.train), len(task.test), len(task.unlabeled)) == (600, 400, 800)
+    assert task.text_fields == ("subject", "body") and task.labels == ("legitimate", "spam")
+    texts = [e.text for e in task.train + task.test] + list(task.unlabeled)
+    assert len(set(texts)) == len(texts) and all(text.startswith("subject: ") for text in texts)
+    assert "{subject}" in task.template and "{body}" in task.template
+
+
+def test_language_task_has_fifty_labels_and_one_answer_per_name():
+    task = load_task("language")
+    assert len(task.labels) == 50 and (len(task.train), len(task.test)) == (600, 400)
+    assert {sum(e.label == label for e in task.test) for label in task.labels} == {8}
+    texts = [e.text for e in task.train + task.test] + list(task.unlabeled)
+    assert len({text.casefold() for text in texts}) == len(texts)  # no name in two languages
+    assert "Norwegian Bokmål" in task.labels and "{text}" in task.template

@@ -14,7 +14,7 @@ from tunelab.tasks.core import SPLIT_SEED, Example, Kind, Task, make_task, split
 from tunelab.tasks.fields import default_template, parse_field_names
 from tunelab.tasks.files import read_examples, read_rows, read_text_file
 
-BUILTIN_TASKS = ("vader", "vader-valence", "subjectivity", "fruit", "sotu-party", "sotu-year", "spam")
+BUILTIN_TASKS = ("vader", "vader-valence", "subjectivity", "fruit", "sotu-party", "sotu-year", "spam", "language")
 __all__ = ["BUILTIN_TASKS", "SPLIT_SEED", "Example", "Kind", "Task", "TaskSource", "load_task", "make_task",
            "read_examples", "read_rows", "read_text_file", "split_examples"]
 

@@ -174,6 +174,33 @@ def _spam() -> Task:
                      instruction="Is each e-mail spam (unsolicited bulk mail) or legitimate?\n\n")
 
 
+LANGUAGE_TRAIN, LANGUAGE_TEST = 12, 8  # names per language: 50 languages -> 600 training and 400 test names
+
+
+def _language() -> Task:
+    """Many labels: a country's name as one of 50 languages writes it -> that language (English names of the
+    languages, one to four tokens). Built by scripts/build_language.py from the Unicode CLDR in `babel`; names two
+    languages share are left out. Per language, a fixed draw of its names is the training and test split; the other
+    names are the unlabeled texts."""
+    with gzip.open(DATA / "language.jsonl.gz", "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    by_language: dict[str, list[dict]] = {}
+    for row in rows:
+        by_language.setdefault(row["label"], []).append(row)
+    rng, train, test, unlabeled = random.Random(SPLIT_SEED), [], [], []
+    for language in sorted(by_language):
+        names = by_language[language][:]
+        rng.shuffle(names)
+        examples = [Example(row["text"], language, extra={"territory": row["territory"]}) for row in names]
+        train += examples[:LANGUAGE_TRAIN]
+        test += examples[LANGUAGE_TRAIN:LANGUAGE_TRAIN + LANGUAGE_TEST]
+        unlabeled += [row["text"] for row in names[LANGUAGE_TRAIN + LANGUAGE_TEST:]]
+    return make_task("language", "classification", train, test, unlabeled=tuple(unlabeled),
+                     template="Name: {text}\nLanguage: {label}",
+                     instruction="In which language is each country's name written?\n\n")
+
+
 BUILDERS = {"vader": lambda: _vader("classification"), "vader-valence": lambda: _vader("regression"),
             "subjectivity": _subjectivity, "fruit": _fruit, "sotu-party": lambda: _sotu("classification"),
-            "sotu-year": lambda: _sotu("regression"), "spam": _spam}
+            "sotu-year": lambda: _sotu("regression"), "spam": _spam,
+            "language": _language}
