@@ -140,6 +140,9 @@ def _readers_files(folder: Path) -> None:
     (folder / "mails.csv").write_text(csv)
     (folder / "tickets.csv").write_text(csv)
     (folder / "reviews.csv").write_text("review,verdict\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+    tickets = [{"subject": w, "body": f"{w} and {v}", "label": label} for words, label in
+               ((POSITIVE, "positive"), (NEGATIVE, "negative")) for w, v in zip(words, reversed(words))]
+    (folder / "tickets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tickets))
     (folder / "queries.txt").write_text("".join(f"{w}\n" for w in ["wonderful", *POSITIVE[:4], *NEGATIVE[:4]]))
     (folder / "words.txt").write_text("".join(f"{w}\n" for w in POSITIVE + NEGATIVE))
     (folder / "big.jsonl").write_text("".join(json.dumps({"text": w}) + "\n" for w in POSITIVE + NEGATIVE))
