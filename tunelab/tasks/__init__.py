@@ -23,7 +23,7 @@ __all__ = ["BUILTIN_TASKS", "SPLIT_SEED", "Example", "Kind", "Task", "TaskSource
 class TaskSource:
     """Where a command's task comes from: the flags every task-reading command shares (help beside each type)."""
     task: Annotated[str | None, "Built-in task: vader, vader-valence, subjectivity, fruit, sotu-party, sotu-year, "
-                                "spam."] = None
+                                "spam (two fields), language (50 labels)."] = None
     train: Annotated[Path | None, "Training examples, JSONL or CSV."] = None
     test: Annotated[Path | None, "Test examples; without it a fixed-seed stratified split of --train is made."] = None
     text_field: Annotated[str, "Field holding the input text."] = "text"
