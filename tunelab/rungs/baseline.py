@@ -98,6 +98,11 @@ class _Field:
         return [split_fields(record, self.fields)[self.field] for record in records]
 
 
+def _vectorizer(step) -> TfidfVectorizer:
+    """The TF-IDF vectoriser of a feature step: the step itself, or the end of a (pick a field -> TF-IDF) pipeline."""
+    return step.named_steps["tfidf"] if isinstance(step, Pipeline) else step
+
+
 class LinearPipeline:
     """What a predictor ending in a fitted scikit-learn linear model (the step named "model" of `self.pipeline`)
     shares: its trainable parameters and its predictions in the predictor's label order, clipped for regression.
@@ -137,8 +142,7 @@ class BaselinePredictor(LinearPipeline):
     def _vectorizers(self) -> dict[str, TfidfVectorizer]:
         if self.embed:
             return {}
-        return {name: step.named_steps["tfidf"] if isinstance(step, Pipeline) else step
-                for name, step in self.pipeline.named_steps["features"].transformer_list}
+        return {name: _vectorizer(step) for name, step in self.pipeline.named_steps["features"].transformer_list}
 
     def _tensors(self) -> dict[str, np.ndarray]:
         tensors = {"coef": np.ascontiguousarray(self.linear.coef_, dtype=np.float64),
@@ -206,7 +210,7 @@ class BaselinePredictor(LinearPipeline):
                  if payload["method"] == "embed" else None)
         features = _features(payload["features"], embed, vocabularies)
         for name, step in ([] if embed else features.transformer_list):
-            vectorizer = step.named_steps["tfidf"] if isinstance(step, Pipeline) else step
+            vectorizer = _vectorizer(step)
             if len(vectorizer.vocabulary) != len(tensors[f"idf_{name}"]):
                 raise ModelError(f"{directory}: vocabulary.json and baseline.safetensors disagree on {name} terms")
             vectorizer.idf_ = tensors[f"idf_{name}"]
@@ -233,7 +237,7 @@ def _feature_settings(pipeline: Pipeline) -> dict:
                 "overlap": EMBED_OVERLAP, **({"fields": list(embed.fields)} if embed.fields else {})}
     settings = {}
     for name, step in features.transformer_list:
-        v = step.named_steps["tfidf"] if isinstance(step, Pipeline) else step
+        v = _vectorizer(step)
         settings[name] = {"analyzer": v.analyzer, "ngram_range": list(v.ngram_range), "sublinear_tf": v.sublinear_tf}
         if isinstance(step, Pipeline):
             picker = step.named_steps["field"].func
