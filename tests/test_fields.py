@@ -133,6 +133,15 @@ def test_tfidf_fits_a_vectoriser_per_field_and_reloads_the_same(two_field_task, 
     assert features.shape[0] == 2 and (features[0] != features[1]).nnz > 0
 
 
+def test_a_field_empty_in_every_training_row_gets_no_vectoriser(two_field_task):
+    rows = [Example(record(split_fields(e.text, FIELDS)["subject"], ""), e.label) for e in two_field_task.train]
+    task = make_task("no-body", "classification", rows, list(two_field_task.test), text_fields=FIELDS)
+    predictor = fit_baseline(task, BaselineConfig(method="tfidf"))
+    names = [name for name, _ in predictor.pipeline.named_steps["features"].transformer_list]
+    assert names and all(name.startswith("subject.") for name in names)
+    assert len(predictor.predict_batch([e.text for e in task.test]).labels) == len(task.test)
+
+
 def test_embed_reads_the_values_joined_by_the_encoders_separator(two_field_task, tmp_path):
     fitted = fit_baseline(two_field_task, BaselineConfig(method="embed"), out_dir=tmp_path / "embed")
     loaded = load_predictor(tmp_path / "embed")

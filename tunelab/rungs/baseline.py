@@ -268,6 +268,8 @@ def _tfidf_settings(texts: list[str], fields: tuple[str, ...] = ()) -> dict:
         settings = {}
         for field in fields:
             values = _Field(field, fields)(texts)
+            if not any(value.strip() for value in values):  # empty in every training row: no vocabulary to learn
+                continue
             for name, analyzer in _tfidf_settings(values).items():
                 settings[f"{field}.{name}"] = {**analyzer, "field": field, "fields": list(fields)}
         return settings
