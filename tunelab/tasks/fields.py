@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import string
+from functools import lru_cache
 
 from tunelab.errors import InputError
 
@@ -71,6 +72,7 @@ def encoder_text(record: str, names: tuple[str, ...], separator: str) -> str:
     return f" {separator} ".join(split_fields(record, names).values())
 
 
+@lru_cache(maxsize=256)  # asked for every query a prompt builds; a task has a handful of templates
 def template_fields(template: str) -> tuple[str, ...]:
     """The field names a template holds besides {text} and {label}, in order of first appearance."""
     seen: list[str] = []
@@ -85,7 +87,9 @@ def fill(pattern: str, text: str) -> str:
     record, for several fields), {subject} a field of it. A template may name some of the record's fields only.
     One pass over the pattern, so a value that holds "{body}" stays as it is."""
     names = template_fields(pattern)
-    values = _record_values(text, names) if names else {}
+    if not names:  # one text: the common case, and the hot one
+        return pattern.replace("{text}", text)
+    values = _record_values(text, names)
     values["text"] = text
     return re.sub(r"\{([A-Za-z0-9_-]+)\}", lambda m: values.get(m.group(1), m.group(0)), pattern)
 
