@@ -35,7 +35,7 @@ from tunelab.models import MiniLMEmbedder
 from tunelab.predictor import Predictions, save_predictor, write_artifact_json
 from tunelab.scoring.length import fit_texts, special_frame, text_tokens, window_spans
 from tunelab.tasks import Task
-from tunelab.tasks.fields import encoder_text, split_fields
+from tunelab.tasks.fields import encoder_texts, split_fields
 
 SHORT_TEXT_CHARS = 200  # median training text at most this long: add character n-grams (words alone are too few)
 EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces; longer texts: windows or a cut
@@ -47,7 +47,7 @@ class _Embed:
     """The frozen embedder as a scikit-learn step (a FunctionTransformer): texts -> L2-normalised vectors. A text
     longer than the encoder's 256 tokens is cut (head and tail kept) or read whole in overlapping windows whose
     vectors are averaged (`long_texts`). Records of several fields are read as their values joined by the
-    encoder's separator token (encoder_text)."""
+    encoder's separator token (encoder_texts)."""
 
     def __init__(self, long_texts: str = "windows", fields: tuple[str, ...] = ()):
         self.embedder, self.long_texts = MiniLMEmbedder(max_length=EMBED_MAX_TOKENS), long_texts
@@ -55,9 +55,7 @@ class _Embed:
         self.room = EMBED_MAX_TOKENS - 2  # [CLS] and [SEP] take 2 of the budget
 
     def encoder_texts(self, texts) -> list[str]:
-        if not self.fields:
-            return list(texts)
-        return [encoder_text(text, self.fields, self.embedder.tokenizer.sep_token) for text in texts]
+        return encoder_texts(list(texts), self.fields, self.embedder.tokenizer.sep_token)
 
     def fit(self, texts: list[str]) -> list[tuple[str, bool]]:
         texts = self.encoder_texts(texts)

@@ -38,7 +38,7 @@ from tunelab.scoring.length import (
 from tunelab.scoring.precision import autocast
 from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
 from tunelab.tasks import Task
-from tunelab.tasks.fields import encoder_text
+from tunelab.tasks.fields import encoder_texts
 
 
 def decoder_layers(lm: torch.nn.Module) -> tuple[torch.nn.Module, str]:
@@ -131,9 +131,7 @@ class EncoderStudent:
     def encoder_texts(self, texts: list[str]) -> list[str]:
         """What the encoder reads: the text, or a record's values joined by its separator token (measured against
         the encoder's text pair in bench/fields.py)."""
-        if not self.text_fields:
-            return texts
-        return [encoder_text(text, self.text_fields, self.tokenizer.sep_token) for text in texts]
+        return encoder_texts(texts, self.text_fields, self.tokenizer.sep_token)
 
     def _fit(self, texts: list[str]) -> list[tuple[str, bool]]:
         """The one length rule (head and tail kept), within the encoder's budget less its [CLS] and [SEP]."""
@@ -267,9 +265,7 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
             encoder = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n_outputs, **MODEL_LOCAL_ONLY)
         tokenizer = AutoTokenizer.from_pretrained(path, **LOCAL_ONLY)
         context = check_max_length(config.max_length, encoder, "the student's")
-        sample = _length_sample(task)
-        if task.text_fields:
-            sample = [encoder_text(text, task.text_fields, tokenizer.sep_token) for text in sample]
+        sample = encoder_texts(_length_sample(task), task.text_fields, tokenizer.sep_token)
         derived = length_quantile([len(ids) for ids in tokenizer(sample).input_ids], context)
         fields = {"text_fields": list(task.text_fields)} if task.text_fields else {}
         meta = {**meta, "max_length": config.max_length or min(derived, context, TRAIN_MAX_TOKENS),

@@ -20,7 +20,7 @@ import numpy as np
 from tunelab.errors import ConfigError, ModelError
 from tunelab.predictor import ENCODER_BATCH, Predictions
 from tunelab.scoring.length import fit_texts, special_frame, window_spans
-from tunelab.tasks.fields import encoder_text
+from tunelab.tasks.fields import encoder_texts
 
 ENCODER_SPECIAL_TOKENS = 2  # [CLS] and [SEP], as rungs/students.py
 ENCODER_OVERLAP = 32
@@ -110,8 +110,7 @@ class OnnxPredictor:
                 "parity": self.payload.get("parity")}
 
     def _encoder_texts(self, texts: list[str]) -> list[str]:
-        fields, separator = tuple(self.payload.get("text_fields", ())), self.payload.get("separator")
-        return [encoder_text(text, fields, separator) for text in texts] if fields else texts
+        return encoder_texts(texts, tuple(self.payload.get("text_fields", ())), self.payload.get("separator"))
 
     def _windows(self, texts: list[str]) -> list[list[list[int]]]:
         texts = self._encoder_texts(texts)

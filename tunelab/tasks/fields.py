@@ -72,6 +72,11 @@ def encoder_text(record: str, names: tuple[str, ...], separator: str) -> str:
     return f" {separator} ".join(split_fields(record, names).values())
 
 
+def encoder_texts(texts: list[str], names: tuple[str, ...], separator: str) -> list[str]:
+    """What an encoder reads of each input: the text itself, or a record's values joined by `separator`."""
+    return [encoder_text(text, names, separator) for text in texts] if names else list(texts)
+
+
 @lru_cache(maxsize=256)  # asked for every query a prompt builds; a task has a handful of templates
 def template_fields(template: str) -> tuple[str, ...]:
     """The field names a template holds besides {text} and {label}, in order of first appearance."""
