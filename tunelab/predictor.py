@@ -41,39 +41,59 @@ _RUNG_LOADERS = {
 
 @dataclass
 class Predictions:
-    """Per-text outputs: the probability of every label (classification) or a value (regression)."""
+    """Per-text outputs: the probability of every label (classification; rows sum to 1), each label's own score
+    with the threshold that decides it (multilabel), or a value (regression)."""
 
     kind: Kind
     label_names: tuple[str, ...] = ()
-    probs: np.ndarray | None = None  # (n, n_labels), rows sum to 1
+    probs: np.ndarray | None = None  # (n, n_labels)
     values: np.ndarray | None = None  # (n,)
+    thresholds: np.ndarray | None = None  # multilabel: (n_labels,), a label is chosen where its score reaches it
+
+    def __post_init__(self):
+        if self.kind == "multilabel" and self.thresholds is None:
+            self.thresholds = np.full(len(self.label_names), 0.5)
 
     def __len__(self) -> int:
-        return len(self.probs) if self.kind == "classification" else len(self.values)
+        return len(self.values) if self.kind == "regression" else len(self.probs)
 
     @property
     def labels(self) -> list[str]:
+        """The top label of each text (classification)."""
         return [self.label_names[i] for i in self.probs.argmax(axis=1)]
+
+    @property
+    def chosen(self) -> np.ndarray:
+        """(n, n_labels) booleans: the labels each text is given (multilabel)."""
+        return self.probs >= self.thresholds
+
+    @property
+    def label_sets(self) -> list[tuple[str, ...]]:
+        """The labels each text is given, in label order (multilabel)."""
+        return [tuple(name for name, on in zip(self.label_names, row) if on) for row in self.chosen]
 
     def take(self, indices) -> Predictions:
         indices = np.asarray(indices, dtype=int)
-        if self.kind == "classification":
-            return Predictions(self.kind, self.label_names, probs=self.probs[indices])
-        return Predictions(self.kind, values=self.values[indices])
+        if self.kind == "regression":
+            return Predictions(self.kind, values=self.values[indices])
+        return Predictions(self.kind, self.label_names, probs=self.probs[indices], thresholds=self.thresholds)
 
     def row(self, i: int) -> dict:
         """One prediction as plain JSON-able data."""
-        if self.kind == "classification":
-            probs = {name: float(p) for name, p in zip(self.label_names, self.probs[i])}
-            return {"label": self.label_names[int(self.probs[i].argmax())], "probs": probs}
-        return {"value": float(self.values[i])}
+        if self.kind == "regression":
+            return {"value": float(self.values[i])}
+        probs = {name: float(p) for name, p in zip(self.label_names, self.probs[i])}
+        if self.kind == "multilabel":
+            return {"labels": list(self.label_sets[i]), "probs": probs}
+        return {"label": self.label_names[int(self.probs[i].argmax())], "probs": probs}
 
     @staticmethod
     def concat(parts: list[Predictions]) -> Predictions:
         first = parts[0]
-        if first.kind == "classification":
-            return Predictions(first.kind, first.label_names, probs=np.concatenate([p.probs for p in parts]))
-        return Predictions(first.kind, values=np.concatenate([p.values for p in parts]))
+        if first.kind == "regression":
+            return Predictions(first.kind, values=np.concatenate([p.values for p in parts]))
+        return Predictions(first.kind, first.label_names, probs=np.concatenate([p.probs for p in parts]),
+                           thresholds=first.thresholds)
 
 
 @runtime_checkable
@@ -166,7 +186,7 @@ def check_fits_task(predictor: Predictor, task: Task, who: str = "the predictor"
     (with `exact`, any difference in the label sets: a teacher must hand over a distribution over the task's labels).
     """
     predicted, wanted = set(predictor.label_names), set(task.labels)
-    if predictor.kind != task.kind or (task.is_classification and (predicted != wanted if exact
+    if predictor.kind != task.kind or (task.kind != "regression" and (predicted != wanted if exact
                                                                     else not wanted <= predicted)):
         raise ConfigError(f"{who} predicts {predictor.kind} {list(predictor.label_names)}, but task {task.name} "
                           f"is {task.kind} {list(task.labels)}")
@@ -201,20 +221,23 @@ class ArtifactFile(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
     format_version: Literal[1]
     rung: Literal["prompt", "tune", "distill", "baseline", "probe", "calibrated", "cascade", "onnx"]
-    kind: Literal["classification", "regression"]
+    kind: Literal["classification", "regression", "multilabel"]
     labels: list[Annotated[str, Field(min_length=1)]]
     fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
     params_total: Annotated[int, Field(ge=1)]
     params_trainable: Annotated[int, Field(ge=0)]
     value_range: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None  # JSON has no tuples
     text_fields: list[Annotated[str, Field(min_length=1)]] = []  # several input fields, in the record's order
+    thresholds: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = None  # multilabel: one a label
     format: _PromptFormatFields | None = None
     config: dict = {}
 
     @model_validator(mode="after")
     def _label_space(self):
-        if self.kind == "classification" and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
+        if self.kind != "regression" and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
             raise ValueError("a classifier needs two or more distinct labels")
+        if self.kind == "multilabel" and (self.thresholds is None or len(self.thresholds) != len(self.labels)):
+            raise ValueError("a multi-label artifact needs one threshold for each label")
         if self.kind == "regression" and self.value_range is None and self.rung not in ("distill", "onnx"):
             raise ValueError("a regression artifact needs its value_range")
         return self

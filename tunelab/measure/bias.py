@@ -16,6 +16,7 @@ from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error
 
 from tunelab.config import BiasConfig
 from tunelab.errors import ConfigError, InputError
+from tunelab.measure import multilabel
 from tunelab.measure.evaluate import gold_and_outputs
 from tunelab.measure.intervals import interval, stratified_interval
 from tunelab.predictor import Predictions, Predictor, predict
@@ -36,6 +37,8 @@ def positive_label_of(labels: tuple[str, ...], wanted: str | None) -> str:
 def slice_metrics(task: Task, predictions: Predictions, groups: list[str], positive_label: str | None = None) -> dict:
     """Quality per slice of the test split, the largest gap between slices, and the selection-rate difference."""
     gold = [e.label for e in task.test]
+    if task.is_multilabel:
+        return _multilabel_slice_metrics(task, predictions, groups, positive_label)
     if task.is_classification:
         positive = positive_label_of(task.labels, positive_label)
         metrics = {"accuracy": accuracy_score,
@@ -59,6 +62,31 @@ def slice_metrics(task: Task, predictions: Predictions, groups: list[str], posit
         result["selection_rate_difference"] = gaps.pop("selection_rate")
         result["positive_label"] = positive
     return result
+
+
+def _multilabel_slice_metrics(task: Task, predictions: Predictions, groups: list[str], positive_label) -> dict:
+    """slice_metrics for several labels an example: micro/macro F1 and subset accuracy per slice, the largest gap,
+    its interval (micro F1), and the difference in how often the positive label is given."""
+    gold, given = gold_and_outputs(task, predictions)
+    positive = positive_label_of(task.labels, positive_label)
+    column = list(task.labels).index(positive)
+    metrics = {**multilabel.METRICS, "selection_rate": lambda _, chosen: float(np.mean(chosen[:, column]))}
+    frame = MetricFrame(metrics=metrics, y_true=gold, y_pred=given, sensitive_features=np.asarray(groups))
+    by_group = {str(group): {name: float(value) for name, value in row.items()}
+                for group, row in frame.by_group.iterrows()}
+    for group, size in zip(*np.unique(np.asarray(groups), return_counts=True)):
+        by_group[str(group)]["n"] = int(size)
+    gaps = {name: float(value) for name, value in frame.difference().items()}
+    group_of = np.unique(np.asarray(groups), return_inverse=True)[1]
+
+    def largest_gap(idx):
+        values = [multilabel.micro_f1(gold[idx][group_of[idx] == g], given[idx][group_of[idx] == g])
+                  for g in np.unique(group_of[idx])]
+        return float(max(values) - min(values))
+
+    return {"by_group": by_group, "largest_gap": gaps, "selection_rate_difference": gaps.pop("selection_rate"),
+            "positive_label": positive,
+            "gap_interval": {"metric": "micro_f1", "interval": interval(largest_gap, len(gold))}}
 
 
 def _slice_gap_interval(task: Task, predictions: Predictions, groups: list[str]) -> dict:
@@ -143,11 +171,11 @@ def counterfactual_gaps(predictor: Predictor, probes: dict, *, threshold: float 
     groups, templates = probes["groups"], probes["templates"]
     texts = probe_texts(probes, text_fields)
     predictions = predict(predictor, texts)
-    classification = predictor.kind == "classification"
+    classification = predictor.kind != "regression"  # several labels: P(positive) is that label's own score
     if classification:
         positive = positive_label_of(predictor.label_names, positive_label)
         scores = predictions.probs[:, list(predictor.label_names).index(positive)]
-        labels = predictions.labels
+        labels = predictions.label_sets if predictor.kind == "multilabel" else predictions.labels
     else:
         scores, labels = predictions.values, [None] * len(texts)
     group_names = list(groups)

@@ -11,6 +11,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import mean_absolute_error
 
+from tunelab.measure import multilabel
 from tunelab.measure.intervals import METHOD, metric_intervals
 from tunelab.predictor import Predictions, Predictor, predict
 from tunelab.tasks import Task
@@ -18,7 +19,9 @@ from tunelab.tasks import Task
 CALIBRATION_BINS = 10
 # The one figure a rung is judged by (targets, "cheapest rung", quality ratios). Spearman for regression: like
 # accuracy, higher is better and it does not depend on the target's scale.
-QUALITY_METRIC = {"classification": "accuracy", "regression": "spearman"}
+# Micro F1 for several labels an example: every (example, label) decision counts once, so frequent labels weigh
+# more, as accuracy weighs frequent classes.
+QUALITY_METRIC = {"classification": "accuracy", "regression": "spearman", "multilabel": "micro_f1"}
 
 
 def quality_metric(kind: str) -> str:
@@ -27,8 +30,12 @@ def quality_metric(kind: str) -> str:
 
 
 def headline_quality(metrics: dict) -> float:
-    """The deciding figure of an evaluate() result (accuracy, or Spearman for regression)."""
-    return metrics["accuracy"] if "accuracy" in metrics else metrics["spearman"]
+    """The deciding figure of an evaluate() result (accuracy; micro F1 for several labels; Spearman for
+    regression)."""
+    for name in ("accuracy", "micro_f1"):
+        if name in metrics:
+            return metrics[name]
+    return metrics["spearman"]
 
 
 def peak_rss_mb() -> float:
@@ -93,6 +100,8 @@ def macro_f1(gold: np.ndarray, predicted: np.ndarray, n_labels: int) -> float:
 
 def metric_functions(task: Task) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
     """The quality figures of a task's kind, each `fn(gold, predicted)` on arrays of label codes or values."""
+    if task.is_multilabel:
+        return dict(multilabel.METRICS)
     if task.is_classification:
         n_labels = len(task.labels)
         return {"accuracy": lambda gold, predicted: float(np.mean(gold == predicted)),
@@ -104,8 +113,12 @@ def metric_functions(task: Task) -> dict[str, Callable[[np.ndarray, np.ndarray],
 
 def gold_and_outputs(task: Task, predictions: Predictions, examples=None) -> tuple[np.ndarray, np.ndarray]:
     """The gold and predicted label codes (indices into task.labels; len(task.labels) for a label outside them), or
-    values, of `examples` (default: the test split), as arrays the metric functions take."""
+    values, of `examples` (default: the test split), as arrays the metric functions take; for several labels an
+    example, the (n, n_labels) booleans held and given."""
     examples = task.test if examples is None else examples
+    if task.is_multilabel:
+        order = [predictions.label_names.index(label) for label in task.labels]
+        return multilabel.label_matrix(task, examples), predictions.chosen[:, order]
     if task.is_classification:
         code = {label: i for i, label in enumerate(task.labels)}
         return (np.array([code[e.label] for e in examples]),
@@ -120,11 +133,15 @@ def deciding_metric(task: Task) -> Callable[[np.ndarray, np.ndarray], float]:
 
 
 def quality(task: Task, predictions: Predictions) -> dict:
-    """accuracy, macro_f1 and ece (classification), or mae, rmse and spearman (regression), and an interval for
+    """accuracy, macro_f1 and ece (classification), micro_f1, macro_f1, subset_accuracy and the mean per-label ece
+    (multilabel), or mae, rmse and spearman (regression), and an interval for
     each figure but ece (`intervals`, by intervals.METHOD)."""
     gold, predicted = gold_and_outputs(task, predictions)
     functions = metric_functions(task)
     figures = {name: fn(gold, predicted) for name, fn in functions.items()}
+    if task.is_multilabel:
+        order = [predictions.label_names.index(label) for label in task.labels]
+        figures["ece"] = multilabel.label_ece(predictions.probs[:, order], gold)
     if task.is_classification:
         figures["ece"] = expected_calibration_error(predictions.probs.max(axis=1), (gold == predicted).astype(float))
         figures["reliability"] = reliability(predictions.probs.max(axis=1), (gold == predicted).astype(float))

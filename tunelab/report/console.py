@@ -129,14 +129,15 @@ def progress_bars(console, transient: bool = True):
 
 _HEADERS = {"rung": "rung", "method": "method", "epochs_run": "epochs", "train_seconds": "train s",
             "peak_rss_mb": "peak MB", "shots": "K", "select": "select", "calibrate": "calib", "accuracy": "acc",
-            "macro_f1": "F1", "mae": "MAE", "spearman": "rho", "examples_per_s": "ex/s", "params_total": "params",
+            "macro_f1": "F1", "micro_f1": "micro F1", "subset_accuracy": "exact", "mae": "MAE", "spearman": "rho", "examples_per_s": "ex/s", "params_total": "params",
             "params_trainable": "trainable"}
 
 
 def results_table(results: list[dict], title: str) -> Table:
     """evaluate() results (one per row) as a table with the columns they have: quality, speed, parameters."""
-    quality = ["mae", "spearman"] if "mae" in results[0] else ["accuracy", "macro_f1"]
-    columns = [c for c in ["rung", "method", "shots", "select", "calibrate", *quality, "examples_per_s",
+    quality = (["mae", "spearman"] if "mae" in results[0] else ["micro_f1", "macro_f1", "subset_accuracy"]
+               if "micro_f1" in results[0] else ["accuracy", "macro_f1"])
+    columns = [c for c in ["rung", "method", "shots", "select", "calibrate", *dict.fromkeys(quality), "examples_per_s",
                            "params_total", "params_trainable", "epochs_run", "train_seconds", "peak_rss_mb"]
                if any(c in r for r in results)]
     table = Table(title=title)

@@ -68,7 +68,7 @@ def _figures(report: dict) -> dict:
                                                                                type="log"),
             yaxis_title=metric, **{**layout, "showlegend": True})
     slices = go.Figure()
-    key = "accuracy" if metric == "accuracy" else "mae"
+    key = metric if metric in ("accuracy", "micro_f1") else "mae"
     for rung, result in report["rungs"].items():
         by_group = result["bias"]["slices"]["by_group"]
         slices.add_bar(name=rung, x=list(by_group), y=[values.get(key, 0.0) for values in by_group.values()],

@@ -3,8 +3,10 @@
 - `tfidf`: word 1-2-gram TF-IDF (plus character 2-5-grams when the texts are short) and a linear model;
 - `embed`: frozen all-MiniLM-L6-v2 sentence embeddings and the same linear model (long texts read in windows);
 - the frozen-LLM probe has its own module (probe.py): it needs the base model.
-The linear model is logistic regression for classification and ridge regression for regression, its strength
-chosen by scikit-learn's own cross-validation on the training split. Everything is a scikit-learn `Pipeline`.
+The linear model is logistic regression for classification, one logistic regression per label for several labels
+an example (one-vs-rest, each label's threshold chosen on cross-validated predictions of the training split), and
+ridge regression for regression, its strength chosen by scikit-learn's own cross-validation on the training split.
+Everything is a scikit-learn `Pipeline`.
 
 A saved baseline is a normal predictor folder: tunelab.json, the fitted numbers in `baseline.safetensors` and the
 vocabularies in `vocabulary.json` (never a pickle); loading rebuilds the same pipeline from them.
@@ -23,14 +25,19 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 from sklearn.feature_extraction.text import TfidfVectorizer
+from scipy.special import expit
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
-from sklearn.model_selection import StratifiedKFold
+from sklearn.metrics import log_loss, make_scorer
+from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold, cross_val_predict
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from tunelab.config import BaselineConfig
 from tunelab.errors import ConfigError, ModelError
 from tunelab.measure.evaluate import evaluate
+from tunelab.measure.multilabel import choose_thresholds, label_matrix
 from tunelab.models import MiniLMEmbedder
 from tunelab.predictor import Predictions, save_predictor, write_artifact_json
 from tunelab.scoring.length import fit_texts, special_frame, text_tokens, window_spans
@@ -101,6 +108,53 @@ def _vectorizer(step) -> TfidfVectorizer:
     return step.named_steps["tfidf"] if isinstance(step, Pipeline) else step
 
 
+class PerLabelLogistic(BaseEstimator, ClassifierMixin):
+    """One logistic regression per label (scikit-learn's OneVsRestClassifier fits them), kept as one coefficient
+    matrix: a saved predictor is rebuilt from these numbers without a pickle, and OneVsRestClassifier's fitted
+    members cannot be set from outside. A label every training example holds (or none) gets a constant."""
+
+    CONSTANT_LOGIT = 10.0  # a label fixed in training: its score is expit(+-10), i.e. 1 or 0 to four decimals
+
+    def __init__(self, C: float = 1.0):
+        self.C = C
+
+    def fit(self, x, y):
+        y = np.asarray(y, dtype=int)
+        fitted = OneVsRestClassifier(LogisticRegression(C=self.C, max_iter=2000)).fit(x, y)
+        coef, intercept = np.zeros((y.shape[1], x.shape[1])), np.zeros(y.shape[1])
+        for j, member in enumerate(fitted.estimators_):
+            if hasattr(member, "coef_"):
+                coef[j], intercept[j] = member.coef_[0], member.intercept_[0]
+            else:  # scikit-learn's constant predictor
+                intercept[j] = self.CONSTANT_LOGIT if y[0, j] else -self.CONSTANT_LOGIT
+        self.coef_, self.intercept_, self.classes_ = coef, intercept, np.arange(y.shape[1])
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def predict_proba(self, x) -> np.ndarray:
+        """(n, n_labels): each label's own probability (the columns need not sum to 1)."""
+        return expit(np.asarray(x @ self.coef_.T) + self.intercept_)
+
+    def predict(self, x) -> np.ndarray:
+        return (self.predict_proba(x) >= 0.5).astype(int)
+
+
+def _mean_label_log_loss(gold, scores) -> float:
+    return float(np.mean([log_loss(gold[:, j], scores[:, j], labels=[0, 1]) for j in range(gold.shape[1])]))
+
+
+def fit_per_label(x, matrix: np.ndarray, seed: int) -> tuple[PerLabelLogistic, np.ndarray, float]:
+    """The per-label logistic regressions on features `x` and the (n, n_labels) label matrix: one strength for all
+    labels chosen by 3-fold cross-validation (mean per-label log loss), each label's threshold chosen on the same
+    folds' out-of-fold scores (best F1). Returns (fitted model, thresholds, strength)."""
+    folds = KFold(n_splits=min(3, len(matrix)), shuffle=True, random_state=seed)
+    scorer = make_scorer(_mean_label_log_loss, response_method="predict_proba", greater_is_better=False)
+    search = GridSearchCV(PerLabelLogistic(), {"C": list(STRENGTHS)}, scoring=scorer, cv=folds).fit(x, matrix)
+    strength = float(search.best_params_["C"])
+    out_of_fold = cross_val_predict(PerLabelLogistic(C=strength), x, matrix, cv=folds, method="predict_proba")
+    return search.best_estimator_, choose_thresholds(out_of_fold, matrix), strength
+
+
 class LinearPipeline:
     """What a predictor ending in a fitted scikit-learn linear model (the step named "model" of `self.pipeline`)
     shares: its trainable parameters and its predictions in the predictor's label order, clipped for regression.
@@ -116,6 +170,9 @@ class LinearPipeline:
         return int(self.linear.coef_.size + np.size(self.linear.intercept_))
 
     def _pipeline_predictions(self, inputs) -> Predictions:
+        if self.kind == "multilabel":  # the columns are the label names' order
+            return Predictions("multilabel", self.label_names, probs=self.pipeline.predict_proba(inputs),
+                               thresholds=np.asarray(self.thresholds))
         if self.kind == "classification":
             probs = self.pipeline.predict_proba(inputs)
             order = [list(self.linear.classes_).index(label) for label in self.label_names]
@@ -129,9 +186,10 @@ class BaselinePredictor(LinearPipeline):
     rung = "baseline"
 
     def __init__(self, pipeline: Pipeline, *, method: str, kind: str, label_names: tuple[str, ...],
-                 value_range: tuple[float, float] | None, embed: _Embed | None, meta: dict):
+                 value_range: tuple[float, float] | None, embed: _Embed | None, meta: dict,
+                 thresholds: list[float] | None = None):
         self.pipeline, self.method, self.kind, self.label_names = pipeline, method, kind, tuple(label_names)
-        self.value_range, self.embed, self.meta = value_range, embed, meta
+        self.value_range, self.embed, self.meta, self.thresholds = value_range, embed, meta, thresholds
 
     @property
     def params_total(self) -> int:
@@ -156,7 +214,8 @@ class BaselinePredictor(LinearPipeline):
     def fingerprint(self) -> str:
         """Covers what decides a prediction: the fitted numbers, the vocabularies, the method, kind and labels."""
         digest = hashlib.sha256(json.dumps([self.method, self.kind, list(self.label_names), self.value_range,
-                                            self._vocabularies(), _feature_settings(self.pipeline)],
+                                            self._vocabularies(), _feature_settings(self.pipeline),
+                                            *([list(self.thresholds)] if self.thresholds is not None else [])],
                                            sort_keys=True).encode())
         for name, array in sorted(self._tensors().items()):
             digest.update(name.encode() + array.tobytes())
@@ -195,6 +254,7 @@ class BaselinePredictor(LinearPipeline):
         write_artifact_json(directory, {
             "rung": self.rung, "method": self.method, "kind": self.kind, "labels": list(self.label_names),
             "value_range": self.value_range, "features": _feature_settings(self.pipeline),
+            **({"thresholds": list(self.thresholds)} if self.thresholds is not None else {}),
             "linear_model": type(self.linear).__name__, **self.meta, "params_total": self.params_total,
             "params_trainable": self.params_trainable, "fingerprint": self.fingerprint})
 
@@ -212,18 +272,29 @@ class BaselinePredictor(LinearPipeline):
             if len(vectorizer.vocabulary) != len(tensors[f"idf_{name}"]):
                 raise ModelError(f"{directory}: vocabulary.json and baseline.safetensors disagree on {name} terms")
             vectorizer.idf_ = tensors[f"idf_{name}"]
-        if kind == "classification":
-            linear = LogisticRegression()
-            linear.classes_ = np.array(payload["classes"], dtype=object)
-            linear.coef_, linear.intercept_ = tensors["coef"], tensors["intercept"]
-        else:
-            linear = Ridge()
-            linear.coef_, linear.intercept_ = tensors["coef"], float(tensors["intercept"][0])
-        linear.n_features_in_ = tensors["coef"].shape[-1]
+        linear = linear_from_tensors(kind, tensors, payload.get("classes", []))
         value_range = tuple(payload["value_range"]) if payload.get("value_range") else None
         meta = {key: payload[key] for key in ("config", "training", "classes", "metrics") if key in payload}
         return cls(Pipeline([("features", features), ("model", linear)]), method=payload["method"], kind=kind,
-                   label_names=labels, value_range=value_range, embed=embed, meta=meta)
+                   label_names=labels, value_range=value_range, embed=embed, meta=meta,
+                   thresholds=payload.get("thresholds"))
+
+
+def linear_from_tensors(kind: str, tensors: dict[str, np.ndarray], classes: list[str]):
+    """The fitted linear model a saved baseline or probe holds, rebuilt from its coefficients."""
+    if kind == "classification":
+        linear = LogisticRegression()
+        linear.classes_ = np.array(classes, dtype=object)
+        linear.coef_, linear.intercept_ = tensors["coef"], tensors["intercept"]
+    elif kind == "multilabel":
+        linear = PerLabelLogistic()
+        linear.coef_, linear.intercept_ = tensors["coef"], tensors["intercept"]
+        linear.classes_ = np.arange(len(tensors["intercept"]))
+    else:
+        linear = Ridge()
+        linear.coef_, linear.intercept_ = tensors["coef"], float(tensors["intercept"][0])
+    linear.n_features_in_ = tensors["coef"].shape[-1]
+    return linear
 
 
 def _feature_settings(pipeline: Pipeline) -> dict:
@@ -292,8 +363,9 @@ def _linear_model(task: Task, seed: int):
 
 def check_training_set(task: Task) -> None:
     """Raises ConfigError when the training split cannot fit a baseline (too few examples or labels)."""
-    labels_seen = {e.label for e in task.train}
-    if len(task.train) < 2 or (task.is_classification and labels_seen != set(task.labels)):
+    labels_seen = {label for e in task.train for label in e.label} if task.is_multilabel else \
+        {e.label for e in task.train}
+    if len(task.train) < 2 or (task.kind != "regression" and labels_seen != set(task.labels)):
         raise ConfigError(f"a baseline needs training examples of every label of task {task.name}; the training "
                           f"split has {len(task.train)} examples of {sorted(map(str, labels_seen))}")
 
@@ -308,14 +380,18 @@ def fit_baseline(task: Task, config: BaselineConfig = BaselineConfig(), *, out_d
     texts = [e.text for e in task.train]
     embed = _Embed(config.long_texts, task.text_fields) if config.method == "embed" else None
     features = _features({} if embed else _tfidf_settings(texts, task.text_fields), embed)
-    linear = _linear_model(task, config.seed)
     started = time.perf_counter()
-    pipeline = Pipeline([("features", features), ("model", linear)])
-    labels = [e.label for e in task.train]
-    pipeline.fit(texts, labels if task.is_classification else np.array(labels, dtype=float))
+    labels, thresholds = [e.label for e in task.train], None
+    if task.is_multilabel:
+        linear, thresholds, strength = fit_per_label(features.fit_transform(texts), label_matrix(task, task.train),
+                                                     config.seed)
+        pipeline = Pipeline([("features", features), ("model", linear)])
+    else:
+        pipeline = Pipeline([("features", features), ("model", _linear_model(task, config.seed))])
+        pipeline.fit(texts, labels if task.is_classification else np.array(labels, dtype=float))
+        fitted = pipeline.named_steps["model"]
+        strength = getattr(fitted, "C_", getattr(fitted, "alpha_", None))
     seconds = time.perf_counter() - started
-    fitted = pipeline.named_steps["model"]
-    strength = getattr(fitted, "C_", getattr(fitted, "alpha_", None))
     meta = {"config": asdict(config), "training": {
         "train_seconds": seconds, "n_train": len(texts),
         "strength": float(np.atleast_1d(strength)[0]) if strength is not None else 1.0,
@@ -323,10 +399,12 @@ def fit_baseline(task: Task, config: BaselineConfig = BaselineConfig(), *, out_d
     value_range = None
     if task.is_classification:
         meta["classes"] = [str(c) for c in fitted.classes_]
-    else:
+    elif not task.is_multilabel:
         value_range = (float(min(labels)), float(max(labels)))
-    predictor = BaselinePredictor(_plain(pipeline, task), method=config.method, kind=task.kind,
-                                  label_names=task.labels, value_range=value_range, embed=embed, meta=meta)
+    plain = pipeline if task.is_multilabel else _plain(pipeline, task)  # PerLabelLogistic is already plain
+    predictor = BaselinePredictor(plain, method=config.method, kind=task.kind, label_names=task.labels,
+                                  value_range=value_range, embed=embed, meta=meta,
+                                  thresholds=None if thresholds is None else [float(t) for t in thresholds])
     if task.test:
         predictor.meta["metrics"] = evaluate(predictor, task)
     if out_dir is not None:

