@@ -132,3 +132,24 @@ def test_the_bias_report_slices_micro_f1_and_probes_the_positive_labels_own_scor
                                                                         slices["by_group"].values())
     assert slices["largest_gap"]["micro_f1"] == pytest.approx(gap)
     assert report["counterfactual"]["measure"] == "P(positive)" and report["counterfactual"]["verdict"]
+
+
+def test_every_rung_of_the_ladder_runs_on_a_multi_label_task(tiny_model, multilabel_task, tmp_path):
+    from tunelab.ladder import LadderConfig, run
+
+    rungs = ("tfidf", "embed", "probe", "zero", "one", "few", "lora", "full", "distill", "cascade")
+    report = run(tiny_model, multilabel_task, LadderConfig(rungs=rungs, curve=(0, 1), epochs=1, student="pruned:1",
+                                                           target_quality=0.0), tmp_path / "run")
+    assert set(report["rungs"]) == set(rungs) and report["rungs_left_out"] == {}
+    assert report["choice"]["metric"] == "micro_f1"
+    for rung in rungs:
+        metrics = report["rungs"][rung]["metrics"]
+        for name in ("micro_f1", "macro_f1", "subset_accuracy"):
+            low, high = metrics["intervals"][name]
+            assert low <= metrics[name] <= high, (rung, name)
+        outputs = report["rungs"][rung]["test_outputs"]
+        assert len(outputs) == len(multilabel_task.test) and all(set(o) <= set(LABELS) for o in outputs)
+        payload = read_artifact_json(tmp_path / "run" / rung / "predictor")
+        assert payload["kind"] == "multilabel" and len(payload["thresholds"]) == len(LABELS), rung
+        assert load_predictor(tmp_path / "run" / rung / "predictor").fingerprint == payload["fingerprint"], rung
+    assert report["rungs"]["tfidf"]["metrics"]["micro_f1"] > 0.8

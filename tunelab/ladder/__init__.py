@@ -219,7 +219,7 @@ def rungs_left_out(task: Task, config: LadderConfig) -> dict[str, str]:
     """Rungs asked for that cannot run on this task or without another rung, and why (the report says so)."""
     left_out = {}
     if "cascade" in config.rungs:
-        if not task.is_classification:
+        if task.kind == "regression":
             left_out["cascade"] = "a cascade routes by a classifier's top probability; this task is regression"
         elif "distill" not in config.rungs or not {"lora", "full"} & set(config.rungs):
             left_out["cascade"] = "the cascade is built from the distill rung's student and a fine-tuned teacher"

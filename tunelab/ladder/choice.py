@@ -4,6 +4,7 @@ cheapest rung that is good enough, by interval against the target or tied with t
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from tunelab.measure.evaluate import (
     quality_metric,
 )
 from tunelab.measure.intervals import paired_difference
+from tunelab.measure.multilabel import label_set_matrix
 from tunelab.models import Model, weights_fingerprint
 from tunelab.predictor import read_artifact_json
 from tunelab.tasks import Task
@@ -63,6 +65,8 @@ def paired_quality(results: dict, task: Task, first: str, second: str) -> dict:
     """first's quality minus second's, with its interval on paired resamples of the test split."""
     encode = (lambda outputs: np.array([task.labels.index(o) if o in task.labels else len(task.labels)
                                         for o in outputs])) if task.is_classification else np.array
+    if task.is_multilabel:  # outputs are label sets
+        encode = partial(label_set_matrix, task.labels)
     gold = encode([e.label for e in task.test])
     return paired_difference(deciding_metric(task), gold, encode(results[first]["test_outputs"]),
                              encode(results[second]["test_outputs"]))

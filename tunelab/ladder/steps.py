@@ -17,6 +17,7 @@ from tunelab.measure.evaluate import (
     evaluate,
     evaluate_predictions,
     headline_quality,
+    quality_metric,
 )
 from tunelab.models import Model
 from tunelab.predictor import load_predictor, save_predictor
@@ -47,8 +48,9 @@ def check_task(task: Task, config: LadderConfig) -> None:
     """Refuse, before any work, what the ladder cannot run."""
     if not task.test:
         raise InputError(f"task {task.name} has no test split")
-    if config.target_quality is not None and task.is_classification and config.target_quality < 0:
-        raise ConfigError(f"--target-quality must lie in 0..1 for accuracy, got {config.target_quality}")
+    if config.target_quality is not None and task.kind != "regression" and config.target_quality < 0:
+        raise ConfigError(f"--target-quality must lie in 0..1 for {quality_metric(task.kind)}, got "
+                          f"{config.target_quality}")
     n_train = min(len(task.train), config.quick_train) if config.quick else len(task.train)
     if config.train_labels is not None and config.train_labels > n_train:
         raise ConfigError(f"--train-labels {config.train_labels} is more than the {n_train} training "
@@ -109,7 +111,8 @@ def quick_probes(out_dir: Path, names_per_group: int) -> str:
 def _measure(predictor, task: Task, bias: BiasConfig, on_progress) -> dict:
     """Metrics and bias on one pass over the test split; the test outputs are kept for paired comparisons."""
     metrics, predictions = evaluate_predictions(predictor, task, on_progress=on_progress)
-    outputs = predictions.labels if task.is_classification else [float(v) for v in predictions.values]
+    outputs = (predictions.labels if task.is_classification else [list(s) for s in predictions.label_sets]
+               if task.is_multilabel else [float(v) for v in predictions.values])
     return {"metrics": metrics, "bias": bias_report(predictor, task, bias, predictions=predictions),
             "test_outputs": outputs}
 
@@ -203,8 +206,8 @@ def cascade_step(task: Task, out_dir: Path, folder: Path, bias: BiasConfig, resu
     from tunelab.ship.calibration import held_out_examples
     from tunelab.ship.cascade import build_cascade, cascade_report
 
-    if "distill" not in results or not task.is_classification:
-        raise ConfigError("the cascade rung needs the distill rung (its student and teacher) and a classification task")
+    if "distill" not in results or task.kind == "regression":
+        raise ConfigError("the cascade rung needs the distill rung (its student and teacher) and a task with labels")
     student, teacher = out_dir / "distill" / "predictor", Path(results["distill"]["teacher"])
     examples, source = held_out_examples(task, None, [teacher])
     built = build_cascade(student, teacher, task, examples, source=source, out_dir=folder / "predictor")

@@ -9,13 +9,18 @@ from sklearn.metrics import precision_recall_curve
 from tunelab.tasks import Task
 
 
+def label_set_matrix(labels: tuple[str, ...], label_sets) -> np.ndarray:
+    """(n, n_labels) booleans from label sets (lists or tuples of names), e.g. a report's stored test outputs."""
+    column = {label: j for j, label in enumerate(labels)}
+    matrix = np.zeros((len(label_sets), len(labels)), dtype=bool)
+    for i, chosen in enumerate(label_sets):
+        matrix[i, [column[label] for label in chosen if label in column]] = True
+    return matrix
+
+
 def label_matrix(task: Task, examples) -> np.ndarray:
     """(n, n_labels) booleans: which of the task's labels each example holds."""
-    column = {label: j for j, label in enumerate(task.labels)}
-    matrix = np.zeros((len(examples), len(task.labels)), dtype=bool)
-    for i, example in enumerate(examples):
-        matrix[i, [column[label] for label in example.label]] = True
-    return matrix
+    return label_set_matrix(task.labels, [example.label for example in examples])
 
 
 def _f1_counts(gold: np.ndarray, predicted: np.ndarray, axis=None):
@@ -63,6 +68,21 @@ def label_ece(scores: np.ndarray, gold: np.ndarray) -> float:
 
     return float(np.mean([expected_calibration_error(scores[:, j], gold[:, j].astype(float))
                           for j in range(scores.shape[1])]))
+
+
+def centred(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Each label's score moved so that its threshold sits at 0.5 (linearly on each side, order kept): scores of
+    two predictors with different thresholds become comparable and can be mixed (a cascade) at threshold 0.5."""
+    thresholds = np.clip(np.asarray(thresholds, dtype=float), 1e-12, 1 - 1e-12)
+    below = 0.5 * scores / thresholds
+    above = 0.5 + 0.5 * (scores - thresholds) / (1 - thresholds)
+    return np.clip(np.where(scores < thresholds, below, above), 0.0, 1.0)
+
+
+def sureness(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(n,) how far each example's least certain label lies from its threshold, 0 (on it) to 1 (at 0 or 1): a
+    multi-label answer is as sure as its least sure decision."""
+    return np.min(np.abs(2 * centred(scores, thresholds) - 1), axis=1)
 
 
 METRICS = {"micro_f1": micro_f1, "macro_f1": macro_f1, "subset_accuracy": subset_accuracy}

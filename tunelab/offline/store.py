@@ -26,7 +26,8 @@ def _migration_1(db: sqlite3.Connection) -> None:
             input TEXT NOT NULL,           -- the normalised input
             label TEXT,                    -- classification: the top label
             value REAL,                    -- regression: the predicted value
-            probs TEXT,                    -- classification: JSON {label: probability}
+            probs TEXT,                    -- classification: JSON {label: probability}; several labels an
+                                           -- example: JSON {"labels": [given], "probs": {label: score}}
             created_at REAL NOT NULL,
             PRIMARY KEY (fingerprint, key)
         ) WITHOUT ROWID""")
@@ -93,9 +94,12 @@ class StoredPrediction:
     value: float | None
     probs: dict | None
     fingerprint: str
+    labels: list[str] | None = None  # several labels an example: those given
 
     def as_dict(self) -> dict:
         output = {"label": self.label, "probs": self.probs} if self.label is not None else {"value": self.value}
+        if self.labels is not None:
+            output = {"labels": self.labels, "probs": self.probs}
         return {"input": self.input, **output, "fingerprint": self.fingerprint}
 
 
@@ -147,8 +151,8 @@ class Store:
     def put_batch(self, fingerprint: str, rows: list[tuple[str, str, dict]]) -> None:
         """Write (key, input, output) rows in one transaction: all of them or none."""
         now = time.time()
-        records = [(fingerprint, key, text, output.get("label"), output.get("value"),
-                    json.dumps(output["probs"]) if "probs" in output else None, now) for key, text, output in rows]
+        records = [(fingerprint, key, text, output.get("label"), output.get("value"), _probs_json(output), now)
+                   for key, text, output in rows]
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)", records)
@@ -265,6 +269,17 @@ def summary_lines(summary: dict, path: str | Path) -> list[str]:
     return lines
 
 
+def _probs_json(output: dict) -> str | None:
+    """The probs column of an output: its probabilities, with the labels given when an example may have several
+    (the label column holds one label, so a set travels with the scores it was decided from)."""
+    if "labels" in output:
+        return json.dumps({"labels": output["labels"], "probs": output["probs"]})
+    return json.dumps(output["probs"]) if "probs" in output else None
+
+
 def _stored(row, fingerprint: str) -> StoredPrediction:
     text, label, value, probs = row
-    return StoredPrediction(text, label, value, json.loads(probs) if probs else None, fingerprint)
+    probs = json.loads(probs) if probs else None
+    if isinstance(probs, dict) and isinstance(probs.get("labels"), list) and isinstance(probs.get("probs"), dict):
+        return StoredPrediction(text, None, None, probs["probs"], fingerprint, labels=probs["labels"])
+    return StoredPrediction(text, label, value, probs, fingerprint)

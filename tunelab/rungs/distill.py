@@ -21,14 +21,16 @@ from tunelab.config import DistillConfig
 from tunelab.distributed import from_env
 from tunelab.errors import InputError
 from tunelab.measure.evaluate import evaluate, headline_quality, quality_metric
+from tunelab.measure.multilabel import choose_thresholds, label_matrix
 from tunelab.models import tunelab_home
 from tunelab.offline.bulk import BulkConfig, normalise, predict_all, read_inputs, text_key
 from tunelab.offline.store import Store
-from tunelab.predictor import Predictor, check_fits_task, length_batches, save_predictor
+from tunelab.predictor import Predictor, check_fits_task, length_batches, predict, save_predictor
 from tunelab.rungs.causal_lm import CausalLMPredictor
 from tunelab.rungs.students import EncoderStudent, make_student
 from tunelab.scoring.precision import bf16_is_fast, choose_precision, choose_training_precision
-from tunelab.scoring.verbalizer import expected_rating, rating_to_value
+from tunelab.rungs.tuning_loss import label_set_loss
+from tunelab.scoring.verbalizer import choose_label_thresholds, expected_rating, rating_to_value
 from tunelab.tasks import Task
 from tunelab.training import Deadline, adamw, backward_seconds, training_step
 
@@ -69,6 +71,18 @@ def distillation_loss(student_logits, teacher_probs, gold, has_gold, temperature
     return loss
 
 
+def per_label_distillation_loss(student_logits, teacher_scores, gold, has_gold, alpha: float, *,
+                                rows: int | None = None, gold_rows: int | None = None):
+    """Several labels an example: one sigmoid per label, binary cross-entropy against the teacher's score of each
+    label, plus alpha * the same against the gold labels on the rows that have them."""
+    loss = F.binary_cross_entropy_with_logits(student_logits, teacher_scores, reduction="sum") / (
+        (rows or len(student_logits)) * student_logits.shape[1])
+    if alpha > 0 and has_gold.any():
+        gold_loss = F.binary_cross_entropy_with_logits(student_logits[has_gold], gold[has_gold], reduction="sum")
+        loss = loss + alpha * gold_loss / ((gold_rows or int(has_gold.sum())) * student_logits.shape[1])
+    return loss
+
+
 def regression_distillation_loss(student_values, teacher_values, gold, has_gold, alpha: float, *,
                                  rows: int | None = None, gold_rows: int | None = None):
     loss = F.mse_loss(student_values, teacher_values, reduction="sum") / (rows or len(student_values))
@@ -105,7 +119,10 @@ def _teacher_targets(teacher: Predictor, texts: list[str], gold: dict, task: Tas
     finally:
         store.close()
     outputs = [stored[key] for key in keys]
-    if task.is_classification:
+    if task.is_multilabel:  # the teacher's score of each label; gold as the label matrix
+        soft = torch.tensor([[o.probs[label] for label in task.labels] for o in outputs], dtype=torch.float32)
+        gold_index = torch.tensor([[float(label in gold.get(t, ())) for label in task.labels] for t in texts])
+    elif task.is_classification:
         soft = torch.tensor([[o.probs[label] for label in task.labels] for o in outputs], dtype=torch.float32)
         gold_index = torch.tensor([task.labels.index(gold[t]) if t in gold else 0 for t in texts])
     else:
@@ -126,6 +143,11 @@ def _student_loss(student, task: Task, config: DistillConfig, texts: list[str], 
     logits = (student.label_scores(batch_texts, train=True) if isinstance(student, CausalLMPredictor)
               else student.logits(batch_texts))
     counts = dict(rows=batch_rows, gold_rows=batch_gold_rows)
+    if task.is_multilabel and isinstance(student, CausalLMPredictor):  # label log-likelihoods share one softmax
+        shares = soft / soft.sum(-1, keepdim=True).clamp_min(1e-12)  # as the tuned rung learns (label_set_loss)
+        return label_set_loss(logits, shares) * len(rows) / batch_rows
+    if task.is_multilabel:
+        return per_label_distillation_loss(logits, soft, gold, has_gold, config.alpha, **counts)
     if task.is_classification:
         return distillation_loss(logits, soft, gold, has_gold, config.temperature, config.alpha, **counts)
     values = logits if isinstance(student, EncoderStudent) else rating_to_value(expected_rating(logits),
@@ -148,6 +170,14 @@ def _epoch_order(lengths: list[int], config: DistillConfig, epoch: int) -> torch
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
     return torch.tensor(get_length_grouped_indices(lengths, config.batch_size, generator=generator))
+
+
+def _choose_student_thresholds(student, task: Task) -> None:
+    if isinstance(student, CausalLMPredictor):
+        choose_label_thresholds(student, list(task.train), task)
+        return
+    scores = predict(student, [e.text for e in task.train]).probs
+    student.meta["thresholds"] = [float(t) for t in choose_thresholds(scores, label_matrix(task, task.train))]
 
 
 def distill(
@@ -256,6 +286,8 @@ def distill(
                                         "training_step_speedup": timed_record.get("training_step_speedup")}
     if isinstance(student, CausalLMPredictor):
         student.forget_cache()
+    if task.is_multilabel:  # thresholds on the labelled training examples (the only gold the student has)
+        _choose_student_thresholds(student, task)
 
     if teacher_metrics is None or teacher_metrics.get("fingerprint") != teacher.fingerprint:
         teacher_metrics = evaluate(teacher, task, on_progress=on_eval_progress)  # else measured by the caller

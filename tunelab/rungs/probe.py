@@ -40,7 +40,8 @@ from tunelab.predictor import (
     save_predictor,
     write_artifact_json,
 )
-from tunelab.rungs.baseline import LinearPipeline, check_training_set
+from tunelab.measure.multilabel import choose_thresholds, label_matrix
+from tunelab.rungs.baseline import LinearPipeline, PerLabelLogistic, check_training_set, linear_from_tensors
 from tunelab.scoring.feature_cache import FeatureCache
 from tunelab.scoring.hidden import HiddenStates, Reading, candidate_layers
 from tunelab.scoring.precision import PARITY_TEXTS, bf16_is_fast, comparable, resolve_precision
@@ -75,7 +76,7 @@ def pooled(features: np.ndarray, layer_index: int, pooling: str) -> np.ndarray:
 
 def _head(kind: str, strength: float) -> Pipeline:
     linear = (LogisticRegression(C=strength, max_iter=2000) if kind == "classification"
-              else Ridge(alpha=1.0 / strength))
+              else PerLabelLogistic(C=strength) if kind == "multilabel" else Ridge(alpha=1.0 / strength))
     return Pipeline([("scale", StandardScaler()), ("model", linear)])
 
 
@@ -86,9 +87,11 @@ class ProbePredictor(LinearPipeline):
 
     def __init__(self, model: Model, head: Pipeline, *, reading: Reading, layer: int, pooling: str, kind: str,
                  label_names: tuple[str, ...], value_range: tuple[float, float] | None, meta: dict,
-                 cache: FeatureCache | None | str = "default", reads_cache: bool = True):
+                 cache: FeatureCache | None | str = "default", reads_cache: bool = True,
+                 thresholds: list[float] | None = None):
         self.model, self.pipeline, self.reading, self.layer, self.pooling = model, head, reading, layer, pooling
         self.kind, self.label_names, self.value_range, self.meta = kind, tuple(label_names), value_range, meta
+        self.thresholds = thresholds  # several labels an example: each label's, chosen on the validation split
         self.states = HiddenStates(model, reading, FeatureCache() if cache == "default" else cache,
                                    reads_cache=reads_cache)
 
@@ -122,7 +125,9 @@ class ProbePredictor(LinearPipeline):
     @cached_property
     def fingerprint(self) -> str:
         digest = hashlib.sha256(json.dumps([self.model.fingerprint, self._settings(), self.kind,
-                                            list(self.label_names), self.value_range], sort_keys=True).encode())
+                                            list(self.label_names), self.value_range,
+                                            *([self.thresholds] if self.thresholds is not None else [])],
+                                           sort_keys=True).encode())
         for name, array in sorted(self._tensors().items()):
             digest.update(name.encode() + array.tobytes())
         return digest.hexdigest()[:16]
@@ -151,12 +156,13 @@ class ProbePredictor(LinearPipeline):
     def _twin(self, reading: Reading, cache: FeatureCache | None, reads_cache: bool = True) -> ProbePredictor:
         return ProbePredictor(self.model, self.pipeline, reading=reading, layer=self.layer, pooling=self.pooling,
                               kind=self.kind, label_names=self.label_names, value_range=self.value_range,
-                              meta=self.meta, cache=cache, reads_cache=reads_cache)
+                              meta=self.meta, cache=cache, reads_cache=reads_cache, thresholds=self.thresholds)
 
     def save(self, directory: Path) -> None:
         save_file(self._tensors(), str(directory / "probe.safetensors"))
         write_artifact_json(directory, {
             "rung": self.rung, "kind": self.kind, "labels": list(self.label_names), "value_range": self.value_range,
+            **({"thresholds": self.thresholds} if self.thresholds is not None else {}),
             **save_base_reference(self.model, directory), **self._settings(),
             "classes": [str(c) for c in getattr(self.linear, "classes_", [])], **self.meta,
             "params_total": self.params_total, "params_trainable": self.params_trainable,
@@ -168,21 +174,15 @@ class ProbePredictor(LinearPipeline):
         scale = StandardScaler()
         scale.mean_, scale.scale_ = tensors["mean"], tensors["scale"]
         scale.var_, scale.n_features_in_ = tensors["scale"] ** 2, len(tensors["mean"])
-        if payload["kind"] == "classification":
-            linear = LogisticRegression()
-            linear.classes_ = np.array(payload["classes"], dtype=object)
-            linear.coef_, linear.intercept_ = tensors["coef"], tensors["intercept"]
-        else:
-            linear = Ridge()
-            linear.coef_, linear.intercept_ = tensors["coef"], float(tensors["intercept"][0])
-        linear.n_features_in_ = tensors["coef"].shape[-1]
+        linear = linear_from_tensors(payload["kind"], tensors, payload.get("classes", []))
         reading = Reading(tuple(payload["layers_read"]), payload["window"], payload["stride"], payload["precision"],
                           payload["before"], payload["after"], payload.get("inner", ""))
         value_range = tuple(payload["value_range"]) if payload.get("value_range") else None
         meta = {key: payload[key] for key in ("config", "training", "selection", "metrics") if key in payload}
         return cls(load_base_model(directory, payload), Pipeline([("scale", scale), ("model", linear)]),
                    reading=reading, layer=payload["layer"], pooling=payload["pooling"], kind=payload["kind"],
-                   label_names=tuple(payload["labels"]), value_range=value_range, meta=meta)
+                   label_names=tuple(payload["labels"]), value_range=value_range, meta=meta,
+                   thresholds=payload.get("thresholds"))
 
 
 def fit_probe(model: Model, task: Task, config: ProbeConfig = ProbeConfig(), *, out_dir: str | Path | None = None,
@@ -235,24 +235,27 @@ def _fit(model: Model, task: Task, config: ProbeConfig, layers: tuple[int, ...],
     train = list(task.train)
     features, windows, from_cache = states.features([e.text for e in train], on_progress)
     feature_seconds = time.perf_counter() - started
-    labels = np.array([e.label for e in train], dtype=object if task.is_classification else float)
+    labels = (label_matrix(task, train).astype(int) if task.is_multilabel
+              else np.array([e.label for e in train], dtype=object if task.is_classification else float))
     selection = _select(task, train, features, labels, layers, config)
     best = max(selection, key=lambda row: row["validation"])  # first of equals: the grid's earlier, simpler entry
     layer_index = layers.index(best["layer"])
     head = _head(task.kind, best["strength"]).fit(pooled(features, layer_index, best["pooling"]), labels)
-    value_range = None if task.is_classification else (float(labels.min()), float(labels.max()))
+    value_range = None if task.kind != "regression" else (float(labels.min()), float(labels.max()))
     meta = {"config": asdict(config), "selection": selection, "training": {
         "train_seconds": time.perf_counter() - started, "feature_seconds": feature_seconds, "n_train": len(train),
         "texts_from_cache": from_cache, "windows_per_text": float(np.mean(windows)),
         "most_windows": int(windows.max()), "strength": best["strength"]}}
     return ProbePredictor(model, head, reading=reading, layer=best["layer"], pooling=best["pooling"],
-                          kind=task.kind, label_names=task.labels, value_range=value_range, meta=meta, cache=cache)
+                          kind=task.kind, label_names=task.labels, value_range=value_range, meta=meta, cache=cache,
+                          thresholds=best.get("thresholds"))
 
 
 def _select(task: Task, train: list, features: np.ndarray, labels: np.ndarray, layers: tuple[int, ...],
             config: ProbeConfig) -> list[dict]:
     """Every (layer, pooling, strength) of the grid fitted on part of the training split and scored on the rest
-    with the task's deciding figure."""
+    with the task's deciding figure (for several labels, at the thresholds that do best on the held-out part, which
+    the chosen entry keeps)."""
     fraction = min(0.5, config.validation_size / len(train))
     fit_part, held_out = split_examples(train, task.kind, fraction, config.seed)
     position = {id(e): i for i, e in enumerate(train)}
@@ -266,14 +269,20 @@ def _select(task: Task, train: list, features: np.ndarray, labels: np.ndarray, l
             x = pooled(features, layer_index, pooling)
             for strength in STRENGTHS:
                 head = _head(task.kind, strength).fit(x[fit_rows], labels[fit_rows])
-                if task.is_classification:
+                found = {}
+                if task.is_multilabel:
+                    scores = head.predict_proba(x[held_rows])
+                    found["thresholds"] = [float(t) for t in choose_thresholds(scores, labels[held_rows] > 0)]
+                    predictions = Predictions("multilabel", task.labels, probs=scores,
+                                              thresholds=np.array(found["thresholds"]))
+                elif task.is_classification:
                     predictions = Predictions("classification", tuple(head.classes_),
                                               probs=head.predict_proba(x[held_rows]))
                 else:
                     predictions = Predictions("regression", values=head.predict(x[held_rows]))
                 gold, outputs = gold_and_outputs(held_task, predictions)
                 rows.append({"layer": layer, "pooling": pooling, "strength": strength,
-                             "validation": round(metric(gold, outputs), 4)})
+                             "validation": round(metric(gold, outputs), 4), **found})
     return rows
 
 

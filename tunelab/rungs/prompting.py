@@ -21,6 +21,7 @@ import torch
 from tunelab.config import PromptConfig, parse_shot_counts, template_problems
 from tunelab.errors import ConfigError
 from tunelab.measure.evaluate import deciding_metric, evaluate, gold_and_outputs
+from tunelab.measure.multilabel import choose_thresholds, label_matrix
 from tunelab.models import MiniLMEmbedder, Model
 from tunelab.predictor import (
     Predictions,
@@ -33,7 +34,7 @@ from tunelab.predictor import (
 from tunelab.scoring.length import check_max_length, context_window, text_tokens
 from tunelab.scoring.precision import autocast, choose_precision
 from tunelab.scoring.tokens import PrefixCache, encode_prefix, label_log_likelihoods
-from tunelab.scoring.verbalizer import PromptFormat, Verbalizer, rating_label
+from tunelab.scoring.verbalizer import PromptFormat, Verbalizer, choose_label_thresholds, rating_label
 from tunelab.tasks import Example, Task
 from tunelab.tasks.fields import probe_record
 
@@ -256,7 +257,12 @@ def _calibrate_and_check(predictor: PromptPredictor, held_out: list[Example], ta
 
 def _held_out_quality(predictor: PromptPredictor, examples: list[Example], task: Task) -> float:
     predictions = predict(predictor, [e.text for e in examples])
+    if task.is_multilabel:  # each variant compared at its own best thresholds on these examples
+        predictions.thresholds = choose_thresholds(predictions.probs, label_matrix(task, examples))
     return deciding_metric(task)(*gold_and_outputs(task, predictions, examples))
+
+
+THRESHOLD_EXAMPLES = 128  # held-out training examples on which a multi-label prompt's thresholds are chosen
 
 
 def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
@@ -271,13 +277,13 @@ def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
     rng = random.Random(config.seed)
     if config.select == "similar":
         shots = train  # the pool; each query gets its own nearest K
-    elif task.is_classification:
+    elif task.kind != "regression":  # several labels: balanced over label sets
         shots = select_shots(train, config.shots, config.select, rng)
     else:  # regression: balanced means spread over the rating scale
         shots = select_shots(train, config.shots, config.select, rng,
                              key=lambda e: rating_label(e.label, task.value_range))
     words = tuple(w.strip() for w in config.label_words.split(",")) if config.label_words else None
-    if words is not None and (len(words) != len(task.labels) or not all(words)) and task.is_classification:
+    if words is not None and (len(words) != len(task.labels) or not all(words)) and task.kind != "regression":
         raise ConfigError(f"--label-words needs {len(task.labels)} words for the labels {list(task.labels)}, "
                           f"got {config.label_words!r}")
     verbalizer = Verbalizer.for_task(model.tokenizer, task, template=config.template, instruction=config.instruction,
@@ -288,9 +294,12 @@ def few_shot(model: Model, task: Task, config: PromptConfig = PromptConfig(), *,
         _drop_shots_that_do_not_fit(predictor, [e.text for e in train])
     predictor.precision_record = choose_precision(predictor, config.precision, [e.text for e in train],
                                                   model.device, task.value_range)
+    held_out = [e for e in train if e not in predictor.shots or config.select == "similar"]
     if config.calibrate:
-        _calibrate_and_check(predictor, [e for e in train if e not in predictor.shots or config.select == "similar"],
-                             task, random.Random(config.seed + 1))
+        _calibrate_and_check(predictor, held_out, task, random.Random(config.seed + 1))
+    if task.is_multilabel and held_out:
+        sample = random.Random(config.seed + 2).sample(held_out, min(THRESHOLD_EXAMPLES, len(held_out)))
+        choose_label_thresholds(predictor, sample, task)
     return predictor
 
 

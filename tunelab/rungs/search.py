@@ -32,6 +32,8 @@ def label_instruction(task: Task) -> str:
     """A generic instruction that names the labels (or the rating scale)."""
     if task.is_classification:
         return f"Classify each text as {', '.join(task.labels[:-1])} or {task.labels[-1]}.\n\n"
+    if task.is_multilabel:
+        return f"Name every label that applies to each text: {', '.join(task.labels)}.\n\n"
     return "Rate each text from 1 (lowest) to 9 (highest).\n\n"
 
 
@@ -42,7 +44,7 @@ def candidates(task: Task, base: PromptConfig, n_pool: int) -> list[PromptConfig
     zero = dataclasses.replace(base, shots=0, calibrate=False)
     found = [zero, dataclasses.replace(zero, instruction=label_instruction(task)),
              dataclasses.replace(zero, template="Text: {text}\nAnswer: {label}", instruction=label_instruction(task))]
-    if task.is_classification and any(label != label.lower() for label in task.labels):
+    if task.kind != "regression" and any(label != label.lower() for label in task.labels):
         found.append(dataclasses.replace(zero, label_words=",".join(label.lower() for label in task.labels)))
     found += [dataclasses.replace(zero, calibrate=True, calibration="contextual"),
               dataclasses.replace(zero, calibrate=True, calibration="batch")]

@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tunelab.config import DistillConfig
@@ -101,6 +102,7 @@ class EncoderStudent:
         """Covers what decides a prediction: the weights, the kind and the label space."""
         weights = Model(self.encoder, self.tokenizer, name="student").fingerprint
         decided_by = json.dumps([weights, self.kind, list(self.label_names)]
+                                + ([self.meta["thresholds"]] if "thresholds" in self.meta else [])
                                 + (["bf16"] if self.precision == "bf16" else [])
                                 + ([self.long_texts, self.max_length] if self.long_texts == "windows" else [])
                                 + ([list(self.text_fields)] if self.text_fields else []))
@@ -194,6 +196,9 @@ class EncoderStudent:
         logits = self.logits(texts).float().cpu()
         if self.kind == "classification":
             return Predictions("classification", self.label_names, probs=torch.softmax(logits, -1).numpy())
+        if self.kind == "multilabel":  # one sigmoid per label
+            return Predictions("multilabel", self.label_names, probs=torch.sigmoid(logits).numpy(),
+                               thresholds=np.asarray(self.meta.get("thresholds", [0.5] * len(self.label_names))))
         return Predictions("regression", values=logits[:, 0].numpy())
 
     def save(self, directory: Path) -> None:
@@ -213,7 +218,7 @@ def load_student(directory: Path, payload: dict):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics", "max_length",
-                                    "precision", "precision_record", "long_texts", "text_fields") if k in payload}
+                                    "precision", "precision_record", "long_texts", "text_fields", "thresholds") if k in payload}
     check_model_folder(directory / "model")
     try:
         encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model", **MODEL_LOCAL_ONLY)
@@ -259,7 +264,7 @@ def make_student(teacher: Predictor, task: Task, config: DistillConfig, meta: di
         if not (Path(path) / "config.json").is_file():
             raise ConfigError(f"--student {config.student}: {path} is not a model folder (no config.json)")
         check_model_folder(Path(path))
-        n_outputs = len(task.labels) if task.is_classification else 1
+        n_outputs = len(task.labels) if task.kind != "regression" else 1
         with torch.random.fork_rng(devices=[]):  # the new head's initialisation draws from the global RNG
             torch.manual_seed(config.seed)
             encoder = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n_outputs, **MODEL_LOCAL_ONLY)

@@ -43,7 +43,7 @@ from tunelab.rungs.tuning_loss import (
 )
 from tunelab.scoring.precision import choose_precision, choose_training_precision, may_train_in_bf16
 from tunelab.scoring.tokens import PrefixCache, row_tokens
-from tunelab.scoring.verbalizer import Verbalizer, resolve_max_length
+from tunelab.scoring.verbalizer import Verbalizer, choose_label_thresholds, resolve_max_length
 from tunelab.tasks import Task, split_examples
 from tunelab.training import (
     Deadline,
@@ -383,6 +383,8 @@ def finetune(
                                   base_model=model if lora else None)
     inference_precision = choose_precision(predictor, config.precision, train_texts, model.device, task.value_range)
     predictor.meta["precision_record"] = {"training": training_precision, "inference": inference_precision}
+    if task.is_multilabel:  # each label's threshold on the validation split, which training did not fit
+        choose_label_thresholds(predictor, validation, task)
     predictor.meta["metrics"] = evaluate(predictor, task, on_progress=on_eval_progress)
     predictor.save(out_dir)  # weights first, tunelab.json last: its presence marks a finished run
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)

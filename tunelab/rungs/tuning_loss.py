@@ -1,7 +1,8 @@
 """The fine-tuning loss: batches of whole-string prompts, their micro-batches, and the verbalizer loss.
 
 The model learns to put probability on the right label word after the task's zero-shot prompt (PET's loss over the
-labels' log-likelihoods); regression trains the numeric verbalizer's expected rating. A batch of long texts is
+labels' log-likelihoods); several labels an example spread that probability evenly over the example's labels;
+regression trains the numeric verbalizer's expected rating. A batch of long texts is
 accumulated over micro-batches of a token budget, so its memory is one micro-batch's.
 """
 
@@ -33,6 +34,18 @@ def verbalizer_loss(label_scores: torch.Tensor, targets: torch.Tensor) -> torch.
     label_scores: (batch, n_labels) summed label-token log-likelihoods; targets: (batch,) gold label indices.
     """
     return F.cross_entropy(label_scores, targets)
+
+
+def label_set_loss(label_scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Several labels an example: cross-entropy of the labels' log-likelihoods against the example's labels, each
+    an equal share (Mahajan et al. 2018's softmax over a hashtag set). One sigmoid per label would not fit here:
+    the labels' log-likelihoods come from one next-token softmax, so labels compete for probability anyway; each
+    label's share is then decided by its own threshold, chosen on the validation split. An example without labels
+    has a zero target row and adds no loss.
+
+    targets: (batch, n_labels), each row the example's labels as equal shares summing to 1 (or all zero).
+    """
+    return -(targets * torch.log_softmax(label_scores, dim=-1)).sum(-1).mean()
 
 
 def rating_loss(rating_scores: torch.Tensor, gold_ratings: torch.Tensor) -> torch.Tensor:
@@ -85,6 +98,11 @@ def _batches(verbalizer: Verbalizer, examples, config: TuneConfig, order, max_le
         texts, n_cut = verbalizer.fit([e.text for e in chosen], max_length)  # the rule the predictor applies too
         if verbalizer.kind == "classification":
             targets = torch.tensor([verbalizer.label_names.index(e.label) for e in chosen])
+        elif verbalizer.kind == "multilabel":
+            targets = torch.zeros(len(chosen), len(verbalizer.label_names))
+            for row, example in enumerate(chosen):
+                for label in example.label:
+                    targets[row, verbalizer.label_names.index(label)] = 1.0 / len(example.label)
         else:
             targets = torch.tensor([rating_value(e.label, verbalizer.value_range) for e in chosen])
         batches.append(_Batch(verbalizer.pairs(verbalizer.fmt.instruction, texts), targets, n_cut))
@@ -138,6 +156,8 @@ def _loss_step(lm, verbalizer: Verbalizer, batch: _Batch, pad_id: int, cache_pre
     targets = batch.targets.to(device)
     if verbalizer.kind == "classification":
         return verbalizer_loss(scores, targets)
+    if verbalizer.kind == "multilabel":
+        return label_set_loss(scores, targets)
     return rating_loss(scores, targets.float())
 
 

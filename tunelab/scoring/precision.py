@@ -95,7 +95,7 @@ def resolve_precision(requested: str, device: torch.device, probabilities: Calla
 
 def comparable(predictions, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Predictions as the parity check compares them: label probabilities, or values scaled to 0..1."""
-    if predictions.kind == "classification":
+    if predictions.kind != "regression":
         return predictions.probs
     low, high = value_range or (float(np.min(predictions.values)), float(np.max(predictions.values)) + 1e-9)
     return ((np.asarray(predictions.values, dtype=float) - low) / (high - low))[:, None]

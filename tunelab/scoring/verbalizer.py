@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from tunelab.predictor import Predictions
@@ -15,6 +16,7 @@ from tunelab.scoring.length import TRAIN_MAX_TOKENS, check_max_length, fit_texts
 from tunelab.scoring.tokens import Pair, special_lead, tokenize_pairs
 from tunelab.tasks.fields import empty_record, fill, template_fields
 
+NO_LABEL = "none"  # what a multi-label shot without any label shows in the label slot
 SCALE_POINTS = 9  # regression verbalizer: ratings "1".."9"
 
 
@@ -121,11 +123,16 @@ class Verbalizer:
     """Texts to label scores, and label scores to Predictions, for one tokenizer, task and prompt format."""
 
     def __init__(self, tokenizer, *, kind: str, label_names: tuple[str, ...], fmt: PromptFormat,
-                 value_range: tuple[float, float] | None = None, label_words: tuple[str, ...] | None = None):
+                 value_range: tuple[float, float] | None = None, label_words: tuple[str, ...] | None = None,
+                 thresholds: list[float] | None = None):
         self.tokenizer, self.kind, self.fmt = tokenizer, kind, fmt
         self.label_names, self.value_range = tuple(label_names), value_range
         self.label_words = tuple(label_words) if label_words else None  # words the prompt uses for the labels
-        if kind == "classification":
+        # several labels an example: a label is given where its share of the label set reaches its threshold
+        # (chosen on held-out examples by the rung; until then, a share above the uniform one)
+        self.thresholds = thresholds if thresholds is not None or kind != "multilabel" else \
+            [1.0 / len(label_names)] * len(label_names)
+        if kind != "regression":
             self.words = list(self.label_words or label_names)
         else:
             self.words = [str(i) for i in range(1, SCALE_POINTS + 1)]
@@ -183,27 +190,45 @@ class Verbalizer:
     def shot_pairs(self, examples) -> list[tuple[str, str]]:
         if self.kind == "classification":
             return [(e.text, self.words[self.label_names.index(e.label)]) for e in examples]
+        if self.kind == "multilabel":  # a shot shows all its labels; the query is scored on one label at a time
+            return [(e.text, ", ".join(self.words[self.label_names.index(label)] for label in e.label) or NO_LABEL)
+                    for e in examples]
         return [(e.text, rating_label(e.label, self.value_range)) for e in examples]
 
     def predictions(self, scores: torch.Tensor, calibration: list[float] | None = None) -> Predictions:
-        """Label probabilities (softmax over labels), optionally with the content-free bias divided out."""
+        """Label probabilities (softmax over labels), optionally with the content-free bias divided out. Several
+        labels an example: each label's share of the label set, decided by its threshold (one pass over the label
+        set, rather than a yes/no question per label: L times fewer prompts)."""
         if calibration is not None:
             scores = torch.log_softmax(scores, dim=-1) - torch.tensor(calibration)
         if self.kind == "classification":
             return Predictions("classification", self.label_names, probs=torch.softmax(scores, dim=-1).numpy())
+        if self.kind == "multilabel":
+            return Predictions("multilabel", self.label_names, probs=torch.softmax(scores, dim=-1).numpy(),
+                               thresholds=np.asarray(self.thresholds))
         values = rating_to_value(expected_rating(scores.double()), self.value_range)
         return Predictions("regression", values=values.numpy())
 
     def describe(self) -> dict:
         words = {"label_words": list(self.label_words)} if self.label_words else {}
+        thresholds = {"thresholds": [float(t) for t in self.thresholds]} if self.kind == "multilabel" else {}
         return {"kind": self.kind, "labels": list(self.label_names), "value_range": self.value_range,
-                "format": asdict(self.fmt), **words}
+                "format": asdict(self.fmt), **words, **thresholds}
 
     @classmethod
     def from_description(cls, tokenizer, description: dict) -> Verbalizer:
         value_range = tuple(description["value_range"]) if description["value_range"] else None
         return cls(tokenizer, kind=description["kind"], label_names=tuple(description["labels"]),
                    fmt=PromptFormat(**description["format"]), value_range=value_range,
-                   label_words=description.get("label_words"))
+                   label_words=description.get("label_words"), thresholds=description.get("thresholds"))
 
 
+def choose_label_thresholds(predictor, examples, task) -> None:
+    """Several labels an example: set each label's threshold (on its share of the label set) in the predictor's
+    verbalizer to the one with the best F1 on `examples`, which must be examples it was not fitted on."""
+    from tunelab.measure.multilabel import choose_thresholds, label_matrix
+    from tunelab.predictor import predict
+
+    predictions = predict(predictor, [e.text for e in examples])
+    predictor.verbalizer.thresholds = [float(t) for t in choose_thresholds(predictions.probs,
+                                                                            label_matrix(task, examples))]

@@ -1,4 +1,5 @@
-"""A cheap-first cascade: the fast model answers when its top probability exceeds a threshold; the strong model
+"""A cheap-first cascade: the fast model answers when its top probability (for several labels an example, its least
+sure label's sureness) exceeds a threshold; the strong model
 answers the rest (escalated). The threshold is chosen on labelled validation examples, to reach a target quality
 with as few escalations as possible, or to escalate at most a given share.
 
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.errors import ConfigError, ModelError
-from tunelab.measure.evaluate import deciding_metric, gold_and_outputs
+from tunelab.measure.evaluate import deciding_metric, gold_and_outputs, quality_metric
+from tunelab.measure.multilabel import centred, sureness
 from tunelab.predictor import Predictions, Predictor, load_predictor, predict, write_artifact_json
 from tunelab.tasks import Task
 
@@ -32,13 +34,14 @@ class CascadePredictor:
 
     def __init__(self, fast: Predictor, strong: Predictor, threshold: float, meta: dict, *,
                  paths: tuple[str, str] | None = None):
-        if fast.kind != "classification" or strong.kind != "classification":
-            raise ConfigError("a cascade routes by the fast model's top probability: both members must classify")
+        if fast.kind == "regression" or strong.kind != fast.kind:
+            raise ConfigError("a cascade routes by the fast model's confidence: both members must classify, or both "
+                              "give several labels")
         if tuple(fast.label_names) != tuple(strong.label_names):
             raise ConfigError(f"the cascade's members predict different labels: {list(fast.label_names)} and "
                               f"{list(strong.label_names)}")
         self.fast, self.strong, self.threshold, self.meta, self.paths = fast, strong, float(threshold), meta, paths
-        self.kind, self.label_names = "classification", tuple(fast.label_names)
+        self.kind, self.label_names = fast.kind, tuple(fast.label_names)
         self.seen = self.escalated = 0
 
     @property
@@ -59,26 +62,30 @@ class CascadePredictor:
         return self.escalated / self.seen if self.seen else None
 
     def describe_model(self) -> dict:
-        return {"model": f"cascade: {self.fast.rung} ({self.fast.fingerprint}) answers above top probability "
+        return {"model": f"cascade: {self.fast.rung} ({self.fast.fingerprint}) answers above "
+                         f"{'sureness' if self.kind == 'multilabel' else 'top probability'} "
                          f"{self.threshold:.3f}, else {self.strong.rung} ({self.strong.fingerprint})"}
 
     def predict_batch(self, texts: list[str]) -> Predictions:
         # each member gets its share whole where it is small (one call: short texts), split by predict()'s size
         # bound where it is not (a causal-LM teacher given 100 escalated e-mails at once would pad them all to the
         # longest); batches of 32 instead of one call cost the vader cascade 22% of its speed
-        probs = predict(self.fast, texts, batch_size=len(texts)).probs.copy()
-        escalate = np.flatnonzero(probs.max(axis=1) <= self.threshold)
+        probs, confidence = decision_scores(predict(self.fast, texts, batch_size=len(texts)))
+        probs = probs.copy()
+        escalate = np.flatnonzero(confidence <= self.threshold)
         if len(escalate):
-            probs[escalate] = predict(self.strong, [texts[i] for i in escalate], batch_size=len(escalate)).probs
+            probs[escalate] = decision_scores(predict(self.strong, [texts[i] for i in escalate],
+                                                      batch_size=len(escalate)))[0]
         self.seen += len(texts)
         self.escalated += len(escalate)
-        return Predictions("classification", self.label_names, probs=probs)
+        return _mixed(self.kind, self.label_names, probs)
 
     def save(self, directory: Path) -> None:
         if self.paths is None:
             raise ConfigError("a cascade is saved naming its members' folders: build it from saved predictors")
         write_artifact_json(directory, {
             "rung": self.rung, "kind": self.kind, "labels": list(self.label_names), "threshold": self.threshold,
+            **({"thresholds": [0.5] * len(self.label_names)} if self.kind == "multilabel" else {}),  # centred
             "fast": {"path": self.paths[0], "fingerprint": self.fast.fingerprint, "rung": self.fast.rung},
             "strong": {"path": self.paths[1], "fingerprint": self.strong.fingerprint, "rung": self.strong.rung},
             **self.meta, "params_total": self.params_total, "params_trainable": self.params_trainable,
@@ -99,17 +106,32 @@ class CascadePredictor:
         return cls(*members, payload["threshold"], meta, paths=(payload["fast"]["path"], payload["strong"]["path"]))
 
 
-def frontier(fast_probs: np.ndarray, strong_probs: np.ndarray, task: Task, examples,
-             label_names: tuple[str, ...]) -> list[dict]:
+def decision_scores(predictions: Predictions) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, confidence) as a cascade mixes and routes them: a classifier's probabilities and its top one; for
+    several labels, each label's score centred on its threshold (so both members decide at 0.5) and the sureness
+    of the least sure label."""
+    if predictions.kind == "multilabel":
+        return (centred(predictions.probs, predictions.thresholds),
+                sureness(predictions.probs, predictions.thresholds))
+    return predictions.probs, predictions.probs.max(axis=1)
+
+
+def _mixed(kind: str, label_names: tuple[str, ...], scores: np.ndarray) -> Predictions:
+    thresholds = np.full(len(label_names), 0.5) if kind == "multilabel" else None
+    return Predictions(kind, label_names, probs=scores, thresholds=thresholds)
+
+
+def frontier(fast: Predictions, strong: Predictions, task: Task, examples) -> list[dict]:
     """Every useful threshold on these examples: the cascade's quality and the share it escalates. Thresholds are
-    0 (the fast model alone), each distinct top probability of the fast model, and 1 (the strong model alone)."""
+    0 (the fast model alone), each distinct confidence of the fast model (its top probability; for several labels
+    its least sure label's sureness), and 1 (the strong model alone)."""
     metric = deciding_metric(task)
-    confidence = fast_probs.max(axis=1)
+    (fast_probs, confidence), strong_probs = decision_scores(fast), decision_scores(strong)[0]
     rows = []
     for threshold in np.unique(np.concatenate([[0.0, 1.0], confidence])):
         escalate = confidence <= threshold
         mixed = np.where(escalate[:, None], strong_probs, fast_probs)
-        gold, outputs = gold_and_outputs(task, Predictions("classification", label_names, probs=mixed), examples)
+        gold, outputs = gold_and_outputs(task, _mixed(fast.kind, fast.label_names, mixed), examples)
         rows.append({"threshold": float(threshold), "quality": metric(gold, outputs),
                      "escalated": float(escalate.mean())})
     return rows
@@ -140,8 +162,7 @@ def build_cascade(fast_dir: str | Path, strong_dir: str | Path, task: Task, vali
         raise ConfigError("the cascade's threshold is chosen on labelled validation examples; none were given")
     fast, strong = load_predictor(fast_dir), load_predictor(strong_dir)
     texts = [e.text for e in validation]
-    fast_probs, strong_probs = predict(fast, texts).probs, predict(strong, texts).probs
-    rows = frontier(fast_probs, strong_probs, task, validation, tuple(fast.label_names))
+    rows = frontier(predict(fast, texts), predict(strong, texts), task, validation)
     strong_quality = rows[-1]["quality"]
     target = strong_quality if target_quality is None and max_escalated is None else target_quality
     chosen = choose_threshold(rows, target_quality=target, max_escalated=max_escalated)
@@ -170,7 +191,7 @@ def cascade_report(built: CascadePredictor, task: Task, out_dir: str | Path, *, 
     gold, outputs = gold_and_outputs(task, predictions)
     _, strong_outputs = gold_and_outputs(task, strong_predictions)
     versus = paired_difference(deciding_metric(task), gold, outputs, strong_outputs)
-    rows = frontier(fast_predictions.probs, strong_predictions.probs, task, task.test, built.label_names)
+    rows = frontier(fast_predictions, strong_predictions, task, task.test)
     fast_s, strong_s = 1 / fast_metrics["examples_per_s"], 1 / strong_metrics["examples_per_s"]
     for row in rows:  # what each threshold would serve: every text through fast, the escalated ones through strong
         row["examples_per_s"] = 1 / (fast_s + row["escalated"] * strong_s)
@@ -180,11 +201,12 @@ def cascade_report(built: CascadePredictor, task: Task, out_dir: str | Path, *, 
     built.meta["metrics"] = report["metrics"]
     built.meta["selection"]["test_frontier"] = rows
     save_predictor(built, out_dir, task.text_fields)
-    metric = next(k for k in ("accuracy",) if k in metrics)
+    metric = quality_metric(task.kind)
     low, high = versus["interval"] or (versus["difference"],) * 2
     chosen = built.meta["selection"]["chosen"]
     report["lines"] = [
-        f"cascade: {built.fast.rung} answers when its top probability exceeds {built.threshold:.3f}, else "
+        f"cascade: {built.fast.rung} answers when its {'least sure label' if built.kind == 'multilabel' else 'top'}"
+        f" {'is that sure' if built.kind == 'multilabel' else 'probability exceeds'} {built.threshold:.3f}, else "
         f"{built.strong.rung} (chosen on {built.meta['selection']['fitted_on']}: validation {metric} "
         f"{chosen['quality']:.3f} at {chosen['escalated']:.0%} escalated)",
         f"test: {metric} {metrics[metric]:.3f} against the strong model's {strong_metrics[metric]:.3f}, difference "
