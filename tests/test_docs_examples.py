@@ -143,6 +143,11 @@ def _readers_files(folder: Path) -> None:
     tickets = [{"subject": w, "body": f"{w} and {v}", "label": label} for words, label in
                ((POSITIVE, "positive"), (NEGATIVE, "negative")) for w, v in zip(words, reversed(words))]
     (folder / "tickets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tickets))
+    topics = [{"text": f"{w} {v}", "label": sorted({"positive" if w in POSITIVE else "negative",
+                                                    "positive" if v in POSITIVE else "negative"})}
+              for w, v in zip(POSITIVE + NEGATIVE, NEGATIVE[3:] + POSITIVE + NEGATIVE[:3])]
+    (folder / "news.jsonl").write_text("".join(json.dumps(r) + "\n" for r in topics))
+    (folder / "news.csv").write_text("text,label\n" + "".join(f"{r['text']},{'|'.join(r['label'])}\n" for r in topics))
     (folder / "queries.txt").write_text("".join(f"{w}\n" for w in ["wonderful", *POSITIVE[:4], *NEGATIVE[:4]]))
     (folder / "words.txt").write_text("".join(f"{w}\n" for w in POSITIVE + NEGATIVE))
     (folder / "big.jsonl").write_text("".join(json.dumps({"text": w}) + "\n" for w in POSITIVE + NEGATIVE))

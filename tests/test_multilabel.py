@@ -73,8 +73,8 @@ def test_an_unknown_label_in_a_test_row_is_one_line_and_nothing_is_written(tmp_p
     result = run_cli("baseline", "--train", train, "--test", test, "--kind", "multilabel", "--out", tmp_path / "out")
     line = one_error_line(result)
     assert "test.jsonl:2" in line and '"label"' in line and "'neutral'" in line and not (tmp_path / "out").exists()
-    result = run_cli("baseline", "--train", train, "--label-separator", "|", "--out", tmp_path / "out")
-    assert "--label-separator" in one_error_line(result)
+    result = run_cli("baseline", "--train", train, "--label-sep", "|", "--out", tmp_path / "out")
+    assert "--label-sep" in one_error_line(result)
 
 
 def test_the_figures_equal_scikit_learns_on_random_label_matrices():
@@ -153,3 +153,49 @@ def test_every_rung_of_the_ladder_runs_on_a_multi_label_task(tiny_model, multila
         assert payload["kind"] == "multilabel" and len(payload["thresholds"]) == len(LABELS), rung
         assert load_predictor(tmp_path / "run" / rung / "predictor").fingerprint == payload["fingerprint"], rung
     assert report["rungs"]["tfidf"]["metrics"]["micro_f1"] > 0.8
+
+
+def test_an_encoder_student_learns_one_sigmoid_per_label_and_exports_to_onnx(tiny_model, multilabel_task,
+                                                                              tiny_encoder_dir, tmp_path):
+    from tunelab.config import DistillConfig
+    from tunelab.predictor import predict
+    from tunelab.rungs.distill import distill
+    from tunelab.rungs.prompting import PromptConfig, few_shot
+    from tunelab.ship.export import export_onnx
+
+    teacher = few_shot(tiny_model, multilabel_task, PromptConfig())
+    config = DistillConfig(student=f"encoder:{tiny_encoder_dir}", epochs=2, max_length=8)
+    student, report = distill(teacher, multilabel_task, config, out_dir=tmp_path / "student")
+    texts = [e.text for e in multilabel_task.test]
+    scores = predict(student, texts).probs
+    assert scores.shape == (len(texts), 2) and not np.allclose(scores.sum(axis=1), 1.0)  # sigmoids, not a softmax
+    assert report["quality_metric"] == "micro_f1" and len(student.thresholds) == 2
+    facts = export_onnx(tmp_path / "student", tmp_path / "onnx", texts)
+    assert facts["parity"]["passes"] and facts["parity"]["agreement"] == 1.0
+    exported = load_predictor(tmp_path / "onnx")
+    assert predict(exported, texts).label_sets == predict(student, texts).label_sets
+
+
+def test_bulk_stores_label_sets_and_serve_answers_them(multilabel_task, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tunelab.offline.bulk import predict_file
+    from tunelab.offline.config import ServeConfig
+    from tunelab.offline.serve import create_app
+
+    model = fit_baseline(multilabel_task, BaselineConfig(method="tfidf"), out_dir=tmp_path / "model")
+    expected = {text: list(labels) for text, labels in zip(["good awful", "good", "nice vile"], model.predict_batch(
+        ["good awful", "good", "nice vile"]).label_sets)}
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("good awful\ngood\n")
+    predict_file(tmp_path / "model", inputs, tmp_path / "store.sqlite")
+    for config in (ServeConfig(store=tmp_path / "store.sqlite"),
+                   ServeConfig(store=tmp_path / "store.sqlite", model=tmp_path / "model", on_miss="live")):
+        client = TestClient(create_app(config))
+        stored = client.get("/predict", params={"text": "good awful"}).json()
+        assert stored["source"] == "store" and stored["labels"] == expected["good awful"] == list(LABELS)
+        assert set(stored["probs"]) == set(LABELS)
+        assert client.get("/predict", params={"text": "good"}).json()["labels"] == expected["good"]
+    live = client.post("/predict", json={"texts": ["nice vile", "good"]}).json()["results"]
+    assert live[0]["source"] == "live" and live[0]["labels"] == expected["nice vile"]
+    assert live[1]["source"] == "store" and live[1]["labels"] == expected["good"]

@@ -1,4 +1,4 @@
-"""The commands that ship a rung: calibrate (temperature scaling), cascade (fast model first, strong model for the
+"""The commands that ship a rung: calibrate (temperature scaling; Platt scaling per label), cascade (fast model first, strong model for the
 rest) and export (ONNX, optionally int8, gated on parity)."""
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ VALIDATION = Option(None, "--validation", help="Labelled examples no model train
 @app.command()
 @with_config_flags(TaskSource)
 def calibrate(
-    model: Path = Option(..., "--model", help="A saved classifier (any rung)."),
+    model: Path = Option(..., "--model", help="A saved classifier or multi-label predictor (any rung)."),
     out: Path = Option(..., "--out", help="Folder for the calibrated predictor."),
     validation: Optional[Path] = VALIDATION, overwrite: bool = OVERWRITE, as_json: bool = JSON, *, given: dict,
 ):
-    """Temperature scaling: one temperature fitted on held-out examples; ECE before and after, with intervals.
+    """Temperature scaling (several labels: Platt scaling per label) fitted on held-out examples; ECE before and
+    after, with intervals.
 
     Example: tunelab calibrate --model runs/lora --task vader --out runs/lora-calibrated
     """

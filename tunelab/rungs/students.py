@@ -112,6 +112,11 @@ class EncoderStudent:
         return {"model": self.meta.get("spec", "encoder"), **module_facts(self.encoder)}
 
     @property
+    def thresholds(self) -> list[float]:
+        """Several labels an example: each label's threshold (chosen after distillation; 0.5 before)."""
+        return self.meta.get("thresholds", [0.5] * len(self.label_names))
+
+    @property
     def max_length(self) -> int:
         return self.meta.get("max_length") or self.meta["config"]["max_length"]
 
@@ -198,7 +203,7 @@ class EncoderStudent:
             return Predictions("classification", self.label_names, probs=torch.softmax(logits, -1).numpy())
         if self.kind == "multilabel":  # one sigmoid per label
             return Predictions("multilabel", self.label_names, probs=torch.sigmoid(logits).numpy(),
-                               thresholds=np.asarray(self.meta.get("thresholds", [0.5] * len(self.label_names))))
+                               thresholds=np.asarray(self.thresholds))
         return Predictions("regression", values=logits[:, 0].numpy())
 
     def save(self, directory: Path) -> None:

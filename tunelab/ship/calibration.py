@@ -2,6 +2,10 @@
 mean what it says (Guo et al. 2017). Dividing every log-probability by the same T > 0 keeps each prediction's order
 of labels, so the predicted label never changes; only the probabilities do.
 
+Several labels an example: each label's score is calibrated on its own (Platt scaling: a logistic regression on the
+score's log-odds, fitted per label), a rising map whose image of the label's threshold becomes its new threshold,
+so the labels given never change either.
+
 A calibrated predictor is a small folder: tunelab.json (the temperature and the figures it was fitted on) and the
 calibrated predictor inside it (`inner/`), which loads and checks itself as usual.
 """
@@ -14,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.special import expit, logit
+from sklearn.linear_model import LogisticRegression
 
 from tunelab.errors import ConfigError
 from tunelab.measure.evaluate import expected_calibration_error, reliability
 from tunelab.measure.intervals import interval
+from tunelab.measure.multilabel import label_ece, label_matrix
 from tunelab.predictor import (
     Predictions,
     Predictor,
@@ -49,6 +56,35 @@ def fit_temperature(probs: np.ndarray, gold: np.ndarray) -> float:
     return float(np.exp(found.x))
 
 
+def _log_odds(scores: np.ndarray) -> np.ndarray:
+    return logit(np.clip(scores, 1e-6, 1 - 1e-6))
+
+
+def fit_per_label(scores: np.ndarray, gold: np.ndarray) -> dict:
+    """Platt scaling per label: slope and intercept of a logistic regression of the label on its score's log-odds
+    (scikit-learn; a large C, so nearly unregularised). A label whose fit would not rise with the score, or that
+    every example holds or none, keeps its scores (slope 1, intercept 0)."""
+    slopes, intercepts = np.ones(scores.shape[1]), np.zeros(scores.shape[1])
+    for j in range(scores.shape[1]):
+        if gold[:, j].all() or not gold[:, j].any():
+            continue
+        fitted = LogisticRegression(C=1e4, max_iter=1000).fit(_log_odds(scores[:, [j]]), gold[:, j])
+        if fitted.coef_[0, 0] > 0:
+            slopes[j], intercepts[j] = fitted.coef_[0, 0], fitted.intercept_[0]
+    return {"slopes": slopes.tolist(), "intercepts": intercepts.tolist()}
+
+
+def with_per_label(scores: np.ndarray, per_label: dict) -> np.ndarray:
+    """Each label's score through its fitted rising map."""
+    return expit(np.asarray(per_label["slopes"]) * _log_odds(scores) + np.asarray(per_label["intercepts"]))
+
+
+def label_ece_with_interval(scores: np.ndarray, gold: np.ndarray) -> dict:
+    """The mean per-label ECE (measure/multilabel.py) and its bootstrap interval."""
+    bounds = interval(lambda idx: label_ece(scores[idx], gold[idx]), len(gold))
+    return {"ece": label_ece(scores, gold), "interval": bounds}
+
+
 def ece_with_interval(probs: np.ndarray, gold: np.ndarray) -> dict:
     """Expected calibration error and its bootstrap interval (the resamples every figure uses)."""
     confidence, correct = probs.max(axis=1), (probs.argmax(axis=1) == gold).astype(float)
@@ -58,14 +94,15 @@ def ece_with_interval(probs: np.ndarray, gold: np.ndarray) -> dict:
 
 
 class CalibratedPredictor:
-    """Another classifier's probabilities, tempered by one fitted temperature."""
+    """Another classifier's probabilities, tempered by one fitted temperature (several labels: each label's score
+    through its own fitted map, `per_label`)."""
 
     rung = "calibrated"
 
-    def __init__(self, inner: Predictor, temperature: float, meta: dict):
-        if inner.kind != "classification":
-            raise ConfigError("temperature scaling calibrates classifiers; this predictor is a regression")
-        self.inner, self.temperature, self.meta = inner, float(temperature), meta
+    def __init__(self, inner: Predictor, temperature: float, meta: dict, per_label: dict | None = None):
+        if inner.kind == "regression":
+            raise ConfigError("calibration is for predictors of labels; this predictor is a regression")
+        self.inner, self.temperature, self.meta, self.per_label = inner, float(temperature), meta, per_label
         self.kind, self.label_names = inner.kind, tuple(inner.label_names)
 
     @property
@@ -78,12 +115,14 @@ class CalibratedPredictor:
 
     @property
     def fingerprint(self) -> str:
-        decided_by = json.dumps([self.inner.fingerprint, round(self.temperature, 8)])
+        decided_by = json.dumps([self.inner.fingerprint, round(self.temperature, 8)]
+                                + ([self.per_label] if self.per_label is not None else []))
         return hashlib.sha256(decided_by.encode()).hexdigest()[:16]
 
     def describe_model(self) -> dict:
         facts = self.inner.describe_model() if hasattr(self.inner, "describe_model") else {}
-        return {**facts, "calibration": f"temperature {self.temperature:.3f}"}
+        how = "Platt scaling per label" if self.per_label is not None else f"temperature {self.temperature:.3f}"
+        return {**facts, "calibration": how}
 
     def __getattr__(self, name):  # length facts (max_length, count_truncated, count_windows) are the inner one's
         if name in ("max_length", "count_truncated", "count_windows", "count_tokens"):
@@ -92,19 +131,24 @@ class CalibratedPredictor:
 
     def predict_batch(self, texts: list[str]) -> Predictions:
         inner = self.inner.predict_batch(texts)
+        if self.per_label is not None:
+            return Predictions("multilabel", inner.label_names, probs=with_per_label(inner.probs, self.per_label),
+                               thresholds=np.asarray(self.per_label["thresholds"]))
         return Predictions("classification", inner.label_names, probs=with_temperature(inner.probs, self.temperature))
 
     def save(self, directory: Path) -> None:
         save_predictor(self.inner, directory / "inner")
+        per_label = {} if self.per_label is None else {"per_label": self.per_label,
+                                                        "thresholds": self.per_label["thresholds"]}
         write_artifact_json(directory, {"rung": self.rung, "kind": self.kind, "labels": list(self.label_names),
-                                        "temperature": self.temperature, **self.meta,
+                                        "temperature": self.temperature, **per_label, **self.meta,
                                         "params_total": self.params_total, "params_trainable": self.params_trainable,
                                         "fingerprint": self.fingerprint})
 
     @classmethod
     def load(cls, directory: Path, payload: dict) -> CalibratedPredictor:
         meta = {key: payload[key] for key in ("calibration",) if key in payload}
-        return cls(load_predictor(directory / "inner"), payload["temperature"], meta)
+        return cls(load_predictor(directory / "inner"), payload["temperature"], meta, payload.get("per_label"))
 
 
 def gold_indices(task: Task, examples, label_names: tuple[str, ...]) -> np.ndarray:
@@ -118,10 +162,12 @@ def calibrate(predictor: Predictor, validation: list, task: Task, *, source: str
     Raises:
         ConfigError: a regression predictor, or fewer than 10 validation examples.
     """
-    if predictor.kind != "classification":
-        raise ConfigError("temperature scaling calibrates classifiers; this predictor is a regression")
+    if predictor.kind == "regression":
+        raise ConfigError("calibration is for predictors of labels; this predictor is a regression")
     if len(validation) < 10:
-        raise ConfigError(f"temperature scaling needs at least 10 held-out examples, got {len(validation)}")
+        raise ConfigError(f"calibration needs at least 10 held-out examples, got {len(validation)}")
+    if predictor.kind == "multilabel":
+        return _calibrate_per_label(predictor, validation, task, source)
     probs = predict(predictor, [e.text for e in validation]).probs
     gold = gold_indices(task, validation, tuple(predictor.label_names))
     temperature = fit_temperature(probs, gold)
@@ -129,6 +175,18 @@ def calibrate(predictor: Predictor, validation: list, task: Task, *, source: str
     return CalibratedPredictor(predictor, temperature, {"calibration": {
         "method": "temperature", "fitted_on": source, "n_validation": len(validation), "temperature": temperature,
         "validation_ece_before": before, "validation_ece_after": after}})
+
+
+def _calibrate_per_label(predictor: Predictor, validation: list, task: Task, source: str) -> CalibratedPredictor:
+    predictions = predict(predictor, [e.text for e in validation])
+    gold = label_matrix(task, validation)[:, [list(task.labels).index(n) for n in predictor.label_names]]
+    per_label = fit_per_label(predictions.probs, gold)
+    per_label["thresholds"] = with_per_label(predictions.thresholds[None, :], per_label)[0].tolist()
+    calibrated = with_per_label(predictions.probs, per_label)
+    return CalibratedPredictor(predictor, 1.0, {"calibration": {
+        "method": "Platt scaling per label", "fitted_on": source, "n_validation": len(validation),
+        "validation_ece_before": label_ece_with_interval(predictions.probs, gold),
+        "validation_ece_after": label_ece_with_interval(calibrated, gold)}}, per_label)
 
 
 def held_out_examples(task: Task, validation_path: str | Path | None, members: list[str | Path]) -> tuple[list, str]:
@@ -141,7 +199,7 @@ def held_out_examples(task: Task, validation_path: str | Path | None, members: l
     if validation_path is not None:
         from tunelab.tasks.files import read_examples
 
-        return read_examples(validation_path, kind=task.kind), f"{validation_path}"
+        return read_examples(validation_path, kind=task.kind, text_fields=task.text_fields), f"{validation_path}"
     from tunelab.predictor import read_artifact_json
     from tunelab.tasks import split_examples
 
@@ -161,6 +219,8 @@ def calibration_report(calibrated: CalibratedPredictor, task: Task, out_dir: str
     predictor saved to `out_dir`. Returns the figures and their lines for people."""
     if Path(out_dir).exists() and not overwrite:
         raise ConfigError(f"{out_dir} exists; pass --overwrite to replace it")
+    if calibrated.per_label is not None:
+        return _per_label_report(calibrated, task, out_dir)
     probs = predict(calibrated.inner, [e.text for e in task.test]).probs
     gold = gold_indices(task, task.test, calibrated.label_names)
     tempered = with_temperature(probs, calibrated.temperature)
@@ -174,18 +234,35 @@ def calibration_report(calibrated: CalibratedPredictor, task: Task, out_dir: str
              f"ECE on the test split ({len(gold)} examples): {before['ece']:.3f} {_bounds(before)} before, "
              f"{after['ece']:.3f} {_bounds(after)} after; accuracy unchanged "
              f"({float(np.mean(probs.argmax(axis=1) == gold)):.3f}: a temperature never changes the predicted label)",
-             _ece_change(probs, tempered, gold), f"saved to {out_dir}"]
+             _ece_change(lambda p, idx: expected_calibration_error(
+                 p[idx].max(axis=1), (p[idx].argmax(axis=1) == gold[idx]).astype(float)), probs, tempered),
+             f"saved to {out_dir}"]
     return {**fit, "temperature": calibrated.temperature, "fingerprint": calibrated.fingerprint, "lines": lines}
 
 
-def _ece_change(probs: np.ndarray, tempered: np.ndarray, gold: np.ndarray) -> str:
-    """The change in test ECE with its paired interval (the same resamples for both), and what it says."""
-    def ece(p, idx):
-        return expected_calibration_error(p[idx].max(axis=1), (p[idx].argmax(axis=1) == gold[idx]).astype(float))
+def _per_label_report(calibrated: CalibratedPredictor, task: Task, out_dir) -> dict:
+    predictions = predict(calibrated.inner, [e.text for e in task.test])
+    gold = label_matrix(task, task.test)[:, [list(task.labels).index(n) for n in calibrated.label_names]]
+    scores, mapped = predictions.probs, with_per_label(predictions.probs, calibrated.per_label)
+    before, after = label_ece_with_interval(scores, gold), label_ece_with_interval(mapped, gold)
+    calibrated.meta["calibration"].update(test_ece_before=before, test_ece_after=after)
+    save_predictor(calibrated, out_dir, task.text_fields)
+    fit = calibrated.meta["calibration"]
+    lines = [f"Platt scaling per label ({len(calibrated.label_names)} labels), fitted on {fit['fitted_on']} "
+             f"({fit['n_validation']} examples)",
+             f"mean per-label ECE on the test split ({len(gold)} examples): {before['ece']:.3f} {_bounds(before)} "
+             f"before, {after['ece']:.3f} {_bounds(after)} after; the labels given are unchanged (each label's map "
+             "rises, and its threshold moves with it)",
+             _ece_change(lambda p, idx: label_ece(p[idx], gold[idx]), scores, mapped), f"saved to {out_dir}"]
+    return {**fit, "per_label": calibrated.per_label, "fingerprint": calibrated.fingerprint, "lines": lines}
 
-    everything = np.arange(len(gold))
+
+def _ece_change(ece, probs: np.ndarray, tempered: np.ndarray) -> str:
+    """The change in test ECE (`ece(scores, indices)`) with its paired interval (the same resamples for both),
+    and what it says."""
+    everything = np.arange(len(probs))
     change = ece(tempered, everything) - ece(probs, everything)
-    bounds = interval(lambda idx: ece(tempered, idx) - ece(probs, idx), len(gold))
+    bounds = interval(lambda idx: ece(tempered, idx) - ece(probs, idx), len(probs))
     said = f"ECE after - before: {change:+.3f}"
     if bounds is None:
         return said

@@ -30,7 +30,7 @@ import torch
 from tunelab.atomic import replace_folder
 from tunelab.errors import ConfigError, ModelError
 from tunelab.measure.evaluate import expected_calibration_error
-from tunelab.predictor import ARTIFACT_FILE, FORMAT_VERSION, load_predictor, predict
+from tunelab.predictor import ARTIFACT_FILE, FORMAT_VERSION, Predictions, load_predictor, predict
 from tunelab.rungs.baseline import EMBED_OVERLAP, BaselinePredictor
 from tunelab.rungs.students import ENCODER_OVERLAP, EncoderStudent
 from tunelab.ship.onnx_predictor import HEAD_FILE, OnnxPredictor, require_onnx
@@ -57,6 +57,15 @@ def parity_figures(reference: np.ndarray, exported: np.ndarray, gold: np.ndarray
         passes = passes and abs(ece[1] - ece[0]) <= ECE_DRIFT
     figures["passes"] = passes
     return figures
+
+
+def label_set_parity(reference: Predictions, exported: Predictions) -> dict:
+    """Several labels an example: the share of texts given the same label set, and the largest score difference."""
+    agreement = float(np.mean(np.all(reference.chosen == exported.chosen, axis=1)))
+    largest = float(np.max(np.abs(reference.probs - exported.probs)))
+    return {"n": len(reference), "agreement": agreement, "max_prob_difference": largest,
+            "agreement_needed": AGREEMENT, "prob_tolerance": PROB_TOLERANCE,
+            "passes": agreement >= AGREEMENT and largest <= PROB_TOLERANCE}
 
 
 def _export_graph(student, path: Path) -> None:
@@ -134,7 +143,7 @@ def export_onnx(predictor_dir: str | Path, out_dir: str | Path, texts: list[str]
     as_saved = getattr(student, "precision", "fp32")
     if output == "logits":
         student.set_precision("fp32")  # the reference is the fp32 torch predictor
-    reference = predict(student, texts).probs if student.kind == "classification" else None
+    reference = predict(student, texts) if student.kind != "regression" else None
     gold = None
     if gold_labels is not None and student.kind == "classification":
         gold = np.array([student.label_names.index(label) for label in gold_labels])
@@ -172,12 +181,15 @@ def export_onnx(predictor_dir: str | Path, out_dir: str | Path, texts: list[str]
                    "labels": list(student.label_names), "max_length": student.max_length,
                    "long_texts": reading["long_texts"], "overlap": reading["overlap"], "output": output,
                    "pad_id": tokenizer.pad_token_id, "quantize": quantize, **fields,
+                   **({"thresholds": list(student.thresholds)} if student.kind == "multilabel" else {}),
                    "source": {"path": str(predictor_dir), "fingerprint": student.fingerprint,
                               "spec": reading["spec"]},
                    "params_total": student.params_total, "params_trainable": student.params_trainable}
         exported = OnnxPredictor(folder, payload)
         if student.kind == "classification":
-            figures = parity_figures(reference, predict(exported, texts).probs, gold)
+            figures = parity_figures(reference.probs, predict(exported, texts).probs, gold)
+        elif student.kind == "multilabel":
+            figures = label_set_parity(reference, predict(exported, texts))
         else:
             values = [predict(p, texts).values for p in (student, exported)]
             largest = float(np.max(np.abs(values[0] - values[1])))

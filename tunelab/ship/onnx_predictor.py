@@ -86,6 +86,7 @@ class OnnxPredictor:
         self.overlap, self.output = int(payload.get("overlap", ENCODER_OVERLAP)), payload.get("output", "logits")
         self.head = (json.loads((self.directory / HEAD_FILE).read_text(encoding="utf-8"))
                      if self.output == "vectors" else None)
+        self.thresholds = payload.get("thresholds")  # several labels an example: the source predictor's
 
     @property
     def params_total(self) -> int:
@@ -101,7 +102,8 @@ class OnnxPredictor:
         if self.head is not None:
             digest.update(json.dumps(self.head, sort_keys=True).encode())
         digest.update(json.dumps([self.kind, list(self.label_names), self.max_length, self.long_texts,
-                                  self.payload.get("quantize")]).encode())
+                                  self.payload.get("quantize")]
+                                 + ([self.thresholds] if self.thresholds is not None else [])).encode())
         return digest.hexdigest()[:16]
 
     def describe_model(self) -> dict:
@@ -162,6 +164,8 @@ class OnnxPredictor:
         logits = self.logits(texts)
         if self.head is not None:
             return self._head_predictions(logits)
+        if self.kind == "multilabel":  # one sigmoid per label
+            return self._label_scores(logits)
         if self.kind == "classification":
             shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
             return Predictions("classification", self.label_names, probs=shifted / shifted.sum(axis=1, keepdims=True))
@@ -173,6 +177,8 @@ class OnnxPredictor:
         if self.kind == "regression":
             low, high = self.head["value_range"]
             return Predictions("regression", values=np.clip(scores[:, 0], low, high))
+        if self.kind == "multilabel":  # the per-label logistic regressions, columns in label order
+            return self._label_scores(scores)
         if scores.shape[1] == 1:
             second = 1 / (1 + np.exp(-scores[:, 0]))
             probs = np.stack([1 - second, second], axis=1)
@@ -181,6 +187,10 @@ class OnnxPredictor:
             probs = shifted / shifted.sum(axis=1, keepdims=True)
         order = [self.head["classes"].index(label) for label in self.label_names]
         return Predictions("classification", self.label_names, probs=probs[:, order])
+
+    def _label_scores(self, logits: np.ndarray) -> Predictions:
+        return Predictions("multilabel", self.label_names, probs=1 / (1 + np.exp(-logits)),
+                           thresholds=np.asarray(self.thresholds))
 
     def save(self, directory: Path) -> None:
         raise ModelError("an ONNX predictor is written by `tunelab export`, not saved again")

@@ -33,13 +33,13 @@ class TaskSource:
     label_field: Annotated[str, "Field holding the label or value."] = "label"
     kind: Annotated[Kind, "classification, multilabel (several labels an example) or regression (for --train "
                           "files)."] = "classification"
-    label_separator: Annotated[str | None, "multilabel: the character between an example's labels when the label "
-                                           "field is a string (default: a JSON list)."] = None
+    label_sep: Annotated[str | None, "multilabel: the separator between an example's labels when the label field "
+                                     "is a string (default: a JSON list)."] = None
 
     def load(self) -> Task:
         return load_task(self.task, train_path=self.train, test_path=self.test, text_field=self.text_field,
                          text_fields=self.text_fields, label_field=self.label_field, kind=self.kind,
-                         label_separator=self.label_separator)
+                         label_separator=self.label_sep)
 
 
 def load_task(
@@ -61,7 +61,7 @@ def load_task(
     if kind not in KINDS:
         raise InputError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if label_separator is not None and (kind != "multilabel" or not label_separator.strip()):
-        raise InputError("--label-separator is for --kind multilabel and must be a visible character or string")
+        raise InputError("--label-sep is for --kind multilabel and must be a visible character or string")
     if name is not None and text_fields:
         raise InputError("--text-fields is for --train files; a built-in task has its own fields")
     if name is not None and train_path is not None:

@@ -116,7 +116,7 @@ def _multilabel_task(name, train, test, train_path, test_path, label_field, test
     for example in test:
         unknown = [label for label in example.label if label not in known]
         if unknown:
-            raise InputError(f"label {unknown[0]!r} does not occur in the training set (labels: {labels})",
+            raise InputError(f"holds {unknown[0]!r}, a label the training set lacks (labels: {labels})",
                              path=test_path or train_path, line=example.line, field=label_field)
     return Task(name, "multilabel", tuple(train), tuple(test), labels=tuple(labels), split_note=split_note, **extra)
 

@@ -166,7 +166,7 @@ def _label_set(path: Path, line: int, label, label_field: str, separator: str | 
     if not isinstance(label, list):
         how = f"a string of labels separated by {separator!r}" if separator else "a JSON list of labels"
         raise InputError(f"must be {how} for a multilabel task, got {label!r}", path=path, line=line,
-                         field=label_field, hint=None if separator else "or name --label-separator")
+                         field=label_field, hint=None if separator else "or name --label-sep")
     for item in label:
         if isinstance(item, (dict, list, bool)) or item is None or str(item).strip() == "":
             raise InputError(f"must hold non-empty strings or numbers, got {item!r} in {label!r}", path=path,
