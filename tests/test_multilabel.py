@@ -199,3 +199,25 @@ def test_bulk_stores_label_sets_and_serve_answers_them(multilabel_task, tmp_path
     live = client.post("/predict", json={"texts": ["nice vile", "good"]}).json()["results"]
     assert live[0]["source"] == "live" and live[0]["labels"] == expected["nice vile"]
     assert live[1]["source"] == "store" and live[1]["labels"] == expected["good"]
+
+
+def test_an_exported_store_keeps_each_rows_label_set(multilabel_task, tmp_path):
+    import csv
+
+    from tunelab.offline.bulk import predict_file
+    from tunelab.offline.store import Store
+
+    model = fit_baseline(multilabel_task, BaselineConfig(method="tfidf"), out_dir=tmp_path / "model")
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("good awful\n")
+    predict_file(tmp_path / "model", inputs, tmp_path / "store.sqlite")
+    store = Store(tmp_path / "store.sqlite")
+    try:
+        store.export(tmp_path / "rows.jsonl")
+        store.export(tmp_path / "rows.csv")
+    finally:
+        store.close()
+    expected = list(model.predict_batch(["good awful"]).label_sets[0])
+    assert json.loads((tmp_path / "rows.jsonl").read_text())["labels"] == expected
+    row = next(csv.DictReader((tmp_path / "rows.csv").open()))
+    assert json.loads(row["label"]) == expected and set(json.loads(row["probs"])) == set(LABELS)

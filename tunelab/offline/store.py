@@ -188,7 +188,7 @@ class Store:
             yield _stored(row[:4], row[4])
 
     def summary(self) -> dict:
-        """Counts per model fingerprint and, within each, per label."""
+        """Counts per model fingerprint and, within each, per label (the top label; none for label sets)."""
         result = {}
         for fingerprint, label, count in self.db.execute(
                 "SELECT fingerprint, label, count(*) FROM predictions GROUP BY fingerprint, label ORDER BY 1, 2"):
@@ -220,6 +220,8 @@ class Store:
                     record = stored.as_dict()
                     if writer is not None:
                         record["probs"] = json.dumps(record["probs"]) if record.get("probs") is not None else ""
+                        if "labels" in record:  # several labels: the label cell holds them as a JSON list
+                            record["label"] = json.dumps(record["labels"])
                         writer.writerow({column: _csv_safe(record.get(column)) for column in CSV_COLUMNS})
                     else:
                         handle.write(json.dumps(record) + "\n")
@@ -231,7 +233,7 @@ class Store:
 
 
 CSV_COLUMNS = ["input", "label", "probs", "value", "fingerprint"]  # classification rows leave value empty, and
-# regression rows label and probs, so one store may hold both kinds
+# regression rows label and probs, so one store may hold both kinds; a multi-label row's label is a JSON list
 
 
 def _csv_safe(value):
