@@ -134,6 +134,50 @@ def test_saved_lora_reloads_with_the_same_predictions(tiny_model, tiny_task, tmp
                        atol=1e-5)
 
 
+def test_an_fp32_adapter_whose_merge_would_not_fit_is_served_unmerged(tiny_model, tiny_task, tmp_path,
+                                                                       monkeypatch):
+    out = tmp_path / "run"
+    merged = finetune(tiny_model, tiny_task, TuneConfig(method="lora", lr=1e-2, **FAST), out_dir=out)
+    assert merged.meta["adapter_merged"] and load_predictor(out).meta["adapter_merged"]
+    base_weights = [p.detach().clone() for p in tiny_model.lm.parameters()]
+    monkeypatch.setattr("tunelab.memory.memory_room", lambda device=None: (1024, "a tiny limit", 1024))
+    unmerged = load_predictor(out)  # the merge's fresh weights would not fit: the adapter stays a side path
+    assert unmerged.meta["adapter_merged"] is False and unmerged.fingerprint == merged.fingerprint
+    assert unmerged.params_total == tiny_model.params_total
+    assert np.allclose(predict(unmerged, _texts(tiny_task)).probs, predict(merged, _texts(tiny_task)).probs,
+                       atol=1e-5)
+    assert all(torch.equal(p, q) for p, q in zip(tiny_model.lm.parameters(), base_weights))  # the base unchanged
+
+
+def test_the_plan_serves_an_adapter_unmerged_where_only_its_merge_would_not_fit(tiny_model, tiny_task, tmp_path,
+                                                                                 monkeypatch):
+    from tunelab.memory import HEADROOM, ModelShape, peak, plan
+
+    # wide layers, a short micro-batch: the merged copy of the linear weights outweighs training's activations
+    wide = ModelShape.of(LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                                     num_attention_heads=4, num_key_value_heads=2))
+    sizes = dict(tokens=8, rows=1, baseline=0)
+    ample = plan(wide, "lora", room=(1 << 40, "t"), **sizes)
+    assert ample.parts["merged copy (after training)"] > 0 and "unmerged" not in ample.reason
+    without = peak({**ample.parts, "merged copy (after training)": 0})
+    room = int((without + 1) / HEADROOM) + 1  # training fits, the merge after it does not
+    assert peak(ample.parts) > HEADROOM * room
+    tight = plan(wide, "lora", room=(room, "t"), **sizes)
+    assert tight.fits and tight.parts["merged copy (after training)"] == 0 and "served unmerged" in tight.reason
+    assert not plan(wide, "lora", room=(room, "t"), merge=True, **sizes).fits  # --merge must merge
+    # a plan without the merge: the trained adapter stays unmerged, with the base's parameter count
+    planned = tuning.plan_memory
+
+    def no_merge(*args, **kwargs):
+        found = planned(*args, **kwargs)
+        return {**found, "parts": {**found["parts"], "merged copy (after training)": 0}}
+
+    monkeypatch.setattr(tuning, "plan_memory", no_merge)
+    trained = finetune(tiny_model, tiny_task, TuneConfig(method="lora", lr=1e-2, **FAST), out_dir=tmp_path / "b")
+    assert trained.meta["adapter_merged"] is False and trained.params_total == tiny_model.params_total
+    assert load_predictor(tmp_path / "b").fingerprint == trained.fingerprint
+
+
 def test_a_lora_artifact_reloads_where_merging_rounds_differently_but_not_with_a_changed_adapter(
         tiny_model, tiny_task, tmp_path, monkeypatch):
     """Merging an adapter is float arithmetic whose last bits depend on the device (a GPU merged to other bits than

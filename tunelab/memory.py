@@ -251,11 +251,14 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
          tokens: int = 512, rows: int = 8, scored: int = 2, processes: int = 1, lora_r: int = 8,
          device: torch.device | None = None, checkpointing: bool | None = None,
          room: tuple | None = None, baseline: int | None = None, loaded: bool = False,
-         weights_precision: str = "fp32") -> MemoryPlan:
+         weights_precision: str = "fp32", merge: bool = False) -> MemoryPlan:
     """The memory plan of one run: `tokens` row tokens a forward pass (a micro-batch), `rows` rows and `scored`
     positions each whose logits the head computes; `processes` data-parallel processes on this machine, each
     holding its own copy. `checkpointing` None lets the plan choose (on only where the run would not fit without
-    it). `loaded`: the base model is already in this process's memory (counted in `baseline`, the process now)."""
+    it). `loaded`: the base model is already in this process's memory (counted in `baseline`, the process now).
+    An fp32-base LoRA merges its adapter after training where the merged copy fits, else it is served unmerged
+    (rungs/low_precision.merged_if_it_fits); `merge` (the merged model is written) makes the merge part of the
+    run."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     config = shape.config
@@ -296,6 +299,10 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
     if choose and method in ("lora", "full") and peak(parts) > HEADROOM * room_bytes:
         use_checkpointing, reason = True, "checkpointing on: without it the activations would not fit"
         parts = parts_for(True, tokens)
+    unmerged = {**parts, "merged copy (after training)": 0}
+    if parts["merged copy (after training)"] and not merge and peak(parts) > HEADROOM * room_bytes >= peak(unmerged):
+        parts = unmerged
+        reason += "; the adapter is served unmerged after training (its merge would not fit)"
     result = MemoryPlan(method, precision, base_precision, processes, tokens, use_checkpointing, parts, room_bytes,
                         source, reason)
     if not result.fits:

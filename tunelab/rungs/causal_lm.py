@@ -13,7 +13,7 @@ import torch
 from tunelab.errors import ModelError
 from tunelab.models import Model, load_model, make_model
 from tunelab.predictor import Predictions, load_base_model, save_base_reference, write_artifact_json
-from tunelab.rungs.low_precision import bf16_copy, merge_adapter, shared_copy
+from tunelab.rungs.low_precision import bf16_copy, merged_if_it_fits, shared_copy
 from tunelab.scoring.length import text_tokens
 from tunelab.scoring.precision import autocast
 from tunelab.scoring.tokens import PrefixCache, encode_prefix, label_log_likelihoods
@@ -155,12 +155,16 @@ class CausalLMPredictor:
             except (OSError, ValueError, KeyError, RuntimeError) as err:
                 raise ModelError(f"{directory / 'adapter'}: cannot load the LoRA adapter ({err})") from None
             config = adapted.peft_config["default"]
-            model = make_model(adapted if base_precision == "bf16" else merge_adapter(adapted), base.tokenizer,
-                               name=f"{base.name}+lora", device=base.device)
+            merged = False
+            if base_precision != "bf16":  # unmerged, as trained, on a bf16 base; merged in fp32 where it fits
+                adapted, merged = merged_if_it_fits(adapted, base.device)
+            model = make_model(adapted, base.tokenizer, name=f"{base.name}+lora", device=base.device)
             model.lm.requires_grad_(False)
             model._fingerprint = adapter_fingerprint(base_fingerprint(base.fingerprint, base_precision), state,
                                                      config)
         meta = {key: payload[key] for key in _META_KEYS if key in payload}
+        if "model" not in payload.get("weights", ["model"]):
+            meta["adapter_merged"] = merged  # where it was not, scoring adds each layer's low-rank product
         predictor = cls(model, Verbalizer.from_description(model.tokenizer, payload), meta, rung=payload["rung"])
         if "model" not in payload.get("weights", ["model"]) and predictor.fingerprint != payload.get("fingerprint"):
             # saved before adapters were fingerprinted: those hashed the merged weights (load_predictor then checks)

@@ -1,5 +1,6 @@
 """The frozen base a LoRA adapter trains on, without a second full copy of the weights: in fp32 it shares the
-caller's weights (`shared_copy`, merged afterwards into fresh tensors layer by layer: `merge_adapter`); in bf16
+caller's weights (`shared_copy`, merged afterwards into fresh tensors layer by layer: `merge_adapter`, or left
+unmerged where those fresh tensors would not fit: `merged_if_it_fits`); in bf16
 (`bf16_copy`) it takes half the memory of the fp32 weights, the adapters and their optimizer state in fp32.
 
 Where the forward pass runs in bf16 (a device fast at it: autocast), the bf16 weights are used as they are. Where
@@ -65,6 +66,31 @@ def shared_copy(lm: torch.nn.Module) -> torch.nn.Module:
     weights as they were."""
     memo = {id(p): torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in lm.parameters()}
     return copy.deepcopy(lm, memo)
+
+
+# The share of the memory left that a merge's fresh weights may take; the rest is for scoring with the merged model.
+MERGE_SHARE = 0.5
+
+
+def merged_bytes(peft_model) -> int:
+    """What `merge_adapter` allocates: a fresh copy of every adapted layer's weight (with LoRA on every linear
+    layer, nearly the whole model once more)."""
+    from peft.tuners.lora import LoraLayer
+
+    weights = [module.get_base_layer().weight for module in peft_model.modules() if isinstance(module, LoraLayer)]
+    return sum(weight.numel() * weight.element_size() for weight in weights)
+
+
+def merged_if_it_fits(peft_model, device: torch.device | None = None) -> tuple[torch.nn.Module, bool]:
+    """(the model, whether the adapter was merged): merged into fresh weights (`merge_adapter`, the faster to score)
+    where they take at most MERGE_SHARE of the memory this process has left (tunelab/memory.py: the cgroup limit,
+    available RAM, or a GPU's free memory), else the adapter served unmerged on the shared fp32 base: each adapted
+    layer adds its low-rank product, and no second copy of the weights is made."""
+    from tunelab.memory import memory_room
+
+    if merged_bytes(peft_model) > MERGE_SHARE * memory_room(device)[0]:
+        return peft_model, False
+    return merge_adapter(peft_model), True
 
 
 def merge_adapter(peft_model) -> torch.nn.Module:

@@ -33,7 +33,7 @@ from tunelab.measure.evaluate import evaluate, peak_rss_mb
 from tunelab.models import Model, count_parameters, make_model
 from tunelab.predictor import ARTIFACT_FILE
 from tunelab.rungs.causal_lm import CausalLMPredictor, adapter_fingerprint, base_fingerprint
-from tunelab.rungs.low_precision import bf16_copy, merge_adapter, shared_copy
+from tunelab.rungs.low_precision import bf16_copy, merge_adapter, merged_if_it_fits, shared_copy
 from tunelab.rungs.tuning_loss import (
     _Batch,
     _batches,
@@ -342,13 +342,15 @@ def finetune(
     if not dist.is_main:
         return None  # rank 0 evaluates and saves the one artifact
     load_trainable(lm, out_dir / CHECKPOINTS / f"epoch-{progress['best_epoch']:04d}" / "weights.safetensors")
-    adapter = None
+    adapter, merged = None, False
     if lora is not None:
         from peft import get_peft_model_state_dict
 
         adapter = {"config": lora, "state": {k: v.contiguous() for k, v in get_peft_model_state_dict(lm).items()}}
-        if config.base_precision == "fp32":
-            lm = merge_adapter(lm)
+        if config.base_precision == "fp32" and config.merge:  # the merged model is written: it must be made
+            lm, merged = merge_adapter(lm), True
+        elif config.base_precision == "fp32" and memory["parts"]["merged copy (after training)"]:
+            lm, merged = merged_if_it_fits(lm, model.device)  # planned to fit; checked again now
     if checkpointing:
         _checkpointing(lm, False)
     lm.eval()
@@ -375,7 +377,9 @@ def finetune(
                                      "tokens_per_s": sum(rates)}},
         "versions": library_versions(),
     }
-    if config.base_precision == "bf16":  # the adapter is served unmerged: its weights merge into the base's
+    if lora is not None:
+        meta["adapter_merged"] = merged  # on a bf16 base, or where a merge would not fit: scored unmerged
+    if lora is not None and not merged:  # the adapter is served unmerged: its weights merge into the base's
         meta["params_total"] = params_total
     elif params_total != tuned.params_total:
         raise TrainingError(f"internal: merged model has {tuned.params_total} parameters, base {params_total}")
@@ -407,7 +411,7 @@ def plan_memory(model: Model, config: TuneConfig, precision: str, max_length: in
     while True:
         found = plan(shape, config.method, precision=precision, base_precision=config.base_precision, tokens=tokens,
                      rows=max(1, tokens // row), processes=processes, lora_r=config.lora_r, device=model.device,
-                     loaded=True, weights_precision=model.weights_precision)
+                     loaded=True, weights_precision=model.weights_precision, merge=config.merge)
         first = first or found
         if found.fits or tokens <= max_length:
             break
