@@ -292,16 +292,18 @@ def plan(shape: ModelShape, method: str, *, precision: str = "fp32", base_precis
                  "activations": activation + logits}
         return {name: value * processes for name, value in parts.items()}  # each process holds all of it
 
+    def needed(parts: dict[str, int]) -> int:  # an fp32 LoRA's merge is optional unless asked for (`merge`)
+        return peak(parts if merge else {**parts, "merged copy (after training)": 0})
+
     choose = checkpointing is None
     use_checkpointing = bool(checkpointing)
     parts = parts_for(use_checkpointing, tokens)
     reason = "checkpointing off: the activations fit" if choose else "as asked"
-    if choose and method in ("lora", "full") and peak(parts) > HEADROOM * room_bytes:
+    if choose and method in ("lora", "full") and needed(parts) > HEADROOM * room_bytes:
         use_checkpointing, reason = True, "checkpointing on: without it the activations would not fit"
         parts = parts_for(True, tokens)
-    unmerged = {**parts, "merged copy (after training)": 0}
-    if parts["merged copy (after training)"] and not merge and peak(parts) > HEADROOM * room_bytes >= peak(unmerged):
-        parts = unmerged
+    if parts["merged copy (after training)"] and peak(parts) > HEADROOM * room_bytes >= needed(parts):
+        parts = {**parts, "merged copy (after training)": 0}
         reason += "; the adapter is served unmerged after training (its merge would not fit)"
     result = MemoryPlan(method, precision, base_precision, processes, tokens, use_checkpointing, parts, room_bytes,
                         source, reason)
