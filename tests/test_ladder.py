@@ -79,7 +79,9 @@ def test_report_html_loads_in_headless_chromium(ladder_run, tmp_path):
                            "--dump-dom", (out / "report.html").as_uri()],
                           capture_output=True, text=True, timeout=120)
     dom = done.stdout
-    assert '<table id="rungs" class="sortable">' in dom and dom.count("<tr>") == len(TINY["rungs"]) + 1
+    assert '<table id="rungs" class="sortable">' in dom
+    rungs_table = dom.split('<table id="rungs" class="sortable">', 1)[1].split("</table>", 1)[0]
+    assert rungs_table.count("<tr>") == len(TINY["rungs"]) + 1  # other tables (faster rungs) vary with the timings
     figures = ("quality-vs-params", "quality-vs-speed", "quality-vs-build", "per-slice", "few-shot-curve",
                "prompt-sensitivity", "reliability", "cascade-frontier")
     for name in figures:  # plotly drew each figure: its div now holds the SVG the script made
