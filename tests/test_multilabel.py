@@ -219,5 +219,10 @@ def test_an_exported_store_keeps_each_rows_label_set(multilabel_task, tmp_path):
         store.close()
     expected = list(model.predict_batch(["good awful"]).label_sets[0])
     assert json.loads((tmp_path / "rows.jsonl").read_text())["labels"] == expected
+    store = Store(tmp_path / "store.sqlite")
+    try:
+        assert store.summary()[model.fingerprint]["labels"] == {label: 1 for label in expected}  # rows per label
+    finally:
+        store.close()
     row = next(csv.DictReader((tmp_path / "rows.csv").open()))
     assert json.loads(row["label"]) == expected and set(json.loads(row["probs"])) == set(LABELS)

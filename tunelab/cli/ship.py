@@ -1,5 +1,5 @@
-"""The commands that ship a rung: calibrate (temperature scaling; Platt scaling per label), cascade (fast model first, strong model for the
-rest) and export (ONNX, optionally int8, gated on parity)."""
+"""The commands that ship a rung: calibrate (temperature scaling; Platt scaling per label), cascade (fast model
+first, strong model for the rest) and export (ONNX, optionally int8, gated on parity)."""
 
 from __future__ import annotations
 

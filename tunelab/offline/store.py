@@ -188,7 +188,8 @@ class Store:
             yield _stored(row[:4], row[4])
 
     def summary(self) -> dict:
-        """Counts per model fingerprint and, within each, per label (the top label; none for label sets)."""
+        """Counts per model fingerprint and, within each, per label (the top label; for label sets, the rows given
+        each label, counted by SQLite's JSON functions over the probs column)."""
         result = {}
         for fingerprint, label, count in self.db.execute(
                 "SELECT fingerprint, label, count(*) FROM predictions GROUP BY fingerprint, label ORDER BY 1, 2"):
@@ -196,6 +197,11 @@ class Store:
             entry["rows"] += count
             if label is not None:
                 entry["labels"][label] = count
+        for fingerprint, label, count in self.db.execute(
+                "SELECT fingerprint, given.value, count(*) FROM predictions, json_each(predictions.probs, '$.labels') "
+                "AS given WHERE predictions.label IS NULL AND json_type(predictions.probs, '$.labels') = 'array' "
+                "GROUP BY 1, 2 ORDER BY 1, 2"):
+            result[fingerprint]["labels"][label] = count
         for fingerprint, description in self.db.execute("SELECT fingerprint, description FROM predictors"):
             if fingerprint in result:
                 result[fingerprint]["predictor"] = json.loads(description)

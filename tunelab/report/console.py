@@ -129,8 +129,8 @@ def progress_bars(console, transient: bool = True):
 
 _HEADERS = {"rung": "rung", "method": "method", "epochs_run": "epochs", "train_seconds": "train s",
             "peak_rss_mb": "peak MB", "shots": "K", "select": "select", "calibrate": "calib", "accuracy": "acc",
-            "macro_f1": "F1", "micro_f1": "micro F1", "subset_accuracy": "exact", "mae": "MAE", "spearman": "rho", "examples_per_s": "ex/s", "params_total": "params",
-            "params_trainable": "trainable"}
+            "macro_f1": "F1", "micro_f1": "micro F1", "subset_accuracy": "exact", "mae": "MAE", "spearman": "rho",
+            "examples_per_s": "ex/s", "params_total": "params", "params_trainable": "trainable"}
 
 
 def results_table(results: list[dict], title: str) -> Table:

@@ -223,7 +223,8 @@ def load_student(directory: Path, payload: dict):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     meta = {k: payload[k] for k in ("teacher", "spec", "config", "params_teacher", "training", "metrics", "max_length",
-                                    "precision", "precision_record", "long_texts", "text_fields", "thresholds") if k in payload}
+                                    "precision", "precision_record", "long_texts", "text_fields", "thresholds")
+            if k in payload}
     check_model_folder(directory / "model")
     try:
         encoder = AutoModelForSequenceClassification.from_pretrained(directory / "model", **MODEL_LOCAL_ONLY)
