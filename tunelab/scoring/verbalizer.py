@@ -198,7 +198,8 @@ class Verbalizer:
     def predictions(self, scores: torch.Tensor, calibration: list[float] | None = None) -> Predictions:
         """Label probabilities (softmax over labels), optionally with the content-free bias divided out. Several
         labels an example: each label's share of the label set, decided by its threshold (one pass over the label
-        set, rather than a yes/no question per label: L times fewer prompts)."""
+        set rather than a yes/no question per label: L times fewer prompts, and better on sounds in
+        bench/multilabel_prompts.py)."""
         if calibration is not None:
             scores = torch.log_softmax(scores, dim=-1) - torch.tensor(calibration)
         if self.kind == "classification":
