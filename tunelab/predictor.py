@@ -84,7 +84,8 @@ class Predictions:
             return {"value": float(self.values[i])}
         probs = {name: float(p) for name, p in zip(self.label_names, self.probs[i])}
         if self.kind == "multilabel":
-            return {"labels": list(self.label_sets[i]), "probs": probs}
+            given = self.probs[i] >= self.thresholds  # this row only: bulk inference asks row by row
+            return {"labels": [name for name, on in zip(self.label_names, given) if on], "probs": probs}
         return {"label": self.label_names[int(self.probs[i].argmax())], "probs": probs}
 
     @staticmethod

@@ -139,9 +139,9 @@ def quality(task: Task, predictions: Predictions) -> dict:
     gold, predicted = gold_and_outputs(task, predictions)
     functions = metric_functions(task)
     figures = {name: fn(gold, predicted) for name, fn in functions.items()}
-    if task.is_multilabel:
-        order = [predictions.label_names.index(label) for label in task.labels]
-        figures["ece"] = multilabel.label_ece(predictions.probs[:, order], gold)
+    if task.is_multilabel:  # each label's scores against whether the examples hold it, in the scores' order
+        held = multilabel.label_set_matrix(predictions.label_names, [e.label for e in task.test])
+        figures["ece"] = multilabel.label_ece(predictions.probs, held)
     if task.is_classification:
         figures["ece"] = expected_calibration_error(predictions.probs.max(axis=1), (gold == predicted).astype(float))
         figures["reliability"] = reliability(predictions.probs.max(axis=1), (gold == predicted).astype(float))

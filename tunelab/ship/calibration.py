@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from tunelab.errors import ConfigError
 from tunelab.measure.evaluate import expected_calibration_error, reliability
 from tunelab.measure.intervals import interval
-from tunelab.measure.multilabel import label_ece, label_matrix
+from tunelab.measure.multilabel import label_ece, label_set_matrix
 from tunelab.predictor import (
     Predictions,
     Predictor,
@@ -179,7 +179,7 @@ def calibrate(predictor: Predictor, validation: list, task: Task, *, source: str
 
 def _calibrate_per_label(predictor: Predictor, validation: list, task: Task, source: str) -> CalibratedPredictor:
     predictions = predict(predictor, [e.text for e in validation])
-    gold = label_matrix(task, validation)[:, [list(task.labels).index(n) for n in predictor.label_names]]
+    gold = label_set_matrix(predictor.label_names, [e.label for e in validation])
     per_label = fit_per_label(predictions.probs, gold)
     per_label["thresholds"] = with_per_label(predictions.thresholds[None, :], per_label)[0].tolist()
     calibrated = with_per_label(predictions.probs, per_label)
@@ -242,7 +242,7 @@ def calibration_report(calibrated: CalibratedPredictor, task: Task, out_dir: str
 
 def _per_label_report(calibrated: CalibratedPredictor, task: Task, out_dir) -> dict:
     predictions = predict(calibrated.inner, [e.text for e in task.test])
-    gold = label_matrix(task, task.test)[:, [list(task.labels).index(n) for n in calibrated.label_names]]
+    gold = label_set_matrix(calibrated.label_names, [e.label for e in task.test])
     scores, mapped = predictions.probs, with_per_label(predictions.probs, calibrated.per_label)
     before, after = label_ece_with_interval(scores, gold), label_ece_with_interval(mapped, gold)
     calibrated.meta["calibration"].update(test_ece_before=before, test_ece_after=after)
