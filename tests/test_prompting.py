@@ -91,6 +91,24 @@ def test_calibration_divides_out_content_free_distribution(tiny_model, tiny_task
     assert np.allclose(calibrated.predict_batch(texts).probs, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("calibration", ["batch", "contextual"])
+def test_calibration_check_reads_one_pass_as_predicting_twice_would(tiny_model, tiny_task, calibration):
+    config = PromptConfig(shots=2, calibrate=True, calibration=calibration)
+    calibrated = few_shot(tiny_model, tiny_task, config)
+    held_out = [e for e in tiny_task.train if e not in calibrated.shots]
+    check = random.Random(config.seed + 1).sample(held_out, len(held_out))  # the examples the check drew
+    texts, gold = [e.text for e in check], np.array([e.label for e in check])
+
+    def accuracy(predictor):
+        return float(np.mean(np.array(predictor.label_names)[predict(predictor, texts).probs.argmax(1)] == gold))
+
+    plain = few_shot(tiny_model, tiny_task, PromptConfig(shots=2))
+    if calibration == "batch":  # the mean label distribution over the check examples, as calibrate(texts) measures
+        assert np.allclose(np.exp(calibrated.calibration), predict(plain, texts).probs.mean(0), atol=1e-5)
+    assert calibrated.calibration_check == {"n": len(check), "with": accuracy(calibrated),
+                                            "without": accuracy(plain)}
+
+
 def test_balanced_selection_is_equal_per_label_and_interleaved():
     train = [Example(f"p{i}", "pos") for i in range(10)] + [Example(f"n{i}", "neg") for i in range(3)]
     shots = select_shots(train, 6, "balanced", random.Random(1))

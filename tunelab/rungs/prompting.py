@@ -26,7 +26,6 @@ from tunelab.models import MiniLMEmbedder, Model
 from tunelab.predictor import (
     Predictions,
     load_base_model,
-    predict,
     save_base_reference,
     save_predictor,
     write_artifact_json,
@@ -178,16 +177,18 @@ class PromptPredictor:
     def predict_batch(self, texts: list[str]) -> Predictions:
         return self.verbalizer.predictions(self.log_likelihoods(texts), self.calibration)
 
-    def calibrate(self, texts: list[str] | None = None) -> None:
+    def calibrate(self, texts: list[str] | None = None, *, scores: torch.Tensor | None = None) -> None:
         """Divide out the label distribution the prompt favours whatever the input: measured on content-free
-        inputs (contextual calibration, Zhao et al. 2021) or, given `texts`, on real unlabeled inputs (batch
-        calibration, Zhou et al. 2023: the mean label probability over a batch of inputs is the bias)."""
+        inputs (contextual calibration, Zhao et al. 2021) or, given `texts` (or their `scores`, already computed),
+        on real unlabeled inputs (batch calibration, Zhou et al. 2023: the mean label probability over a batch of
+        inputs is the bias)."""
         self.calibration = None
-        fields = self.verbalizer.fmt.fields  # several fields: every field content-free
-        probe = ([probe_record(text, fields) if fields else text for text in CONTENT_FREE_INPUTS] if texts is None
-                 else texts)
-        probs = torch.softmax(self.log_likelihoods(probe), dim=-1).mean(0)
-        self.calibration = torch.log(probs).tolist()
+        if scores is None:
+            fields = self.verbalizer.fmt.fields  # several fields: every field content-free
+            probe = ([probe_record(text, fields) if fields else text for text in CONTENT_FREE_INPUTS]
+                     if texts is None else texts)
+            scores = self.log_likelihoods(probe)
+        self.calibration = torch.log(torch.softmax(scores, dim=-1).mean(0)).tolist()
 
     # -- artifact -------------------------------------------------------------------------------------------------
     def _describe(self) -> dict:
@@ -237,26 +238,36 @@ CALIBRATION_CHECK_EXAMPLES = 64  # held-out training examples on which a calibra
 
 def _calibrate_and_check(predictor: PromptPredictor, held_out: list[Example], task: Task, rng: random.Random) -> None:
     """Calibrate, then compare quality with and without it on training examples that are not shots; when the
-    calibration lowered it, say so in the predictor's notes (calibration can halve accuracy: issue #14)."""
+    calibration lowered it, say so in the predictor's notes (calibration can halve accuracy: issue #14). The check
+    examples are scored once: batch calibration is measured on those scores, and both qualities are read from them
+    (three passes over the examples before, most of a calibrated prompt's cost in the prompt search)."""
     check = rng.sample(held_out, min(CALIBRATION_CHECK_EXAMPLES, len(held_out)))
-    if predictor.config.calibration == "batch":
-        predictor.calibrate([e.text for e in check])
+    batch = predictor.config.calibration == "batch"
+    scores = _scores(predictor, [e.text for e in check]) if batch or len(check) >= 2 else None
+    if batch:
+        predictor.calibrate(scores=scores)
     else:
         predictor.calibrate()
     if len(check) < 2:
         return
-    with_it = _held_out_quality(predictor, check, task)
-    calibration, predictor.calibration = predictor.calibration, None
-    without = _held_out_quality(predictor, check, task)
-    predictor.calibration = calibration
+    with_it = _held_out_quality(predictor.verbalizer.predictions(scores, predictor.calibration), check, task)
+    without = _held_out_quality(predictor.verbalizer.predictions(scores), check, task)
     predictor.calibration_check = {"n": len(check), "with": with_it, "without": without}
     if with_it < without:
         predictor.notes.append(f"{predictor.config.calibration} calibration lowered quality on {len(check)} held-out "
                                f"training examples from {without:.3f} to {with_it:.3f}; consider --no-calibrate")
 
 
-def _held_out_quality(predictor: PromptPredictor, examples: list[Example], task: Task) -> float:
-    predictions = predict(predictor, [e.text for e in examples])
+def _scores(predictor: PromptPredictor, texts: list[str]) -> torch.Tensor:
+    """The label log-likelihoods of `texts` (n, n_labels), in length-sorted batches as predict() runs them."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    size = predictor.config.batch_size
+    sorted_scores = torch.cat([predictor.log_likelihoods([texts[i] for i in order[start : start + size]])
+                               for start in range(0, len(order), size)])
+    return sorted_scores[torch.argsort(torch.tensor(order))]
+
+
+def _held_out_quality(predictions: Predictions, examples: list[Example], task: Task) -> float:
     if task.is_multilabel:  # each variant compared at its own best thresholds on these examples
         predictions.thresholds = choose_thresholds(predictions.probs, label_matrix(task, examples))
     return deciding_metric(task)(*gold_and_outputs(task, predictions, examples))
