@@ -109,6 +109,11 @@ def test_calibration_check_reads_one_pass_as_predicting_twice_would(tiny_model, 
                                             "without": accuracy(plain)}
 
 
+def test_batch_calibration_without_examples_left_is_refused(tiny_model, tiny_task):
+    with pytest.raises(ConfigError, match="fewer shots or --calibration contextual"):
+        few_shot(tiny_model, tiny_task, PromptConfig(shots=len(tiny_task.train), calibrate=True, calibration="batch"))
+
+
 def test_balanced_selection_is_equal_per_label_and_interleaved():
     train = [Example(f"p{i}", "pos") for i in range(10)] + [Example(f"n{i}", "neg") for i in range(3)]
     shots = select_shots(train, 6, "balanced", random.Random(1))

@@ -243,6 +243,10 @@ def _calibrate_and_check(predictor: PromptPredictor, held_out: list[Example], ta
     (three passes over the examples before, most of a calibrated prompt's cost in the prompt search)."""
     check = rng.sample(held_out, min(CALIBRATION_CHECK_EXAMPLES, len(held_out)))
     batch = predictor.config.calibration == "batch"
+    if batch and not check:
+        raise ConfigError(f"batch calibration is measured on training examples that are not shots, and K="
+                          f"{predictor.config.shots} uses all {len(predictor.shots)}: use fewer shots or "
+                          "--calibration contextual")
     scores = _scores(predictor, [e.text for e in check]) if batch or len(check) >= 2 else None
     if batch:
         predictor.calibrate(scores=scores)
