@@ -31,6 +31,48 @@ def test_auto_is_fp32_on_a_slow_device_and_bf16_only_with_parity(monkeypatch):
     assert resolve_precision("bf16", cpu, apart.get)["precision"] == "bf16"  # asked for: no check
 
 
+class _ClockedPredictor:
+    """Advances a fake clock by a cost per text in each precision; `slow_first_bf16` slows its first bf16 pass (the
+    parity check's), as another process sharing the cores would."""
+
+    def __init__(self, clock, cost, slow_first_bf16=1.0):
+        self.clock, self.cost, self.slow, self.precision, self.bf16_settings = clock, cost, slow_first_bf16, None, 0
+
+    def set_precision(self, precision):
+        self.precision = precision
+        self.bf16_settings += precision == "bf16"
+
+    def predict_batch(self, texts):
+        from tunelab.predictor import Predictions
+
+        slow = self.slow if self.precision == "bf16" and self.bf16_settings == 1 else 1.0  # the parity check's pass
+        self.clock[0] += self.cost[self.precision] * slow * len(texts)
+        return Predictions("classification", ("a", "b"), probs=np.tile([[0.7, 0.3]], (len(texts), 1)))
+
+
+@pytest.mark.parametrize("cost, slow_first_bf16, chosen", [
+    ({"fp32": 3.0, "bf16": 1.0}, 4.0, "bf16"),  # a slow moment: the timing again finds bf16 3x faster
+    ({"fp32": 1.0, "bf16": 2.0}, 1.0, "fp32"),  # really slower in bf16 (a small encoder on words): confirmed
+    ({"fp32": 3.0, "bf16": 1.0}, 1.0, "bf16"),  # faster at once: not timed again
+])
+def test_a_predictor_slower_in_bf16_is_timed_again_before_bf16_is_dropped(monkeypatch, cost, slow_first_bf16,
+                                                                           chosen):
+    import torch
+
+    clock = [0.0]
+    monkeypatch.setattr(precision.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(precision, "bf16_speedup", lambda device_type: 3.0)
+    predictor = _ClockedPredictor(clock, cost, slow_first_bf16)
+    record = precision.choose_precision(predictor, "auto", [f"text {i}" for i in range(100)], torch.device("cpu"))
+    assert record["precision"] == chosen == predictor.precision
+    first = cost["fp32"] / (cost["bf16"] * slow_first_bf16)
+    assert record["predictor_speedup"] == round(first, 2)
+    if first <= 1:
+        assert record["predictor_speedup_retimed"] == round(cost["fp32"] / cost["bf16"], 2)
+    else:
+        assert "predictor_speedup_retimed" not in record
+
+
 def test_training_keeps_bf16_only_where_a_timed_step_is_fast_enough():
     chosen = {"requested": "auto", "precision": "bf16"}
     fast = choose_training_precision(chosen, {"fp32": 2.0, "bf16": 1.0}.get)
