@@ -25,6 +25,7 @@ from tunelab.measure.multilabel import choose_thresholds, label_matrix
 from tunelab.models import MiniLMEmbedder, Model
 from tunelab.predictor import (
     Predictions,
+    length_batches,
     load_base_model,
     save_base_reference,
     save_predictor,
@@ -263,12 +264,11 @@ def _calibrate_and_check(predictor: PromptPredictor, held_out: list[Example], ta
 
 
 def _scores(predictor: PromptPredictor, texts: list[str]) -> torch.Tensor:
-    """The label log-likelihoods of `texts` (n, n_labels), in length-sorted batches as predict() runs them."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    size = predictor.config.batch_size
-    sorted_scores = torch.cat([predictor.log_likelihoods([texts[i] for i in order[start : start + size]])
-                               for start in range(0, len(order), size)])
-    return sorted_scores[torch.argsort(torch.tensor(order))]
+    """The label log-likelihoods of `texts` (n, n_labels), in the length-sorted batches predict() runs."""
+    batches = length_batches(texts, predictor.config.batch_size)
+    batch_scores = torch.cat([predictor.log_likelihoods([texts[i] for i in batch]) for batch in batches])
+    order = torch.tensor([i for batch in batches for i in batch])
+    return batch_scores[torch.argsort(order)]
 
 
 def _held_out_quality(predictions: Predictions, examples: list[Example], task: Task) -> float:
